@@ -1,0 +1,1 @@
+"""The Ray Serve layer: thin, stateful adapters around the pure `grid_serve` core."""

@@ -1,0 +1,182 @@
+"""Scheduler: decides where every task runs, from the MetricsCollector's nodes and the
+LoadBalancer's ledger, and holds the tasks that must wait for capacity.
+
+Decisions leave through per-group outboxes: the caller that submitted a job collects its
+placements with `wait_placed(job_id)` as capacity frees. One replica: it owns the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from grid_serve.ledger import Completion, LedgerSnapshot
+from grid_serve.models import ClusterStatus, NodeStatus, SchedulingDecision, SchedulingRequest
+from grid_serve.scheduling import DrainResult, Rejected, SchedulerCore
+from grid_serve.view import ClusterView, view_from
+
+from ._common import COORDINATOR_OPTIONS, every
+
+
+@dataclass
+class Placements:
+    """What a group got since it last asked: placed decisions and rejections."""
+
+    placed: list[SchedulingDecision] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    queued: int = 0
+
+
+@dataclass
+class _Meta:
+    task_type: str
+    group: str
+    lease_s: float | None
+
+
+@serve.deployment(**COORDINATOR_OPTIONS)
+class Scheduler:
+    def __init__(self, metrics: DeploymentHandle, load_balancer: DeploymentHandle, admission: float = 2.0,
+                 interval_s: float = 1.0) -> None:
+        self._metrics = metrics
+        self._lb = load_balancer
+        self._admission = admission
+        self._core = SchedulerCore()
+        self._lock = asyncio.Lock()
+        self._nodes: list[NodeStatus] = []
+        self._nodes_at = 0.0
+        self._ledger: LedgerSnapshot | None = None
+        self._meta: dict[str, _Meta] = {}
+        self._outbox: dict[str, Placements] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._tick_loop = every(interval_s, self._tick, "scheduler-tick")
+
+    # ------------------------------------------------------------------ inputs
+
+    async def _tick(self) -> None:
+        """Pick up node changes and lease expiries, then place whatever now fits."""
+        nodes, taken_at = await self._metrics.snapshot.remote()
+        ledger = await self._lb.snapshot.remote()
+        async with self._lock:
+            self._nodes, self._nodes_at = nodes, taken_at
+            self._take_ledger(ledger)
+            await self._drain_locked()
+
+    def _take_ledger(self, ledger: LedgerSnapshot) -> None:
+        if self._ledger is None or ledger.version >= self._ledger.version:
+            self._ledger = ledger
+
+    async def _ensure_nodes(self) -> None:
+        if not self._nodes:
+            self._nodes, self._nodes_at = await self._metrics.refresh_now.remote()
+            self._take_ledger(await self._lb.snapshot.remote())
+
+    def _view(self) -> ClusterView:
+        return view_from(self._nodes, self._ledger, self._admission, self._nodes_at)
+
+    # ------------------------------------------------------------------ core loop
+
+    async def _drain_locked(self, submitted: list[SchedulingRequest] = ()) -> None:  # type: ignore[assignment]
+        if not submitted and not len(self._core):
+            return
+        result = self._core.submit(submitted, self._view())
+        await self._commit(result)
+
+    async def _commit(self, result: DrainResult) -> None:
+        """Reserve what was placed in the ledger, then hand each group its news."""
+        if result.placed:
+            meta = {d.task_id: self._meta[d.task_id] for d in result.placed}
+            reservations = [(d, meta[d.task_id].task_type, meta[d.task_id].group, meta[d.task_id].lease_s)
+                            for d in result.placed]
+            self._take_ledger(await self._lb.reserve.remote(reservations))
+        for decision in result.placed:
+            self._deliver(self._meta[decision.task_id].group).placed.append(decision)
+        for rejection in result.rejected:
+            self._deliver(rejection.group).rejected.append(rejection)
+            self._meta.pop(rejection.task_id, None)
+
+    def _deliver(self, group: str) -> Placements:
+        self._wakeups.setdefault(group, asyncio.Event()).set()
+        return self._outbox.setdefault(group, Placements())
+
+    def _collect(self, group: str) -> Placements:
+        placements = self._outbox.pop(group, Placements())
+        self._wakeups.setdefault(group, asyncio.Event()).clear()
+        placements.queued = self._core.queued_by_group().get(group, 0)
+        return placements
+
+    # ------------------------------------------------------------------ API
+
+    async def submit(self, requests: list[SchedulingRequest], lease_s: float | None = None) -> Placements:
+        """Queue `requests` and place what fits now. Returns the caller's group's news at once;
+        later placements come from `wait_placed`. All requests must share one group."""
+        groups = {request.group for request in requests}
+        if len(groups) != 1:
+            raise ValueError("submit() takes the requests of one job (one group) at a time")
+        for request in requests:
+            self._meta[request.task_id] = _Meta(request.task_type, request.group, lease_s)
+        async with self._lock:
+            await self._ensure_nodes()
+            await self._drain_locked(requests)
+            return self._collect(groups.pop())
+
+    async def wait_placed(self, group: str, timeout_s: float = 5.0) -> Placements:
+        """Long-poll: returns when the group has news, or after `timeout_s` with none."""
+        wakeup = self._wakeups.setdefault(group, asyncio.Event())
+        try:
+            await asyncio.wait_for(wakeup.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        return self._collect(group)
+
+    async def complete(self, completions: list[Completion]) -> int:
+        """Tasks ended: release them in the ledger and place waiting tasks in their room."""
+        released, ledger = await self._lb.release.remote(completions)
+        async with self._lock:
+            self._take_ledger(ledger)
+            for reservation in released:
+                meta = self._meta.pop(reservation.task_id, None)
+                if meta and meta.group == reservation.task_id:  # a lone external decision
+                    self._core.forget_group(meta.group)
+            await self._drain_locked()
+        return len(released)
+
+    async def cancel(self, group: str) -> list[str]:
+        """Drop the group's waiting tasks; running ones are the caller's to cancel."""
+        async with self._lock:
+            dropped = self._core.cancel(group=group)
+            for task_id in dropped:
+                self._meta.pop(task_id, None)
+            return dropped
+
+    async def finished(self, group: str) -> None:
+        """The group's job is over: forget its spread counts and outbox."""
+        async with self._lock:
+            self._core.cancel(group=group)
+            self._core.forget_group(group)
+            self._outbox.pop(group, None)
+            self._wakeups.pop(group, None)
+
+    async def cluster_status(self) -> ClusterStatus:
+        """Nodes with their reservations folded in, for the status route and the CLI."""
+        async with self._lock:
+            await self._ensure_nodes()
+            view = self._view()
+            nodes = []
+            for status in self._nodes:
+                node = view.nodes.get(status.node_id)
+                reserved = dict(node.reserved) if node else {}
+                nodes.append(status.model_copy(update={"reserved": reserved,
+                                                       "in_flight": node.in_flight if node else 0}))
+            return ClusterStatus(nodes=nodes, queued=len(self._core),
+                                 snapshot_age_s=max(0.0, time.time() - self._nodes_at))
+
+    async def view(self) -> ClusterView:
+        """The current view, for tools and tests that want to see what decisions see."""
+        async with self._lock:
+            await self._ensure_nodes()
+            return self._view()

@@ -1,0 +1,165 @@
+"""Typed clients: over HTTP (`GridClient`) and over a Serve handle (`HandleClient`).
+
+Both speak the models in `grid_serve.models` and raise `GridError`s, so code can switch
+between them. `IntelligentScheduler` is the user guide's name for the handle-side scheduler:
+
+    scheduler = IntelligentScheduler.connect()
+    decision = await scheduler.schedule_task(request)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import httpx
+
+from .errors import GridError, InvalidRequestError, NoCapacityError, NotFoundError
+from .models import ClusterStatus, JobStatus, JobSubmission, SchedulingDecision, SchedulingRequest
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8000"
+APP_NAME = "grid"
+_ERRORS_BY_STATUS = {404: NotFoundError, 422: InvalidRequestError, 503: NoCapacityError}
+
+
+class AppUnreachableError(GridError):
+    """Nothing answered at the address: the app is not running there."""
+
+    status = 503
+
+
+def default_address() -> str:
+    return os.environ.get("GRID_ADDRESS", DEFAULT_ADDRESS).rstrip("/")
+
+
+class GridClient:
+    """The HTTP API, typed. `GridClient()` talks to `$GRID_ADDRESS` or http://127.0.0.1:8000."""
+
+    def __init__(self, address: str | None = None, timeout_s: float = 30.0) -> None:
+        self.address = (address or default_address()).rstrip("/")
+        self._http = httpx.Client(base_url=self.address, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "GridClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, timeout_s: float | None = None, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, timeout=timeout_s or self._http.timeout, **kwargs)
+        except httpx.TransportError as exc:
+            raise AppUnreachableError(
+                f"grid-serve is not reachable at {self.address} ({type(exc).__name__}); "
+                "start it with `grid up --local` or point --address / GRID_ADDRESS at it"
+            ) from None
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                message, field = body.get("error") or str(body), body.get("field")
+            except ValueError:
+                message, field = response.text[:300] or response.reason_phrase, None
+            error = _ERRORS_BY_STATUS.get(response.status_code, GridError)(message, field)
+            error.status = response.status_code
+            raise error
+        return response.json()
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/health", timeout_s=5.0)
+
+    def cluster_status(self) -> ClusterStatus:
+        return ClusterStatus.model_validate(self._call("GET", "/v1/cluster"))
+
+    def list_tasks(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/tasks")
+
+    def submit_job(self, spec: JobSubmission | dict[str, Any]) -> JobStatus:
+        spec = spec if isinstance(spec, JobSubmission) else JobSubmission.model_validate(spec)
+        body = spec.model_dump(mode="json", exclude_none=True)
+        timeout = spec.timeout_s + 30 if spec.wait else None
+        return JobStatus.model_validate(self._call("POST", "/v1/jobs", json=body, timeout_s=timeout))
+
+    def get_job(self, job_id: str, results: bool = False) -> JobStatus:
+        return JobStatus.model_validate(self._call("GET", f"/v1/jobs/{job_id}", params={"results": results}))
+
+    def wait_job(self, job_id: str, timeout_s: float = 600.0, results: bool = True) -> JobStatus:
+        params = {"results": results, "wait_s": timeout_s}
+        return JobStatus.model_validate(self._call("GET", f"/v1/jobs/{job_id}", params=params, timeout_s=timeout_s + 30))
+
+    def list_jobs(self) -> list[JobStatus]:
+        return [JobStatus.model_validate(job) for job in self._call("GET", "/v1/jobs")]
+
+    def cancel_job(self, job_id: str) -> JobStatus:
+        return JobStatus.model_validate(self._call("DELETE", f"/v1/jobs/{job_id}"))
+
+    def schedule(self, request: SchedulingRequest, lease_s: float = 300.0, wait_s: float = 30.0) -> SchedulingDecision:
+        body = request.model_dump(mode="json")
+        data = self._call("POST", "/v1/schedule", json=body, params={"lease_s": lease_s, "wait_s": wait_s},
+                          timeout_s=wait_s + 30)
+        return SchedulingDecision.model_validate(data)
+
+    def complete(self, task_id: str, ok: bool = True, duration_s: float | None = None) -> dict[str, Any]:
+        return self._call("POST", f"/v1/schedule/{task_id}/complete", json={"ok": ok, "duration_s": duration_s})
+
+
+class HandleClient:
+    """The same calls through a Serve handle, from any Ray job connected to the cluster.
+
+    Async, since handle calls are; custom functions (not only registered task names) may be
+    passed to `submit_job(spec, fn=...)`.
+    """
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    @classmethod
+    def connect(cls, app_name: str = APP_NAME) -> "HandleClient":
+        """Connect to the running app (calls `ray.init()` if this process is not connected)."""
+        import ray
+        from ray import serve
+
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
+        return cls(serve.get_app_handle(app_name))
+
+    async def health(self) -> dict[str, Any]:
+        return await self._handle.health.remote()
+
+    async def cluster_status(self) -> ClusterStatus:
+        return await self._handle.cluster_status.remote()
+
+    async def submit_job(self, spec: JobSubmission | dict[str, Any], fn: Callable[..., Any] | None = None) -> JobStatus:
+        return await self._handle.submit_job.remote(spec, fn)
+
+    async def get_job(self, job_id: str, results: bool = False) -> JobStatus:
+        return await self._handle.get_job.remote(job_id, results)
+
+    async def wait_job(self, job_id: str, timeout_s: float = 600.0, results: bool = True) -> JobStatus:
+        return await self._handle.wait_job.remote(job_id, timeout_s, results)
+
+    async def cancel_job(self, job_id: str) -> JobStatus:
+        return await self._handle.cancel_job.remote(job_id)
+
+    async def schedule(self, request: SchedulingRequest, lease_s: float = 300.0, wait_s: float = 30.0) -> SchedulingDecision:
+        return await self._handle.schedule.remote(request, lease_s, wait_s)
+
+    async def complete(self, task_id: str, ok: bool = True, duration_s: float | None = None) -> dict[str, Any]:
+        return await self._handle.complete.remote(task_id, ok, duration_s)
+
+
+class IntelligentScheduler(HandleClient):
+    """The user guide's scheduler: decisions from the deployed Scheduler, through the handle.
+
+    `schedule_task` reserves the node until `task_finished(task_id)` (or the lease ends), so
+    run the task with `.options(**decision.ray_options())` and report when it is done.
+    """
+
+    async def schedule_task(self, request: SchedulingRequest, lease_s: float = 300.0,
+                            wait_s: float = 30.0) -> SchedulingDecision:
+        return await self.schedule(request, lease_s, wait_s)
+
+    async def task_finished(self, task_id: str, ok: bool = True, duration_s: float | None = None) -> dict[str, Any]:
+        return await self.complete(task_id, ok, duration_s)

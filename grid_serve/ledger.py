@@ -1,0 +1,116 @@
+"""The live load ledger: what grid-serve has reserved on each node, and how long tasks take.
+
+A reservation is made when a task is placed and released when it ends, whether it succeeded
+or failed, or when its lease runs out (for decisions handed to external submitters). Run
+times reported with completions feed a per-(node, task type) EWMA that
+`performance_optimized` reads. Pure: the LoadBalancer deployment wraps one instance.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EWMA_ALPHA = 0.3
+
+
+class Completion(BaseModel):
+    """A task ended: reported by the Ingress, or by an external submitter for `/v1/schedule`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_id: str
+    ok: bool = True
+    duration_s: float | None = Field(None, ge=0)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    task_id: str
+    node_id: str
+    resources: Mapping[str, float]
+    task_type: str
+    group: str
+    made_at: float
+    lease_until: float | None = None
+
+
+@dataclass(frozen=True)
+class NodeLoad:
+    reserved: Mapping[str, float]
+    in_flight: int
+
+
+@dataclass(frozen=True)
+class LedgerSnapshot:
+    """What the Scheduler folds into its view; `version` grows with every change."""
+
+    version: int
+    loads: Mapping[str, NodeLoad]
+    durations: Mapping[tuple[str, str], float]
+    placements: Mapping[tuple[str, str], int]  # (node_id, strategy) -> placements ever made
+
+
+@dataclass
+class Ledger:
+    clock: Callable[[], float] = time.monotonic
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+    durations: dict[tuple[str, str], float] = field(default_factory=dict)
+    placements: dict[tuple[str, str], int] = field(default_factory=dict)
+    version: int = 0
+
+    def reserve(self, task_id: str, node_id: str, resources: Mapping[str, float], task_type: str = "task",
+                group: str = "", strategy: str = "", lease_s: float | None = None) -> None:
+        now = self.clock()
+        self.reservations[task_id] = Reservation(
+            task_id, node_id, dict(resources), task_type, group or task_id, now,
+            now + lease_s if lease_s else None,
+        )
+        key = (node_id, strategy)
+        self.placements[key] = self.placements.get(key, 0) + 1
+        self.version += 1
+
+    def release(self, completions: Iterable[Completion]) -> list[Reservation]:
+        """Free the reservations of ended tasks; learn from their run times."""
+        released = []
+        for completion in completions:
+            reservation = self.reservations.pop(completion.task_id, None)
+            if reservation is None:
+                continue
+            released.append(reservation)
+            if completion.ok and completion.duration_s is not None:
+                self._learn(reservation.node_id, reservation.task_type, completion.duration_s)
+        if released:
+            self.version += 1
+        return released
+
+    def expire(self) -> list[Reservation]:
+        """Release reservations whose lease ran out (an external submitter never reported)."""
+        now = self.clock()
+        expired = [r for r in self.reservations.values() if r.lease_until is not None and r.lease_until <= now]
+        for reservation in expired:
+            del self.reservations[reservation.task_id]
+        if expired:
+            self.version += 1
+        return expired
+
+    def _learn(self, node_id: str, task_type: str, seconds: float) -> None:
+        key = (node_id, task_type)
+        previous = self.durations.get(key)
+        self.durations[key] = seconds if previous is None else (1 - EWMA_ALPHA) * previous + EWMA_ALPHA * seconds
+
+    def loads(self) -> dict[str, NodeLoad]:
+        totals: dict[str, dict[str, float]] = {}
+        counts: dict[str, int] = {}
+        for reservation in self.reservations.values():
+            per_node = totals.setdefault(reservation.node_id, {})
+            for name, amount in reservation.resources.items():
+                per_node[name] = per_node.get(name, 0.0) + amount
+            counts[reservation.node_id] = counts.get(reservation.node_id, 0) + 1
+        return {node_id: NodeLoad(totals[node_id], counts[node_id]) for node_id in totals}
+
+    def snapshot(self) -> LedgerSnapshot:
+        return LedgerSnapshot(self.version, self.loads(), dict(self.durations), dict(self.placements))

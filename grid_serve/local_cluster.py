@@ -1,0 +1,128 @@
+"""A local multi-node Ray cluster with the grid app on it: for `grid up --local`, examples,
+tests and benchmarks.
+
+One raylet per node of the cluster config, labelled `grid.io/node=<name>`, with its CPU and
+GPU counts scaled to fit this machine (GPUs are logical: Ray hands out ids, no device needs to
+exist). Built on `ray.cluster_utils.Cluster`, so the whole cluster lives and dies with the one
+process that holds it: `grid down` stops exactly what `grid up` started, and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .config import ClusterConfig, NodeConfig
+from .models import NODE_LABEL
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "config" / "cluster.yaml"
+DEFAULT_SERVE_CONFIG = REPO_ROOT / "serve_config.yaml"
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class LocalNode:
+    name: str
+    num_cpus: int
+    num_gpus: int
+    memory_bytes: int
+    head: bool
+
+    def ray_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.num_gpus,
+            "memory": self.memory_bytes,
+            "labels": {NODE_LABEL: self.name},
+            "object_store_memory": 100 * 1024 * 1024,
+        }
+        if self.head:
+            args["dashboard_host"] = LOOPBACK
+            args["include_dashboard"] = True
+        return args
+
+
+def scaled_nodes(config: ClusterConfig, cpu_budget: int | None = None, memory_budget: int | None = None) -> list[LocalNode]:
+    """The config's nodes shrunk to fit this machine, keeping their proportions.
+
+    >>> # 8/6/8 CPUs on a 2-core machine (budget 6) -> 2/2/2; GPU counts kept as they are.
+    """
+    cpu_budget = cpu_budget or max(6, 3 * (os.cpu_count() or 2))
+    memory_budget = memory_budget or int(psutil.virtual_memory().total * 0.5)
+    total_cpus = sum(node.cpu_count for node in config.nodes)
+    total_memory = sum(node.memory_gb for node in config.nodes) * 1024**3
+    cpu_factor = min(1.0, cpu_budget / total_cpus)
+    memory_factor = min(1.0, memory_budget / total_memory)
+    head = config.head
+    return [_scale(node, cpu_factor, memory_factor, node is head) for node in config.nodes]
+
+
+def _scale(node: NodeConfig, cpu_factor: float, memory_factor: float, head: bool) -> LocalNode:
+    return LocalNode(
+        name=node.name,
+        num_cpus=max(1, round(node.cpu_count * cpu_factor)),
+        num_gpus=int(math.ceil(node.gpu_count)),
+        memory_bytes=int(node.memory_gb * 1024**3 * memory_factor),
+        head=head,
+    )
+
+
+def start_cluster(nodes: list[LocalNode]) -> Any:
+    """Start the raylets (head first) and connect this process to them."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    head = next(node for node in nodes if node.head)
+    cluster = Cluster(initialize_head=True, head_node_args=head.ray_args())
+    for node in nodes:
+        if not node.head:
+            cluster.add_node(**node.ray_args())
+    cluster.wait_for_nodes()
+    if not ray.is_initialized():
+        ray.init(address=cluster.address, log_to_driver=False)
+    return cluster
+
+
+def free_port(preferred: int | None = None) -> int:
+    """`preferred` if nothing listens there on loopback, else any free loopback port."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError("no free loopback port")
+
+
+def serve_app_spec(serve_config: Path = DEFAULT_SERVE_CONFIG) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The grid application's entry and the http options from serve_config.yaml."""
+    import yaml
+
+    data = yaml.safe_load(serve_config.read_text())
+    app = next(app for app in data["applications"] if app.get("name") == "grid")
+    return app, data.get("http_options", {})
+
+
+def deploy_app(port: int, args: dict[str, Any] | None = None, serve_config: Path = DEFAULT_SERVE_CONFIG) -> str:
+    """Deploy the grid app (as serve_config.yaml describes it) on the connected cluster,
+    HTTP on loopback:`port`; returns the base URL once the app is running."""
+    from ray import serve
+
+    from deployments.app import build_app
+
+    app, _ = serve_app_spec(serve_config)
+    app_args = dict(app.get("args", {}))
+    if app_args.get("cluster_config") and not Path(app_args["cluster_config"]).is_absolute():
+        app_args["cluster_config"] = str(serve_config.parent / app_args["cluster_config"])
+    app_args.update(args or {})
+    serve.start(http_options={"host": LOOPBACK, "port": port})
+    serve.run(build_app(app_args), name=app["name"], route_prefix=app.get("route_prefix", "/"), blocking=False)
+    return f"http://{LOOPBACK}:{port}"

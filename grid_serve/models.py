@@ -1,0 +1,281 @@
+"""Pydantic models shared by the HTTP API, the handle API, the client and the CLI.
+
+One definition of every request and answer, so the three ways in cannot drift apart.
+Nothing here imports Ray: `SchedulingDecision.ray_options()` builds plain dicts and the
+Ray scheduling-strategy object is made by the caller that already has Ray loaded.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_TASKS_PER_JOB = 100_000
+MAX_CPUS = 4096.0
+MAX_GPUS = 1024.0
+MAX_MEMORY_MB = 64 * 1024 * 1024.0  # 64 TiB: anything above is a typo, not a machine
+NODE_LABEL = "grid.io/node"
+MB = 1024 * 1024
+
+
+class _CaseInsensitiveEnum(str, enum.Enum):
+    """Accepts `spread`, `SPREAD` and `Spread` alike, as users type all three."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> "_CaseInsensitiveEnum | None":
+        if isinstance(value, str):
+            wanted = value.strip().upper().replace("-", "_")
+            for member in cls:
+                if member.value == wanted:
+                    return member
+        return None
+
+    def __str__(self) -> str:
+        return self.value.lower()
+
+
+class SchedulingStrategy(_CaseInsensitiveEnum):
+    SPREAD = "SPREAD"
+    LOAD_BALANCED = "LOAD_BALANCED"
+    PERFORMANCE_OPTIMIZED = "PERFORMANCE_OPTIMIZED"
+    NODE_SPECIFIC = "NODE_SPECIFIC"
+    PACK = "PACK"
+
+
+class TaskPriority(_CaseInsensitiveEnum):
+    LOW = "LOW"
+    NORMAL = "NORMAL"
+    HIGH = "HIGH"
+    CRITICAL = "CRITICAL"
+
+    @property
+    def rank(self) -> int:
+        """Higher runs first: low=0 < normal=1 < high=2 < critical=3."""
+        return list(TaskPriority).index(self)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ResourceRequirement(_Model):
+    """What one task needs, in the units users think in (CPUs, MB, GPUs)."""
+
+    cpu_count: float = Field(1.0, ge=0, le=MAX_CPUS)
+    memory_mb: float = Field(0.0, ge=0, le=MAX_MEMORY_MB)
+    gpu_count: float = Field(0.0, ge=0, le=MAX_GPUS)
+    gpu_memory_mb: float = Field(0.0, ge=0, le=MAX_MEMORY_MB)
+    custom_resources: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("custom_resources")
+    @classmethod
+    def _custom_amounts_are_sane(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if name in ("CPU", "GPU", "memory"):
+                raise ValueError(f"{name!r} is set with cpu_count/gpu_count/memory_mb, not custom_resources")
+            if not 0 <= amount <= 1e6:
+                raise ValueError(f"custom resource {name!r} must be between 0 and 1e6, got {amount}")
+        return value
+
+    @field_validator("gpu_count")
+    @classmethod
+    def _fractional_gpus_below_one(cls, value: float) -> float:
+        # Ray accepts 0.5 of a GPU but not 1.5: whole GPUs above one.
+        if value > 1 and value != int(value):
+            raise ValueError(f"gpu_count above 1 must be a whole number, got {value}")
+        return value
+
+    def as_ray_resources(self) -> dict[str, float]:
+        """The request in Ray's resource names and units (memory in bytes); zeros left out."""
+        resources = {"CPU": self.cpu_count, "GPU": self.gpu_count, "memory": self.memory_mb * MB}
+        resources.update(self.custom_resources)
+        return {name: amount for name, amount in resources.items() if amount > 0}
+
+
+class SchedulingRequest(_Model):
+    """One task to place. `job_id` groups the tasks that `spread` balances together."""
+
+    task_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], min_length=1, max_length=200)
+    task_type: str = "task"
+    job_id: str | None = None
+    requirements: ResourceRequirement = Field(default_factory=ResourceRequirement)
+    strategy: SchedulingStrategy = SchedulingStrategy.SPREAD
+    priority: TaskPriority = TaskPriority.NORMAL
+    target_node: str | None = None
+    affinity_nodes: tuple[str, ...] = ()
+    anti_affinity_nodes: tuple[str, ...] = ()
+    label_selector: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _node_specific_names_a_node(self) -> "SchedulingRequest":
+        if self.strategy is SchedulingStrategy.NODE_SPECIFIC and not self.target_node:
+            raise ValueError("strategy node_specific needs target_node (a node name, Ray node id or IP)")
+        return self
+
+    @property
+    def group(self) -> str:
+        """The key `spread` balances over: the job, or the task itself when it has none."""
+        return self.job_id or self.task_id
+
+
+class SchedulingDecision(_Model):
+    """Where a task runs and why; `ray_options()` pins it there."""
+
+    task_id: str
+    node_id: str
+    node_name: str
+    node_ip: str
+    strategy: SchedulingStrategy
+    score: float
+    reasons: list[str] = Field(default_factory=list)
+    waited_s: float = 0.0
+    resources: dict[str, float] = Field(default_factory=dict)
+    placement_group_id: str | None = None
+    bundle_index: int | None = None
+
+    def ray_options(self) -> dict[str, Any]:
+        """`.options(**decision.ray_options())` for a Ray remote function.
+
+        The task is pinned hard to the chosen node (`NodeAffinitySchedulingStrategy`,
+        soft=False) and asks Ray for the same resources grid-serve reserved, so Ray's
+        own accounting and ours agree.
+        """
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options: dict[str, Any] = {
+            "num_cpus": self.resources.get("CPU", 0.0),
+            "num_gpus": self.resources.get("GPU", 0.0),
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=self.node_id, soft=False),
+        }
+        if self.resources.get("memory"):
+            options["memory"] = self.resources["memory"]
+        custom = {k: v for k, v in self.resources.items() if k not in ("CPU", "GPU", "memory")}
+        if custom:
+            options["resources"] = custom
+        return options
+
+
+class JobSubmission(_Model):
+    """A job: `count` runs of one registered task, or one run per entry of `args`."""
+
+    task: str = Field("compute_task", min_length=1, max_length=200)
+    count: int | None = Field(None, ge=1, le=MAX_TASKS_PER_JOB)
+    args: list[list[Any] | dict[str, Any]] | None = Field(None, max_length=MAX_TASKS_PER_JOB)
+    strategy: SchedulingStrategy = SchedulingStrategy.SPREAD
+    node: str | None = Field(None, description="target node for node_specific: name, Ray node id or IP")
+    priority: TaskPriority = TaskPriority.NORMAL
+    resources: ResourceRequirement | None = Field(None, description="per task; default: the task type's own")
+    label_selector: dict[str, str] = Field(default_factory=dict)
+    affinity_nodes: tuple[str, ...] = ()
+    anti_affinity_nodes: tuple[str, ...] = ()
+    wait: bool = Field(False, description="wait for the results instead of returning a job id at once")
+    timeout_s: float = Field(600.0, gt=0, le=24 * 3600)
+
+    @model_validator(mode="after")
+    def _count_or_args(self) -> "JobSubmission":
+        if self.count is not None and self.args is not None:
+            raise ValueError("give either count or args, not both")
+        if self.strategy is SchedulingStrategy.NODE_SPECIFIC and not self.node:
+            raise ValueError("strategy node_specific needs node (a node name, Ray node id or IP)")
+        return self
+
+    @property
+    def task_count(self) -> int:
+        if self.args is not None:
+            return len(self.args)
+        return self.count if self.count is not None else 1
+
+    def call_args(self, index: int) -> tuple[list[Any], dict[str, Any]]:
+        """Positional and keyword arguments of task `index`; `count` jobs pass the index."""
+        if self.args is None:
+            return [index], {}
+        entry = self.args[index]
+        return (list(entry), {}) if isinstance(entry, list) else ([], dict(entry))
+
+    def scheduling_request(self, job_id: str, index: int, default: ResourceRequirement) -> SchedulingRequest:
+        return SchedulingRequest(
+            task_id=f"{job_id}-{index}",
+            task_type=self.task,
+            job_id=job_id,
+            requirements=self.resources or default,
+            strategy=self.strategy,
+            priority=self.priority,
+            target_node=self.node,
+            affinity_nodes=self.affinity_nodes,
+            anti_affinity_nodes=self.anti_affinity_nodes,
+            label_selector=self.label_selector,
+        )
+
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class TaskOutcome(BaseModel):
+    """What one task did, as measured inside the task itself."""
+
+    task_id: str
+    index: int
+    node_id: str
+    node_name: str
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    started_at: float = 0.0
+    duration_s: float = 0.0
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    task: str
+    strategy: SchedulingStrategy
+    priority: TaskPriority
+    state: JobState
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    per_node: dict[str, int] = Field(default_factory=dict, description="finished tasks per node name")
+    submitted_at: float
+    finished_at: float | None = None
+    error: str | None = None
+    results: list[TaskOutcome] | None = None
+
+
+class GpuInfo(BaseModel):
+    index: int
+    name: str = "unknown"
+    utilization_pct: float | None = None
+    memory_used_mb: float | None = None
+    memory_total_mb: float | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+
+
+class NodeStatus(BaseModel):
+    """One node as the cluster-status route shows it."""
+
+    name: str
+    node_id: str
+    address: str
+    alive: bool
+    is_head: bool = False
+    labels: dict[str, str] = Field(default_factory=dict)
+    resources_total: dict[str, float] = Field(default_factory=dict)
+    resources_available: dict[str, float] = Field(default_factory=dict)
+    reserved: dict[str, float] = Field(default_factory=dict)
+    in_flight: int = 0
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    stale: bool = False
+
+
+class ClusterStatus(BaseModel):
+    nodes: list[NodeStatus]
+    queued: int
+    snapshot_age_s: float

@@ -1,0 +1,388 @@
+"""Placement strategies: small filters and scorers composed into a pipeline.
+
+Read `place()` top to bottom, like Nomad's stack.go:
+
+    candidates -> lasting checks ("never") -> current checks ("not now") -> scorers -> pick
+
+A check is `(request, node, ctx) -> str | None`: None means the node passes, a string is the
+reason with numbers ("needs 2 GPU, 1 free"). A scorer is `(request, node, ctx) -> float` in
+[0, 1]. A `Strategy` is a frozen table of both. Ties break on `(-score, node name)`, so the
+same view and request always give the same node. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from .models import SchedulingDecision, SchedulingRequest, SchedulingStrategy
+from .view import ClusterView, NodeLookupError, NodeView
+
+UNIT_NAMES = {"CPU": "CPU", "GPU": "GPU", "memory": "memory"}
+
+
+@dataclass(frozen=True)
+class PlacementContext:
+    """Per-decision facts that are not about one node alone."""
+
+    view: ClusterView
+    group_counts: Mapping[str, int] = field(default_factory=dict)  # node_id -> this job's tasks
+    spread_floor: float = 0.0  # the lowest (count + 1) / weight among nodes that could ever fit
+
+
+Check = Callable[[SchedulingRequest, NodeView, PlacementContext], "str | None"]
+Scorer = Callable[[SchedulingRequest, NodeView, PlacementContext], float]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: SchedulingStrategy
+    current_checks: tuple[tuple[str, Check], ...]  # reasons to wait
+    scorers: tuple[tuple[str, float, Scorer], ...]  # (name, weight, scorer)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    node: str
+    check: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class NoFit:
+    """No node can take the task: `can_wait` says whether capacity freeing up would help."""
+
+    task_id: str
+    can_wait: bool
+    rejections: tuple[Rejection, ...]
+    total_nodes: int
+
+    @property
+    def message(self) -> str:
+        """kube-style: '0/3 nodes are available: 2 insufficient GPU, 1 label mismatch.'"""
+        counts = Counter(rejection.check for rejection in self.rejections)
+        parts = ", ".join(f"{count} {check}" for check, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        verdict = "waiting for capacity" if self.can_wait else "it can never fit"
+        detail = "; ".join(f"{r.node}: {r.reason}" for r in self.rejections[:6])
+        return f"0/{self.total_nodes} nodes are available: {parts or 'no nodes'} ({verdict}). {detail}".strip()
+
+
+class PlacementError(ValueError):
+    """The request itself is wrong (an unknown target node, say): waiting cannot help."""
+
+
+# ---------------------------------------------------------------- lasting checks ("never")
+
+
+def check_alive(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
+    return None if node.alive else "node is dead"
+
+
+def check_labels(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
+    for key, wanted in request.label_selector.items():
+        have = node.labels.get(key)
+        if have != wanted:
+            return f"label {key}={have!r}, wanted {wanted!r}"
+    return None
+
+
+def _named(node: NodeView, references: tuple[str, ...]) -> bool:
+    return any(ref in (node.name, node.node_id, node.ip) for ref in references)
+
+
+def check_affinity(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
+    if request.affinity_nodes and not _named(node, request.affinity_nodes):
+        return f"not among affinity nodes {list(request.affinity_nodes)}"
+    if _named(node, request.anti_affinity_nodes):
+        return "excluded by anti-affinity"
+    return None
+
+
+def check_capacity(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
+    for resource, amount in request.requirements.as_ray_resources().items():
+        total = node.total.get(resource, 0.0)
+        if amount > total + 1e-9:
+            return f"needs {_amount(resource, amount)} {UNIT_NAMES.get(resource, resource)}, has {_amount(resource, total)}"
+    return None
+
+
+def check_gpu_memory(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
+    wanted = request.requirements.gpu_memory_mb
+    if not wanted:
+        return None
+    known = [gpu.memory_total_mb for gpu in node.gpus if gpu.memory_total_mb is not None]
+    if known and max(known) < wanted:
+        return f"needs {wanted:.0f} MB GPU memory, largest GPU has {max(known):.0f} MB"
+    return None
+
+
+LASTING_CHECKS: tuple[tuple[str, Check], ...] = (
+    ("dead", check_alive),
+    ("label mismatch", check_labels),
+    ("affinity", check_affinity),
+    ("insufficient resources", check_capacity),
+    ("insufficient GPU memory", check_gpu_memory),
+)
+
+
+# ---------------------------------------------------------------- current checks ("not now")
+
+
+def check_free_now(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
+    for resource, amount in request.requirements.as_ray_resources().items():
+        free = node.free(resource, ctx.view.admission)
+        if amount > free + 1e-9:
+            return f"needs {_amount(resource, amount)} {UNIT_NAMES.get(resource, resource)}, {_amount(resource, max(free, 0))} free"
+    return None
+
+
+def check_gpu_memory_free(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
+    wanted = request.requirements.gpu_memory_mb
+    free = [gpu.memory_free_mb for gpu in node.gpus if gpu.memory_free_mb is not None]
+    if wanted and free and max(free) < wanted:
+        return f"needs {wanted:.0f} MB GPU memory, {max(free):.0f} MB free"
+    return None
+
+
+def spread_weight(request: SchedulingRequest, node: NodeView) -> float:
+    """The share of a batch a node should get: one per node, or one per GPU for GPU tasks."""
+    if request.requirements.gpu_count > 0:
+        return max(node.gpu_count, 1e-9)
+    return 1.0
+
+
+def spread_level(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:
+    return (ctx.group_counts.get(node.node_id, 0) + 1) / spread_weight(request, node)
+
+
+def check_spread_turn(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
+    """Only the nodes furthest behind in this job may take its next task: truly even."""
+    if spread_level(request, node, ctx) <= ctx.spread_floor + 1e-9:
+        return None
+    have = ctx.group_counts.get(node.node_id, 0)
+    return f"has {have} of this job's tasks; nodes with fewer go first"
+
+
+# ---------------------------------------------------------------- scorers, each in [0, 1]
+
+
+def load_of(request: SchedulingRequest, node: NodeView, extra: float = 0.0) -> float:
+    """Reserved share of the busiest resource the task uses (CPU if it asks for none),
+    blended with measured utilisation when a probe has reported it."""
+    wanted = request.requirements.as_ray_resources() or {"CPU": 1.0}
+    reserved_share = 0.0
+    for resource, amount in wanted.items():
+        total = node.total.get(resource, 0.0)
+        if total > 0:
+            reserved_share = max(reserved_share, (node.reserved.get(resource, 0.0) + extra * amount) / total)
+    measured = _measured_utilization(request, node)
+    if measured is None:
+        return reserved_share
+    return 0.7 * reserved_share + 0.3 * measured
+
+
+def _measured_utilization(request: SchedulingRequest, node: NodeView) -> float | None:
+    if request.requirements.gpu_count > 0:
+        utils = [gpu.utilization for gpu in node.gpus if gpu.utilization is not None]
+        return sum(utils) / len(utils) if utils else None
+    return node.cpu_utilization
+
+
+def score_spread(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:
+    return 1.0 / (1.0 + ctx.group_counts.get(node.node_id, 0) / spread_weight(request, node))
+
+
+def score_idle(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:
+    """Fewer tasks in flight per unit of capacity is better."""
+    slots = max(node.total.get("CPU", 0.0), node.gpu_count, 1.0)
+    return 1.0 / (1.0 + node.in_flight / slots)
+
+
+def score_least_loaded(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:
+    return max(0.0, 1.0 - min(load_of(request, node), ctx.view.admission) / ctx.view.admission)
+
+
+def score_fullest(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:
+    return min(load_of(request, node, extra=1.0), ctx.view.admission) / ctx.view.admission
+
+
+def expected_finish_s(request: SchedulingRequest, node: NodeView, view: ClusterView) -> tuple[float, str]:
+    """Seconds until this task would finish on `node`, and the evidence used.
+
+    Measured EWMA run time of this task type on this node when there is one; otherwise the
+    mean of what other nodes measured, scaled by CPU count; otherwise a hardware prior.
+    Queueing multiplies it: tasks ahead of it share the node's slots.
+    """
+    measured = view.durations.get((node.node_id, request.task_type))
+    slots = max(node.gpu_count if request.requirements.gpu_count > 0 else node.total.get("CPU", 1.0), 1.0)
+    queue_factor = 1.0 + node.in_flight / slots
+    if measured is not None:
+        return measured * queue_factor, f"measured {measured:.3f}s"
+    others = [secs for (node_id, kind), secs in view.durations.items() if kind == request.task_type]
+    base = sum(others) / len(others) if others else 1.0
+    speed = max(node.total.get("CPU", 1.0), 1.0) ** 0.25  # more cores: a modest prior edge
+    evidence = "prior from other nodes" if others else "hardware prior"
+    return base / speed * queue_factor, evidence
+
+
+def score_fastest(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:
+    seconds, _ = expected_finish_s(request, node, ctx.view)
+    return 1.0 / (1.0 + seconds)
+
+
+def score_target(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:
+    return 1.0
+
+
+# ---------------------------------------------------------------- the strategy table
+
+_NOW: tuple[tuple[str, Check], ...] = (
+    ("busy", check_free_now),
+    ("GPU memory busy", check_gpu_memory_free),
+)
+
+STRATEGIES: dict[SchedulingStrategy, Strategy] = {
+    SchedulingStrategy.SPREAD: Strategy(
+        SchedulingStrategy.SPREAD,
+        current_checks=(("spread turn", check_spread_turn), *_NOW),
+        scorers=(("job share", 1.0, score_spread), ("idle", 0.25, score_idle)),
+    ),
+    SchedulingStrategy.LOAD_BALANCED: Strategy(
+        SchedulingStrategy.LOAD_BALANCED,
+        current_checks=_NOW,
+        scorers=(("least loaded", 1.0, score_least_loaded), ("idle", 0.1, score_idle)),
+    ),
+    SchedulingStrategy.PERFORMANCE_OPTIMIZED: Strategy(
+        SchedulingStrategy.PERFORMANCE_OPTIMIZED,
+        current_checks=_NOW,
+        scorers=(("fastest finish", 1.0, score_fastest),),
+    ),
+    SchedulingStrategy.NODE_SPECIFIC: Strategy(
+        SchedulingStrategy.NODE_SPECIFIC,
+        current_checks=_NOW,
+        scorers=(("named node", 1.0, score_target),),
+    ),
+    SchedulingStrategy.PACK: Strategy(
+        SchedulingStrategy.PACK,
+        current_checks=_NOW,
+        scorers=(("fullest", 1.0, score_fullest),),
+    ),
+}
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+def candidates_for(request: SchedulingRequest, view: ClusterView) -> list[NodeView]:
+    """Every node, or just the named one for node_specific (unknown names are an error)."""
+    if request.strategy is SchedulingStrategy.NODE_SPECIFIC:
+        assert request.target_node is not None  # the model validator guarantees it
+        try:
+            return [view.resolve(request.target_node)]
+        except NodeLookupError as exc:
+            raise PlacementError(str(exc)) from None
+    return list(view.nodes.values())
+
+
+def _first_failure(checks: tuple[tuple[str, Check], ...], request: SchedulingRequest, node: NodeView,
+                   ctx: PlacementContext) -> Rejection | None:
+    for name, check in checks:
+        reason = check(request, node, ctx)
+        if reason is not None:
+            return Rejection(node.name, name, reason)
+    return None
+
+
+def place(
+    request: SchedulingRequest,
+    view: ClusterView,
+    group_counts: Mapping[str, int] | None = None,
+) -> SchedulingDecision | NoFit:
+    """Choose the node for one task. Pure: the same inputs always give the same answer."""
+    strategy = STRATEGIES[request.strategy]
+    ctx = PlacementContext(view=view, group_counts=group_counts or {})
+    rejections: list[Rejection] = []
+
+    possible: list[NodeView] = []
+    for node in candidates_for(request, view):
+        rejection = _first_failure(LASTING_CHECKS, request, node, ctx)
+        if rejection:
+            rejections.append(rejection)
+        else:
+            possible.append(node)
+    if not possible:
+        return NoFit(request.task_id, can_wait=False, rejections=tuple(rejections), total_nodes=len(view.nodes))
+
+    ctx = PlacementContext(
+        view=view,
+        group_counts=ctx.group_counts,
+        spread_floor=min(spread_level(request, node, ctx) for node in possible),
+    )
+    ready: list[NodeView] = []
+    for node in possible:
+        rejection = _first_failure(strategy.current_checks, request, node, ctx)
+        if rejection:
+            rejections.append(rejection)
+        else:
+            ready.append(node)
+    if not ready:
+        return NoFit(request.task_id, can_wait=True, rejections=tuple(rejections), total_nodes=len(view.nodes))
+
+    scored = [(_score(strategy, request, node, ctx), node) for node in ready]
+    (total, parts), chosen = min(scored, key=lambda item: (-item[0][0], item[1].name, item[1].node_id))
+    return SchedulingDecision(
+        task_id=request.task_id,
+        node_id=chosen.node_id,
+        node_name=chosen.name,
+        node_ip=chosen.ip,
+        strategy=request.strategy,
+        score=round(total, 6),
+        reasons=_explain(request, chosen, parts, ready, rejections, ctx),
+        resources=request.requirements.as_ray_resources(),
+    )
+
+
+def _score(strategy: Strategy, request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> tuple[float, dict[str, float]]:
+    parts: dict[str, float] = {}
+    for name, _, scorer in strategy.scorers:
+        value = scorer(request, node, ctx)
+        if not (0.0 <= value <= 1.0) or math.isnan(value):
+            raise ValueError(f"scorer {name!r} gave {value} for node {node.name}; scores must lie in [0, 1]")
+        parts[name] = value
+    weight_sum = sum(weight for _, weight, _ in strategy.scorers)
+    total = sum(weight * parts[name] for name, weight, _ in strategy.scorers) / weight_sum
+    return total, parts
+
+
+def _explain(request: SchedulingRequest, chosen: NodeView, parts: dict[str, float], ready: list[NodeView],
+             rejections: list[Rejection], ctx: PlacementContext) -> list[str]:
+    """Plain words for why this node: the deciding evidence, then who was passed over."""
+    reasons: list[str] = []
+    strategy = request.strategy
+    if strategy is SchedulingStrategy.SPREAD:
+        counts = {node.name: ctx.group_counts.get(node.node_id, 0) for node in ctx.view.nodes.values()}
+        reasons.append(f"spread: {chosen.name} had {counts.get(chosen.name, 0)} of this job's tasks, "
+                       f"the fewest per {'GPU' if request.requirements.gpu_count else 'node'}")
+    elif strategy is SchedulingStrategy.LOAD_BALANCED:
+        reasons.append(f"load_balanced: {chosen.name} has the lowest load ({load_of(request, chosen):.2f}) "
+                       f"of {len(ready)} ready node(s)")
+    elif strategy is SchedulingStrategy.PERFORMANCE_OPTIMIZED:
+        seconds, evidence = expected_finish_s(request, chosen, ctx.view)
+        reasons.append(f"performance_optimized: {chosen.name} expected to finish soonest "
+                       f"(~{seconds:.3f}s, {evidence}, {chosen.in_flight} in flight)")
+    elif strategy is SchedulingStrategy.NODE_SPECIFIC:
+        reasons.append(f"node_specific: {request.target_node!r} is {chosen.name} ({chosen.node_id[:8]})")
+    else:
+        reasons.append(f"pack: {chosen.name} is the fullest node that still fits")
+    reasons.append("scores: " + ", ".join(f"{name}={value:.3f}" for name, value in parts.items()))
+    if rejections:
+        reasons.append("passed over: " + "; ".join(f"{r.node} ({r.reason})" for r in rejections[:5]))
+    return reasons
+
+
+def _amount(resource: str, value: float) -> str:
+    if resource == "memory":
+        return f"{value / (1024 * 1024):.0f} MB of"
+    return f"{value:g}"

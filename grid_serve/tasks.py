@@ -1,0 +1,138 @@
+"""Built-in task functions and the registry HTTP callers choose from by name.
+
+A task is a plain function; `@task(...)` records it with the resources it needs by default.
+`serve_config.yaml` names the modules whose tasks the app registers (this one by default),
+so users add their own by listing a module there. Tasks report where they ran from inside
+themselves (node label, node id, IP), which is what the tests check.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .models import NODE_LABEL, ResourceRequirement
+
+
+@dataclass(frozen=True)
+class TaskType:
+    name: str
+    fn: Callable[..., Any]
+    requirements: ResourceRequirement
+    description: str
+
+
+_REGISTRY: dict[str, TaskType] = {}
+
+
+def task(name: str | None = None, *, cpu_count: float = 1.0, gpu_count: float = 0.0,
+         memory_mb: float = 0.0) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a function as a task type: `@task(gpu_count=1)`."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        task_name = name or fn.__name__
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRY[task_name] = TaskType(
+            task_name, fn,
+            ResourceRequirement(cpu_count=cpu_count, gpu_count=gpu_count, memory_mb=memory_mb),
+            doc[0] if doc else "",
+        )
+        return fn
+
+    return register
+
+
+def load_task_modules(modules: list[str]) -> dict[str, TaskType]:
+    """Import the modules named in the app config; their `@task`s register themselves."""
+    for module in modules:
+        importlib.import_module(module)
+    return dict(_REGISTRY)
+
+
+def where_am_i() -> dict[str, str]:
+    """The node this code runs on, as seen from inside: its grid name, Ray node id and IP."""
+    import ray
+
+    context = ray.get_runtime_context()
+    node_id = context.get_node_id()
+    labels = context.get_node_labels()
+    ip = ray.util.get_node_ip_address()
+    return {"node": labels.get(NODE_LABEL) or ip, "node_id": node_id, "ip": ip}
+
+
+@task()
+def compute_task(task_id: int = 0) -> dict[str, Any]:
+    """Report where the task ran: task id, node name, node id, IP."""
+    return {"task_id": task_id, **where_am_i()}
+
+
+@task()
+def noop(task_id: int = 0) -> int:
+    """Do nothing; for measuring overhead."""
+    return task_id
+
+
+@task()
+def cpu_task(task_id: int = 0, iterations: int = 200_000) -> dict[str, Any]:
+    """Burn CPU for a while (a sum of squares) and report where."""
+    total = 0
+    for i in range(iterations):
+        total += i * i
+    return {"task_id": task_id, "checksum": total % 1_000_003, **where_am_i()}
+
+
+@task()
+def sleep_task(task_id: int = 0, seconds: float = 0.5) -> dict[str, Any]:
+    """Sleep, then report where and when it started (for queue and priority checks)."""
+    started = time.time()
+    time.sleep(seconds)
+    return {"task_id": task_id, "started": started, "slept_s": seconds, **where_am_i()}
+
+
+@task(memory_mb=64)
+def memory_task(task_id: int = 0, megabytes: int = 32) -> dict[str, Any]:
+    """Allocate and touch `megabytes` of memory, then report where."""
+    block = bytearray(megabytes * 1024 * 1024)
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
+    return {"task_id": task_id, "allocated_mb": megabytes, **where_am_i()}
+
+
+@task(gpu_count=1)
+def gpu_task(task_id: int = 0) -> dict[str, Any]:
+    """Report the GPU(s) Ray gave this task (CUDA_VISIBLE_DEVICES) and where it ran."""
+    import ray
+
+    gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+    return {"task_id": task_id, "gpu_ids": list(gpu_ids),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), **where_am_i()}
+
+
+@task()
+def slow_on_node(task_id: int = 0, node: str = "gpu2", slow_s: float = 0.5, fast_s: float = 0.05) -> dict[str, Any]:
+    """Sleep `slow_s` on the named node and `fast_s` elsewhere: a deliberately slow node."""
+    here = where_am_i()
+    time.sleep(slow_s if here["node"] == node else fast_s)
+    return {"task_id": task_id, **here}
+
+
+def run_task(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Run one task inside a Ray worker and wrap what happened, with timing and node.
+
+    Errors are caught here so the envelope still says where and how long: the LoadBalancer
+    releases the reservation either way.
+    """
+    here = where_am_i()
+    started = time.time()
+    began = time.perf_counter()
+    try:
+        result, ok, error = fn(*args, **kwargs), True, None
+    except Exception as exc:  # the user's task failed; report it, do not crash the job
+        result, ok, error = None, False, f"{type(exc).__name__}: {exc}"
+    return {
+        "ok": ok, "result": result, "error": error, "node_id": here["node_id"], "node_name": here["node"],
+        "started_at": started, "duration_s": time.perf_counter() - began,
+    }

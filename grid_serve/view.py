@@ -1,0 +1,190 @@
+"""The immutable picture of the cluster that every placement decision reads.
+
+The MetricsCollector supplies the nodes, the LoadBalancer's ledger supplies what is reserved
+on them, and the Scheduler folds the two into a `ClusterView`. Strategies only ever see this,
+so they can be tested with a table of hand-made nodes (`make_node`) and no Ray at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+if TYPE_CHECKING:
+    from .ledger import LedgerSnapshot
+    from .models import GpuInfo, NodeStatus
+
+EMPTY: Mapping[str, float] = MappingProxyType({})
+
+
+class NodeLookupError(LookupError):
+    """A node reference (name, Ray node id or IP) matched no node, or more than one."""
+
+
+@dataclass(frozen=True)
+class GpuView:
+    index: int
+    name: str = "unknown"
+    utilization: float | None = None  # 0..1
+    memory_free_mb: float | None = None
+    memory_total_mb: float | None = None
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One node: identity, Ray's totals, grid-serve's reservations, measured load."""
+
+    node_id: str
+    name: str
+    ip: str
+    alive: bool = True
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    total: Mapping[str, float] = field(default_factory=lambda: EMPTY)
+    reserved: Mapping[str, float] = field(default_factory=lambda: EMPTY)
+    in_flight: int = 0
+    cpu_utilization: float | None = None  # measured, 0..1, None until a probe reports
+    gpus: tuple[GpuView, ...] = ()
+    stale: bool = False
+
+    def free(self, resource: str, admission: float = 1.0) -> float:
+        """What is left of `resource` for new reservations, allowing `admission`× the total."""
+        return self.total.get(resource, 0.0) * admission - self.reserved.get(resource, 0.0)
+
+    def reserve(self, resources: Mapping[str, float], tasks: int = 1) -> "NodeView":
+        """A copy with `resources` more reserved and `tasks` more in flight (negative releases)."""
+        reserved = dict(self.reserved)
+        for name, amount in resources.items():
+            reserved[name] = max(0.0, reserved.get(name, 0.0) + amount * (1 if tasks >= 0 else -1))
+        return replace(self, reserved=MappingProxyType(reserved), in_flight=max(0, self.in_flight + tasks))
+
+    @property
+    def gpu_count(self) -> float:
+        return self.total.get("GPU", 0.0)
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """All nodes plus the evidence strategies weigh; copy-on-write, never mutated."""
+
+    nodes: Mapping[str, NodeView]  # by node id, in a stable order
+    admission: float = 2.0  # a node takes reservations up to this many times its resources
+    durations: Mapping[tuple[str, str], float] = field(default_factory=lambda: EMPTY)  # (node_id, task_type) -> EWMA seconds
+    taken_at: float = 0.0
+
+    @classmethod
+    def of(cls, nodes: Iterable[NodeView], **kwargs: object) -> "ClusterView":
+        ordered = sorted(nodes, key=lambda node: (node.name, node.node_id))
+        return cls(nodes=MappingProxyType({node.node_id: node for node in ordered}), **kwargs)  # type: ignore[arg-type]
+
+    def with_node(self, node: NodeView) -> "ClusterView":
+        nodes = dict(self.nodes)
+        nodes[node.node_id] = node
+        return replace(self, nodes=MappingProxyType(nodes))
+
+    def resolve(self, reference: str) -> NodeView:
+        """The node a user means by a name, a Ray node id (or its unique prefix) or an IP.
+
+        Several nodes may share an IP (a local cluster does), so an IP that matches more
+        than one node is an error rather than a guess.
+        """
+        by_name = [node for node in self.nodes.values() if node.name == reference]
+        if by_name:
+            return by_name[0]
+        if reference in self.nodes:
+            return self.nodes[reference]
+        by_ip = [node for node in self.nodes.values() if node.ip == reference]
+        if len(by_ip) == 1:
+            return by_ip[0]
+        if len(by_ip) > 1:
+            names = ", ".join(node.name for node in by_ip)
+            raise NodeLookupError(f"IP {reference} is shared by nodes {names}; name one of them instead")
+        if len(reference) >= 6:
+            by_prefix = [node for node in self.nodes.values() if node.node_id.startswith(reference)]
+            if len(by_prefix) == 1:
+                return by_prefix[0]
+        known = ", ".join(node.name for node in self.nodes.values()) or "none"
+        raise NodeLookupError(f"unknown node {reference!r}; known nodes: {known}")
+
+
+def make_node(
+    name: str,
+    cpus: float = 2,
+    gpus: float = 0,
+    memory_mb: float = 4096,
+    reserved: Mapping[str, float] | None = None,
+    alive: bool = True,
+    labels: Mapping[str, str] | None = None,
+    in_flight: int = 0,
+    node_id: str | None = None,
+    ip: str = "127.0.0.1",
+    cpu_utilization: float | None = None,
+    gpu_views: tuple[GpuView, ...] = (),
+    custom: Mapping[str, float] | None = None,
+) -> NodeView:
+    """A node for tests, benchmarks and examples: `make_node("gpu1", cpus=4, gpus=1)`."""
+    total = {"CPU": float(cpus), "memory": memory_mb * 1024 * 1024}
+    if gpus:
+        total["GPU"] = float(gpus)
+    total.update(custom or {})
+    return NodeView(
+        node_id=node_id or f"id-{name}",
+        name=name,
+        ip=ip,
+        alive=alive,
+        labels=MappingProxyType({"grid.io/node": name, **(labels or {})}),
+        total=MappingProxyType(total),
+        reserved=MappingProxyType(dict(reserved or {})),
+        in_flight=in_flight,
+        cpu_utilization=cpu_utilization,
+        gpus=gpu_views,
+    )
+
+
+@dataclass
+class GroupCounts:
+    """How many tasks of each job (group) each node has been given: what `spread` evens out."""
+
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def of(self, group: str) -> Mapping[str, int]:
+        return self.counts.get(group, {})
+
+    def add(self, group: str, node_id: str, amount: int = 1) -> None:
+        per_node = self.counts.setdefault(group, {})
+        per_node[node_id] = per_node.get(node_id, 0) + amount
+
+    def forget(self, group: str) -> None:
+        self.counts.pop(group, None)
+
+
+def view_from(nodes: Iterable["NodeStatus"], ledger: "LedgerSnapshot | None" = None, admission: float = 2.0,
+              taken_at: float = 0.0) -> ClusterView:
+    """Fold the MetricsCollector's inventory and the LoadBalancer's ledger into one view."""
+    loads = ledger.loads if ledger else {}
+    views = []
+    for node in nodes:
+        load = loads.get(node.node_id)
+        views.append(NodeView(
+            node_id=node.node_id,
+            name=node.name,
+            ip=node.address,
+            alive=node.alive and not node.stale,
+            labels=MappingProxyType(dict(node.labels)),
+            total=MappingProxyType(dict(node.resources_total)),
+            reserved=MappingProxyType(dict(load.reserved) if load else {}),
+            in_flight=load.in_flight if load else 0,
+            cpu_utilization=None if node.cpu_percent is None else node.cpu_percent / 100.0,
+            gpus=tuple(_gpu_view(gpu) for gpu in node.gpus),
+            stale=node.stale,
+        ))
+    durations = ledger.durations if ledger else EMPTY
+    return ClusterView.of(views, admission=admission, durations=durations, taken_at=taken_at)
+
+
+def _gpu_view(gpu: "GpuInfo") -> GpuView:
+    free = None
+    if gpu.memory_total_mb is not None and gpu.memory_used_mb is not None:
+        free = gpu.memory_total_mb - gpu.memory_used_mb
+    utilization = None if gpu.utilization_pct is None else gpu.utilization_pct / 100.0
+    return GpuView(gpu.index, gpu.name, utilization, free, gpu.memory_total_mb)
