@@ -1,0 +1,68 @@
+"""One real multi-node Ray cluster (3 raylets labelled gpu-master, gpu1, gpu2; one logical GPU
+on each worker) with the grid app deployed, shared by the whole test session.
+
+Pure unit tests never touch it: only tests that ask for a cluster fixture start it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from grid_serve.client import GridClient  # noqa: E402
+from grid_serve.local_cluster import LocalNode, deploy_app, free_port, start_cluster  # noqa: E402
+
+GiB = 1024**3
+TEST_NODES = [
+    LocalNode("gpu-master", num_cpus=2, num_gpus=0, memory_bytes=4 * GiB, head=True),
+    LocalNode("gpu1", num_cpus=2, num_gpus=1, memory_bytes=4 * GiB, head=False),
+    LocalNode("gpu2", num_cpus=2, num_gpus=1, memory_bytes=4 * GiB, head=False),
+]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[object]:
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    cluster = start_cluster(TEST_NODES)
+    yield cluster
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def base_url(ray_cluster: object) -> str:
+    url = deploy_app(free_port(), {"metrics_interval_s": 0.5})
+    os.environ["GRID_ADDRESS"] = url
+    return url
+
+
+@pytest.fixture(scope="session")
+def cluster_address(ray_cluster: object) -> str:
+    return ray_cluster.address  # type: ignore[attr-defined]
+
+
+@pytest.fixture()
+def http(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture()
+def client(base_url: str) -> Iterator[GridClient]:
+    with GridClient(base_url, timeout_s=120) as grid:
+        yield grid
