@@ -1,12 +1,13 @@
 """Ingress: the HTTP API (`/v1/...`) and the handle API, over the same methods.
 
+(No `from __future__ import annotations` here: FastAPI must resolve the route annotations.)
+
 A job becomes one SchedulingRequest per task; the Scheduler answers with placements (now or
 as capacity frees); each placed task is dispatched pinned to its node, and every completion
 is reported back so the ledger releases it. The handle methods are the API; the HTTP routes
 at the bottom are thin wrappers around them.
 """
 
-from __future__ import annotations
 
 import asyncio
 import time
@@ -129,11 +130,26 @@ async def _grid_error(request: Request, exc: GridError) -> JSONResponse:
 
 @fastapi_app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = [{"field": ".".join(str(p) for p in err["loc"] if p != "body") or "body", "message": err["msg"]}
-                for err in exc.errors()]
+    problems = [{"field": _field_of(err), "message": _message_of(err)} for err in exc.errors()]
     summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
     return JSONResponse({"error": f"invalid request: {summary}", "field": problems[0]["field"] if problems else None,
                          "problems": problems}, status_code=422)
+
+
+def _field_of(error: dict[str, Any]) -> str:
+    """'resources.cpu_count' from FastAPI's ('body', 'resources', 'cpu_count')."""
+    parts = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+    if error.get("type") == "json_invalid":
+        return "body"
+    return ".".join(parts) or "body"
+
+
+def _message_of(error: dict[str, Any]) -> str:
+    if error.get("type") == "json_invalid":
+        return f"malformed JSON ({error.get('ctx', {}).get('error', 'could not parse')})"
+    if error.get("type") == "missing" and error.get("loc") == ("body",):
+        return "a JSON body is required"
+    return str(error.get("msg", "invalid"))
 
 
 @fastapi_app.exception_handler(Exception)

@@ -1,0 +1,222 @@
+"""The real app on the real 3-node cluster, over real HTTP and real handles.
+
+Placements are checked from inside the tasks (each built-in task reports the node it ran on),
+not from the decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from grid_serve.client import GridClient
+
+pytestmark = pytest.mark.cluster
+
+
+def ran_on(status: dict) -> Counter:
+    """Where each task ran, as the task itself reported."""
+    return Counter(outcome["result"]["node"] for outcome in status["results"])
+
+
+def submit(http: httpx.Client, **body) -> dict:
+    response = http.post("/v1/jobs", json={"wait": True, **body})
+    assert response.status_code == 200, response.text
+    status = response.json()
+    assert status["state"] == "succeeded", status
+    return status
+
+
+def wait_idle(client: GridClient, timeout_s: float = 60) -> None:
+    """Let the previous test's tasks drain so each test starts on an idle cluster."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = client.cluster_status()
+        if status.queued == 0 and all(node.in_flight == 0 for node in status.nodes):
+            return
+        time.sleep(0.2)
+    raise AssertionError("cluster did not become idle")
+
+
+def test_health_and_cluster_status(http: httpx.Client) -> None:
+    assert http.get("/v1/health").json()["nodes_alive"] == 3
+    nodes = {node["name"]: node for node in http.get("/v1/cluster").json()["nodes"]}
+    assert set(nodes) == {"gpu-master", "gpu1", "gpu2"}
+    assert nodes["gpu1"]["resources_total"]["GPU"] == 1.0
+    assert nodes["gpu-master"]["labels"]["grid.io/node"] == "gpu-master"
+    assert all(node["alive"] for node in nodes.values())
+
+
+def test_openapi_document_is_served(http: httpx.Client) -> None:
+    document = http.get("/openapi.json").json()
+    assert "paths" in document, document
+    paths = document["paths"]
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/cluster", "/v1/schedule", "/v1/tasks", "/v1/health"} <= set(paths)
+
+
+def test_registered_tasks_are_listed(http: httpx.Client) -> None:
+    tasks = {task["name"]: task for task in http.get("/v1/tasks").json()}
+    assert {"compute_task", "cpu_task", "sleep_task", "memory_task", "gpu_task"} <= set(tasks)
+    assert tasks["gpu_task"]["requirements"]["gpu_count"] == 1
+
+
+def test_spread_100_tasks_land_34_33_33(http: httpx.Client, client: GridClient) -> None:
+    wait_idle(client)
+    status = submit(http, task="compute_task", count=100, strategy="spread")
+    assert sorted(ran_on(status).values()) == [33, 33, 34]
+    assert sorted(status["per_node"].values()) == [33, 33, 34]
+    assert [o["result"]["task_id"] for o in status["results"]] == list(range(100))
+
+
+def test_node_specific_50_tasks_all_run_on_gpu1(http: httpx.Client) -> None:
+    status = submit(http, task="compute_task", count=50, strategy="node_specific", node="gpu1")
+    assert ran_on(status) == Counter({"gpu1": 50})
+
+
+def test_six_gpu_tasks_run_three_and_three(http: httpx.Client, client: GridClient) -> None:
+    wait_idle(client)
+    status = submit(http, task="gpu_task", count=6)
+    assert ran_on(status) == Counter({"gpu1": 3, "gpu2": 3})
+    assert all(outcome["result"]["gpu_ids"] == ["0"] for outcome in status["results"])
+
+
+def test_load_balanced_avoids_the_busy_node(http: httpx.Client, client: GridClient) -> None:
+    wait_idle(client)
+    blockers = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[0, 3.0], [1, 3.0]],
+                                           "strategy": "node_specific", "node": "gpu-master"})
+    assert blockers.status_code == 202, blockers.text
+    status = submit(http, task="compute_task", count=4, strategy="load_balanced")
+    assert ran_on(status) == Counter({"gpu1": 2, "gpu2": 2})
+    client.wait_job(blockers.json()["job_id"], timeout_s=60)
+
+
+def test_priority_high_queued_tasks_start_before_earlier_low_ones(http: httpx.Client, client: GridClient) -> None:
+    wait_idle(client)
+    # 12 blockers fill every node's admission (2 CPUs x 2): everything after them must queue.
+    blockers = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 2.0] for i in range(12)]}).json()
+    assert blockers["queued"] == 0
+    low = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 1.0] for i in range(6)],
+                                      "strategy": "load_balanced", "priority": "low"}).json()
+    high = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 1.0] for i in range(6)],
+                                       "strategy": "load_balanced", "priority": "high"}).json()
+    assert low["queued"] == 6 and high["queued"] == 6
+    low_done = client.wait_job(low["job_id"], timeout_s=120)
+    high_done = client.wait_job(high["job_id"], timeout_s=120)
+    assert low_done.state == high_done.state == "succeeded"
+    high_starts = [o.result["started"] for o in high_done.results]
+    low_starts = [o.result["started"] for o in low_done.results]
+    assert max(high_starts) < min(low_starts)
+    high_waits = client.wait_job(blockers["job_id"], timeout_s=60)
+    assert high_waits.state == "succeeded"
+
+
+def test_request_larger_than_every_node_is_rejected_at_once(http: httpx.Client) -> None:
+    response = http.post("/v1/jobs", json={"task": "compute_task", "count": 3, "resources": {"cpu_count": 16}})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"].startswith("0/3 nodes are available: 3 insufficient resources (it can never fit)")
+    assert "needs 16 CPU, has 2" in body["error"]
+
+
+@pytest.mark.parametrize("body, field, words", [
+    ({"task": "compute_task", "strategy": "fastest"}, "strategy", "Input should be"),
+    ({"task": "no_such_task"}, "task", "unknown task 'no_such_task'; registered tasks:"),
+    ({"task": "compute_task", "strategy": "node_specific", "node": "gpu9"}, "node", "unknown node 'gpu9'"),
+    ({"task": "compute_task", "resources": {"cpu_count": -1}}, "resources.cpu_count", "greater than or equal to 0"),
+    ({"task": "compute_task", "resources": {"gpu_count": 1e9}}, "resources.gpu_count", "less than or equal to"),
+    ({"task": "compute_task", "count": 10_000_000}, "count", "less than or equal to 100000"),
+    ({"task": "compute_task", "count": 0}, "count", "greater than or equal to 1"),
+    ({"task": "compute_task", "strategy": "node_specific"}, "body", "node_specific needs node"),
+    ({"task": "compute_task", "colour": "red"}, "colour", "Extra inputs are not permitted"),
+])
+def test_bad_input_gets_a_4xx_naming_the_problem(http: httpx.Client, body: dict, field: str, words: str) -> None:
+    response = http.post("/v1/jobs", json=body)
+    assert 400 <= response.status_code < 500, response.text
+    payload = response.json()
+    assert payload["field"] == field
+    assert words in payload["error"]
+
+
+def test_malformed_json_gets_a_4xx_and_the_app_keeps_serving(http: httpx.Client) -> None:
+    response = http.post("/v1/jobs", content=b'{"task": "compute_task", "count": ', headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "JSON" in response.json()["error"]
+    assert http.get("/v1/jobs/does-not-exist").status_code == 404
+    assert http.get("/v1/health").status_code == 200
+
+
+def test_async_job_status_and_cancel(http: httpx.Client, client: GridClient) -> None:
+    wait_idle(client)
+    blockers = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 2.0] for i in range(12)]}).json()
+    queued = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 1.0] for i in range(4)]})
+    assert queued.status_code == 202
+    job_id = queued.json()["job_id"]
+    assert http.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
+    cancelled = http.delete(f"/v1/jobs/{job_id}").json()
+    assert cancelled["state"] == "cancelled" and cancelled["cancelled"] == 4 and cancelled["queued"] == 0
+    done = client.wait_job(blockers["job_id"], timeout_s=60)
+    assert done.succeeded == 12
+    assert client.get_job(job_id).succeeded == 0
+
+
+def test_schedule_reserves_until_completed(http: httpx.Client, client: GridClient) -> None:
+    wait_idle(client)
+    decision = http.post("/v1/schedule", json={"task_id": "external-1", "strategy": "node_specific",
+                                               "target_node": "gpu2", "requirements": {"cpu_count": 2}}).json()
+    assert decision["node_name"] == "gpu2" and decision["resources"] == {"CPU": 2.0}
+    nodes = {node.name: node for node in client.cluster_status().nodes}
+    assert nodes["gpu2"].reserved == {"CPU": 2.0} and nodes["gpu2"].in_flight == 1
+    assert http.post("/v1/schedule/external-1/complete", json={"ok": True, "duration_s": 0.5}).status_code == 200
+    nodes = {node.name: node for node in client.cluster_status().nodes}
+    assert nodes["gpu2"].in_flight == 0
+    again = http.post("/v1/schedule/external-1/complete")
+    assert again.status_code == 404 and again.json()["field"] == "task_id"
+
+
+HANDLE_SCRIPT = textwrap.dedent("""
+    import asyncio, json, sys
+    import ray
+    from ray import serve
+    from grid_serve import IntelligentScheduler, SchedulingRequest, SchedulingStrategy, ResourceRequirement, TaskPriority
+    from grid_serve.client import HandleClient
+
+    def my_square(x):
+        from grid_serve.tasks import where_am_i
+        return {"square": x * x, **where_am_i()}
+
+    async def main():
+        ray.init(address=sys.argv[1], log_to_driver=False)
+        grid = HandleClient(serve.get_app_handle("grid"))
+        status = await grid.submit_job({"task": "compute_task", "count": 9, "strategy": "spread", "wait": True})
+        custom = await grid.submit_job({"args": [[2], [3]], "strategy": "node_specific", "node": "gpu2", "wait": True},
+                                       fn=my_square)
+        scheduler = IntelligentScheduler.connect()
+        request = SchedulingRequest(task_id="my_task", requirements=ResourceRequirement(cpu_count=1, gpu_count=1),
+                                    strategy=SchedulingStrategy.SPREAD, priority=TaskPriority.HIGH)
+        decision = await scheduler.schedule_task(request)
+        where = ray.get(ray.remote(my_square).options(**decision.ray_options()).remote(4))
+        await scheduler.task_finished("my_task")
+        print(json.dumps({"per_node": status.per_node, "custom": [o.result for o in custom.results],
+                          "decision_node": decision.node_name, "decision_id": decision.node_id, "ran_on": where["node"]}))
+
+    asyncio.run(main())
+""")
+
+
+def test_handle_call_from_a_separate_driver_process(base_url: str, cluster_address: str, tmp_path) -> None:
+    script = tmp_path / "driver.py"
+    script.write_text(HANDLE_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), cluster_address], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert sorted(result["per_node"].values()) == [3, 3, 3]
+    assert [(r["square"], r["node"]) for r in result["custom"]] == [(4, "gpu2"), (9, "gpu2")]
+    assert result["decision_node"] in ("gpu1", "gpu2") and result["ran_on"] == result["decision_node"]
+    assert len(result["decision_id"]) == 56

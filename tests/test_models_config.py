@@ -1,0 +1,126 @@
+"""Pure tests of the shared models, the cluster config loader and the ledger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from grid_serve.config import ConfigError, load_cluster_config, parse_cluster_config
+from grid_serve.ledger import Completion, Ledger
+from grid_serve.models import JobSubmission, ResourceRequirement, SchedulingDecision, SchedulingRequest, SchedulingStrategy
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_EXAMPLE = REPO.parent / "shared" / "example-cluster.yaml"
+
+
+@pytest.mark.parametrize("text", ["spread", "SPREAD", "Spread", " spread ", "load_balanced", "LOAD-BALANCED", "pack"])
+def test_strategies_are_case_insensitive(text: str) -> None:
+    assert SchedulingStrategy(text).value == text.strip().upper().replace("-", "_")
+
+
+def test_unknown_strategy_is_a_validation_error_naming_the_field() -> None:
+    with pytest.raises(ValidationError, match="strategy"):
+        JobSubmission(task="compute_task", strategy="fastest")
+
+
+@pytest.mark.parametrize("bad", [{"cpu_count": -1}, {"gpu_count": 1.5}, {"memory_mb": 1e12},
+                                 {"custom_resources": {"CPU": 1}}, {"cpu_count": 1e9}, {"cpus": 1}])
+def test_absurd_resources_are_rejected(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        ResourceRequirement(**bad)
+
+
+def test_resources_in_ray_units() -> None:
+    needs = ResourceRequirement(cpu_count=2, memory_mb=4000, gpu_count=1, custom_resources={"accel": 1})
+    assert needs.as_ray_resources() == {"CPU": 2, "GPU": 1, "memory": 4000 * 1024 * 1024, "accel": 1}
+    assert ResourceRequirement(cpu_count=0).as_ray_resources() == {}
+
+
+def test_node_specific_needs_a_node() -> None:
+    with pytest.raises(ValidationError, match="node_specific needs"):
+        JobSubmission(strategy="node_specific")
+    with pytest.raises(ValidationError, match="node_specific needs target_node"):
+        SchedulingRequest(strategy="node_specific")
+
+
+def test_job_count_xor_args_and_call_args() -> None:
+    with pytest.raises(ValidationError, match="either count or args"):
+        JobSubmission(count=2, args=[[1]])
+    assert JobSubmission(count=3).call_args(2) == ([2], {})
+    job = JobSubmission(args=[[1, 2], {"seconds": 0.1}])
+    assert job.task_count == 2 and job.call_args(0) == ([1, 2], {}) and job.call_args(1) == ([], {"seconds": 0.1})
+
+
+def test_decision_ray_options_pin_hard_to_the_node() -> None:
+    decision = SchedulingDecision(task_id="t", node_id="ab" * 28, node_name="gpu1", node_ip="127.0.0.1",
+                                  strategy="spread", score=1.0,
+                                  resources={"CPU": 2.0, "GPU": 1.0, "memory": 1024.0, "accel": 1.0})
+    options = decision.ray_options()
+    assert options["num_cpus"] == 2.0 and options["num_gpus"] == 1.0 and options["memory"] == 1024.0
+    assert options["resources"] == {"accel": 1.0}
+    strategy = options["scheduling_strategy"]
+    assert strategy.node_id == "ab" * 28 and strategy.soft is False
+
+
+def test_repo_cluster_config_loads() -> None:
+    config = load_cluster_config(REPO / "config" / "cluster.yaml")
+    assert [node.name for node in config.nodes] == ["gpu-master", "gpu1", "gpu2"]
+    assert config.head.name == "gpu-master"
+
+
+@pytest.mark.skipif(not SHARED_EXAMPLE.exists(), reason="shared example cluster file not beside the repo")
+def test_users_existing_cluster_files_load() -> None:
+    assert load_cluster_config(SHARED_EXAMPLE).resource_sharing.policy == "balanced"
+
+
+def test_unknown_keys_are_errors_not_dropped() -> None:
+    data = {"nodes": [{"name": "a", "host": "a", "cpu_count": 2, "memory_gb": 4,
+                       "resource_sharing": {"max_share_gpus": 1}}]}
+    with pytest.raises(ConfigError, match=r"nodes\.0\.resource_sharing\.max_share_gpus: Extra inputs are not permitted"):
+        parse_cluster_config(data, "cluster.yaml")
+
+
+def test_duplicate_node_names_are_errors() -> None:
+    node = {"name": "a", "host": "a", "cpu_count": 2, "memory_gb": 4}
+    with pytest.raises(ConfigError, match="repeated: a"):
+        parse_cluster_config({"nodes": [node, node]})
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such cluster config file"):
+        load_cluster_config(tmp_path / "nope.yaml")
+
+
+def test_ledger_reserves_releases_and_learns() -> None:
+    ledger = Ledger(clock=lambda: 0.0)
+    ledger.reserve("t1", "n1", {"CPU": 1.0}, "job", "g", "SPREAD")
+    ledger.reserve("t2", "n1", {"CPU": 2.0, "GPU": 1.0}, "job", "g", "SPREAD")
+    loads = ledger.loads()
+    assert loads["n1"].reserved == {"CPU": 3.0, "GPU": 1.0} and loads["n1"].in_flight == 2
+    ledger.release([Completion(task_id="t1", duration_s=2.0), Completion(task_id="t2", ok=False, duration_s=9.0)])
+    assert ledger.loads() == {}
+    assert ledger.durations == {("n1", "job"): 2.0}  # failures teach nothing about speed
+    ledger.reserve("t3", "n1", {"CPU": 1.0}, "job")
+    ledger.release([Completion(task_id="t3", duration_s=1.0)])
+    assert ledger.durations[("n1", "job")] == pytest.approx(0.7 * 2.0 + 0.3 * 1.0)
+
+
+def test_ledger_leases_expire() -> None:
+    now = [0.0]
+    ledger = Ledger(clock=lambda: now[0])
+    ledger.reserve("ext", "n1", {"CPU": 1.0}, lease_s=10)
+    ledger.reserve("job-task", "n1", {"CPU": 1.0})
+    now[0] = 9.0
+    assert ledger.expire() == []
+    now[0] = 10.0
+    assert [r.task_id for r in ledger.expire()] == ["ext"]
+    assert list(ledger.reservations) == ["job-task"]
+
+
+def test_ledger_release_of_unknown_task_is_harmless() -> None:
+    ledger = Ledger()
+    version = ledger.version
+    assert ledger.release([Completion(task_id="nope")]) == []
+    assert ledger.version == version

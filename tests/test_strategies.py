@@ -1,0 +1,269 @@
+"""Pure tests of the placement pipeline: tables of hand-made nodes, no Ray."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from grid_serve.models import ResourceRequirement, SchedulingDecision, SchedulingRequest, SchedulingStrategy, TaskPriority
+from grid_serve.scheduling import SchedulerCore
+from grid_serve.strategies import NoFit, PlacementError, place
+from grid_serve.view import ClusterView, make_node
+
+MB = 1024 * 1024
+
+
+def request(strategy: str = "spread", cpus: float = 1, gpus: float = 0, **kwargs) -> SchedulingRequest:
+    return SchedulingRequest(strategy=strategy, requirements=ResourceRequirement(cpu_count=cpus, gpu_count=gpus),
+                             **kwargs)
+
+
+def three_nodes(**overrides) -> ClusterView:
+    nodes = {name: make_node(name, cpus=2, gpus=0 if name == "gpu-master" else 1) for name in ("gpu-master", "gpu1", "gpu2")}
+    nodes.update(overrides)
+    return ClusterView.of(nodes.values())
+
+
+def run_batch(view: ClusterView, requests: list[SchedulingRequest]) -> Counter:
+    """Place a whole batch, releasing everything between drains, as completions would."""
+    core = SchedulerCore()
+    core.enqueue(requests)
+    placed: Counter = Counter()
+    while len(core):
+        result = core.drain(view)
+        assert result.placed or result.rejected, "a drain on an idle cluster must make progress"
+        placed.update(d.node_name for d in result.placed)
+    return placed
+
+
+# ---------------------------------------------------------------- spread
+
+
+@pytest.mark.parametrize("tasks, expected", [
+    (100, [34, 33, 33]),
+    (30, [10, 10, 10]),
+    (1, [1]),
+    (7, [3, 2, 2]),
+    (1000, [334, 333, 333]),
+])
+def test_spread_batch_lands_floor_or_ceil_per_node(tasks: int, expected: list[int]) -> None:
+    requests = [request(job_id="job", task_id=f"t{i}") for i in range(tasks)]
+    counts = run_batch(three_nodes(), requests)
+    assert sorted(counts.values(), reverse=True) == expected
+
+
+def test_spread_is_deterministic() -> None:
+    requests = [request(job_id="job", task_id=f"t{i}") for i in range(10)]
+    assert run_batch(three_nodes(), requests) == run_batch(three_nodes(), requests)
+
+
+def test_spread_gpu_tasks_spread_over_gpus_not_nodes() -> None:
+    view = ClusterView.of([make_node("big", cpus=8, gpus=2), make_node("small", cpus=8, gpus=1),
+                           make_node("cpu-only", cpus=8)])
+    requests = [request(gpus=1, job_id="job", task_id=f"t{i}") for i in range(6)]
+    assert run_batch(view, requests) == Counter({"big": 4, "small": 2})
+
+
+def test_spread_waits_for_the_node_furthest_behind() -> None:
+    counts = {"id-gpu-master": 2, "id-gpu1": 1, "id-gpu2": 1}
+    view = three_nodes(gpu1=make_node("gpu1", cpus=2, gpus=1, reserved={"CPU": 4}))  # gpu1 full (admission 2x)
+    decision = place(request(job_id="j"), view, counts)
+    assert isinstance(decision, SchedulingDecision) and decision.node_name == "gpu2"
+    full = three_nodes(gpu1=make_node("gpu1", cpus=2, gpus=1, reserved={"CPU": 4}),
+                       gpu2=make_node("gpu2", cpus=2, gpus=1, reserved={"CPU": 4}))
+    waiting = place(request(job_id="j"), full, counts)
+    assert isinstance(waiting, NoFit) and waiting.can_wait
+    assert {r.check for r in waiting.rejections} == {"spread turn", "busy"}
+
+
+# ---------------------------------------------------------------- load_balanced and pack
+
+
+def test_load_balanced_prefers_the_node_with_free_capacity() -> None:
+    view = three_nodes(**{"gpu-master": make_node("gpu-master", cpus=2, reserved={"CPU": 2}),
+                          "gpu1": make_node("gpu1", cpus=2, gpus=1, reserved={"CPU": 1})})
+    decision = place(request("load_balanced"), view)
+    assert isinstance(decision, SchedulingDecision) and decision.node_name == "gpu2"
+    assert "lowest load" in decision.reasons[0]
+
+
+def test_load_balanced_weighs_capacity_not_task_count() -> None:
+    view = ClusterView.of([make_node("small", cpus=1, reserved={"CPU": 1}), make_node("large", cpus=4, reserved={"CPU": 2})])
+    decision = place(request("load_balanced"), view)
+    assert decision.node_name == "large"  # 2/4 busy beats 1/1 busy
+
+
+def test_load_balanced_counts_measured_utilisation() -> None:
+    view = ClusterView.of([make_node("hot", cpus=2, cpu_utilization=0.95), make_node("cool", cpus=2, cpu_utilization=0.05)])
+    assert place(request("load_balanced"), view).node_name == "cool"
+
+
+def test_pack_fills_the_fullest_node_that_fits() -> None:
+    view = three_nodes(gpu1=make_node("gpu1", cpus=2, gpus=1, reserved={"CPU": 1}))
+    assert place(request("pack"), view).node_name == "gpu1"
+
+
+# ---------------------------------------------------------------- performance_optimized
+
+
+def test_performance_optimized_uses_measured_durations() -> None:
+    nodes = [make_node("fast", cpus=2), make_node("slow", cpus=2)]
+    view = ClusterView.of(nodes, durations={("id-fast", "job"): 0.1, ("id-slow", "job"): 2.0})
+    decision = place(request("performance_optimized", task_type="job"), view)
+    assert decision.node_name == "fast"
+    assert "measured" in decision.reasons[0]
+
+
+def test_performance_optimized_prior_prefers_more_cores_without_data() -> None:
+    view = ClusterView.of([make_node("a", cpus=1), make_node("b", cpus=8)])
+    decision = place(request("performance_optimized", task_type="new"), view)
+    assert decision.node_name == "b" and "hardware prior" in decision.reasons[0]
+
+
+def test_performance_optimized_counts_queue_length() -> None:
+    view = ClusterView.of([make_node("fast", cpus=1, in_flight=10), make_node("slow", cpus=1)],
+                          durations={("id-fast", "job"): 0.5, ("id-slow", "job"): 1.0})
+    assert place(request("performance_optimized", task_type="job"), view).node_name == "slow"
+
+
+# ---------------------------------------------------------------- node_specific and feasibility
+
+
+@pytest.mark.parametrize("reference", ["gpu1", "id-gpu1", "id-gpu"])
+def test_node_specific_accepts_name_id_and_id_prefix(reference: str) -> None:
+    view = three_nodes()
+    if reference == "id-gpu":  # ambiguous prefix: matches id-gpu1 and id-gpu2
+        with pytest.raises(PlacementError, match="unknown node"):
+            place(request("node_specific", target_node=reference), view)
+        return
+    assert place(request("node_specific", target_node=reference), view).node_name == "gpu1"
+
+
+def test_node_specific_by_shared_ip_is_an_error_not_a_guess() -> None:
+    with pytest.raises(PlacementError, match="shared by nodes"):
+        place(request("node_specific", target_node="127.0.0.1"), three_nodes())
+
+
+def test_node_specific_by_unique_ip() -> None:
+    view = three_nodes(gpu2=make_node("gpu2", cpus=2, gpus=1, ip="10.0.0.2"))
+    assert place(request("node_specific", target_node="10.0.0.2"), view).node_name == "gpu2"
+
+
+def test_node_specific_unknown_node_names_the_known_ones() -> None:
+    with pytest.raises(PlacementError, match="unknown node 'gpu9'; known nodes: gpu-master, gpu1, gpu2"):
+        place(request("node_specific", target_node="gpu9"), three_nodes())
+
+
+def test_node_specific_dead_node_is_never_a_silent_fallback() -> None:
+    view = three_nodes(gpu1=make_node("gpu1", cpus=2, gpus=1, alive=False))
+    outcome = place(request("node_specific", target_node="gpu1"), view)
+    assert isinstance(outcome, NoFit) and not outcome.can_wait
+    assert "gpu1: node is dead" in outcome.message
+
+
+def test_node_specific_too_small_node_says_why() -> None:
+    outcome = place(request("node_specific", target_node="gpu1", gpus=2), three_nodes())
+    assert isinstance(outcome, NoFit) and not outcome.can_wait
+    assert "needs 2 GPU, has 1" in outcome.message
+
+
+def test_node_specific_busy_node_waits() -> None:
+    view = three_nodes(gpu1=make_node("gpu1", cpus=2, gpus=1, reserved={"CPU": 4}))
+    outcome = place(request("node_specific", target_node="gpu1"), view)
+    assert isinstance(outcome, NoFit) and outcome.can_wait
+    assert "needs 1 CPU, 0 free" in outcome.message
+
+
+def test_no_fit_message_counts_reasons_like_kube() -> None:
+    view = ClusterView.of([make_node("a", cpus=2), make_node("b", cpus=2, gpus=1), make_node("c", cpus=2, labels={"zone": "x"})])
+    outcome = place(request(gpus=1, label_selector={"zone": "y"}), view)
+    assert isinstance(outcome, NoFit) and not outcome.can_wait
+    assert outcome.message.startswith("0/3 nodes are available: 3 label mismatch (it can never fit)")
+
+
+def test_gpu_task_never_fits_cpu_only_cluster() -> None:
+    view = ClusterView.of([make_node("a", cpus=2), make_node("b", cpus=2)])
+    outcome = place(request(gpus=1), view)
+    assert outcome.message.startswith("0/2 nodes are available: 2 insufficient resources")
+
+
+def test_affinity_and_anti_affinity() -> None:
+    view = three_nodes()
+    assert place(request("load_balanced", affinity_nodes=("gpu2",)), view).node_name == "gpu2"
+    decision = place(request("spread", anti_affinity_nodes=("gpu-master", "gpu1")), view)
+    assert decision.node_name == "gpu2"
+
+
+def test_label_selector_picks_matching_nodes() -> None:
+    view = three_nodes()
+    assert place(request("spread", label_selector={"grid.io/node": "gpu2"}), view).node_name == "gpu2"
+
+
+def test_memory_request_in_mb() -> None:
+    view = ClusterView.of([make_node("small", cpus=2, memory_mb=1024), make_node("large", cpus=2, memory_mb=8192)])
+    req = SchedulingRequest(requirements=ResourceRequirement(memory_mb=4096), strategy="spread")
+    assert place(req, view).node_name == "large"
+
+
+def test_decision_reasons_and_resources() -> None:
+    decision = place(request("spread", cpus=2), three_nodes())
+    assert decision.resources == {"CPU": 2.0}
+    assert any(r.startswith("scores:") for r in decision.reasons)
+
+
+# ---------------------------------------------------------------- the queue
+
+
+def test_queue_places_higher_priority_first_when_capacity_frees() -> None:
+    core = SchedulerCore(clock=iter(range(1000)).__next__)
+    full = ClusterView.of([make_node("only", cpus=1, reserved={"CPU": 2})])
+    core.enqueue([request(job_id="low", task_id=f"low{i}", priority="low") for i in range(3)])
+    core.enqueue([request(job_id="high", task_id=f"high{i}", priority="high") for i in range(2)])
+    assert core.drain(full).placed == []
+    freed = ClusterView.of([make_node("only", cpus=1, reserved={"CPU": 0})])
+    order = [d.task_id for d in core.drain(freed).placed]
+    assert order == ["high0", "high1"]  # admission 2x of 1 CPU: two slots, both to high
+    later = [d.task_id for d in core.drain(freed).placed]
+    assert later == ["low0", "low1"]
+
+
+def test_queue_rejects_never_fitting_requests_at_once() -> None:
+    core = SchedulerCore()
+    result = core.submit([request(cpus=64, task_id="huge")], three_nodes())
+    assert [r.task_id for r in result.rejected] == ["huge"]
+    assert "needs 64 CPU, has 2" in result.rejected[0].reason
+    assert len(core) == 0
+
+
+def test_queue_rejects_node_specific_when_target_dies_while_waiting() -> None:
+    core = SchedulerCore()
+    busy = three_nodes(gpu1=make_node("gpu1", cpus=2, gpus=1, reserved={"CPU": 4}))
+    assert core.submit([request("node_specific", target_node="gpu1", task_id="t")], busy).placed == []
+    dead = three_nodes(gpu1=make_node("gpu1", cpus=2, gpus=1, alive=False))
+    result = core.drain(dead)
+    assert [r.task_id for r in result.rejected] == ["t"] and "dead" in result.rejected[0].reason
+
+
+def test_queue_cancel_drops_waiting_tasks_of_a_group() -> None:
+    core = SchedulerCore()
+    full = ClusterView.of([make_node("only", cpus=1, reserved={"CPU": 2})])
+    core.submit([request(job_id="a", task_id=f"a{i}") for i in range(3)], full)
+    core.submit([request(job_id="b", task_id="b0")], full)
+    assert sorted(core.cancel(group="a")) == ["a0", "a1", "a2"]
+    assert len(core) == 1
+
+
+def test_waited_time_is_reported() -> None:
+    now = [100.0]
+    core = SchedulerCore(clock=lambda: now[0])
+    full = ClusterView.of([make_node("only", cpus=1, reserved={"CPU": 2})])
+    core.submit([request(task_id="t")], full)
+    now[0] = 105.0
+    decision = core.drain(ClusterView.of([make_node("only", cpus=1)])).placed[0]
+    assert decision.waited_s == 5.0
+
+
+def test_priority_enum_rank_order() -> None:
+    assert [p.rank for p in (TaskPriority.LOW, TaskPriority.NORMAL, TaskPriority.HIGH, TaskPriority.CRITICAL)] == [0, 1, 2, 3]
+    assert SchedulingStrategy("load-balanced") is SchedulingStrategy.LOAD_BALANCED
