@@ -126,3 +126,103 @@ def deploy_app(port: int, args: dict[str, Any] | None = None, serve_config: Path
     serve.start(http_options={"host": LOOPBACK, "port": port})
     serve.run(build_app(app_args), name=app["name"], route_prefix=app.get("route_prefix", "/"), blocking=False)
     return f"http://{LOOPBACK}:{port}"
+
+
+# ---------------------------------------------------------------- `grid up --local` supervisor
+#
+# `grid up --local` starts `python -m grid_serve.local_cluster` detached. That one process owns
+# the cluster: it starts the raylets, deploys the app, writes the state file, and on SIGTERM
+# (`grid down`) takes everything down with it.
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("GRID_HOME", Path.home() / ".grid"))
+
+
+def state_file() -> Path:
+    return state_dir() / "local.json"
+
+
+def log_file() -> Path:
+    return state_dir() / "local.log"
+
+
+def read_state() -> dict[str, Any] | None:
+    """The running local cluster's state, or None when none is up (stale files are removed)."""
+    import json
+
+    path = state_file()
+    try:
+        state = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    if state.get("mode") == "local" and not psutil.pid_exists(state.get("pid", -1)):
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def write_state(state: dict[str, Any]) -> None:
+    import json
+
+    state_dir().mkdir(parents=True, exist_ok=True)
+    tmp = state_file().with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(state_file())
+
+
+def supervise(config_path: Path, serve_config: Path, port: int) -> None:
+    """Run the local cluster and app until SIGTERM/SIGINT, then stop both."""
+    import signal
+    import threading
+
+    import ray
+
+    from .config import load_cluster_config
+
+    nodes = scaled_nodes(load_cluster_config(config_path))
+    cluster = start_cluster(nodes)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        url = deploy_app(port, {"cluster_config": str(config_path.resolve())}, serve_config)
+        write_state({
+            "mode": "local", "pid": os.getpid(), "http": url, "ray_address": cluster.address,
+            "dashboard": _dashboard_url(), "config": str(config_path.resolve()),
+            "nodes": [{"name": n.name, "num_cpus": n.num_cpus, "num_gpus": n.num_gpus,
+                       "memory_bytes": n.memory_bytes} for n in nodes],
+        })
+        stop.wait()
+    finally:
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+            state = read_state()
+            if state and state.get("pid") == os.getpid():
+                state_file().unlink(missing_ok=True)
+
+
+def _dashboard_url() -> str | None:
+    try:
+        from ray._private.worker import get_dashboard_url
+
+        url = get_dashboard_url()
+        return url if url.startswith("http") else f"http://{url}"
+    except Exception:  # the dashboard is optional; the app works without it
+        return None
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Supervisor for `grid up --local`; use `grid up --local` instead.")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--serve-config", type=Path, default=DEFAULT_SERVE_CONFIG)
+    parser.add_argument("--port", type=int, default=8000)
+    options = parser.parse_args()
+    supervise(options.config, options.serve_config, options.port)

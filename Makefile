@@ -1,0 +1,28 @@
+# The two set-up commands (README): `make up` runs the app on a local 3-node cluster,
+# `make test` runs the test suite. Both create .venv and install grid-serve first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up down test test-quick bench-quick install
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/grid up --local
+
+down: $(STAMP)
+	$(BIN)/grid down
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -rfE
+
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not cluster"

@@ -1,0 +1,403 @@
+"""The `grid` command: start a local cluster, distribute test jobs, check status, validate.
+
+Every command talks to the app over HTTP (`--address`, default `$GRID_ADDRESS` or
+http://127.0.0.1:8000) except `up`/`down`, which start and stop it. Failures print one line:
+exit code 1 for runtime errors (the app is not reachable, a job failed), 2 for bad usage
+(an unknown strategy or node, a bad value).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .client import AppUnreachableError, GridClient, default_address
+from .config import ConfigError, load_cluster_config
+from .errors import GridError, InvalidRequestError, NotFoundError
+from .local_cluster import DEFAULT_CONFIG, DEFAULT_SERVE_CONFIG, LOOPBACK, free_port, log_file, read_state, state_file
+from .models import ClusterStatus, JobStatus, JobSubmission, ResourceRequirement, SchedulingStrategy, TaskPriority
+
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+StrategyName = enum.Enum("StrategyName", {str(s): str(s) for s in SchedulingStrategy}, type=str)  # type: ignore[misc]
+PriorityName = enum.Enum("PriorityName", {str(p): str(p) for p in TaskPriority}, type=str)  # type: ignore[misc]
+UP_TIMEOUT_S = 300.0
+
+app = typer.Typer(
+    help="grid-serve: place Ray work where it should run (spread, load_balanced, "
+         "performance_optimized, node_specific, pack).\n\nStart with `grid up --local`, then "
+         "`grid distribute test --strategy spread --tasks 100`.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+)
+distribute = typer.Typer(help="Submit test jobs and look at how work is spread.", no_args_is_help=True)
+app.add_typer(distribute, name="distribute")
+
+AddressOption = typer.Option(None, "--address", "-a", help="The app's HTTP address [default: $GRID_ADDRESS or http://127.0.0.1:8000]")
+JsonOption = typer.Option(False, "--json", help="Print JSON for scripts instead of tables.")
+
+
+class CliError(Exception):
+    """A failure to report in one line; `code` 1 = runtime, 2 = usage."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    raise CliError(message, code)
+
+
+def connect(address: str | None) -> GridClient:
+    return GridClient(address or default_address(), timeout_s=60.0)
+
+
+# ================================================================== up / down
+
+
+@app.command()
+def up(
+    local: bool = typer.Option(False, "--local", help="Start a local multi-node cluster (one raylet per config node) and deploy the app on it."),
+    config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Cluster config (node names, CPUs, GPUs, memory)."),
+    serve_config: Path = typer.Option(DEFAULT_SERVE_CONFIG, "--serve-config", help="The Serve application file to deploy."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="HTTP port on 127.0.0.1."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to deploy onto (without --local) [default: $RAY_ADDRESS]."),
+) -> None:
+    """Start grid-serve and return once it answers.
+
+    Example: grid up --local            (3 local nodes: gpu-master, gpu1, gpu2)
+    Example: RAY_ADDRESS=auto grid up   (deploy onto the cluster you are connected to)
+    """
+    state = read_state()
+    if state:
+        console.print(f"grid-serve is already up at {state['http']} ({state['mode']}); `grid down` stops it.")
+        return
+    for path in (config, serve_config):
+        if not path.exists():
+            fail(f"no such file: {path}", 2)
+    try:
+        load_cluster_config(config)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    if free_port(port) != port:
+        fail(f"port {port} on {LOOPBACK} is in use; pick another with --port", 2)
+    if local:
+        state = _start_local(config, serve_config, port)
+    else:
+        state = _deploy_remote(address or os.environ.get("RAY_ADDRESS"), serve_config, port)
+    console.print(f"grid-serve is up: HTTP API {state['http']}  (OpenAPI: {state['http']}/docs)")
+    if state.get("dashboard"):
+        console.print(f"Ray dashboard: {state['dashboard']}")
+    if state.get("ray_address"):
+        console.print(f"Ray address:  {state['ray_address']}  (RAY_ADDRESS for handle clients)")
+    if state["http"] != "http://127.0.0.1:8000":
+        console.print(f"Tip: export GRID_ADDRESS={state['http']}")
+
+
+def _start_local(config: Path, serve_config: Path, port: int) -> dict[str, Any]:
+    log = log_file()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "grid_serve.local_cluster", "--config", str(config.resolve()),
+             "--serve-config", str(serve_config.resolve()), "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    console.print(f"Starting a local cluster from {config} (log: {log}) ...")
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = " | ".join(log.read_text().strip().splitlines()[-3:])
+            fail(f"the local cluster exited during start-up (code {process.returncode}): {tail}")
+        state = read_state()
+        if state and _healthy(state["http"]):
+            return state
+        time.sleep(1.0)
+    process.terminate()
+    fail(f"the app did not become healthy within {UP_TIMEOUT_S:.0f}s; see {log}")
+
+
+def _deploy_remote(ray_address: str | None, serve_config: Path, port: int) -> dict[str, Any]:
+    if not ray_address:
+        fail("no Ray cluster given: pass --address or set RAY_ADDRESS, or use `grid up --local`", 2)
+    import ray
+
+    from .local_cluster import deploy_app, write_state
+
+    try:
+        ray.init(address=ray_address, log_to_driver=False)
+    except Exception as exc:  # connection errors vary by Ray version; report them in one line
+        fail(f"cannot connect to the Ray cluster at {ray_address}: {exc}")
+    url = deploy_app(port, None, serve_config)
+    state = {"mode": "remote", "http": url, "ray_address": ray_address, "pid": os.getpid()}
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    while not _healthy(url):
+        if time.monotonic() > deadline:
+            fail(f"the app did not become healthy within {UP_TIMEOUT_S:.0f}s")
+        time.sleep(1.0)
+    write_state(state)
+    return state
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with GridClient(url, timeout_s=5.0) as client:
+            return client.health().get("status") == "ok"
+    except GridError:
+        return False
+
+
+@app.command()
+def down() -> None:
+    """Stop exactly what `grid up` started (the local cluster, or the app it deployed).
+
+    Example: grid down
+    """
+    state = read_state()
+    if not state:
+        console.print("Nothing to stop: grid-serve was not started by `grid up` (no state in "
+                      f"{state_file().parent}).")
+        return
+    if state["mode"] == "local":
+        import psutil
+
+        process = psutil.Process(state["pid"])
+        process.terminate()
+        try:
+            process.wait(timeout=120)
+        except psutil.TimeoutExpired:
+            process.kill()
+        state_file().unlink(missing_ok=True)
+        console.print(f"Stopped the local cluster and app ({state['http']}).")
+        return
+    import ray
+    from ray import serve
+
+    ray.init(address=state["ray_address"], log_to_driver=False)
+    serve.delete("grid")
+    state_file().unlink(missing_ok=True)
+    console.print(f"Deleted the grid app from the cluster at {state['ray_address']}.")
+
+
+# ================================================================== distribute
+
+
+@distribute.command("test")
+def distribute_test(
+    strategy: StrategyName = typer.Option("spread", "--strategy", "-s", case_sensitive=False, help="How to place the tasks."),
+    tasks: int = typer.Option(100, "--tasks", "-n", min=1, max=100_000, help="How many tasks."),
+    node: Optional[str] = typer.Option(None, "--node", help="Target node for node_specific: name, Ray node id or IP."),
+    priority: PriorityName = typer.Option("normal", "--priority", "-p", case_sensitive=False, help="Queue order when nodes are full."),
+    cpus: Optional[float] = typer.Option(None, "--cpus", min=0, help="CPUs per task [default: the task's own, 1]."),
+    gpus: Optional[float] = typer.Option(None, "--gpus", min=0, help="GPUs per task [default: the task's own, 0]."),
+    task: str = typer.Option("compute_task", "--task", "-t", help="Registered task to run (see /v1/tasks)."),
+    as_json: bool = JsonOption,
+    address: Optional[str] = AddressOption,
+) -> None:
+    """Run N tasks through grid-serve and show where they ran.
+
+    Example: grid distribute test --strategy spread --tasks 100
+    Example: grid distribute test --strategy node_specific --node gpu1 --tasks 50
+    """
+    if strategy.value == "node_specific" and not node:
+        fail("--strategy node_specific needs --node NAME", 2)
+    resources = None
+    if cpus is not None or gpus is not None:
+        resources = ResourceRequirement(cpu_count=1.0 if cpus is None else cpus, gpu_count=gpus or 0.0)
+    spec = JobSubmission(task=task, count=tasks, strategy=strategy.value, node=node, priority=priority.value,
+                         resources=resources)
+    with connect(address) as client:
+        started = time.monotonic()
+        job = client.submit_job(spec)
+        job = _follow(client, job, show=not as_json)
+        elapsed = time.monotonic() - started
+        addresses = {n.name: n.address for n in client.cluster_status().nodes}
+    _print_distribution(job, addresses, elapsed, as_json)
+    if job.state != "succeeded":
+        fail(f"job {job.job_id} {job.state}: {job.failed} failed, {job.cancelled} cancelled" + (f" ({job.error})" if job.error else ""))
+
+
+def _follow(client: GridClient, job: JobStatus, show: bool) -> JobStatus:
+    """Poll the job until it ends, with a progress bar on a terminal."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not show) as progress:
+        bar = progress.add_task(f"{job.strategy} x{job.total}", total=job.total)
+        while job.state in ("queued", "running"):
+            job = client.wait_job(job.job_id, timeout_s=0.5, results=False)
+            progress.update(bar, completed=job.succeeded + job.failed + job.cancelled)
+    return job
+
+
+def _print_distribution(job: JobStatus, addresses: dict[str, str], elapsed: float, as_json: bool) -> None:
+    rows = [{"node": name, "ip": addresses.get(name, "?"), "tasks": count,
+             "share": round(100.0 * count / max(job.total, 1), 1)} for name, count in sorted(job.per_node.items())]
+    if as_json:
+        print(json.dumps({"job_id": job.job_id, "strategy": str(job.strategy), "state": job.state, "tasks": job.total,
+                          "succeeded": job.succeeded, "failed": job.failed, "elapsed_s": round(elapsed, 3),
+                          "per_node": rows}, indent=2))
+        return
+    table = Table(title=f"{job.strategy}: {job.total} tasks (job {job.job_id})")
+    for column, justify in (("Node", "left"), ("IP", "left"), ("Tasks", "right"), ("Share", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(row["node"], row["ip"], str(row["tasks"]), f"{row['share']:.1f}%")
+    table.add_section()
+    table.add_row("total", "", str(sum(r["tasks"] for r in rows)), "100.0%" if rows else "0%")
+    console.print(table)
+    console.print(f"{job.succeeded} succeeded, {job.failed} failed in {elapsed:.2f}s")
+
+
+@distribute.command("status")
+def distribute_status(as_json: bool = JsonOption, address: Optional[str] = AddressOption) -> None:
+    """One row per node (resources used/total, tasks in flight) and the app's health.
+
+    Example: grid distribute status
+    """
+    with connect(address) as client:
+        health = client.health()
+        status = client.cluster_status()
+    if as_json:
+        print(json.dumps({"health": health, **status.model_dump(mode="json")}, indent=2))
+        return
+    console.print(_status_table(status))
+    console.print(f"app: {health['status']}, {health['nodes_alive']}/{health['nodes']} nodes alive, "
+                  f"{status.queued} task(s) queued, {health['jobs_running']} job(s) running")
+
+
+def _used(node: Any, resource: str) -> str:
+    total = node.resources_total.get(resource, 0.0)
+    used = total - node.resources_available.get(resource, total)
+    return f"{used:g}/{total:g}"
+
+
+def _status_table(status: ClusterStatus) -> Table:
+    table = Table(title="grid-serve cluster")
+    for column in ("Node", "Node ID", "Address", "Alive", "CPUs", "GPUs", "Memory GiB", "CPU %", "In flight"):
+        table.add_column(column)
+    for node in status.nodes:
+        memory = node.resources_total.get("memory", 0.0) / 1024**3
+        used_memory = memory - node.resources_available.get("memory", node.resources_total.get("memory", 0.0)) / 1024**3
+        table.add_row(
+            node.name, node.node_id[:8], node.address, "yes" if node.alive else "[red]no[/red]",
+            _used(node, "CPU"), _used(node, "GPU"), f"{used_memory:.1f}/{memory:.1f}",
+            "-" if node.cpu_percent is None else f"{node.cpu_percent:.0f}", str(node.in_flight),
+        )
+    return table
+
+
+# ================================================================== validate
+
+
+@app.command()
+def validate(
+    config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Cluster config the cluster should match."),
+    address: Optional[str] = AddressOption,
+) -> None:
+    """Check the cluster against its config: reachable, every node alive and labelled,
+    resources as configured, the app answering. Exits 1 if any check fails.
+
+    Example: grid validate --config config/cluster.yaml
+    """
+    checks = run_validation(config, address)
+    for ok, name, detail in checks:
+        mark = "[green]PASS[/green]" if ok else "[red]FAIL[/red]"
+        console.print(f"{mark}  {name}" + (f": {detail}" if detail else ""))
+    failed = sum(1 for ok, _, _ in checks if not ok)
+    if failed:
+        fail(f"{failed} of {len(checks)} checks failed")
+    console.print(f"all {len(checks)} checks passed")
+
+
+def run_validation(config_path: Path, address: str | None) -> list[tuple[bool, str, str]]:
+    """(passed, check, detail) for each check; shared with scripts/validate_ray_cluster.py."""
+    checks: list[tuple[bool, str, str]] = []
+    try:
+        config = load_cluster_config(config_path)
+        checks.append((True, "cluster config", f"{config_path}: {len(config.nodes)} nodes"))
+    except ConfigError as exc:
+        return [(False, "cluster config", str(exc))]
+    client = connect(address)
+    try:
+        health = client.health()
+        checks.append((health.get("status") == "ok", "app answers", f"{client.address} is {health.get('status')}"))
+        status = client.cluster_status()
+    except GridError as exc:
+        return checks + [(False, "app answers", exc.message)]
+    finally:
+        client.close()
+    checks.append((bool(status.nodes), "Ray cluster reachable", f"{len(status.nodes)} Ray node(s)"))
+    expected = _expected_sizes(config, config_path)
+    by_name = {node.name: node for node in status.nodes}
+    for node_config in config.nodes:
+        node = by_name.get(node_config.name)
+        if node is None:
+            checks.append((False, f"node {node_config.name}", "no Ray node has the label grid.io/node=" + node_config.name))
+            continue
+        checks.append((node.alive, f"node {node_config.name} alive", f"{node.node_id[:8]} at {node.address}"))
+        cpus, gpus, note = expected[node_config.name]
+        have_cpus, have_gpus = node.resources_total.get("CPU", 0.0), node.resources_total.get("GPU", 0.0)
+        matches = have_cpus == cpus and have_gpus == gpus
+        checks.append((matches, f"node {node_config.name} resources",
+                       f"{have_cpus:g} CPU / {have_gpus:g} GPU, config {cpus:g} CPU / {gpus:g} GPU{note}"))
+    return checks
+
+
+def _expected_sizes(config: Any, config_path: Path) -> dict[str, tuple[float, float, str]]:
+    """Config sizes, or the scaled sizes `grid up --local` actually started for this config."""
+    state = read_state()
+    if state and state.get("mode") == "local" and state.get("config") == str(config_path.resolve()):
+        return {n["name"]: (float(n["num_cpus"]), float(n["num_gpus"]), " (scaled for the local cluster)")
+                for n in state["nodes"]}
+    return {n.name: (float(n.cpu_count), float(n.gpu_count), "") for n in config.nodes}
+
+
+# ================================================================== entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; expected failures print one line on stderr, never a traceback."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="grid", standalone_mode=False)
+        return 0
+    except CliError as exc:
+        _error(str(exc))
+        return exc.code
+    except typer.Abort:
+        _error("aborted")
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:  # click's usage errors, as typer vendors them
+        if type(exc).__name__ == "NoArgsIsHelpError" and getattr(exc, "ctx", None):
+            print(exc.ctx.get_help(), file=sys.stderr)  # type: ignore[attr-defined]
+        else:
+            _error(" ".join(exc.format_message().split()).replace("Value error, ", ""))
+        return getattr(exc, "exit_code", 2)
+    except (InvalidRequestError, NotFoundError) as exc:
+        _error(exc.message)
+        return 2
+    except AppUnreachableError as exc:
+        _error(exc.message)
+        return 1
+    except GridError as exc:
+        _error(exc.message)
+        return 1
+
+
+def _error(message: str) -> None:
+    print(f"grid: error: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
