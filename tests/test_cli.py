@@ -1,0 +1,140 @@
+"""The real `grid` entry point, run as a subprocess against the test cluster's app."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grid_serve.local_cluster import free_port
+
+GRID = [sys.executable, "-m", "grid_serve.cli"]
+
+
+def grid(*args: str, address: str | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **(env or {})}
+    if address:
+        environment["GRID_ADDRESS"] = address
+    return subprocess.run([*GRID, *args], capture_output=True, text=True, timeout=timeout, env=environment)
+
+
+def one_line_error(done: subprocess.CompletedProcess) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("grid: error: "), done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    return lines[0]
+
+
+@pytest.mark.cluster
+def test_spread_table_shows_34_33_33(base_url: str) -> None:
+    done = grid("distribute", "test", "--strategy", "spread", "--tasks", "100", address=base_url)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("│")[1].strip(): line.split("│")[3].strip() for line in done.stdout.splitlines()
+            if line.startswith("│") and line.split("│")[1].strip() in ("gpu-master", "gpu1", "gpu2")}
+    assert sorted(rows.values()) == ["33", "33", "34"]
+    assert "100 succeeded, 0 failed" in done.stdout
+
+
+@pytest.mark.cluster
+def test_node_specific_json_puts_all_50_on_gpu1(base_url: str) -> None:
+    done = grid("distribute", "test", "--strategy", "node_specific", "--node", "gpu1", "--tasks", "50", "--json",
+                address=base_url)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["per_node"] == [{"node": "gpu1", "ip": report["per_node"][0]["ip"], "tasks": 50, "share": 100.0}]
+    assert report["state"] == "succeeded" and report["tasks"] == 50
+
+
+@pytest.mark.cluster
+def test_status_lists_three_alive_nodes(base_url: str) -> None:
+    done = grid("distribute", "status", "--json", address=base_url)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert sorted(node["name"] for node in status["nodes"] if node["alive"]) == ["gpu-master", "gpu1", "gpu2"]
+    assert status["health"]["status"] == "ok"
+    table = grid("distribute", "status", address=base_url)
+    assert table.returncode == 0 and table.stdout.count(" yes ") == 3
+
+
+@pytest.mark.cluster
+def test_unknown_node_is_usage_error_naming_the_valid_ones(base_url: str) -> None:
+    done = grid("distribute", "test", "--strategy", "node_specific", "--node", "gpu9", "--tasks", "5", address=base_url)
+    assert done.returncode == 2
+    assert "unknown node 'gpu9'; known nodes: gpu-master, gpu1, gpu2" in one_line_error(done)
+
+
+def test_unknown_strategy_is_usage_error_naming_the_choices() -> None:
+    done = grid("distribute", "test", "--strategy", "fastest")
+    assert done.returncode == 2
+    line = one_line_error(done)
+    assert "'fastest' is not one of 'spread', 'load_balanced', 'performance_optimized', 'node_specific', 'pack'" in line
+
+
+def test_unreachable_address_is_one_line_and_exit_1() -> None:
+    port = free_port()
+    done = grid("distribute", "status", "--address", f"http://127.0.0.1:{port}")
+    assert done.returncode == 1
+    assert f"not reachable at http://127.0.0.1:{port}" in one_line_error(done)
+
+
+def test_help_explains_with_examples() -> None:
+    done = grid("distribute", "test", "--help")
+    assert done.returncode == 0
+    assert "Example: grid distribute test --strategy spread --tasks 100" in " ".join(done.stdout.split())
+
+
+@pytest.mark.cluster
+def test_validate_passes_against_the_test_cluster(base_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "cluster.yaml"
+    config.write_text(TEST_CLUSTER_YAML)
+    done = grid("validate", "--config", str(config), address=base_url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("PASS") == 9 and "all 9 checks passed" in done.stdout
+
+
+@pytest.mark.cluster
+def test_validate_fails_on_a_missing_node(base_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "cluster.yaml"
+    config.write_text(TEST_CLUSTER_YAML + "  - {name: gpu3, host: gpu3, cpu_count: 2, memory_gb: 4}\n")
+    done = grid("validate", "--config", str(config), address=base_url)
+    assert done.returncode == 1
+    assert "FAIL  node gpu3: no Ray node has the label grid.io/node=gpu3" in done.stdout
+    assert "1 of 10 checks failed" in one_line_error(done)
+
+
+def test_up_and_down_a_local_cluster(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text("nodes:\n"
+                      "  - {name: head, host: head, role: master, cpu_count: 1, memory_gb: 2}\n"
+                      "  - {name: worker, host: worker, cpu_count: 1, gpu_count: 1, memory_gb: 2}\n")
+    env = {"GRID_HOME": str(tmp_path / "home")}
+    port = free_port()
+    address = f"http://127.0.0.1:{port}"
+    up = grid("up", "--local", "--config", str(config), "--port", str(port), env=env)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"grid-serve is up: HTTP API {address}" in up.stdout
+        again = grid("up", "--local", "--config", str(config), "--port", str(port), env=env)
+        assert "already up" in again.stdout
+        status = json.loads(grid("distribute", "status", "--json", address=address, env=env).stdout)
+        assert sorted(node["name"] for node in status["nodes"]) == ["head", "worker"]
+        job = grid("distribute", "test", "--tasks", "4", "--json", address=address, env=env)
+        assert sorted((row["node"], row["tasks"]) for row in json.loads(job.stdout)["per_node"]) == [("head", 2), ("worker", 2)]
+    finally:
+        down = grid("down", env=env)
+    assert down.returncode == 0 and "Stopped the local cluster" in down.stdout
+    assert "Nothing to stop" in grid("down", env=env).stdout
+    assert grid("distribute", "status", address=address).returncode == 1
+
+
+TEST_CLUSTER_YAML = """\
+name: test
+nodes:
+  - {name: gpu-master, host: gpu-master, role: master, cpu_count: 2, gpu_count: 0, memory_gb: 4}
+  - {name: gpu1, host: gpu1, cpu_count: 2, gpu_count: 1, memory_gb: 4}
+  - {name: gpu2, host: gpu2, cpu_count: 2, gpu_count: 1, memory_gb: 4}
+"""
