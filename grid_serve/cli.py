@@ -1,7 +1,7 @@
 """The `grid` command: start a local cluster, distribute test jobs, check status, validate.
 
-Every command talks to the app over HTTP (`--address`, default `$GRID_ADDRESS` or
-http://127.0.0.1:8000) except `up`/`down`, which start and stop it. Failures print one line:
+Every command talks to the app over HTTP (`--address`, default `$GRID_ADDRESS`, else the app
+`grid up` started, else http://127.0.0.1:8000) except `up`/`down`, which start and stop it. Failures print one line:
 exit code 1 for runtime errors (the app is not reachable, a job failed), 2 for bad usage
 (an unknown strategy or node, a bad value).
 """
@@ -42,7 +42,7 @@ app = typer.Typer(
 distribute = typer.Typer(help="Submit test jobs and look at how work is spread.", no_args_is_help=True)
 app.add_typer(distribute, name="distribute")
 
-AddressOption = typer.Option(None, "--address", "-a", help="The app's HTTP address [default: $GRID_ADDRESS or http://127.0.0.1:8000]")
+AddressOption = typer.Option(None, "--address", "-a", help="The app's HTTP address [default: $GRID_ADDRESS, else the app `grid up` started, else http://127.0.0.1:8000]")
 JsonOption = typer.Option(False, "--json", help="Print JSON for scripts instead of tables.")
 
 
@@ -100,8 +100,6 @@ def up(
         console.print(f"Ray dashboard: {state['dashboard']}")
     if state.get("ray_address"):
         console.print(f"Ray address:  {state['ray_address']}  (RAY_ADDRESS for handle clients)")
-    if state["http"] != "http://127.0.0.1:8000":
-        console.print(f"Tip: export GRID_ADDRESS={state['http']}")
 
 
 def _start_local(config: Path, serve_config: Path, port: int) -> dict[str, Any]:

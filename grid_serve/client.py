@@ -29,7 +29,30 @@ class AppUnreachableError(GridError):
 
 
 def default_address() -> str:
-    return os.environ.get("GRID_ADDRESS", DEFAULT_ADDRESS).rstrip("/")
+    """The app's HTTP address: $GRID_ADDRESS, else what `grid up` started, else :8000."""
+    if os.environ.get("GRID_ADDRESS"):
+        return os.environ["GRID_ADDRESS"].rstrip("/")
+    from .local_cluster import read_state
+
+    state = read_state()
+    return (state or {}).get("http", DEFAULT_ADDRESS).rstrip("/")
+
+
+def ray_address() -> str:
+    """The Ray cluster to join: $RAY_ADDRESS, else the one `grid up` started, else 'auto'."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    from .local_cluster import read_state
+
+    return (read_state() or {}).get("ray_address", "auto")
+
+
+def connect_ray() -> None:
+    """Join the grid's Ray cluster from this process, unless already connected."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address(), log_to_driver=False)
 
 
 class GridClient:
@@ -117,12 +140,10 @@ class HandleClient:
 
     @classmethod
     def connect(cls, app_name: str = APP_NAME) -> "HandleClient":
-        """Connect to the running app (calls `ray.init()` if this process is not connected)."""
-        import ray
+        """Connect to the running app, joining its Ray cluster first if this process has not."""
         from ray import serve
 
-        if not ray.is_initialized():
-            ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
+        connect_ray()
         return cls(serve.get_app_handle(app_name))
 
     async def health(self) -> dict[str, Any]:
