@@ -123,6 +123,28 @@ fastapi_app = FastAPI(
 )
 
 
+class JsonBodiesByDefault:
+    """Treat request bodies as JSON unless they say otherwise: `curl -d '{...}'` sends them as
+    form data, and our API takes JSON only, so that is what the user meant."""
+
+    FORM = b"application/x-www-form-urlencoded"
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            content_type = dict(scope["headers"]).get(b"content-type", b"")
+            if not content_type or content_type.startswith(self.FORM):
+                content_type = b"application/json"
+            scope = {**scope, "headers": [*headers, (b"content-type", content_type)]}
+        await self.app(scope, receive, send)
+
+
+fastapi_app.add_middleware(JsonBodiesByDefault)
+
+
 @fastapi_app.exception_handler(GridError)
 async def _grid_error(request: Request, exc: GridError) -> JSONResponse:
     return JSONResponse(exc.to_json(), status_code=exc.status)

@@ -152,6 +152,14 @@ def test_malformed_json_gets_a_4xx_and_the_app_keeps_serving(http: httpx.Client)
     assert http.get("/v1/health").status_code == 200
 
 
+def test_curl_style_body_without_json_content_type_works(http: httpx.Client) -> None:
+    """`curl -d '{...}'` labels the body as form data; the API reads it as the JSON it is."""
+    body = b'{"task": "compute_task", "count": 3, "strategy": "spread", "wait": true}'
+    response = http.post("/v1/jobs", content=body, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200, response.text
+    assert sorted(response.json()["per_node"].values()) == [1, 1, 1]
+
+
 def test_async_job_status_and_cancel(http: httpx.Client, client: GridClient) -> None:
     wait_idle(client)
     blockers = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 2.0] for i in range(12)]}).json()
