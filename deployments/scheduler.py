@@ -80,7 +80,9 @@ class Scheduler:
 
     # ------------------------------------------------------------------ core loop
 
-    async def _drain_locked(self, submitted: list[SchedulingRequest] = ()) -> None:  # type: ignore[assignment]
+    async def _drain_locked(self, submitted: list[SchedulingRequest] | None = None) -> None:
+        """Queue `submitted` (if any) and place whatever fits; the caller holds the lock."""
+        submitted = submitted or []
         if not submitted and not len(self._core):
             return
         result = self._core.submit(submitted, self._view())
@@ -174,9 +176,3 @@ class Scheduler:
                                                        "in_flight": node.in_flight if node else 0}))
             return ClusterStatus(nodes=nodes, queued=len(self._core),
                                  snapshot_age_s=max(0.0, time.time() - self._nodes_at))
-
-    async def view(self) -> ClusterView:
-        """The current view, for tools and tests that want to see what decisions see."""
-        async with self._lock:
-            await self._ensure_nodes()
-            return self._view()
