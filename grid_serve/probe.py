@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import psutil
 
-from .models import MB, GpuInfo
+from .models import MB, GpuInfo, NodeStatus
 
 logger = logging.getLogger("grid_serve.probe")
 
@@ -164,3 +164,30 @@ def is_stale(now: float, started_at: float, answered_at: float | None, stale_aft
     if answered_at is not None:
         return now - answered_at > stale_after_s
     return now - started_at > startup_grace_s
+
+
+def with_reading(status: NodeStatus, sample: NodeSample | None, sampled_at: float | None,
+                 stale: bool) -> NodeStatus:
+    """The node as Ray reports it, plus its probe's last reading.
+
+    A stale node keeps its last figures (they say what it looked like when it went quiet) but
+    is flagged, which takes it out of decisions. A dead node carries no live figures at all.
+    """
+    if not status.alive:
+        return status
+    if sample is None:
+        return status.model_copy(update={"stale": stale})
+    return status.model_copy(update={
+        "cpu_percent": sample.cpu_percent,
+        "cpu_percent_per_core": list(sample.cpu_percent_per_core),
+        "cpu_count": sample.cpu_count,
+        "memory_percent": sample.memory_percent,
+        "memory_used_mb": sample.memory_used_mb,
+        "memory_total_mb": sample.memory_total_mb,
+        "swap_percent": sample.swap_percent,
+        "load_avg": list(sample.load_avg),
+        "gpus": list(sample.gpus),
+        "gpu_note": sample.gpu_note,
+        "sampled_at": sampled_at,
+        "stale": stale,
+    })
