@@ -9,8 +9,10 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from grid_serve.models import MB, NodeStatus
-from grid_serve.probe import GpuReader, NodeSample, Probe, is_stale, load_nvml
+from grid_serve.models import MB, NodeStatus, SchedulingDecision, SchedulingRequest
+from grid_serve.probe import GpuReader, NodeSample, Probe, is_stale, load_nvml, with_reading
+from grid_serve.strategies import place
+from grid_serve.view import view_from
 
 
 class FakeNVMLError(Exception):
@@ -143,3 +145,41 @@ def test_sample_fits_the_node_status_fields() -> None:
 ])
 def test_staleness(now: float, started_at: float, answered_at: float | None, stale: bool) -> None:
     assert is_stale(now, started_at, answered_at, stale_after_s=3.0, startup_grace_s=30.0) is stale
+
+
+# ---------------------------------------------------------------- readings into decisions
+
+
+def ray_node(name: str, alive: bool = True) -> NodeStatus:
+    return NodeStatus(name=name, node_id=f"id-{name}", address="127.0.0.1", alive=alive,
+                      resources_total={"CPU": 2.0} if alive else {})
+
+
+def test_reading_fills_the_live_figures() -> None:
+    sample = Probe(nvml=FakeNVML(TWO_GPUS)).sample()
+    status = with_reading(ray_node("gpu1"), sample, sampled_at=123.0, stale=False)
+    assert (status.cpu_percent, status.cpu_count, status.swap_percent) == (sample.cpu_percent, sample.cpu_count, sample.swap_percent)
+    assert status.load_avg == list(sample.load_avg) and status.sampled_at == 123.0
+    assert [gpu.memory_used_mb for gpu in status.gpus] == [10_000.0, 500.0]
+
+
+@pytest.mark.parametrize("alive, stale, sampled, in_decisions", [
+    (True, False, True, True),
+    (True, False, False, True),   # probe still starting: Ray's word is enough
+    (True, True, True, False),    # probe stopped answering: out
+    (False, False, True, False),  # Ray reports it dead: out, whatever the probe said
+])
+def test_stale_or_dead_nodes_are_out_of_every_decision(alive: bool, stale: bool, sampled: bool,
+                                                       in_decisions: bool) -> None:
+    sample = Probe(nvml=None).sample() if sampled else None
+    nodes = [with_reading(ray_node("a-node", alive), sample, 1.0 if sampled else None, stale), ray_node("b-other")]
+    view = view_from(nodes)
+    assert view.nodes["id-a-node"].alive is in_decisions
+    for strategy in ("spread", "load_balanced", "performance_optimized", "pack", "node_specific"):
+        decision = place(SchedulingRequest(strategy=strategy, target_node="a-node"), view)
+        if in_decisions:
+            assert isinstance(decision, SchedulingDecision)
+        elif strategy == "node_specific":
+            assert not isinstance(decision, SchedulingDecision) and decision.rejections[0].reason == "node is dead"
+        else:
+            assert isinstance(decision, SchedulingDecision) and decision.node_name == "b-other"
