@@ -28,6 +28,9 @@ class AppArgs(BaseModel):
 
     cluster_config: str | None = Field(None, description="cluster YAML; relative paths are from the working dir")
     metrics_interval_s: float = Field(1.0, gt=0, le=60)
+    probe_stale_after_s: float | None = Field(
+        None, gt=0, le=3600,
+        description="a node whose probe has not answered for this long is stale; default max(5 intervals, 10 s)")
     admission: float = Field(2.0, ge=1.0, le=16.0,
                              description="a node takes reservations up to this many times its resources")
     task_modules: list[str] = Field(default_factory=lambda: ["grid_serve.tasks"])
@@ -42,7 +45,7 @@ def load_config(args: AppArgs) -> ClusterConfig | None:
 def build_app(args: dict) -> Application:
     settings = AppArgs.model_validate(args or {})
     load_config(settings)  # fail fast on a bad cluster file, before any replica starts
-    metrics = MetricsCollector.bind(settings.metrics_interval_s)
+    metrics = MetricsCollector.bind(settings.metrics_interval_s, settings.probe_stale_after_s)
     load_balancer = LoadBalancer.bind()
     scheduler = Scheduler.bind(metrics, load_balancer, settings.admission, settings.metrics_interval_s)
     return Ingress.bind(scheduler, load_balancer, metrics, settings.task_modules)

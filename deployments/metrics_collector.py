@@ -1,8 +1,12 @@
 """MetricsCollector: the live view of every node, refreshed every interval.
 
 Reads Ray's node table (alive, labels, totals) and available resources, and names each node
-by its `grid.io/node` label (else its IP, made unique when nodes share one). Per-node probes
-(CPU %, memory, GPUs through NVML) plug in here as `NodeStatus` fields.
+by its `grid.io/node` label (else its IP, made unique when nodes share one). A probe actor on
+every alive node (deployments/probes.py) adds CPU per core, memory, swap, load and GPUs; a
+node whose probe stops answering is marked stale, which takes it out of decisions.
+
+Each refresh publishes Ray's node table first, before waiting on the probes, so a node Ray
+reports dead leaves the snapshot at the next refresh whatever its probe does.
 """
 
 from __future__ import annotations
@@ -14,8 +18,16 @@ import ray
 from ray import serve
 
 from grid_serve.models import NODE_LABEL, NodeStatus
+from grid_serve.probe import with_reading
 
 from ._common import COORDINATOR_OPTIONS, every
+from .probes import ProbeFleet
+from .telemetry import NodeMetrics
+
+
+def default_stale_after_s(interval_s: float) -> float:
+    """Generous on purpose: a busy machine answers late, and a stale node gets no work."""
+    return max(5 * interval_s, 10.0)
 
 
 def read_ray_nodes() -> list[NodeStatus]:
@@ -47,20 +59,34 @@ def read_ray_nodes() -> list[NodeStatus]:
 
 @serve.deployment(**COORDINATOR_OPTIONS)
 class MetricsCollector:
-    def __init__(self, interval_s: float = 1.0) -> None:
+    def __init__(self, interval_s: float = 1.0, stale_after_s: float | None = None) -> None:
         self._interval = interval_s
-        self._nodes: list[NodeStatus] = read_ray_nodes()
+        self._fleet = ProbeFleet(stale_after_s or default_stale_after_s(interval_s))
+        self._metrics = NodeMetrics()
+        self._ray_nodes: list[NodeStatus] = read_ray_nodes()
+        self._nodes: list[NodeStatus] = self._ray_nodes
         self._taken_at = time.time()
         self._loop = every(interval_s, self._refresh, "metrics-refresh")
 
     async def _refresh(self) -> None:
-        self._nodes = await asyncio.to_thread(read_ray_nodes)
+        await self._read_ray()
+        self._fleet.sync({node.node_id for node in self._ray_nodes if node.alive})
+        await self._fleet.collect(wait_s=self._interval / 2)
+        self._publish()
+        self._metrics.record(self._nodes)
+
+    async def _read_ray(self) -> None:
+        self._ray_nodes = await asyncio.to_thread(read_ray_nodes)
         self._taken_at = time.time()
+        self._publish()
+
+    def _publish(self) -> None:
+        self._nodes = [with_reading(node, *self._fleet.reading(node.node_id)) for node in self._ray_nodes]
 
     async def snapshot(self) -> tuple[list[NodeStatus], float]:
-        """The nodes and when they were read (epoch seconds)."""
+        """The nodes and when Ray's node table was read (epoch seconds)."""
         return self._nodes, self._taken_at
 
     async def refresh_now(self) -> tuple[list[NodeStatus], float]:
-        await self._refresh()
+        await self._read_ray()
         return self._nodes, self._taken_at

@@ -20,6 +20,7 @@ from grid_serve.scheduling import DrainResult, Rejected, SchedulerCore
 from grid_serve.view import ClusterView, view_from
 
 from ._common import COORDINATOR_OPTIONS, every
+from .telemetry import SchedulerMetrics
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Scheduler:
         self._meta: dict[str, _Meta] = {}
         self._outbox: dict[str, Placements] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
+        self._metrics_out = SchedulerMetrics()
         self._tick_loop = every(interval_s, self._tick, "scheduler-tick")
 
     # ------------------------------------------------------------------ inputs
@@ -65,6 +67,7 @@ class Scheduler:
             self._nodes, self._nodes_at = nodes, taken_at
             self._take_ledger(ledger)
             await self._drain_locked()
+            self._metrics_out.queue_length.set(float(len(self._core)))
 
     def _take_ledger(self, ledger: LedgerSnapshot) -> None:
         if self._ledger is None or ledger.version >= self._ledger.version:
@@ -85,7 +88,10 @@ class Scheduler:
         submitted = submitted or []
         if not submitted and not len(self._core):
             return
+        began = time.perf_counter()
         result = self._core.submit(submitted, self._view())
+        self._metrics_out.record_drain(result.placed, len(result.placed) + len(result.rejected),
+                                       time.perf_counter() - began, len(self._core))
         await self._commit(result)
 
     async def _commit(self, result: DrainResult) -> None:

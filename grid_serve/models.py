@@ -270,9 +270,17 @@ class NodeStatus(BaseModel):
     reserved: dict[str, float] = Field(default_factory=dict)
     in_flight: int = 0
     cpu_percent: float | None = None
+    cpu_percent_per_core: list[float] = Field(default_factory=list)
+    cpu_count: int | None = Field(None, description="logical cores the probe sees (the machine, not Ray's CPU total)")
     memory_percent: float | None = None
+    memory_used_mb: float | None = None
+    memory_total_mb: float | None = None
+    swap_percent: float | None = None
+    load_avg: list[float] | None = Field(None, description="1, 5 and 15 minute load averages")
     gpus: list[GpuInfo] = Field(default_factory=list)
-    stale: bool = False
+    gpu_note: str | None = Field(None, description="why there are no GPU figures (no NVML, no GPUs)")
+    sampled_at: float | None = Field(None, description="epoch seconds of the probe's last answer; None: none yet")
+    stale: bool = Field(False, description="the probe stopped answering: left out of decisions")
 
 
 class ClusterStatus(BaseModel):

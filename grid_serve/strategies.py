@@ -108,13 +108,24 @@ def check_capacity(request: SchedulingRequest, node: NodeView, ctx: PlacementCon
     return None
 
 
+def gpus_needed(request: SchedulingRequest) -> int:
+    """How many GPUs must each have `gpu_memory_mb`: the task's GPUs, at least one."""
+    return max(1, math.ceil(request.requirements.gpu_count))
+
+
 def check_gpu_memory(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
+    """Never fits: too few GPUs are big enough. A node whose GPUs NVML cannot see passes,
+    because Ray's GPU count is then all there is to go on."""
     wanted = request.requirements.gpu_memory_mb
     if not wanted:
         return None
+    if not node.gpus and node.gpu_count <= 0:
+        return f"needs {wanted:.0f} MB GPU memory, node has no GPU"
     known = [gpu.memory_total_mb for gpu in node.gpus if gpu.memory_total_mb is not None]
-    if known and max(known) < wanted:
-        return f"needs {wanted:.0f} MB GPU memory, largest GPU has {max(known):.0f} MB"
+    big_enough = sum(1 for total in known if total >= wanted)
+    if known and big_enough < gpus_needed(request):
+        return (f"needs {gpus_needed(request)} GPU(s) with {wanted:.0f} MB, "
+                f"{big_enough} of {len(known)} that large (largest {max(known):.0f} MB)")
     return None
 
 
@@ -139,10 +150,14 @@ def check_free_now(request: SchedulingRequest, node: NodeView, ctx: PlacementCon
 
 
 def check_gpu_memory_free(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
+    """Not now: NVML says too few GPUs have `gpu_memory_mb` free at the moment."""
     wanted = request.requirements.gpu_memory_mb
     free = [gpu.memory_free_mb for gpu in node.gpus if gpu.memory_free_mb is not None]
-    if wanted and free and max(free) < wanted:
-        return f"needs {wanted:.0f} MB GPU memory, {max(free):.0f} MB free"
+    if not wanted or not free:
+        return None
+    roomy = sum(1 for mb in free if mb >= wanted)
+    if roomy < gpus_needed(request):
+        return f"needs {gpus_needed(request)} GPU(s) with {wanted:.0f} MB free, {roomy} have it (most free {max(free):.0f} MB)"
     return None
 
 
@@ -184,10 +199,17 @@ def load_of(request: SchedulingRequest, node: NodeView, extra: float = 0.0) -> f
 
 
 def _measured_utilization(request: SchedulingRequest, node: NodeView) -> float | None:
+    """What the probe says about the part of the node the task will use: the mean GPU
+    utilisation for GPU tasks; CPU otherwise, or memory when that is busier and the task asks
+    for memory."""
     if request.requirements.gpu_count > 0:
         utils = [gpu.utilization for gpu in node.gpus if gpu.utilization is not None]
         return sum(utils) / len(utils) if utils else None
-    return node.cpu_utilization
+    figures = [node.cpu_utilization]
+    if request.requirements.memory_mb > 0:
+        figures.append(node.memory_utilization)
+    known = [figure for figure in figures if figure is not None]
+    return max(known) if known else None
 
 
 def score_spread(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:
@@ -208,28 +230,74 @@ def score_fullest(request: SchedulingRequest, node: NodeView, ctx: PlacementCont
     return min(load_of(request, node, extra=1.0), ctx.view.admission) / ctx.view.admission
 
 
-def expected_finish_s(request: SchedulingRequest, node: NodeView, view: ClusterView) -> tuple[float, str]:
-    """Seconds until this task would finish on `node`, and the evidence used.
+# Rough relative speed of common GPU models (T4 = 1), matched by name. Only a prior: once a
+# node has measured run times for a task type, its own numbers decide.
+GPU_SPEED: tuple[tuple[str, float], ...] = (
+    ("B200", 16.0), ("H200", 9.0), ("H100", 8.0), ("L40S", 4.0), ("L40", 3.5), ("A100", 4.0), ("A6000", 2.5),
+    ("RTX 4090", 3.0), ("L4", 1.5), ("A10", 2.0), ("V100", 2.0), ("T4", 1.0),
+)
+NOMINAL_RUN_S = 1.0  # assumed run time of a task type nothing has measured yet
 
-    Measured EWMA run time of this task type on this node when there is one; otherwise the
-    mean of what other nodes measured, scaled by CPU count; otherwise a hardware prior.
-    Queueing multiplies it: tasks ahead of it share the node's slots.
+
+@dataclass(frozen=True)
+class Estimate:
+    """When a task would finish on a node, and the evidence behind the number."""
+
+    seconds: float
+    run_s: float
+    queue_factor: float
+    evidence: str
+
+    def describe(self) -> str:
+        return f"~{self.seconds:.3f}s = {self.evidence} × queue {self.queue_factor:.2f}"
+
+
+def gpu_speed(model: str) -> float:
+    """The table's speed for the first key the model name contains; unknown models count as 1.
+
+    >>> gpu_speed("NVIDIA H100 80GB HBM3"), gpu_speed("Tesla T4"), gpu_speed("Quadro P1000")
+    (8.0, 1.0, 1.0)
     """
-    measured = view.durations.get((node.node_id, request.task_type))
+    return next((speed for key, speed in GPU_SPEED if key in model), 1.0)
+
+
+def hardware_speed(request: SchedulingRequest, node: NodeView) -> tuple[float, str]:
+    """A node's prior speed for this task: its best known GPU model for GPU tasks, a modest
+    edge per CPU core otherwise (more cores also run the rest of the machine's load)."""
+    if request.requirements.gpu_count > 0:
+        speed, model = max(((gpu_speed(gpu.name), gpu.name) for gpu in node.gpus), default=(1.0, "unknown GPU"))
+        return speed, f"{model} ×{speed:g}"
+    cpus = max(node.total.get("CPU", 1.0), 1.0)
+    return cpus ** 0.25, f"{cpus:g} CPU ×{cpus ** 0.25:.2f}"
+
+
+def expected_finish_s(request: SchedulingRequest, node: NodeView, view: ClusterView) -> Estimate:
+    """When this task would finish on `node`, and from what evidence.
+
+    Best evidence first: the EWMA run time of this task type measured on this node; else what
+    other nodes measured, scaled by relative hardware speed; else a nominal run time scaled by
+    hardware speed (GPU model for GPU tasks, CPU count otherwise). Queueing multiplies it:
+    tasks in flight share the node's slots (CPUs, or GPUs for GPU tasks).
+    """
     slots = max(node.gpu_count if request.requirements.gpu_count > 0 else node.total.get("CPU", 1.0), 1.0)
     queue_factor = 1.0 + node.in_flight / slots
+    measured = view.durations.get((node.node_id, request.task_type))
     if measured is not None:
-        return measured * queue_factor, f"measured {measured:.3f}s"
-    others = [secs for (node_id, kind), secs in view.durations.items() if kind == request.task_type]
-    base = sum(others) / len(others) if others else 1.0
-    speed = max(node.total.get("CPU", 1.0), 1.0) ** 0.25  # more cores: a modest prior edge
-    evidence = "prior from other nodes" if others else "hardware prior"
-    return base / speed * queue_factor, evidence
+        return Estimate(measured * queue_factor, measured, queue_factor, f"measured {measured:.3f}s here")
+    speed, hardware = hardware_speed(request, node)
+    elsewhere = [(view.nodes[node_id], secs) for (node_id, kind), secs in view.durations.items()
+                 if kind == request.task_type and node_id in view.nodes]
+    if elsewhere:
+        scaled = [secs * hardware_speed(request, other)[0] / speed for other, secs in elsewhere]
+        run_s = sum(scaled) / len(scaled)
+        return Estimate(run_s * queue_factor, run_s, queue_factor,
+                        f"prior from {len(scaled)} measured node(s) scaled to {hardware}: {run_s:.3f}s")
+    run_s = NOMINAL_RUN_S / speed
+    return Estimate(run_s * queue_factor, run_s, queue_factor, f"hardware prior ({hardware}): {run_s:.3f}s")
 
 
 def score_fastest(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:
-    seconds, _ = expected_finish_s(request, node, ctx.view)
-    return 1.0 / (1.0 + seconds)
+    return 1.0 / (1.0 + expected_finish_s(request, node, ctx.view).seconds)
 
 
 def score_target(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:
@@ -369,9 +437,7 @@ def _explain(request: SchedulingRequest, chosen: NodeView, parts: dict[str, floa
         reasons.append(f"load_balanced: {chosen.name} has the lowest load ({load_of(request, chosen):.2f}) "
                        f"of {len(ready)} ready node(s)")
     elif strategy is SchedulingStrategy.PERFORMANCE_OPTIMIZED:
-        seconds, evidence = expected_finish_s(request, chosen, ctx.view)
-        reasons.append(f"performance_optimized: {chosen.name} expected to finish soonest "
-                       f"(~{seconds:.3f}s, {evidence}, {chosen.in_flight} in flight)")
+        reasons.append(_explain_fastest(request, chosen, ready, ctx.view))
     elif strategy is SchedulingStrategy.NODE_SPECIFIC:
         reasons.append(f"node_specific: {request.target_node!r} is {chosen.name} ({chosen.node_id[:8]})")
     else:
@@ -380,6 +446,18 @@ def _explain(request: SchedulingRequest, chosen: NodeView, parts: dict[str, floa
     if rejections:
         reasons.append("passed over: " + "; ".join(f"{r.node} ({r.reason})" for r in rejections[:5]))
     return reasons
+
+
+def _explain_fastest(request: SchedulingRequest, chosen: NodeView, ready: list[NodeView], view: ClusterView) -> str:
+    """The winner's estimate and evidence, and the runner-up's, so a reader sees what decided."""
+    text = (f"performance_optimized: {chosen.name} expected to finish soonest "
+            f"({expected_finish_s(request, chosen, view).describe()}, {chosen.in_flight} in flight)")
+    others = sorted(((expected_finish_s(request, node, view), node) for node in ready if node is not chosen),
+                    key=lambda item: (item[0].seconds, item[1].name))
+    if others:
+        estimate, node = others[0]
+        text += f"; next best {node.name} ({estimate.describe()})"
+    return text
 
 
 def _amount(resource: str, value: float) -> str:

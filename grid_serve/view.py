@@ -44,6 +44,7 @@ class NodeView:
     reserved: Mapping[str, float] = field(default_factory=lambda: EMPTY)
     in_flight: int = 0
     cpu_utilization: float | None = None  # measured, 0..1, None until a probe reports
+    memory_utilization: float | None = None  # measured, 0..1, None until a probe reports
     gpus: tuple[GpuView, ...] = ()
     stale: bool = False
 
@@ -119,6 +120,7 @@ def make_node(
     node_id: str | None = None,
     ip: str = "127.0.0.1",
     cpu_utilization: float | None = None,
+    memory_utilization: float | None = None,
     gpu_views: tuple[GpuView, ...] = (),
     custom: Mapping[str, float] | None = None,
 ) -> NodeView:
@@ -137,6 +139,7 @@ def make_node(
         reserved=MappingProxyType(dict(reserved or {})),
         in_flight=in_flight,
         cpu_utilization=cpu_utilization,
+        memory_utilization=memory_utilization,
         gpus=gpu_views,
     )
 
@@ -175,6 +178,7 @@ def view_from(nodes: Iterable["NodeStatus"], ledger: "LedgerSnapshot | None" = N
             reserved=MappingProxyType(dict(load.reserved) if load else {}),
             in_flight=load.in_flight if load else 0,
             cpu_utilization=None if node.cpu_percent is None else node.cpu_percent / 100.0,
+            memory_utilization=None if node.memory_percent is None else node.memory_percent / 100.0,
             gpus=tuple(_gpu_view(gpu) for gpu in node.gpus),
             stale=node.stale,
         ))

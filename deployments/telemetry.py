@@ -1,0 +1,78 @@
+"""The figures grid-serve exports through `ray.util.metrics`, so Ray's Prometheus endpoint
+carries them (prefixed `ray_`): node load from the probes, and the Scheduler's placements,
+queue and decision latency.
+
+The metric objects live here, in the Serve layer: the pure core only produces the numbers.
+Each deployment makes its own instance in its replica (metric objects are per process).
+"""
+
+from __future__ import annotations
+
+from ray.util.metrics import Counter, Gauge, Histogram
+
+from grid_serve.models import NodeStatus, SchedulingDecision
+
+_SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300]
+
+
+class NodeMetrics:
+    """Per-node gauges, set by the MetricsCollector at every refresh."""
+
+    def __init__(self) -> None:
+        node = ("node",)
+        gpu = ("node", "gpu")
+        self.alive = Gauge("grid_node_alive", "1 if Ray reports the node alive and its probe answers", node)
+        self.cpu = Gauge("grid_node_cpu_percent", "node CPU utilisation, mean over cores (0-100)", node)
+        self.memory = Gauge("grid_node_memory_percent", "node memory in use (0-100)", node)
+        self.swap = Gauge("grid_node_swap_percent", "node swap in use (0-100)", node)
+        self.load1 = Gauge("grid_node_load1", "node 1-minute load average", node)
+        self.gpu_util = Gauge("grid_gpu_utilization_percent", "GPU utilisation from NVML (0-100)", gpu)
+        self.gpu_memory_used = Gauge("grid_gpu_memory_used_mb", "GPU memory in use from NVML, MB", gpu)
+        self.gpu_memory_total = Gauge("grid_gpu_memory_total_mb", "GPU memory from NVML, MB", gpu)
+        self.gpu_temperature = Gauge("grid_gpu_temperature_c", "GPU temperature from NVML, Celsius", gpu)
+        self.gpu_power = Gauge("grid_gpu_power_w", "GPU power draw from NVML, watts", gpu)
+
+    def record(self, nodes: list[NodeStatus]) -> None:
+        for node in nodes:
+            tags = {"node": node.name}
+            self.alive.set(1.0 if node.alive and not node.stale else 0.0, tags)
+            _set(self.cpu, node.cpu_percent, tags)
+            _set(self.memory, node.memory_percent, tags)
+            _set(self.swap, node.swap_percent, tags)
+            _set(self.load1, node.load_avg[0] if node.load_avg else None, tags)
+            for gpu in node.gpus:
+                gpu_tags = {"node": node.name, "gpu": str(gpu.index)}
+                _set(self.gpu_util, gpu.utilization_pct, gpu_tags)
+                _set(self.gpu_memory_used, gpu.memory_used_mb, gpu_tags)
+                _set(self.gpu_memory_total, gpu.memory_total_mb, gpu_tags)
+                _set(self.gpu_temperature, gpu.temperature_c, gpu_tags)
+                _set(self.gpu_power, gpu.power_w, gpu_tags)
+
+
+class SchedulerMetrics:
+    """Placements, queue and decision latency, recorded by the Scheduler."""
+
+    def __init__(self) -> None:
+        self.placements = Counter("grid_placements_total", "tasks placed, per node and strategy",
+                                  ("node", "strategy"))
+        self.queue_length = Gauge("grid_queue_length", "tasks waiting in the Scheduler's queue for capacity")
+        self.queue_wait = Histogram("grid_queue_wait_seconds", "time a task waited in the queue before placement",
+                                    _SECONDS, ("strategy",))
+        self.decision_latency = Histogram("grid_decision_latency_seconds",
+                                          "time to decide one task's placement (a drain pass over its tasks)",
+                                          _SECONDS)
+
+    def record_drain(self, placed: list[SchedulingDecision], decided: int, elapsed_s: float, queued: int) -> None:
+        """One drain pass: what it placed, how many tasks it decided on and how long it took."""
+        for decision in placed:
+            strategy = str(decision.strategy)
+            self.placements.inc(1.0, {"node": decision.node_name, "strategy": strategy})
+            self.queue_wait.observe(decision.waited_s, {"strategy": strategy})
+        if decided:
+            self.decision_latency.observe(elapsed_s / decided)
+        self.queue_length.set(float(queued))
+
+
+def _set(gauge: Gauge, value: float | None, tags: dict[str, str]) -> None:
+    if value is not None:
+        gauge.set(float(value), tags)
