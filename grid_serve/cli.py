@@ -280,17 +280,24 @@ def _used(node: Any, resource: str) -> str:
 
 def _status_table(status: ClusterStatus) -> Table:
     table = Table(title="grid-serve cluster")
-    for column in ("Node", "Node ID", "Address", "Alive", "CPUs", "GPUs", "Memory GiB", "CPU %", "In flight"):
+    for column in ("Node", "Node ID", "Address", "Alive", "CPUs", "GPUs", "Memory GiB", "CPU %", "Mem %", "GPU %",
+                   "In flight"):
         table.add_column(column)
     for node in status.nodes:
         memory = node.resources_total.get("memory", 0.0) / 1024**3
         used_memory = memory - node.resources_available.get("memory", node.resources_total.get("memory", 0.0)) / 1024**3
+        alive = "[red]no[/red]" if not node.alive else ("[yellow]stale[/yellow]" if node.stale else "yes")
         table.add_row(
-            node.name, node.node_id[:8], node.address, "yes" if node.alive else "[red]no[/red]",
+            node.name, node.node_id[:8], node.address, alive,
             _used(node, "CPU"), _used(node, "GPU"), f"{used_memory:.1f}/{memory:.1f}",
-            "-" if node.cpu_percent is None else f"{node.cpu_percent:.0f}", str(node.in_flight),
+            _percent(node.cpu_percent), _percent(node.memory_percent),
+            " ".join(_percent(gpu.utilization_pct) for gpu in node.gpus) or "-", str(node.in_flight),
         )
     return table
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 # ================================================================== validate
