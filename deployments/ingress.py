@@ -106,7 +106,8 @@ class _PinnedFunctions:
         self._cache: dict[tuple, Any] = {}
 
     def for_decision(self, decision: SchedulingDecision) -> Any:
-        key = (decision.node_id, tuple(sorted(decision.resources.items())))
+        key = (decision.node_id, decision.placement_group_id, decision.bundle_index,
+               tuple(sorted(decision.resources.items())))
         remote = self._cache.get(key)
         if remote is None:
             if len(self._cache) > 4096:
