@@ -309,8 +309,8 @@ def test_state_round_trips_and_reconcile_forgets_vanished_groups():
     view = cluster()
     kept, _ = book.submit(ask(amount=1), view)
     lost, _ = book.submit(ask(amount=1), view)
-    waiting, _ = book.submit(ask(amount=6, priority="low", donor="gpu2"), view)  # gpu2 has 4 left
-    assert (kept.donor, lost.donor, waiting.state) == ("gpu2", "gpu2", "pending")
+    waiting, _ = book.submit(ask(amount=6, priority="low", donor="gpu2"), view)  # gpu2 has 5 left
+    assert (kept.donor, lost.donor, waiting.state) == ("gpu2", "gpu1", "pending")
     restored = SharingLedger(config())
     restored.load_state(book.to_state())
     assert restored.records == book.records
