@@ -399,3 +399,35 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_rejects_nonsense():
     with pytest.raises(ValueError):
         parse_duration("30 minutes please")
+
+
+def test_scheduler_core_overflows_a_full_borrower_into_its_allocation_then_overbooks_at_home():
+    from grid_serve.scheduling import SchedulerCore
+
+    view, record = borrowed_view(tasks_on_master=0)
+    requests = [SchedulingRequest(task_id=f"t{i}", job_id="j", strategy=SchedulingStrategy.NODE_SPECIFIC,
+                                  target_node="gpu-master") for i in range(4)]
+    result = SchedulerCore().submit(requests, view)
+    placed = [(d.task_id, d.node_name, d.placement_group_id) for d in result.placed]
+    assert placed == [("t0", "gpu-master", None), ("t1", "gpu-master", None), ("t2", "gpu1", "ab" * 14),
+                      ("t3", "gpu-master", None)]
+    assert result.view.allocations[record.id].used == {"CPU": 1.0}
+    assert result.view.resolve("gpu1").reserved["CPU"] == 1  # the task did not count twice on the donor
+
+
+def test_scheduler_core_waits_for_an_allocation_rather_than_rejecting():
+    from grid_serve.scheduling import SchedulerCore
+
+    book, _ = ledger()
+    view = ClusterView.of([make_node("gpu-master", cpus=2), make_node("gpu1", cpus=2, gpus=1),
+                           make_node("gpu2", cpus=2, gpus=1)])
+    record, _ = book.submit(ask(type="gpu", amount=1, donor="gpu1"), view)
+    book.placed(record.id, "ab" * 14, ready=True)
+    view = fold_allocations(view, book.holding())
+    gpu_tasks = [SchedulingRequest(task_id=f"g{i}", job_id="g", strategy=SchedulingStrategy.NODE_SPECIFIC,
+                                   target_node="gpu-master", requirements={"cpu_count": 0, "gpu_count": 1})
+                 for i in range(2)]
+    core = SchedulerCore()
+    result = core.submit(gpu_tasks, view)
+    assert [(d.task_id, d.node_name) for d in result.placed] == [("g0", "gpu1")]
+    assert result.rejected == [] and len(core) == 1  # g1 waits for the GPU allocation to free
