@@ -46,6 +46,7 @@ class LocalNode:
         if self.head:
             args["dashboard_host"] = LOOPBACK
             args["include_dashboard"] = True
+            args["dashboard_port"] = free_port(8265)  # another cluster on this machine may hold 8265
         return args
 
 
