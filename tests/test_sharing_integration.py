@@ -48,6 +48,13 @@ def no_live_groups() -> bool:
                 if g["name"].startswith("grid-sharing-") and g["state"] != "REMOVED"]
 
 
+def all_spare(http) -> bool:
+    """Every node's lendable capacity is spare again, as the manager sees it (Ray reports a
+    removed group's resources back a moment after the group is gone)."""
+    rows = http.get("/v1/sharing").json()["capacity"]
+    return all(row["spare"] == row["lendable"] for row in rows)
+
+
 @pytest.fixture()
 def sharing(http) -> Iterator[Callable[..., dict]]:
     """`sharing(node=..., type=..., amount=...)` posts a request and returns the record;
@@ -63,11 +70,13 @@ def sharing(http) -> Iterator[Callable[..., dict]]:
         return response.json()
 
     eventually(no_live_groups, "no sharing groups left by earlier tests")
+    eventually(lambda: all_spare(http), "all sharing capacity spare")
     yield request
     for record_id in created:
         http.post(f"/v1/sharing/{record_id}/release")
     eventually(lambda: not http.get("/v1/sharing").json()["allocations"], "allocations drained")
     eventually(no_live_groups, "placement groups removed")
+    eventually(lambda: all_spare(http), "all sharing capacity spare again")
 
 
 def test_grant_puts_the_placement_group_on_the_donor(http, sharing):
@@ -167,8 +176,14 @@ def test_lease_expires_and_frees_the_resources(http, sharing):
         http.get(f"/v1/sharing/{record['id']}").json()), "lease expired")
     assert ended["reason"].startswith("lease ended")
     eventually(lambda: group_of(record).get("state") == "REMOVED", "expired group removed")
-    spare = {(row["node"], row["resource"]): row["spare"] for row in http.get("/v1/sharing").json()["capacity"]}
-    assert spare[("gpu2", "GPU")] == 1
+
+    def gpu2_gpu_spare() -> bool:
+        rows = http.get("/v1/sharing").json()["capacity"]
+        return any(row["node"] == "gpu2" and row["resource"] == "GPU" and row["spare"] == 1 for row in rows)
+
+    eventually(gpu2_gpu_spare, "gpu2's GPU spare again")
+    nodes = {n["name"]: n for n in http.get("/v1/cluster").json()["nodes"]}
+    assert nodes["gpu2"]["reserved"].get("GPU", 0) == 0
 
 
 def test_killing_the_manager_replica_loses_no_allocation(http, sharing):
