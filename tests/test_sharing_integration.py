@@ -186,12 +186,13 @@ def test_lease_expires_and_frees_the_resources(http, sharing):
     assert nodes["gpu2"]["reserved"].get("GPU", 0) == 0
 
 
-def test_killing_the_manager_replica_loses_no_allocation(http, sharing):
+def test_killing_the_manager_replica_loses_no_allocation(http, sharing, cluster_address):
     record = sharing(expect=201, node="gpu-master", type="memory", amount=1)
     assert record["donor"] == "gpu2"
 
     def manager_actors() -> list:
-        return [a for a in list_actors(filters=[("state", "=", "ALIVE")])
+        # name this cluster: other clusters on the machine have dashboards too
+        return [a for a in list_actors(address=cluster_address, filters=[("state", "=", "ALIVE")], limit=1000)
                 if "SharingManager" in (a.class_name or "")]
 
     (before,) = manager_actors()
