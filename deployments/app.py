@@ -1,9 +1,10 @@
 """`build_app(args)`: the grid application, as `serve_config.yaml` names it.
 
-    MetricsCollector ─┐
-                      ├─> Scheduler ─> Ingress (HTTP /v1, handle)
-    LoadBalancer ─────┘        ▲           │
-                               └───────────┘ completions
+    MetricsCollector ─┬─> SharingManager ──┐ (allocations: placement groups on donors)
+                      │                    ▼
+                      ├─────────────> Scheduler ─> Ingress (HTTP /v1, handle)
+    LoadBalancer ─────┘                    ▲           │
+                                           └───────────┘ completions
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .ingress import Ingress
 from .load_balancer import LoadBalancer
 from .metrics_collector import MetricsCollector
 from .scheduler import Scheduler
+from .sharing_manager import SharingManager
 
 
 class AppArgs(BaseModel):
@@ -44,8 +46,9 @@ def load_config(args: AppArgs) -> ClusterConfig | None:
 
 def build_app(args: dict) -> Application:
     settings = AppArgs.model_validate(args or {})
-    load_config(settings)  # fail fast on a bad cluster file, before any replica starts
+    config = load_config(settings)  # fail fast on a bad cluster file, before any replica starts
     metrics = MetricsCollector.bind(settings.metrics_interval_s, settings.probe_stale_after_s)
     load_balancer = LoadBalancer.bind()
-    scheduler = Scheduler.bind(metrics, load_balancer, settings.admission, settings.metrics_interval_s)
-    return Ingress.bind(scheduler, load_balancer, metrics, settings.task_modules)
+    sharing = SharingManager.bind(config, metrics, load_balancer)
+    scheduler = Scheduler.bind(metrics, load_balancer, settings.admission, settings.metrics_interval_s, sharing)
+    return Ingress.bind(scheduler, load_balancer, metrics, settings.task_modules, sharing)

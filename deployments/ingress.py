@@ -19,7 +19,7 @@ import ray
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -36,6 +36,7 @@ from grid_serve.models import (
     TaskOutcome,
 )
 from grid_serve.scheduling import Rejected
+from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules, run_task
 
 from ._common import COORDINATOR_OPTIONS, logger
@@ -107,7 +108,8 @@ class _PinnedFunctions:
         self._cache: dict[tuple, Any] = {}
 
     def for_decision(self, decision: SchedulingDecision) -> Any:
-        key = (decision.node_id, tuple(sorted(decision.resources.items())))
+        key = (decision.node_id, decision.placement_group_id, decision.bundle_index,
+               tuple(sorted(decision.resources.items())))
         remote = self._cache.get(key)
         if remote is None:
             if len(self._cache) > 4096:
@@ -184,8 +186,10 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 @serve.ingress(fastapi_app)
 class Ingress:
     def __init__(self, scheduler: DeploymentHandle, load_balancer: DeploymentHandle,
-                 metrics: DeploymentHandle, task_modules: list[str] | None = None) -> None:
+                 metrics: DeploymentHandle, task_modules: list[str] | None = None,
+                 sharing: DeploymentHandle | None = None) -> None:
         self._scheduler = scheduler
+        self._sharing = sharing
         self._lb = load_balancer
         self._metrics = metrics
         self._tasks: dict[str, TaskType] = load_task_modules(task_modules or ["grid_serve.tasks"])
@@ -282,6 +286,44 @@ class Ingress:
         if not released:
             raise NotFoundError(f"no reservation for task {task_id!r} (already released or expired)", field="task_id")
         return {"task_id": task_id, "released": True}
+
+    # ------------------------------------------------------------------ resource sharing
+
+    async def sharing_status(self) -> SharingStatus:
+        """Allocations, pending requests, shareable capacity and use per node."""
+        return await self._call_sharing("status")
+
+    async def request_resources(self, body: SharingRequest | dict[str, Any]) -> Allocation:
+        """A node borrows capacity: granted on a donor now, or queued (see its `state`)."""
+        if not isinstance(body, SharingRequest):
+            try:
+                body = SharingRequest.model_validate(body)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                field = ".".join(str(part) for part in error["loc"]) or "body"
+                raise InvalidRequestError(f"invalid sharing request: {field}: {error['msg']}", field=field) from None
+        record = await self._call_sharing("request", body)
+        await self._scheduler.sharing_changed.remote()
+        return record
+
+    async def get_sharing(self, record_id: str) -> Allocation:
+        return await self._call_sharing("get", record_id)
+
+    async def release_resources(self, record_id: str) -> Allocation:
+        """End an allocation (running tasks finish first) or withdraw a pending request."""
+        record = await self._call_sharing("release", record_id)
+        await self._scheduler.sharing_changed.remote()
+        return record
+
+    async def _call_sharing(self, method: str, *args: Any) -> Any:
+        if self._sharing is None:
+            raise NotFoundError("resource sharing is not part of this deployment", field="resource_sharing")
+        try:
+            return await getattr(self._sharing, method).remote(*args)
+        except ray.exceptions.RayTaskError as exc:  # the manager's GridErrors reach callers as themselves
+            if isinstance(exc.cause, GridError):
+                raise exc.cause from None
+            raise
 
     # ================================================================== job running
 
@@ -429,3 +471,20 @@ class Ingress:
     @fastapi_app.post(f"/{API_VERSION}/schedule/{{task_id}}/complete")
     async def http_complete(self, task_id: str, body: CompletionReport | None = None) -> dict[str, Any]:
         return await self.complete(task_id, body.ok if body else True, body.duration_s if body else None)
+
+    @fastapi_app.get(f"/{API_VERSION}/sharing", response_model=SharingStatus)
+    async def http_sharing_status(self) -> SharingStatus:
+        return await self.sharing_status()
+
+    @fastapi_app.post(f"/{API_VERSION}/sharing", response_model=Allocation)
+    async def http_sharing_request(self, body: SharingRequest) -> JSONResponse:
+        record = await self.request_resources(body)
+        return JSONResponse(record.model_dump(mode="json"), status_code=201 if record.state == "active" else 202)
+
+    @fastapi_app.get(f"/{API_VERSION}/sharing/{{record_id}}", response_model=Allocation)
+    async def http_sharing_get(self, record_id: str) -> Allocation:
+        return await self.get_sharing(record_id)
+
+    @fastapi_app.post(f"/{API_VERSION}/sharing/{{record_id}}/release", response_model=Allocation)
+    async def http_sharing_release(self, record_id: str) -> Allocation:
+        return await self.release_resources(record_id)

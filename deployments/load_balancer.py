@@ -23,7 +23,7 @@ class LoadBalancer:
         """Record placed tasks: (decision, task type, group, lease seconds or None)."""
         for decision, task_type, group, lease_s in reservations:
             self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, task_type, group,
-                                 str(decision.strategy), lease_s)
+                                 str(decision.strategy), lease_s, decision.placement_group_id)
         return self._ledger.snapshot()
 
     async def release(self, completions: list[Completion]) -> tuple[list[Reservation], LedgerSnapshot]:

@@ -17,6 +17,7 @@ from ray.serve.handle import DeploymentHandle
 from grid_serve.ledger import Completion, LedgerSnapshot
 from grid_serve.models import ClusterStatus, NodeStatus, SchedulingDecision, SchedulingRequest
 from grid_serve.scheduling import DrainResult, Rejected, SchedulerCore
+from grid_serve.sharing import Allocation, fold_allocations
 from grid_serve.view import ClusterView, view_from
 
 from ._common import COORDINATOR_OPTIONS, every
@@ -42,9 +43,11 @@ class _Meta:
 @serve.deployment(**COORDINATOR_OPTIONS)
 class Scheduler:
     def __init__(self, metrics: DeploymentHandle, load_balancer: DeploymentHandle, admission: float = 2.0,
-                 interval_s: float = 1.0) -> None:
+                 interval_s: float = 1.0, sharing: DeploymentHandle | None = None) -> None:
         self._metrics = metrics
         self._lb = load_balancer
+        self._sharing = sharing
+        self._allocations: list[Allocation] = []  # held by borrowers: reserved on their donors
         self._admission = admission
         self._core = SchedulerCore()
         self._lock = asyncio.Lock()
@@ -63,7 +66,10 @@ class Scheduler:
         """Pick up node changes and lease expiries, then place whatever now fits."""
         nodes, taken_at = await self._metrics.snapshot.remote()
         ledger = await self._lb.snapshot.remote()
+        allocations = await self._fetch_allocations()
         async with self._lock:
+            if allocations is not None:
+                self._allocations = allocations
             self._nodes, self._nodes_at = nodes, taken_at
             self._take_ledger(ledger)
             await self._drain_locked()
@@ -78,8 +84,27 @@ class Scheduler:
             self._nodes, self._nodes_at = await self._metrics.refresh_now.remote()
             self._take_ledger(await self._lb.snapshot.remote())
 
+    async def _fetch_allocations(self) -> list[Allocation] | None:
+        """The allocations holding capacity; None (keep the last) when the manager is restarting."""
+        if self._sharing is None:
+            return []
+        try:
+            return await self._sharing.holding.remote()
+        except Exception:  # the manager's replica is being replaced: keep the last known picture
+            return None
+
     def _view(self) -> ClusterView:
-        return view_from(self._nodes, self._ledger, self._admission, self._nodes_at)
+        view = view_from(self._nodes, self._ledger, self._admission, self._nodes_at)
+        group_loads = self._ledger.group_loads if self._ledger else {}
+        return fold_allocations(view, self._allocations, group_loads)
+
+    async def sharing_changed(self) -> None:
+        """An allocation was granted or ended: take the news now and place what it allows."""
+        allocations = await self._fetch_allocations()
+        async with self._lock:
+            if allocations is not None:
+                self._allocations = allocations
+            await self._drain_locked()
 
     # ------------------------------------------------------------------ core loop
 

@@ -16,6 +16,7 @@ import httpx
 
 from .errors import GridError, InvalidRequestError, NoCapacityError, NotFoundError
 from .models import ClusterStatus, JobStatus, JobSubmission, SchedulingDecision, SchedulingRequest
+from .sharing import Allocation, SharingRequest, SharingStatus
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8000"
 APP_NAME = "grid"
@@ -127,6 +128,20 @@ class GridClient:
     def complete(self, task_id: str, ok: bool = True, duration_s: float | None = None) -> dict[str, Any]:
         return self._call("POST", f"/v1/schedule/{task_id}/complete", json={"ok": ok, "duration_s": duration_s})
 
+    def sharing_status(self) -> SharingStatus:
+        return SharingStatus.model_validate(self._call("GET", "/v1/sharing"))
+
+    def request_resources(self, request: SharingRequest | dict[str, Any]) -> Allocation:
+        """Borrow capacity for a node: `{"node": "gpu-master", "type": "cpu", "amount": 2, "priority": "high"}`."""
+        body = request.model_dump(mode="json", exclude_none=True) if isinstance(request, SharingRequest) else request
+        return Allocation.model_validate(self._call("POST", "/v1/sharing", json=body))
+
+    def get_sharing(self, record_id: str) -> Allocation:
+        return Allocation.model_validate(self._call("GET", f"/v1/sharing/{record_id}"))
+
+    def release_resources(self, record_id: str) -> Allocation:
+        return Allocation.model_validate(self._call("POST", f"/v1/sharing/{record_id}/release"))
+
 
 class HandleClient:
     """The same calls through a Serve handle, from any Ray job connected to the cluster.
@@ -169,6 +184,18 @@ class HandleClient:
 
     async def complete(self, task_id: str, ok: bool = True, duration_s: float | None = None) -> dict[str, Any]:
         return await self._handle.complete.remote(task_id, ok, duration_s)
+
+    async def sharing_status(self) -> SharingStatus:
+        return await self._handle.sharing_status.remote()
+
+    async def request_resources(self, request: SharingRequest | dict[str, Any]) -> Allocation:
+        return await self._handle.request_resources.remote(request)
+
+    async def get_sharing(self, record_id: str) -> Allocation:
+        return await self._handle.get_sharing.remote(record_id)
+
+    async def release_resources(self, record_id: str) -> Allocation:
+        return await self._handle.release_resources.remote(record_id)
 
 
 class IntelligentScheduler(HandleClient):

@@ -36,6 +36,7 @@ class Reservation:
     group: str
     made_at: float
     lease_until: float | None = None
+    placement_group_id: str | None = None  # set when the task runs inside a borrowed allocation
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class LedgerSnapshot:
     loads: Mapping[str, NodeLoad]
     durations: Mapping[tuple[str, str], float]
     placements: Mapping[tuple[str, str], int]  # (node_id, strategy) -> placements ever made
+    group_loads: Mapping[str, NodeLoad] = field(default_factory=dict)  # placement group id -> its tasks
 
 
 @dataclass
@@ -63,11 +65,12 @@ class Ledger:
     version: int = 0
 
     def reserve(self, task_id: str, node_id: str, resources: Mapping[str, float], task_type: str = "task",
-                group: str = "", strategy: str = "", lease_s: float | None = None) -> None:
+                group: str = "", strategy: str = "", lease_s: float | None = None,
+                placement_group_id: str | None = None) -> None:
         now = self.clock()
         self.reservations[task_id] = Reservation(
             task_id, node_id, dict(resources), task_type, group or task_id, now,
-            now + lease_s if lease_s else None,
+            now + lease_s if lease_s else None, placement_group_id,
         )
         key = (node_id, strategy)
         self.placements[key] = self.placements.get(key, 0) + 1
@@ -103,14 +106,27 @@ class Ledger:
         self.durations[key] = seconds if previous is None else (1 - EWMA_ALPHA) * previous + EWMA_ALPHA * seconds
 
     def loads(self) -> dict[str, NodeLoad]:
-        totals: dict[str, dict[str, float]] = {}
-        counts: dict[str, int] = {}
-        for reservation in self.reservations.values():
-            per_node = totals.setdefault(reservation.node_id, {})
-            for name, amount in reservation.resources.items():
-                per_node[name] = per_node.get(name, 0.0) + amount
-            counts[reservation.node_id] = counts.get(reservation.node_id, 0) + 1
-        return {node_id: NodeLoad(totals[node_id], counts[node_id]) for node_id in totals}
+        """Per node, the tasks placed on it directly. Tasks inside a borrowed allocation are
+        left out: the allocation's whole capacity is already counted on its donor."""
+        return _sum_by(r for r in self.reservations.values() if r.placement_group_id is None)
+
+    def group_loads(self) -> dict[str, NodeLoad]:
+        """Per placement group (borrowed allocation), the tasks running inside it."""
+        inside = [r for r in self.reservations.values() if r.placement_group_id is not None]
+        return _sum_by(inside, key=lambda r: r.placement_group_id or "")
 
     def snapshot(self) -> LedgerSnapshot:
-        return LedgerSnapshot(self.version, self.loads(), dict(self.durations), dict(self.placements))
+        return LedgerSnapshot(self.version, self.loads(), dict(self.durations), dict(self.placements),
+                              self.group_loads())
+
+
+def _sum_by(reservations: Iterable[Reservation],
+            key: Callable[[Reservation], str] = lambda r: r.node_id) -> dict[str, NodeLoad]:
+    totals: dict[str, dict[str, float]] = {}
+    counts: dict[str, int] = {}
+    for reservation in reservations:
+        per_key = totals.setdefault(key(reservation), {})
+        for name, amount in reservation.resources.items():
+            per_key[name] = per_key.get(name, 0.0) + amount
+        counts[key(reservation)] = counts.get(key(reservation), 0) + 1
+    return {k: NodeLoad(totals[k], counts[k]) for k in totals}

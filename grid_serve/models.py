@@ -140,15 +140,14 @@ class SchedulingDecision(_Model):
         """`.options(**decision.ray_options())` for a Ray remote function.
 
         The task is pinned hard to the chosen node (`NodeAffinitySchedulingStrategy`,
-        soft=False) and asks Ray for the same resources grid-serve reserved, so Ray's
-        own accounting and ours agree.
+        soft=False), or, when it runs in capacity its node borrowed, into that allocation's
+        placement group bundle (which Ray keeps on the donor). It asks Ray for the same
+        resources grid-serve reserved, so Ray's own accounting and ours agree.
         """
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
         options: dict[str, Any] = {
             "num_cpus": self.resources.get("CPU", 0.0),
             "num_gpus": self.resources.get("GPU", 0.0),
-            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=self.node_id, soft=False),
+            "scheduling_strategy": self._ray_strategy(),
         }
         if self.resources.get("memory"):
             options["memory"] = self.resources["memory"]
@@ -156,6 +155,19 @@ class SchedulingDecision(_Model):
         if custom:
             options["resources"] = custom
         return options
+
+    def _ray_strategy(self) -> Any:
+        if self.placement_group_id is None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            return NodeAffinitySchedulingStrategy(node_id=self.node_id, soft=False)
+        from ray._raylet import PlacementGroupID
+        from ray.util.placement_group import PlacementGroup
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        group = PlacementGroup(PlacementGroupID(bytes.fromhex(self.placement_group_id)))
+        return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=self.bundle_index or 0,
+                                                placement_group_capture_child_tasks=False)
 
 
 class JobSubmission(_Model):

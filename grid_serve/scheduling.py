@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 from .models import SchedulingDecision, SchedulingRequest
+from .sharing import allocation_decision, may_fit_allocation
 from .strategies import NoFit, PlacementError, place
 from .view import ClusterView, GroupCounts, NodeView
 
@@ -97,7 +98,7 @@ class SchedulerCore:
                 result.placed.append(decision)
                 result.view = self._reserve(result.view, decision)  # type: ignore[arg-type]
                 self.group_counts.add(request.group, decision.node_id)
-            elif isinstance(outcome, NoFit) and outcome.can_wait:
+            elif isinstance(outcome, NoFit) and (outcome.can_wait or may_fit_allocation(request, result.view)):  # type: ignore[arg-type]
                 blocked.add(signature)
                 keep.append(item)
             else:
@@ -107,13 +108,19 @@ class SchedulerCore:
         return result
 
     def _try_place(self, request: SchedulingRequest, view: ClusterView) -> SchedulingDecision | NoFit | str:
+        """Where the strategy puts it, or inside capacity its node borrowed when the node is full."""
         try:
-            return place(request, view, self.group_counts.of(request.group))
+            outcome = place(request, view, self.group_counts.of(request.group))
         except PlacementError as exc:
             return str(exc)
+        return allocation_decision(request, view, outcome) or outcome
 
     @staticmethod
     def _reserve(view: ClusterView, decision: SchedulingDecision) -> ClusterView:
+        if decision.placement_group_id is not None:  # inside an allocation: its donor is already counted
+            allocation = next(a for a in view.allocations.values()
+                              if a.placement_group_id == decision.placement_group_id)
+            return view.with_allocation(allocation.use(decision.resources))
         node: NodeView = view.nodes[decision.node_id]
         return view.with_node(node.reserve(decision.resources))
 

@@ -65,6 +65,34 @@ class NodeView:
 
 
 @dataclass(frozen=True)
+class AllocationView:
+    """Capacity a borrower holds on a donor (a placement group bundle) and what its tasks use.
+
+    The donor's `reserved` already counts the whole `capacity`, so tasks placed inside an
+    allocation add to `used` here and never to the donor's own reservations.
+    """
+
+    id: str
+    borrower: str  # node name
+    donor_id: str
+    donor: str  # node name
+    placement_group_id: str
+    capacity: Mapping[str, float]  # Ray units
+    used: Mapping[str, float] = field(default_factory=lambda: EMPTY)
+    in_flight: int = 0
+    accepting: bool = True  # False once ended or before its placement group is placed
+
+    def free(self, resource: str) -> float:
+        return self.capacity.get(resource, 0.0) - self.used.get(resource, 0.0)
+
+    def use(self, resources: Mapping[str, float]) -> "AllocationView":
+        used = dict(self.used)
+        for name, amount in resources.items():
+            used[name] = used.get(name, 0.0) + amount
+        return replace(self, used=MappingProxyType(used), in_flight=self.in_flight + 1)
+
+
+@dataclass(frozen=True)
 class ClusterView:
     """All nodes plus the evidence strategies weigh; copy-on-write, never mutated."""
 
@@ -72,6 +100,7 @@ class ClusterView:
     admission: float = 2.0  # a node takes reservations up to this many times its resources
     durations: Mapping[tuple[str, str], float] = field(default_factory=lambda: EMPTY)  # (node_id, task_type) -> EWMA seconds
     taken_at: float = 0.0
+    allocations: Mapping[str, AllocationView] = field(default_factory=lambda: EMPTY)  # by allocation id
 
     @classmethod
     def of(cls, nodes: Iterable[NodeView], **kwargs: object) -> "ClusterView":
@@ -82,6 +111,11 @@ class ClusterView:
         nodes = dict(self.nodes)
         nodes[node.node_id] = node
         return replace(self, nodes=MappingProxyType(nodes))
+
+    def with_allocation(self, allocation: AllocationView) -> "ClusterView":
+        allocations = dict(self.allocations)
+        allocations[allocation.id] = allocation
+        return replace(self, allocations=MappingProxyType(allocations))
 
     def resolve(self, reference: str) -> NodeView:
         """The node a user means by a name, a Ray node id (or its unique prefix) or an IP.
