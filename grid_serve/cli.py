@@ -26,6 +26,7 @@ from .client import AppUnreachableError, GridClient, default_address
 from .config import ConfigError, load_cluster_config
 from .errors import GridError, InvalidRequestError, NotFoundError
 from .local_cluster import DEFAULT_CONFIG, DEFAULT_SERVE_CONFIG, LOOPBACK, free_port, log_file, read_state, state_file
+from .sharing import Allocation, ResourceType, SharingRequest, config_capacity_rows, parse_duration, status_tables
 from .models import ClusterStatus, JobStatus, JobSubmission, ResourceRequirement, SchedulingStrategy, TaskPriority
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -41,6 +42,9 @@ app = typer.Typer(
 )
 distribute = typer.Typer(help="Submit test jobs and look at how work is spread.", no_args_is_help=True)
 app.add_typer(distribute, name="distribute")
+sharing_cli = typer.Typer(help="Borrow capacity between nodes: allocations with priorities and leases.",
+                          no_args_is_help=True)
+app.add_typer(sharing_cli, name="resource-sharing")
 
 AddressOption = typer.Option(None, "--address", "-a", help="The app's HTTP address [default: $GRID_ADDRESS, else the app `grid up` started, else http://127.0.0.1:8000]")
 JsonOption = typer.Option(False, "--json", help="Print JSON for scripts instead of tables.")
@@ -298,6 +302,122 @@ def _status_table(status: ClusterStatus) -> Table:
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+# ================================================================== resource sharing
+
+ResourceName = enum.Enum("ResourceName", {str(r): str(r) for r in ResourceType}, type=str)  # type: ignore[misc]
+
+
+@sharing_cli.command("status")
+def sharing_status(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Also show the sharing limits this cluster file sets."),
+    as_json: bool = JsonOption,
+    address: Optional[str] = AddressOption,
+) -> None:
+    """Active allocations, pending requests, shareable capacity and use per node.
+
+    Example: grid resource-sharing status --config config/cluster.yaml
+    """
+    limits = None
+    if config is not None:
+        try:
+            limits = config_capacity_rows(load_cluster_config(config))
+        except ConfigError as exc:
+            fail(str(exc), 2)
+    try:
+        with connect(address) as client:
+            status = client.sharing_status()
+    except AppUnreachableError:
+        if limits and not as_json:
+            _print_rows(f"sharing limits in {config}", *limits)
+        raise
+    if as_json:
+        body = status.model_dump(mode="json")
+        if limits:
+            body["config_limits"] = [dict(zip(limits[0], row)) for row in limits[1]]
+        print(json.dumps(body, indent=2))
+        return
+    console.print(f"resource sharing: {'enabled' if status.enabled else 'disabled'}, policy {status.policy}")
+    titles = {"allocations": "active allocations", "pending": "pending requests",
+              "capacity": "shareable capacity per node", "utilisation": "node utilisation"}
+    for key, (headers, rows) in status_tables(status).items():
+        _print_rows(titles[key], headers, rows)
+    if limits:
+        _print_rows(f"sharing limits in {config}", *limits)
+
+
+def _print_rows(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header)
+    for row in rows:
+        table.add_row(*row)
+    if not rows:
+        table.add_row(*(["(none)"] + [""] * (len(headers) - 1)))
+    console.print(table)
+
+
+@sharing_cli.command("request")
+def sharing_request(
+    node: str = typer.Option(..., "--node", help="The node that borrows: name, Ray node id or IP."),
+    resource: ResourceName = typer.Option(..., "--type", case_sensitive=False, help="What to borrow (memory in GB)."),
+    amount: float = typer.Option(..., "--amount", help="How much (CPUs, GPUs or GB)."),
+    priority: PriorityName = typer.Option("normal", "--priority", "-p", case_sensitive=False,
+                                          help="Higher may preempt strictly lower allocations when no donor has room."),
+    duration: str = typer.Option("30m", "--duration", help="Lease length: 90s, 30m, 2h."),
+    timeout: Optional[str] = typer.Option(None, "--timeout", help="How long to wait for a donor [default: the config's allocation_timeout_minutes]."),
+    donor: Optional[str] = typer.Option(None, "--donor", help="Borrow from this node only."),
+    as_json: bool = JsonOption,
+    address: Optional[str] = AddressOption,
+) -> None:
+    """Ask for capacity for a node; granted on a donor, queued, or refused with the reason.
+
+    Example: grid resource-sharing request --node gpu-master --type cpu --amount 2.0 --priority high
+    """
+    try:
+        request = SharingRequest(node=node, type=resource.value, amount=amount, priority=priority.value,
+                                 duration_s=parse_duration(duration),
+                                 timeout_s=parse_duration(timeout) if timeout else None, donor=donor)
+    except ValueError as exc:
+        fail(_first_error(exc), 2)
+    with connect(address) as client:
+        record = client.request_resources(request)
+    _print_allocation(record, as_json)
+
+
+@sharing_cli.command("release")
+def sharing_release(
+    record_id: str = typer.Argument(..., metavar="ID", help="The allocation (or pending request) id."),
+    as_json: bool = JsonOption,
+    address: Optional[str] = AddressOption,
+) -> None:
+    """End an allocation now (running tasks finish first) or withdraw a pending request.
+
+    Example: grid resource-sharing release 1a2b3c4d5e6f
+    """
+    with connect(address) as client:
+        record = client.release_resources(record_id)
+    _print_allocation(record, as_json)
+
+
+def _print_allocation(record: Allocation, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(record.model_dump(mode="json"), indent=2))
+        return
+    where = f"on {record.donor}" if record.donor else "(no donor yet)"
+    console.print(f"{record.id}: {record.state} {record.amount:g} {record.resource} for {record.borrower} {where}, "
+                  f"priority {record.priority}" + (f" - {record.reason}" if record.reason else ""))
+
+
+def _first_error(exc: ValueError) -> str:
+    """One line from a pydantic error: 'amount: Input should be greater than 0'."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        field = ".".join(str(part) for part in first.get("loc", ()))
+        return f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
+    return str(exc)
 
 
 # ================================================================== validate

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -138,3 +139,48 @@ nodes:
   - {name: gpu1, host: gpu1, cpu_count: 2, gpu_count: 1, memory_gb: 4}
   - {name: gpu2, host: gpu2, cpu_count: 2, gpu_count: 1, memory_gb: 4}
 """
+
+
+@pytest.mark.cluster
+def test_resource_sharing_request_status_release(base_url: str, tmp_path: Path) -> None:
+    granted = grid("resource-sharing", "request", "--node", "gpu-master", "--type", "cpu", "--amount", "1",
+                   "--priority", "high", "--duration", "10m", "--json", address=base_url)
+    assert granted.returncode == 0, granted.stderr
+    record = json.loads(granted.stdout)
+    try:
+        assert record["state"] == "active" and record["borrower"] == "gpu-master"
+        assert record["donor"] in ("gpu1", "gpu2") and record["priority"] == "HIGH"
+        config = tmp_path / "cluster.yaml"
+        config.write_text(TEST_CLUSTER_YAML)
+        status = grid("resource-sharing", "status", "--config", str(config), address=base_url)
+        assert status.returncode == 0, status.stderr
+        row = next(line for line in status.stdout.splitlines() if record["id"] in line)
+        assert "gpu-master" in row and record["donor"] in row and "HIGH" in row.upper()
+        assert "sharing limits in" in status.stdout
+        listed = json.loads(grid("resource-sharing", "status", "--json", address=base_url).stdout)
+        assert [a["id"] for a in listed["allocations"]] == [record["id"]]
+    finally:
+        released = grid("resource-sharing", "release", record["id"], "--json", address=base_url)
+    assert released.returncode == 0 and json.loads(released.stdout)["state"] == "released"
+    deadline = time.monotonic() + 60
+    while json.loads(grid("resource-sharing", "status", "--json", address=base_url).stdout)["allocations"]:
+        assert time.monotonic() < deadline, "the released allocation never let its capacity go"
+        time.sleep(0.5)
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("args, words", [
+    (["--node", "gpu-master", "--type", "cpu", "--amount", "64"], "amount 64 CPU is over the sharing limit: the most any node may lend gpu-master is 2"),
+    (["--node", "gpu9", "--type", "cpu", "--amount", "1"], "unknown node 'gpu9'"),
+    (["--node", "gpu1", "--type", "cpu", "--amount", "1", "--donor", "gpu1"], "a node cannot lend to itself"),
+    (["--node", "gpu-master", "--type", "cpu", "--amount", "0"], "amount: Input should be greater than 0"),
+])
+def test_resource_sharing_bad_requests_exit_2(base_url: str, args: list[str], words: str) -> None:
+    done = grid("resource-sharing", "request", *args, address=base_url)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert words in one_line_error(done)
+
+
+def test_resource_sharing_with_no_app_is_one_line_exit_1() -> None:
+    done = grid("resource-sharing", "release", "nope", "--address", f"http://127.0.0.1:{free_port()}")
+    assert done.returncode == 1 and "not reachable" in one_line_error(done)
