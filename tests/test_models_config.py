@@ -70,6 +70,13 @@ def test_repo_cluster_config_loads() -> None:
     assert config.head.name == "gpu-master"
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_cluster_file_loads(path: Path) -> None:
+    config = load_cluster_config(path)
+    assert {"gpu-master", "gpu1", "gpu2"} <= {node.name for node in config.nodes}
+    assert config.resource_sharing.enabled
+
+
 @pytest.mark.skipif(not SHARED_EXAMPLE.exists(), reason="shared example cluster file not beside the repo")
 def test_users_existing_cluster_files_load() -> None:
     assert load_cluster_config(SHARED_EXAMPLE).resource_sharing.policy == "balanced"
