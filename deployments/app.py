@@ -33,7 +33,7 @@ class AppArgs(BaseModel):
     probe_stale_after_s: float | None = Field(
         None, gt=0, le=3600,
         description="a node whose probe has not answered for this long is stale; default max(5 intervals, 10 s)")
-    admission: float = Field(2.0, ge=1.0, le=16.0,
+    admission: float = Field(1.0, ge=1.0, le=16.0,
                              description="a node takes reservations up to this many times its resources")
     task_modules: list[str] = Field(default_factory=lambda: ["grid_serve.tasks"])
 

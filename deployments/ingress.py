@@ -216,6 +216,7 @@ class Ingress:
         """Start a job. Handle callers may pass their own function `fn` instead of a task name;
         then `spec.task` only labels it. Waits for the results when `spec.wait` is set."""
         spec = spec if isinstance(spec, JobSubmission) else JobSubmission.model_validate(spec)
+        custom = fn is not None
         task_name, fn, default = self._resolve_task(spec, fn)
         job = _Job(id=uuid.uuid4().hex[:12], spec=spec, fn=fn, task_name=task_name)
         requests = [spec.scheduling_request(job.id, i, default) for i in range(spec.task_count)]
@@ -226,7 +227,9 @@ class Ingress:
             raise InvalidRequestError(placements.rejected[0].reason, field="node" if spec.node else "resources")
         self._jobs[job.id] = job
         self._forget_old_jobs()
-        fn_ref = ray.put(fn)
+        # A registered task travels inline (pickled by reference: a few bytes); a caller's own
+        # function goes to the object store once per job rather than once per task.
+        fn_ref = ray.put(job.fn) if custom else job.fn
         self._apply(job, placements, fn_ref)
         runner = asyncio.get_running_loop().create_task(self._run(job, fn_ref))
         self._runners.add(runner)

@@ -42,7 +42,7 @@ class _Meta:
 
 @serve.deployment(**COORDINATOR_OPTIONS)
 class Scheduler:
-    def __init__(self, metrics: DeploymentHandle, load_balancer: DeploymentHandle, admission: float = 2.0,
+    def __init__(self, metrics: DeploymentHandle, load_balancer: DeploymentHandle, admission: float = 1.0,
                  interval_s: float = 1.0, sharing: DeploymentHandle | None = None) -> None:
         self._metrics = metrics
         self._lb = load_balancer

@@ -97,7 +97,7 @@ class ClusterView:
     """All nodes plus the evidence strategies weigh; copy-on-write, never mutated."""
 
     nodes: Mapping[str, NodeView]  # by node id, in a stable order
-    admission: float = 2.0  # a node takes reservations up to this many times its resources
+    admission: float = 1.0  # a node takes reservations up to this many times its resources
     durations: Mapping[tuple[str, str], float] = field(default_factory=lambda: EMPTY)  # (node_id, task_type) -> EWMA seconds
     taken_at: float = 0.0
     allocations: Mapping[str, AllocationView] = field(default_factory=lambda: EMPTY)  # by allocation id
@@ -195,7 +195,7 @@ class GroupCounts:
         self.counts.pop(group, None)
 
 
-def view_from(nodes: Iterable["NodeStatus"], ledger: "LedgerSnapshot | None" = None, admission: float = 2.0,
+def view_from(nodes: Iterable["NodeStatus"], ledger: "LedgerSnapshot | None" = None, admission: float = 1.0,
               taken_at: float = 0.0) -> ClusterView:
     """Fold the MetricsCollector's inventory and the LoadBalancer's ledger into one view."""
     loads = ledger.loads if ledger else {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from grid_serve.config import parse_cluster_config
@@ -408,12 +410,17 @@ def test_scheduler_core_overflows_a_full_borrower_into_its_allocation_then_overb
     view, record = borrowed_view(tasks_on_master=0)
     requests = [SchedulingRequest(task_id=f"t{i}", job_id="j", strategy=SchedulingStrategy.NODE_SPECIFIC,
                                   target_node="gpu-master") for i in range(4)]
-    result = SchedulerCore().submit(requests, view)
+    strict = SchedulerCore()
+    result = strict.submit(requests, view)  # admission 1: nothing waits in Ray's queue
     placed = [(d.task_id, d.node_name, d.placement_group_id) for d in result.placed]
-    assert placed == [("t0", "gpu-master", None), ("t1", "gpu-master", None), ("t2", "gpu1", "ab" * 14),
-                      ("t3", "gpu-master", None)]
+    assert placed == [("t0", "gpu-master", None), ("t1", "gpu-master", None), ("t2", "gpu1", "ab" * 14)]
+    assert len(strict) == 1  # t3 waits for room at home or in the allocation
     assert result.view.allocations[record.id].used == {"CPU": 1.0}
     assert result.view.resolve("gpu1").reserved["CPU"] == 1  # the task did not count twice on the donor
+    overbooking = SchedulerCore().submit(requests, dataclasses.replace(view, admission=2.0))
+    placed = [(d.task_id, d.node_name, d.placement_group_id) for d in overbooking.placed]
+    assert placed == [("t0", "gpu-master", None), ("t1", "gpu-master", None), ("t2", "gpu1", "ab" * 14),
+                      ("t3", "gpu-master", None)]
 
 
 def test_scheduler_core_waits_for_an_allocation_rather_than_rejecting():
