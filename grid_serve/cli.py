@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -173,7 +174,7 @@ def down() -> None:
     if state["mode"] == "local":
         import psutil
 
-        process = psutil.Process(state["pid"])
+        process = psutil.Process(state["pid"])  # read_state() checked it is still our supervisor
         process.terminate()
         try:
             process.wait(timeout=120)
@@ -213,6 +214,8 @@ def distribute_test(
     """
     if strategy.value == "node_specific" and not node:
         fail("--strategy node_specific needs --node NAME", 2)
+    if node and strategy.value != "node_specific":
+        fail(f"--node is only used with --strategy node_specific (got --strategy {strategy.value})", 2)
     resources = None
     if cpus is not None or gpus is not None:
         resources = ResourceRequirement(cpu_count=1.0 if cpus is None else cpus, gpu_count=gpus or 0.0)
@@ -511,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(exc, "exit_code", 2)
     except (InvalidRequestError, NotFoundError) as exc:
         _error(exc.message)
+        return 2
+    except ValidationError as exc:  # a value the models refuse, e.g. --gpus 1.5
+        _error(_first_error(exc).replace("Value error, ", ""))
         return 2
     except AppUnreachableError as exc:
         _error(exc.message)

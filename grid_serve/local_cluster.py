@@ -157,10 +157,19 @@ def read_state() -> dict[str, Any] | None:
         state = json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         return None
-    if state.get("mode") == "local" and not psutil.pid_exists(state.get("pid", -1)):
+    if state.get("mode") == "local" and not _is_our_supervisor(state):
         path.unlink(missing_ok=True)
         return None
     return state
+
+
+def _is_our_supervisor(state: dict[str, Any]) -> bool:
+    """The recorded pid is still the supervisor that wrote the state, not a reused pid."""
+    try:
+        process = psutil.Process(state.get("pid", -1))
+        return abs(process.create_time() - state.get("started_at", process.create_time())) <= 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
 
 
 def write_state(state: dict[str, Any]) -> None:
@@ -189,7 +198,8 @@ def supervise(config_path: Path, serve_config: Path, port: int) -> None:
     try:
         url = deploy_app(port, {"cluster_config": str(config_path.resolve())}, serve_config)
         write_state({
-            "mode": "local", "pid": os.getpid(), "http": url, "ray_address": cluster.address,
+            "mode": "local", "pid": os.getpid(), "started_at": psutil.Process().create_time(),
+            "http": url, "ray_address": cluster.address,
             "dashboard": _dashboard_url(), "config": str(config_path.resolve()),
             "nodes": [{"name": n.name, "num_cpus": n.num_cpus, "num_gpus": n.num_gpus,
                        "memory_bytes": n.memory_bytes} for n in nodes],

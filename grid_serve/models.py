@@ -192,6 +192,9 @@ class JobSubmission(_Model):
             raise ValueError("give either count or args, not both")
         if self.strategy is SchedulingStrategy.NODE_SPECIFIC and not self.node:
             raise ValueError("strategy node_specific needs node (a node name, Ray node id or IP)")
+        if self.node and self.strategy is not SchedulingStrategy.NODE_SPECIFIC:
+            raise ValueError(f"node is only used with strategy node_specific (got {self.strategy}); "
+                             "use affinity_nodes to prefer nodes with other strategies")
         return self
 
     @property

@@ -124,8 +124,8 @@ class ClusterView:
         than one node is an error rather than a guess.
         """
         by_name = [node for node in self.nodes.values() if node.name == reference]
-        if by_name:
-            return by_name[0]
+        if by_name:  # a restarted machine leaves its dead entry behind: the live one is meant
+            return max(by_name, key=lambda node: node.alive)
         if reference in self.nodes:
             return self.nodes[reference]
         by_ip = [node for node in self.nodes.values() if node.ip == reference]

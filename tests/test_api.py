@@ -135,6 +135,7 @@ def test_request_larger_than_every_node_is_rejected_at_once(http: httpx.Client) 
     ({"task": "compute_task", "count": 0}, "count", "greater than or equal to 1"),
     ({"task": "compute_task", "strategy": "node_specific"}, "body", "node_specific needs node"),
     ({"task": "compute_task", "colour": "red"}, "colour", "Extra inputs are not permitted"),
+    ({"task": "compute_task", "node": "gpu1"}, "body", "node is only used with strategy node_specific"),
 ])
 def test_bad_input_gets_a_4xx_naming_the_problem(http: httpx.Client, body: dict, field: str, words: str) -> None:
     response = http.post("/v1/jobs", json=body)

@@ -184,3 +184,15 @@ def test_resource_sharing_bad_requests_exit_2(base_url: str, args: list[str], wo
 def test_resource_sharing_with_no_app_is_one_line_exit_1() -> None:
     done = grid("resource-sharing", "release", "nope", "--address", f"http://127.0.0.1:{free_port()}")
     assert done.returncode == 1 and "not reachable" in one_line_error(done)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--gpus", "1.5"], "gpu_count: gpu_count above 1 must be a whole number, got 1.5"),
+    (["--cpus", "5000"], "cpu_count: Input should be less than or equal to 4096"),
+    (["--node", "gpu1"], "--node is only used with --strategy node_specific"),
+    (["--tasks", "0"], "Invalid value for '--tasks'"),
+])
+def test_bad_values_are_one_line_exit_2(args: list[str], words: str) -> None:
+    done = grid("distribute", "test", *args, "--address", f"http://127.0.0.1:{free_port()}")
+    assert done.returncode == 2
+    assert words in one_line_error(done)

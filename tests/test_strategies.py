@@ -162,6 +162,13 @@ def test_node_specific_dead_node_is_never_a_silent_fallback() -> None:
     assert "gpu1: node is dead" in outcome.message
 
 
+def test_node_specific_name_means_the_live_node_after_a_restart() -> None:
+    dead = make_node("gpu1", cpus=2, gpus=1, alive=False, node_id="aaa")
+    live = make_node("gpu1", cpus=2, gpus=1, node_id="zzz")
+    decision = place(request("node_specific", target_node="gpu1"), ClusterView.of([dead, live, make_node("gpu2")]))
+    assert isinstance(decision, SchedulingDecision) and decision.node_id == "zzz"
+
+
 def test_node_specific_too_small_node_says_why() -> None:
     outcome = place(request("node_specific", target_node="gpu1", gpus=2), three_nodes())
     assert isinstance(outcome, NoFit) and not outcome.can_wait
