@@ -78,6 +78,7 @@ def noop(task_id: int = 0) -> int:
 @task()
 def cpu_task(task_id: int = 0, iterations: int = 200_000) -> dict[str, Any]:
     """Burn CPU for a while (a sum of squares) and report where."""
+    _check_range("iterations", iterations, 0, 10**9)
     total = 0
     for i in range(iterations):
         total += i * i
@@ -87,6 +88,7 @@ def cpu_task(task_id: int = 0, iterations: int = 200_000) -> dict[str, Any]:
 @task()
 def sleep_task(task_id: int = 0, seconds: float = 0.5) -> dict[str, Any]:
     """Sleep, then report where and when it started (for queue and priority checks)."""
+    _check_range("seconds", seconds, 0, 3600)
     started = time.time()
     time.sleep(seconds)
     return {"task_id": task_id, "started": started, "slept_s": seconds, **where_am_i()}
@@ -95,6 +97,7 @@ def sleep_task(task_id: int = 0, seconds: float = 0.5) -> dict[str, Any]:
 @task(memory_mb=64)
 def memory_task(task_id: int = 0, megabytes: int = 32) -> dict[str, Any]:
     """Allocate and touch `megabytes` of memory, then report where."""
+    _check_range("megabytes", megabytes, 0, 16 * 1024)
     block = bytearray(megabytes * 1024 * 1024)
     for offset in range(0, len(block), 4096):
         block[offset] = 1
@@ -117,6 +120,12 @@ def slow_on_node(task_id: int = 0, node: str = "gpu2", slow_s: float = 0.5, fast
     here = where_am_i()
     time.sleep(slow_s if here["node"] == node else fast_s)
     return {"task_id": task_id, **here}
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    """HTTP callers choose task arguments: refuse absurd ones before they hurt the node."""
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
 
 
 def run_task(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:

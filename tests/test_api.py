@@ -117,6 +117,14 @@ def test_priority_high_queued_tasks_start_before_earlier_low_ones(http: httpx.Cl
     assert high_waits.state == "succeeded"
 
 
+def test_absurd_task_arguments_fail_the_task_not_the_app(http: httpx.Client) -> None:
+    response = http.post("/v1/jobs", json={"task": "memory_task", "args": [{"megabytes": 10**9}], "wait": True})
+    assert response.status_code == 200
+    status = response.json()
+    assert status["state"] == "failed" and status["failed"] == 1
+    assert "megabytes must be between 0 and 16384" in status["results"][0]["error"]
+
+
 def test_request_larger_than_every_node_is_rejected_at_once(http: httpx.Client) -> None:
     response = http.post("/v1/jobs", json={"task": "compute_task", "count": 3, "resources": {"cpu_count": 16}})
     assert response.status_code == 422
