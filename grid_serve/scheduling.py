@@ -11,11 +11,13 @@ from __future__ import annotations
 import bisect
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
 from .models import SchedulingDecision, SchedulingRequest
-from .strategies import NoFit, PlacementError, place
+from .placement_index import IncrementalPlacer
+from .strategies import PlacementError
 from .view import ClusterView, GroupCounts, NodeView
 
 
@@ -31,6 +33,7 @@ class _Waiting:
     key: tuple[int, float, int]
     request: SchedulingRequest = field(compare=False)
     enqueued_at: float = field(compare=False)
+    signature: tuple = field(compare=False, default=())
 
 
 @dataclass
@@ -43,7 +46,7 @@ class DrainResult:
 def _signature(request: SchedulingRequest) -> tuple:
     """Requests with equal signatures succeed or wait together; one wait skips the rest."""
     needs = tuple(sorted(request.requirements.as_ray_resources().items()))
-    return (request.group, request.strategy, needs, request.requirements.gpu_memory_mb, request.target_node,
+    return (request.group, request.strategy, request.task_type, needs, request.requirements.gpu_memory_mb, request.target_node,
             tuple(sorted(request.label_selector.items())), request.affinity_nodes, request.anti_affinity_nodes)
 
 
@@ -54,22 +57,27 @@ class SchedulerCore:
         self._clock = clock
         self._waiting: list[_Waiting] = []
         self._seq = itertools.count()
+        self._queued: dict[str, int] = {}  # group -> tasks waiting
         self.group_counts = GroupCounts()
 
     def __len__(self) -> int:
         return len(self._waiting)
 
     def queued_by_group(self) -> Mapping[str, int]:
-        counts: dict[str, int] = {}
-        for item in self._waiting:
-            counts[item.request.group] = counts.get(item.request.group, 0) + 1
-        return counts
+        return self._queued
+
+    def _keep_only(self, keep: list[_Waiting]) -> None:
+        self._waiting = keep
+        self._queued = {}
+        for item in keep:
+            self._queued[item.request.group] = self._queued.get(item.request.group, 0) + 1
 
     def enqueue(self, requests: Iterable[SchedulingRequest]) -> None:
         now = self._clock()
         for request in requests:
-            item = _Waiting((-request.priority.rank, now, next(self._seq)), request, now)
+            item = _Waiting((-request.priority.rank, now, next(self._seq)), request, now, _signature(request))
             bisect.insort(self._waiting, item)
+            self._queued[request.group] = self._queued.get(request.group, 0) + 1
 
     def submit(self, requests: Iterable[SchedulingRequest], view: ClusterView) -> DrainResult:
         """Queue `requests` and place whatever fits now, highest priority first."""
@@ -82,40 +90,51 @@ class SchedulerCore:
         The returned view carries the new reservations, so callers can chain decisions.
         """
         result = DrainResult(view=view)
+        if not self._waiting:
+            return result
+        nodes = dict(view.nodes)  # reserved into as decisions are made; one view built at the end
+        placers: dict[tuple, IncrementalPlacer | str] = {}
         blocked: set[tuple] = set()
         keep: list[_Waiting] = []
         for item in self._waiting:
             request = item.request
-            signature = _signature(request)
-            if signature in blocked:
+            if item.signature in blocked:
                 keep.append(item)
                 continue
-            outcome = self._try_place(request, result.view)  # type: ignore[arg-type]
+            placer = placers.get(item.signature)
+            if placer is None:
+                placer = placers[item.signature] = self._placer(request, view, nodes)
+            if isinstance(placer, str):  # the request itself is wrong (unknown node, say)
+                result.rejected.append(Rejected(request.task_id, request.group, placer))
+                continue
+            outcome = placer.place(request, waited_s=round(max(0.0, self._clock() - item.enqueued_at), 6))
             if isinstance(outcome, SchedulingDecision):
-                waited = max(0.0, self._clock() - item.enqueued_at)
-                decision = outcome.model_copy(update={"waited_s": round(waited, 6)})
-                result.placed.append(decision)
-                result.view = self._reserve(result.view, decision)  # type: ignore[arg-type]
-                self.group_counts.add(request.group, decision.node_id)
-            elif isinstance(outcome, NoFit) and outcome.can_wait:
-                blocked.add(signature)
+                result.placed.append(outcome)
+                nodes[outcome.node_id] = nodes[outcome.node_id].reserve(outcome.resources)
+                self.group_counts.add(request.group, outcome.node_id)
+                for other in placers.values():
+                    if not isinstance(other, str):
+                        other.node_changed(outcome.node_id)
+            elif outcome.can_wait:
+                blocked.add(item.signature)
                 keep.append(item)
             else:
-                reason = outcome.message if isinstance(outcome, NoFit) else outcome
-                result.rejected.append(Rejected(request.task_id, request.group, reason))
-        self._waiting = keep
+                result.rejected.append(Rejected(request.task_id, request.group, outcome.message))
+        self._keep_only(keep)
+        for signature in placers:  # a group that got nothing needs no (empty) counts kept
+            if not self.group_counts.of(signature[0]):
+                self.group_counts.forget(signature[0])
+        if result.placed:
+            result.view = replace(view, nodes=MappingProxyType(nodes))
         return result
 
-    def _try_place(self, request: SchedulingRequest, view: ClusterView) -> SchedulingDecision | NoFit | str:
+    def _placer(self, request: SchedulingRequest, view: ClusterView,
+                nodes: Mapping[str, NodeView]) -> IncrementalPlacer | str:
+        """The placer for requests of this kind, or why none can be placed at all."""
         try:
-            return place(request, view, self.group_counts.of(request.group))
+            return IncrementalPlacer(request, view, nodes, self.group_counts.live(request.group))
         except PlacementError as exc:
             return str(exc)
-
-    @staticmethod
-    def _reserve(view: ClusterView, decision: SchedulingDecision) -> ClusterView:
-        node: NodeView = view.nodes[decision.node_id]
-        return view.with_node(node.reserve(decision.resources))
 
     def cancel(self, group: str | None = None, task_ids: Iterable[str] = ()) -> list[str]:
         """Drop waiting tasks of `group` and/or with the given ids; returns the dropped ids."""
@@ -123,7 +142,7 @@ class SchedulerCore:
         dropped = [item.request.task_id for item in self._waiting
                    if item.request.group == group or item.request.task_id in wanted]
         gone = set(dropped)
-        self._waiting = [item for item in self._waiting if item.request.task_id not in gone]
+        self._keep_only([item for item in self._waiting if item.request.task_id not in gone])
         return dropped
 
     def forget_group(self, group: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Callable, Mapping
 
 from .models import SchedulingDecision, SchedulingRequest, SchedulingStrategy
@@ -73,6 +74,22 @@ class PlacementError(ValueError):
     """The request itself is wrong (an unknown target node, say): waiting cannot help."""
 
 
+def needs_of(request: SchedulingRequest) -> Mapping[str, float]:
+    """`request.requirements.as_ray_resources()`, computed once per requirements object.
+
+    Every check and scorer reads it for every node; the tasks of one job share one
+    requirements object, so a one-entry memo (by identity, holding a reference so the id
+    cannot be reused) turns thousands of pydantic calls per decision into one. Read-only.
+    """
+    requirements = request.requirements
+    if _NEEDS_MEMO[0] is not requirements:
+        _NEEDS_MEMO[:] = [requirements, MappingProxyType(requirements.as_ray_resources())]
+    return _NEEDS_MEMO[1]
+
+
+_NEEDS_MEMO: list = [None, MappingProxyType({})]
+
+
 # ---------------------------------------------------------------- lasting checks ("never")
 
 
@@ -101,7 +118,7 @@ def check_affinity(request: SchedulingRequest, node: NodeView, ctx: PlacementCon
 
 
 def check_capacity(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
-    for resource, amount in request.requirements.as_ray_resources().items():
+    for resource, amount in needs_of(request).items():
         total = node.total.get(resource, 0.0)
         if amount > total + 1e-9:
             return f"needs {_amount(resource, amount)} {UNIT_NAMES.get(resource, resource)}, has {_amount(resource, total)}"
@@ -131,7 +148,7 @@ LASTING_CHECKS: tuple[tuple[str, Check], ...] = (
 
 
 def check_free_now(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
-    for resource, amount in request.requirements.as_ray_resources().items():
+    for resource, amount in needs_of(request).items():
         free = node.free(resource, ctx.view.admission)
         if amount > free + 1e-9:
             return f"needs {_amount(resource, amount)} {UNIT_NAMES.get(resource, resource)}, {_amount(resource, max(free, 0))} free"
@@ -171,7 +188,7 @@ def check_spread_turn(request: SchedulingRequest, node: NodeView, ctx: Placement
 def load_of(request: SchedulingRequest, node: NodeView, extra: float = 0.0) -> float:
     """Reserved share of the busiest resource the task uses (CPU if it asks for none),
     blended with measured utilisation when a probe has reported it."""
-    wanted = request.requirements.as_ray_resources() or {"CPU": 1.0}
+    wanted = needs_of(request) or {"CPU": 1.0}
     reserved_share = 0.0
     for resource, amount in wanted.items():
         total = node.total.get(resource, 0.0)
@@ -220,11 +237,29 @@ def expected_finish_s(request: SchedulingRequest, node: NodeView, view: ClusterV
     queue_factor = 1.0 + node.in_flight / slots
     if measured is not None:
         return measured * queue_factor, f"measured {measured:.3f}s"
-    others = [secs for (node_id, kind), secs in view.durations.items() if kind == request.task_type]
-    base = sum(others) / len(others) if others else 1.0
+    others = typical_duration_s(view.durations, request.task_type)
+    base = others if others is not None else 1.0
     speed = max(node.total.get("CPU", 1.0), 1.0) ** 0.25  # more cores: a modest prior edge
-    evidence = "prior from other nodes" if others else "hardware prior"
+    evidence = "prior from other nodes" if others is not None else "hardware prior"
     return base / speed * queue_factor, evidence
+
+
+def typical_duration_s(durations: Mapping[tuple[str, str], float], task_type: str) -> float | None:
+    """Mean measured run time of `task_type` over the nodes that measured it (None: none did).
+
+    Memoised per durations mapping (by identity, which views never mutate): without it every
+    node's score rescanned every node's measurements, O(nodes^2) per decision.
+    """
+    if _DURATION_MEMO[0] is not durations:
+        _DURATION_MEMO[:] = [durations, {}]
+    means: dict[str, float | None] = _DURATION_MEMO[1]
+    if task_type not in means:
+        others = [secs for (_, kind), secs in durations.items() if kind == task_type]
+        means[task_type] = sum(others) / len(others) if others else None
+    return means[task_type]
+
+
+_DURATION_MEMO: list = [None, {}]
 
 
 def score_fastest(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:
@@ -286,7 +321,7 @@ def candidates_for(request: SchedulingRequest, view: ClusterView) -> list[NodeVi
     return list(view.nodes.values())
 
 
-def _first_failure(checks: tuple[tuple[str, Check], ...], request: SchedulingRequest, node: NodeView,
+def first_failure(checks: tuple[tuple[str, Check], ...], request: SchedulingRequest, node: NodeView,
                    ctx: PlacementContext) -> Rejection | None:
     for name, check in checks:
         reason = check(request, node, ctx)
@@ -307,7 +342,7 @@ def place(
 
     possible: list[NodeView] = []
     for node in candidates_for(request, view):
-        rejection = _first_failure(LASTING_CHECKS, request, node, ctx)
+        rejection = first_failure(LASTING_CHECKS, request, node, ctx)
         if rejection:
             rejections.append(rejection)
         else:
@@ -322,7 +357,7 @@ def place(
     )
     ready: list[NodeView] = []
     for node in possible:
-        rejection = _first_failure(strategy.current_checks, request, node, ctx)
+        rejection = first_failure(strategy.current_checks, request, node, ctx)
         if rejection:
             rejections.append(rejection)
         else:
@@ -330,8 +365,15 @@ def place(
     if not ready:
         return NoFit(request.task_id, can_wait=True, rejections=tuple(rejections), total_nodes=len(view.nodes))
 
-    scored = [(_score(strategy, request, node, ctx), node) for node in ready]
+    scored = [(score_node(strategy, request, node, ctx), node) for node in ready]
     (total, parts), chosen = min(scored, key=lambda item: (-item[0][0], item[1].name, item[1].node_id))
+    return decision_for(request, chosen, total, parts, len(ready), rejections, ctx)
+
+
+def decision_for(request: SchedulingRequest, chosen: NodeView, total: float, parts: dict[str, float],
+                 ready_count: int, rejections: list[Rejection], ctx: PlacementContext,
+                 waited_s: float = 0.0) -> SchedulingDecision:
+    """The decision for `chosen`, with its explanation; shared by `place()` and the index."""
     return SchedulingDecision(
         task_id=request.task_id,
         node_id=chosen.node_id,
@@ -339,12 +381,13 @@ def place(
         node_ip=chosen.ip,
         strategy=request.strategy,
         score=round(total, 6),
-        reasons=_explain(request, chosen, parts, ready, rejections, ctx),
-        resources=request.requirements.as_ray_resources(),
+        reasons=_explain(request, chosen, parts, ready_count, rejections, ctx),
+        waited_s=waited_s,
+        resources=dict(needs_of(request)),
     )
 
 
-def _score(strategy: Strategy, request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> tuple[float, dict[str, float]]:
+def score_node(strategy: Strategy, request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> tuple[float, dict[str, float]]:
     parts: dict[str, float] = {}
     for name, _, scorer in strategy.scorers:
         value = scorer(request, node, ctx)
@@ -356,18 +399,17 @@ def _score(strategy: Strategy, request: SchedulingRequest, node: NodeView, ctx: 
     return total, parts
 
 
-def _explain(request: SchedulingRequest, chosen: NodeView, parts: dict[str, float], ready: list[NodeView],
+def _explain(request: SchedulingRequest, chosen: NodeView, parts: dict[str, float], ready_count: int,
              rejections: list[Rejection], ctx: PlacementContext) -> list[str]:
     """Plain words for why this node: the deciding evidence, then who was passed over."""
     reasons: list[str] = []
     strategy = request.strategy
     if strategy is SchedulingStrategy.SPREAD:
-        counts = {node.name: ctx.group_counts.get(node.node_id, 0) for node in ctx.view.nodes.values()}
-        reasons.append(f"spread: {chosen.name} had {counts.get(chosen.name, 0)} of this job's tasks, "
+        reasons.append(f"spread: {chosen.name} had {ctx.group_counts.get(chosen.node_id, 0)} of this job's tasks, "
                        f"the fewest per {'GPU' if request.requirements.gpu_count else 'node'}")
     elif strategy is SchedulingStrategy.LOAD_BALANCED:
         reasons.append(f"load_balanced: {chosen.name} has the lowest load ({load_of(request, chosen):.2f}) "
-                       f"of {len(ready)} ready node(s)")
+                       f"of {ready_count} ready node(s)")
     elif strategy is SchedulingStrategy.PERFORMANCE_OPTIMIZED:
         seconds, evidence = expected_finish_s(request, chosen, ctx.view)
         reasons.append(f"performance_optimized: {chosen.name} expected to finish soonest "
