@@ -39,7 +39,7 @@ def max_over_mean(counts: Counter, nodes: int, tasks: int) -> float:
 def run(env: Env) -> Report:
     sizes = [30, 100] if env.quick else [30, 100, 1000]
     layouts = [(3, True)] if env.quick else [(3, True), (6, False)]
-    runs = 2 if env.quick else 3
+    runs = 1 if env.quick else 3
     report = Report("Balance: max/mean tasks per node (1.00 is perfect)",
                     ["nodes", "tasks", "grid spread", "Ray SPREAD", "Ray DEFAULT", "grid max (ceil N/k)",
                      "Ray SPREAD worst split"])

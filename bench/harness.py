@@ -79,7 +79,7 @@ def bench_env(quick: bool, with_app: bool = True) -> Iterator[Env]:
         env.node_names = {node["NodeID"]: node.get("Labels", {}).get("grid.io/node", node["NodeID"][:6])
                           for node in ray.nodes() if node["Alive"]}
         if with_app:
-            env.base_url = deploy_app(free_port(), {"metrics_interval_s": 1.0})
+            env.base_url = deploy_app(free_port(), app_args())
             wait_for_app(env.base_url)
         yield env
     finally:
@@ -90,6 +90,14 @@ def bench_env(quick: bool, with_app: bool = True) -> Iterator[Env]:
                 serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+
+
+def app_args() -> dict[str, Any]:
+    """The grid app's args; GRID_BENCH_ADMISSION overrides `admission` (to show its effect)."""
+    args: dict[str, Any] = {"metrics_interval_s": 1.0}
+    if os.environ.get("GRID_BENCH_ADMISSION"):
+        args["admission"] = float(os.environ["GRID_BENCH_ADMISSION"])
+    return args
 
 
 def wait_for_app(base_url: str, timeout_s: float = 120.0) -> None:

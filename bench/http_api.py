@@ -49,7 +49,7 @@ def wait_for(url: str, timeout_s: float = 60.0) -> None:
 def run(env: Env) -> Report:
     deploy_bare()
     wait_for(f"{env.base_url}/bare/health")
-    seconds = 2.0 if env.quick else 5.0
+    seconds = 1.0 if env.quick else 5.0
     runs = 1 if env.quick else 3
     job = {"task": "noop", "count": 1, "wait": True}
     routes = {
@@ -60,7 +60,7 @@ def run(env: Env) -> Report:
         "bare POST /bare/job (1 noop)": ("POST", "/bare/job", None),
     }
     for method, path, body in routes.values():
-        loadgen(env.base_url + path, 1.0, method, body)  # warm-up: connections, replicas, workers
+        loadgen(env.base_url + path, 0.3 if env.quick else 1.0, method, body)  # warm-up: connections, replicas, workers
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in routes}
     for _ in range(runs):
         for name, (method, path, body) in routes.items():

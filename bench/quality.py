@@ -52,8 +52,8 @@ def grid_makespan(env: Env, work: list[float], strategy: str) -> float:
 
 
 def run(env: Env) -> Report:
-    work = durations(30 if env.quick else 80)
-    runs = 2 if env.quick else 3
+    work = durations(20 if env.quick else 80)
+    runs = 1 if env.quick else 3
     bound = lower_bound(work, env.trio_cpus)
     sides = {
         "grid load_balanced": lambda: grid_makespan(env, work, "load_balanced"),
