@@ -66,6 +66,7 @@ class _Job:
     running: dict[asyncio.Future, tuple[int, SchedulingDecision, ray.ObjectRef]] = field(default_factory=dict)
     outcomes: dict[int, TaskOutcome] = field(default_factory=dict)
     cancelled: bool = False
+    fn_ref: Any = None  # the task function, put in the object store once per job
     finished_at: float | None = None
     error: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -184,7 +185,7 @@ class Ingress:
             raise InvalidRequestError(placements.rejected[0].reason, field="node" if spec.node else "resources")
         self._jobs[job.id] = job
         self._forget_old_jobs()
-        fn_ref = ray.put(fn)
+        fn_ref = job.fn_ref = ray.put(fn)
         self._apply(job, placements, fn_ref)
         runner = asyncio.get_running_loop().create_task(self._run(job, fn_ref))
         self._runners.add(runner)
@@ -347,7 +348,8 @@ class Ingress:
             self._record(job, index, decision, ok, error, envelope)
             completions.append(Completion(task_id=decision.task_id, ok=ok,
                                           duration_s=envelope["duration_s"] if envelope else None))
-        await self._scheduler.complete.remote(completions)
+        placements = await self._scheduler.complete_for.remote(job.id, completions)
+        self._apply(job, placements, job.fn_ref)
 
     # ================================================================== HTTP routes
 
