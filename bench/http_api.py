@@ -75,7 +75,7 @@ def run(env: Env) -> Report:
                    summarize([s["p99_ms"] for s in runs_]).show(1), sum(s["errors"] for s in runs_),
                    f"{rps[name].median / base:.2f}×")
     status_ratio = rps["grid GET /v1/health"].median / bare["health"]
-    report.target(status_ratio >= TARGET, f"status route {status_ratio:.2f}× the bare deployment (target ≥ {TARGET}×)")
+    report.target(status_ratio >= TARGET, f"status route {status_ratio:.3f}× the bare deployment (target ≥ {TARGET}×)")
     report.data = {"samples": samples, "status_ratio": status_ratio}
     return report
 
