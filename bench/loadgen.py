@@ -1,6 +1,6 @@
 """A small HTTP load generator, run in its own process so it does not share the driver's GIL.
 
-    python -m bench.loadgen URL [--method POST --body '{"a": 1}'] [--seconds 3] [--concurrency 16]
+    python -m bench.loadgen URL [--method POST --body '{"a": 1}'] [--seconds 3] [--concurrency 16] [--warmup 1]
 
 Prints one JSON line: requests, errors, requests/s, p50 and p99 latency in ms.
 """
@@ -31,11 +31,15 @@ async def _worker(client: httpx.AsyncClient, method: str, url: str, body: object
             errors.append(1)
 
 
-async def load(url: str, method: str, body: object, seconds: float, concurrency: int) -> dict[str, float]:
+async def load(url: str, method: str, body: object, seconds: float, concurrency: int,
+               warmup_s: float = 0.0) -> dict[str, float]:
     latencies: list[float] = []
     errors: list[int] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        if warmup_s:  # connections open, server paths hot; not counted
+            until = time.perf_counter() + warmup_s
+            await asyncio.gather(*[_worker(client, method, url, body, until, [], []) for _ in range(concurrency)])
         began = time.perf_counter()
         until = began + seconds
         await asyncio.gather(*[_worker(client, method, url, body, until, latencies, errors)
@@ -54,9 +58,11 @@ def main() -> None:
     parser.add_argument("--body", default=None, help="JSON body")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--warmup", type=float, default=0.0, help="seconds of unmeasured load first")
     args = parser.parse_args()
     body = json.loads(args.body) if args.body else None
-    print(json.dumps(asyncio.run(load(args.url, args.method.upper(), body, args.seconds, args.concurrency))))
+    print(json.dumps(asyncio.run(load(args.url, args.method.upper(), body, args.seconds, args.concurrency,
+                                       args.warmup))))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ TASK_S = 0.2
 
 def arrivals(quick: bool) -> list[tuple[float, str, int]]:
     """(offset seconds, priority, tasks): low jobs every 0.1 s, the high burst a third in."""
-    low_jobs = 10 if quick else 30
+    low_jobs = 8 if quick else 30
     plan = [(0.1 * i, "low", 6) for i in range(low_jobs)]
     plan.append((0.1 * low_jobs / 3, "high", 6 if quick else 10))
     return sorted(plan)

@@ -60,8 +60,8 @@ def grid_http(env: Env, tasks: int) -> float:
 
 
 def run(env: Env) -> Report:
-    tasks = 300 if env.quick else 1000
-    runs = 2 if env.quick else 5
+    tasks = 200 if env.quick else 1000
+    runs = 1 if env.quick else 5
     report = Report(f"Throughput: {tasks:,} no-op tasks, tasks/s (median, min–max of {runs})",
                     ["path", "tasks/s", "vs Ray SPREAD"])
     # Interleave the sides round by round, so machine noise hits both alike.
