@@ -82,12 +82,13 @@ def needs_of(request: SchedulingRequest) -> Mapping[str, float]:
     cannot be reused) turns thousands of pydantic calls per decision into one. Read-only.
     """
     requirements = request.requirements
-    if _NEEDS_MEMO[0] is not requirements:
-        _NEEDS_MEMO[:] = [requirements, MappingProxyType(requirements.as_ray_resources())]
-    return _NEEDS_MEMO[1]
+    memo = _NEEDS_MEMO[0]  # one (requirements, needs) tuple, swapped whole: safe across threads
+    if memo[0] is not requirements:
+        memo = _NEEDS_MEMO[0] = (requirements, MappingProxyType(requirements.as_ray_resources()))
+    return memo[1]
 
 
-_NEEDS_MEMO: list = [None, MappingProxyType({})]
+_NEEDS_MEMO: list[tuple[object, Mapping[str, float]]] = [(None, MappingProxyType({}))]
 
 
 # ---------------------------------------------------------------- lasting checks ("never")
@@ -250,16 +251,17 @@ def typical_duration_s(durations: Mapping[tuple[str, str], float], task_type: st
     Memoised per durations mapping (by identity, which views never mutate): without it every
     node's score rescanned every node's measurements, O(nodes^2) per decision.
     """
-    if _DURATION_MEMO[0] is not durations:
-        _DURATION_MEMO[:] = [durations, {}]
-    means: dict[str, float | None] = _DURATION_MEMO[1]
+    memo = _DURATION_MEMO[0]  # one (durations, means) tuple, swapped whole: safe across threads
+    if memo[0] is not durations:
+        memo = _DURATION_MEMO[0] = (durations, {})
+    means = memo[1]
     if task_type not in means:
         others = [secs for (_, kind), secs in durations.items() if kind == task_type]
         means[task_type] = sum(others) / len(others) if others else None
     return means[task_type]
 
 
-_DURATION_MEMO: list = [None, {}]
+_DURATION_MEMO: list[tuple[object, dict[str, float | None]]] = [(None, {})]
 
 
 def score_fastest(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:
