@@ -52,6 +52,7 @@ class CompletionReport(BaseModel):
     duration_s: float | None = Field(None, ge=0)
 
 FINISHED_JOBS_KEPT = 200
+HEALTH_MAX_AGE_S = 0.5
 _run_remote = ray.remote(run_task)
 
 
@@ -68,6 +69,7 @@ class _Job:
     running: dict[asyncio.Future, tuple[int, SchedulingDecision, ray.ObjectRef]] = field(default_factory=dict)
     outcomes: dict[int, TaskOutcome] = field(default_factory=dict)
     cancelled: bool = False
+    fn_ref: Any = None  # what dispatch passes as the function: itself, or its object-store ref
     finished_at: float | None = None
     error: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -196,17 +198,38 @@ class Ingress:
         self._jobs: dict[str, _Job] = {}
         self._pinned = _PinnedFunctions()
         self._runners: set[asyncio.Task] = set()
+        self._status_call: asyncio.Future | None = None
+        self._health_status: tuple[float, ClusterStatus] | None = None  # (monotonic time, status)
 
     # ================================================================== handle API
 
     async def health(self) -> dict[str, Any]:
-        status = await self._scheduler.cluster_status.remote()
+        """Liveness with node and queue counts, from a cluster status at most
+        HEALTH_MAX_AGE_S old: probes poll this often, and a Scheduler round trip per probe
+        cost half the route's rate (bench/http_api.py). /v1/cluster stays exact."""
+        cached = self._health_status
+        if cached is not None and time.monotonic() - cached[0] < HEALTH_MAX_AGE_S:
+            status = cached[1]
+        else:
+            status = await self._shared_cluster_status()
+            self._health_status = (time.monotonic(), status)
         alive = sum(1 for node in status.nodes if node.alive)
         return {"status": "ok", "nodes_alive": alive, "nodes": len(status.nodes), "queued": status.queued,
                 "jobs_running": sum(1 for job in self._jobs.values() if not job.done.is_set())}
 
     async def cluster_status(self) -> ClusterStatus:
-        return await self._scheduler.cluster_status.remote()
+        return await self._shared_cluster_status()
+
+    async def _shared_cluster_status(self) -> ClusterStatus:
+        """One Scheduler call serves every status request that arrives while it is in flight.
+
+        Under load the status routes cost a Scheduler round trip per request, which halved
+        their rate against a bare Serve deployment (bench/http_api.py); sharing the call in
+        flight keeps every answer no older than one round trip and fails all alike.
+        """
+        if self._status_call is None or self._status_call.done():
+            self._status_call = asyncio.ensure_future(self._scheduler.cluster_status.remote())
+        return await asyncio.shield(self._status_call)
 
     async def list_tasks(self) -> list[dict[str, Any]]:
         return [{"name": t.name, "description": t.description, "requirements": t.requirements.model_dump()}
@@ -229,7 +252,7 @@ class Ingress:
         self._forget_old_jobs()
         # A registered task travels inline (pickled by reference: a few bytes); a caller's own
         # function goes to the object store once per job rather than once per task.
-        fn_ref = ray.put(job.fn) if custom else job.fn
+        fn_ref = job.fn_ref = ray.put(job.fn) if custom else job.fn
         self._apply(job, placements, fn_ref)
         runner = asyncio.get_running_loop().create_task(self._run(job, fn_ref))
         self._runners.add(runner)
@@ -430,7 +453,8 @@ class Ingress:
             self._record(job, index, decision, ok, error, envelope)
             completions.append(Completion(task_id=decision.task_id, ok=ok,
                                           duration_s=envelope["duration_s"] if envelope else None))
-        await self._scheduler.complete.remote(completions)
+        placements = await self._scheduler.complete_for.remote(job.id, completions)
+        self._apply(job, placements, job.fn_ref)
 
     # ================================================================== HTTP routes
 

@@ -7,10 +7,10 @@ from ray import serve
 from grid_serve.ledger import Completion, Ledger, LedgerSnapshot, Reservation
 from grid_serve.models import SchedulingDecision
 
-from ._common import COORDINATOR_OPTIONS, every
+from ._common import INTERNAL_OPTIONS, every
 
 
-@serve.deployment(**COORDINATOR_OPTIONS)
+@serve.deployment(**INTERNAL_OPTIONS)
 class LoadBalancer:
     def __init__(self, lease_check_s: float = 1.0) -> None:
         self._ledger = Ledger()
@@ -29,6 +29,14 @@ class LoadBalancer:
     async def release(self, completions: list[Completion]) -> tuple[list[Reservation], LedgerSnapshot]:
         released = self._ledger.release(completions)
         return released, self._ledger.snapshot()
+
+    async def settle(self, completions: list[Completion],
+                     reservations: list[tuple[SchedulingDecision, str, str, float | None]]
+                     ) -> tuple[list[Reservation], LedgerSnapshot]:
+        """`release()` then `reserve()` in one call: the Scheduler's completion path, one hop
+        instead of two (each Serve call costs more CPU than the ledger work it carries)."""
+        released = self._ledger.release(completions)
+        return released, await self.reserve(reservations)
 
     async def snapshot(self) -> LedgerSnapshot:
         return self._ledger.snapshot()

@@ -20,7 +20,7 @@ from ray import serve
 from grid_serve.models import NODE_LABEL, NodeStatus
 from grid_serve.probe import with_reading
 
-from ._common import COORDINATOR_OPTIONS, every
+from ._common import INTERNAL_OPTIONS, every
 from .probes import ProbeFleet
 from .telemetry import NodeMetrics
 
@@ -57,7 +57,7 @@ def read_ray_nodes() -> list[NodeStatus]:
     return sorted(statuses, key=lambda s: (not s.alive, s.name))
 
 
-@serve.deployment(**COORDINATOR_OPTIONS)
+@serve.deployment(**INTERNAL_OPTIONS)
 class MetricsCollector:
     def __init__(self, interval_s: float = 1.0, stale_after_s: float | None = None) -> None:
         self._interval = interval_s

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from grid_serve.ledger import Completion, LedgerSnapshot
+from grid_serve.ledger import Completion, LedgerSnapshot, Reservation
 from grid_serve.models import ClusterStatus, NodeStatus, SchedulingDecision, SchedulingRequest
 from grid_serve.scheduling import DrainResult, Rejected, SchedulerCore
 from grid_serve.sharing import Allocation, fold_allocations
 from grid_serve.view import ClusterView, view_from
 
-from ._common import COORDINATOR_OPTIONS, every
+from ._common import INTERNAL_OPTIONS, every
 from .telemetry import SchedulerMetrics
 
 
@@ -38,9 +38,11 @@ class _Meta:
     task_type: str
     group: str
     lease_s: float | None
+    node_id: str | None = None  # where it was placed, with what: to release it locally
+    resources: dict[str, float] | None = None
 
 
-@serve.deployment(**COORDINATOR_OPTIONS)
+@serve.deployment(**INTERNAL_OPTIONS)
 class Scheduler:
     def __init__(self, metrics: DeploymentHandle, load_balancer: DeploymentHandle, admission: float = 1.0,
                  interval_s: float = 1.0, sharing: DeploymentHandle | None = None) -> None:
@@ -119,18 +121,26 @@ class Scheduler:
                                        time.perf_counter() - began, len(self._core))
         await self._commit(result)
 
-    async def _commit(self, result: DrainResult) -> None:
-        """Reserve what was placed in the ledger, then hand each group its news."""
-        if result.placed:
-            meta = {d.task_id: self._meta[d.task_id] for d in result.placed}
-            reservations = [(d, meta[d.task_id].task_type, meta[d.task_id].group, meta[d.task_id].lease_s)
-                            for d in result.placed]
+    async def _commit(self, result: DrainResult, completions: list[Completion] | None = None) -> list[Reservation]:
+        """Reserve what was placed in the ledger (releasing `completions` in the same call
+        when given), then hand each group its news. Returns the released reservations."""
+        reservations = []
+        for decision in result.placed:
+            meta = self._meta[decision.task_id]
+            meta.node_id, meta.resources = decision.node_id, decision.resources
+            reservations.append((decision, meta.task_type, meta.group, meta.lease_s))
+        released: list[Reservation] = []
+        if completions is not None:
+            released, ledger = await self._lb.settle.remote(completions, reservations)
+            self._take_ledger(ledger)
+        elif reservations:
             self._take_ledger(await self._lb.reserve.remote(reservations))
         for decision in result.placed:
             self._deliver(self._meta[decision.task_id].group).placed.append(decision)
         for rejection in result.rejected:
             self._deliver(rejection.group).rejected.append(rejection)
             self._meta.pop(rejection.task_id, None)
+        return released
 
     def _deliver(self, group: str) -> Placements:
         self._wakeups.setdefault(group, asyncio.Event()).set()
@@ -160,23 +170,46 @@ class Scheduler:
     async def wait_placed(self, group: str, timeout_s: float = 5.0) -> Placements:
         """Long-poll: returns when the group has news, or after `timeout_s` with none."""
         wakeup = self._wakeups.setdefault(group, asyncio.Event())
-        try:
-            await asyncio.wait_for(wakeup.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            pass
+        deadline = time.monotonic() + timeout_s
+        while group not in self._outbox and (remaining := deadline - time.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+            if group not in self._outbox:  # a complete_for reply carried the news away already
+                wakeup.clear()
         return self._collect(group)
 
     async def complete(self, completions: list[Completion]) -> int:
-        """Tasks ended: release them in the ledger and place waiting tasks in their room."""
-        released, ledger = await self._lb.release.remote(completions)
+        """Tasks ended: place waiting tasks in their room, then release and reserve in the
+        ledger in one call.
+
+        Room is freed locally first (`LedgerSnapshot.released`) only for tasks this Scheduler
+        placed without a lease: those cannot have expired in the ledger meanwhile, so the local
+        picture cannot free anything twice. Leased (external) tasks free room when the
+        ledger's answer arrives, and are placed into by the next drain.
+        """
         async with self._lock:
-            self._take_ledger(ledger)
+            await self._ensure_nodes()
+            freed = [(meta.node_id, meta.resources) for c in completions
+                     if (meta := self._meta.get(c.task_id)) and meta.node_id and meta.lease_s is None]
+            if freed and self._ledger is not None:
+                self._ledger = self._ledger.released(freed)
+            result = self._core.drain(self._view()) if len(self._core) else DrainResult()
+            released = await self._commit(result, completions)
             for reservation in released:
                 meta = self._meta.pop(reservation.task_id, None)
                 if meta and meta.group == reservation.task_id:  # a lone external decision
                     self._core.forget_group(meta.group)
-            await self._drain_locked()
+            if len(released) > len(freed):  # leased tasks' room is known only now
+                await self._drain_locked()
         return len(released)
+
+    async def complete_for(self, group: str, completions: list[Completion]) -> Placements:
+        """`complete()`, then `group`'s news at once: a job runner reporting its own tasks'
+        ends gets the tasks placed in their room in the same reply, not a long-poll later."""
+        await self.complete(completions)
+        return self._collect(group)
 
     async def cancel(self, group: str) -> list[str]:
         """Drop the group's waiting tasks; running ones are the caller's to cancel."""

@@ -33,7 +33,7 @@ from grid_serve.sharing import (
 )
 from grid_serve.view import ClusterView, view_from
 
-from ._common import COORDINATOR_OPTIONS, every, logger
+from ._common import INTERNAL_OPTIONS, every, logger
 
 KV_KEY = "sharing-ledger"
 KV_NAMESPACE = "grid_serve"
@@ -70,7 +70,7 @@ def create_group(record: Allocation) -> PlacementGroup:
                            lifetime="detached", bundle_label_selector=[{NODE_LABEL: record.donor or ""}])
 
 
-@serve.deployment(**COORDINATOR_OPTIONS)
+@serve.deployment(**INTERNAL_OPTIONS)
 class SharingManager:
     def __init__(self, config: ClusterConfig | None, metrics: DeploymentHandle, load_balancer: DeploymentHandle,
                  interval_s: float | None = None) -> None:

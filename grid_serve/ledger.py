@@ -55,6 +55,20 @@ class LedgerSnapshot:
     placements: Mapping[tuple[str, str], int]  # (node_id, strategy) -> placements ever made
     group_loads: Mapping[str, NodeLoad] = field(default_factory=dict)  # placement group id -> its tasks
 
+    def released(self, freed: Iterable[tuple[str, Mapping[str, float]]]) -> "LedgerSnapshot":
+        """This snapshot as it will read once the (node id, resources) reservations in `freed`
+        are released: lets the Scheduler place into freed room before the ledger confirms.
+        The version stays, so the ledger's own next snapshot always supersedes it."""
+        loads = dict(self.loads)
+        for node_id, resources in freed:
+            load = loads.get(node_id)
+            if load is None:
+                continue
+            reserved = {name: max(0.0, load.reserved.get(name, 0.0) - resources.get(name, 0.0))
+                        for name in load.reserved}
+            loads[node_id] = NodeLoad(reserved, max(0, load.in_flight - 1))
+        return LedgerSnapshot(self.version, loads, self.durations, self.placements)
+
 
 @dataclass
 class Ledger:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import psutil
 
@@ -34,6 +34,7 @@ class LocalNode:
     num_gpus: int
     memory_bytes: int
     head: bool
+    resources: Mapping[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {"trio": 1000}
 
     def ray_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {
@@ -43,6 +44,8 @@ class LocalNode:
             "labels": {NODE_LABEL: self.name},
             "object_store_memory": 100 * 1024 * 1024,
         }
+        if self.resources:
+            args["resources"] = dict(self.resources)
         if self.head:
             args["dashboard_host"] = LOOPBACK
             args["include_dashboard"] = True

@@ -11,12 +11,14 @@ from __future__ import annotations
 import bisect
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
 from .models import SchedulingDecision, SchedulingRequest
+from .placement_index import IncrementalPlacer
 from .sharing import allocation_decision, may_fit_allocation
-from .strategies import NoFit, PlacementError, place
+from .strategies import PlacementError
 from .view import ClusterView, GroupCounts, NodeView
 
 
@@ -32,6 +34,7 @@ class _Waiting:
     key: tuple[int, float, int]
     request: SchedulingRequest = field(compare=False)
     enqueued_at: float = field(compare=False)
+    signature: tuple = field(compare=False, default=())
 
 
 @dataclass
@@ -44,7 +47,7 @@ class DrainResult:
 def _signature(request: SchedulingRequest) -> tuple:
     """Requests with equal signatures succeed or wait together; one wait skips the rest."""
     needs = tuple(sorted(request.requirements.as_ray_resources().items()))
-    return (request.group, request.strategy, needs, request.requirements.gpu_memory_mb, request.target_node,
+    return (request.group, request.strategy, request.task_type, needs, request.requirements.gpu_memory_mb, request.target_node,
             tuple(sorted(request.label_selector.items())), request.affinity_nodes, request.anti_affinity_nodes)
 
 
@@ -55,22 +58,27 @@ class SchedulerCore:
         self._clock = clock
         self._waiting: list[_Waiting] = []
         self._seq = itertools.count()
+        self._queued: dict[str, int] = {}  # group -> tasks waiting
         self.group_counts = GroupCounts()
 
     def __len__(self) -> int:
         return len(self._waiting)
 
     def queued_by_group(self) -> Mapping[str, int]:
-        counts: dict[str, int] = {}
-        for item in self._waiting:
-            counts[item.request.group] = counts.get(item.request.group, 0) + 1
-        return counts
+        return self._queued
+
+    def _keep_only(self, keep: list[_Waiting]) -> None:
+        self._waiting = keep
+        self._queued = {}
+        for item in keep:
+            self._queued[item.request.group] = self._queued.get(item.request.group, 0) + 1
 
     def enqueue(self, requests: Iterable[SchedulingRequest]) -> None:
         now = self._clock()
         for request in requests:
-            item = _Waiting((-request.priority.rank, now, next(self._seq)), request, now)
+            item = _Waiting((-request.priority.rank, now, next(self._seq)), request, now, _signature(request))
             bisect.insort(self._waiting, item)
+            self._queued[request.group] = self._queued.get(request.group, 0) + 1
 
     def submit(self, requests: Iterable[SchedulingRequest], view: ClusterView) -> DrainResult:
         """Queue `requests` and place whatever fits now, highest priority first."""
@@ -83,46 +91,68 @@ class SchedulerCore:
         The returned view carries the new reservations, so callers can chain decisions.
         """
         result = DrainResult(view=view)
+        if not self._waiting:
+            return result
+        nodes = dict(view.nodes)  # reserved into as decisions are made; one view built at the end
+        allocations = dict(view.allocations)  # capacity nodes borrowed, and what their tasks use
+        placers: dict[tuple, IncrementalPlacer | str] = {}
         blocked: set[tuple] = set()
         keep: list[_Waiting] = []
         for item in self._waiting:
             request = item.request
-            signature = _signature(request)
-            if signature in blocked:
+            if item.signature in blocked:
                 keep.append(item)
                 continue
-            outcome = self._try_place(request, result.view)  # type: ignore[arg-type]
-            if isinstance(outcome, SchedulingDecision):
-                waited = max(0.0, self._clock() - item.enqueued_at)
-                decision = outcome.model_copy(update={"waited_s": round(waited, 6)})
-                result.placed.append(decision)
-                result.view = self._reserve(result.view, decision)  # type: ignore[arg-type]
-                self.group_counts.add(request.group, decision.node_id)
-            elif isinstance(outcome, NoFit) and (outcome.can_wait or may_fit_allocation(request, result.view)):  # type: ignore[arg-type]
-                blocked.add(signature)
+            placer = placers.get(item.signature)
+            if placer is None:
+                placer = placers[item.signature] = self._placer(request, view, nodes)
+            if isinstance(placer, str):  # the request itself is wrong (unknown node, say)
+                result.rejected.append(Rejected(request.task_id, request.group, placer))
+                continue
+            waited = round(max(0.0, self._clock() - item.enqueued_at), 6)
+            outcome = placer.place(request, waited_s=waited)
+            current = replace(view, nodes=MappingProxyType(nodes), allocations=MappingProxyType(allocations)) \
+                if allocations else None
+            borrowed = allocation_decision(request, current, outcome) if current else None
+            if borrowed is not None:
+                result.placed.append(borrowed.model_copy(update={"waited_s": waited}))
+                allocation = next(a for a in allocations.values() if a.placement_group_id == borrowed.placement_group_id)
+                allocations[allocation.id] = allocation.use(borrowed.resources)  # the donor already counts it
+                self.group_counts.add(request.group, borrowed.node_id)
+                if isinstance(outcome, SchedulingDecision):  # the placer assumed its pick got reserved
+                    self._changed(placers, outcome.node_id)
+            elif isinstance(outcome, SchedulingDecision):
+                result.placed.append(outcome)
+                nodes[outcome.node_id] = nodes[outcome.node_id].reserve(outcome.resources)
+                self.group_counts.add(request.group, outcome.node_id)
+                self._changed(placers, outcome.node_id)
+            elif outcome.can_wait or (current is not None and may_fit_allocation(request, current)):
+                blocked.add(item.signature)
                 keep.append(item)
             else:
-                reason = outcome.message if isinstance(outcome, NoFit) else outcome
-                result.rejected.append(Rejected(request.task_id, request.group, reason))
-        self._waiting = keep
+                result.rejected.append(Rejected(request.task_id, request.group, outcome.message))
+        self._keep_only(keep)
+        for signature in placers:  # a group that got nothing needs no (empty) counts kept
+            if not self.group_counts.of(signature[0]):
+                self.group_counts.forget(signature[0])
+        if result.placed:
+            result.view = replace(view, nodes=MappingProxyType(nodes), allocations=MappingProxyType(allocations))
         return result
 
-    def _try_place(self, request: SchedulingRequest, view: ClusterView) -> SchedulingDecision | NoFit | str:
-        """Where the strategy puts it, or inside capacity its node borrowed when the node is full."""
+    @staticmethod
+    def _changed(placers: Mapping[tuple, IncrementalPlacer | str], node_id: str) -> None:
+        """Every placer rescoring the node a decision just changed."""
+        for placer in placers.values():
+            if not isinstance(placer, str):
+                placer.node_changed(node_id)
+
+    def _placer(self, request: SchedulingRequest, view: ClusterView,
+                nodes: Mapping[str, NodeView]) -> IncrementalPlacer | str:
+        """The placer for requests of this kind, or why none can be placed at all."""
         try:
-            outcome = place(request, view, self.group_counts.of(request.group))
+            return IncrementalPlacer(request, view, nodes, self.group_counts.live(request.group))
         except PlacementError as exc:
             return str(exc)
-        return allocation_decision(request, view, outcome) or outcome
-
-    @staticmethod
-    def _reserve(view: ClusterView, decision: SchedulingDecision) -> ClusterView:
-        if decision.placement_group_id is not None:  # inside an allocation: its donor is already counted
-            allocation = next(a for a in view.allocations.values()
-                              if a.placement_group_id == decision.placement_group_id)
-            return view.with_allocation(allocation.use(decision.resources))
-        node: NodeView = view.nodes[decision.node_id]
-        return view.with_node(node.reserve(decision.resources))
 
     def cancel(self, group: str | None = None, task_ids: Iterable[str] = ()) -> list[str]:
         """Drop waiting tasks of `group` and/or with the given ids; returns the dropped ids."""
@@ -130,7 +160,7 @@ class SchedulerCore:
         dropped = [item.request.task_id for item in self._waiting
                    if item.request.group == group or item.request.task_id in wanted]
         gone = set(dropped)
-        self._waiting = [item for item in self._waiting if item.request.task_id not in gone]
+        self._keep_only([item for item in self._waiting if item.request.task_id not in gone])
         return dropped
 
     def forget_group(self, group: str) -> None:

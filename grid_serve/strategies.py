@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Callable, Mapping
 
 from .models import SchedulingDecision, SchedulingRequest, SchedulingStrategy
@@ -73,6 +74,23 @@ class PlacementError(ValueError):
     """The request itself is wrong (an unknown target node, say): waiting cannot help."""
 
 
+def needs_of(request: SchedulingRequest) -> Mapping[str, float]:
+    """`request.requirements.as_ray_resources()`, computed once per requirements object.
+
+    Every check and scorer reads it for every node; the tasks of one job share one
+    requirements object, so a one-entry memo (by identity, holding a reference so the id
+    cannot be reused) turns thousands of pydantic calls per decision into one. Read-only.
+    """
+    requirements = request.requirements
+    memo = _NEEDS_MEMO[0]  # one (requirements, needs) tuple, swapped whole: safe across threads
+    if memo[0] is not requirements:
+        memo = _NEEDS_MEMO[0] = (requirements, MappingProxyType(requirements.as_ray_resources()))
+    return memo[1]
+
+
+_NEEDS_MEMO: list[tuple[object, Mapping[str, float]]] = [(None, MappingProxyType({}))]
+
+
 # ---------------------------------------------------------------- lasting checks ("never")
 
 
@@ -101,7 +119,7 @@ def check_affinity(request: SchedulingRequest, node: NodeView, ctx: PlacementCon
 
 
 def check_capacity(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
-    for resource, amount in request.requirements.as_ray_resources().items():
+    for resource, amount in needs_of(request).items():
         total = node.total.get(resource, 0.0)
         if amount > total + 1e-9:
             return f"needs {_amount(resource, amount)} {UNIT_NAMES.get(resource, resource)}, has {_amount(resource, total)}"
@@ -142,7 +160,7 @@ LASTING_CHECKS: tuple[tuple[str, Check], ...] = (
 
 
 def check_free_now(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
-    for resource, amount in request.requirements.as_ray_resources().items():
+    for resource, amount in needs_of(request).items():
         free = node.free(resource, ctx.view.admission)
         if amount > free + 1e-9:
             return f"needs {_amount(resource, amount)} {UNIT_NAMES.get(resource, resource)}, {_amount(resource, max(free, 0))} free"
@@ -186,7 +204,7 @@ def check_spread_turn(request: SchedulingRequest, node: NodeView, ctx: Placement
 def load_of(request: SchedulingRequest, node: NodeView, extra: float = 0.0) -> float:
     """Reserved share of the busiest resource the task uses (CPU if it asks for none),
     blended with measured utilisation when a probe has reported it."""
-    wanted = request.requirements.as_ray_resources() or {"CPU": 1.0}
+    wanted = needs_of(request) or {"CPU": 1.0}
     reserved_share = 0.0
     for resource, amount in wanted.items():
         total = node.total.get(resource, 0.0)
@@ -296,6 +314,25 @@ def expected_finish_s(request: SchedulingRequest, node: NodeView, view: ClusterV
     return Estimate(run_s * queue_factor, run_s, queue_factor, f"hardware prior ({hardware}): {run_s:.3f}s")
 
 
+def typical_duration_s(durations: Mapping[tuple[str, str], float], task_type: str) -> float | None:
+    """Mean measured run time of `task_type` over the nodes that measured it (None: none did).
+
+    Memoised per durations mapping (by identity, which views never mutate): without it every
+    node's score rescanned every node's measurements, O(nodes^2) per decision.
+    """
+    memo = _DURATION_MEMO[0]  # one (durations, means) tuple, swapped whole: safe across threads
+    if memo[0] is not durations:
+        memo = _DURATION_MEMO[0] = (durations, {})
+    means = memo[1]
+    if task_type not in means:
+        others = [secs for (_, kind), secs in durations.items() if kind == task_type]
+        means[task_type] = sum(others) / len(others) if others else None
+    return means[task_type]
+
+
+_DURATION_MEMO: list[tuple[object, dict[str, float | None]]] = [(None, {})]
+
+
 def score_fastest(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:
     return 1.0 / (1.0 + expected_finish_s(request, node, ctx.view).seconds)
 
@@ -354,7 +391,7 @@ def candidates_for(request: SchedulingRequest, view: ClusterView) -> list[NodeVi
     return list(view.nodes.values())
 
 
-def _first_failure(checks: tuple[tuple[str, Check], ...], request: SchedulingRequest, node: NodeView,
+def first_failure(checks: tuple[tuple[str, Check], ...], request: SchedulingRequest, node: NodeView,
                    ctx: PlacementContext) -> Rejection | None:
     for name, check in checks:
         reason = check(request, node, ctx)
@@ -375,7 +412,7 @@ def place(
 
     possible: list[NodeView] = []
     for node in candidates_for(request, view):
-        rejection = _first_failure(LASTING_CHECKS, request, node, ctx)
+        rejection = first_failure(LASTING_CHECKS, request, node, ctx)
         if rejection:
             rejections.append(rejection)
         else:
@@ -390,7 +427,7 @@ def place(
     )
     ready: list[NodeView] = []
     for node in possible:
-        rejection = _first_failure(strategy.current_checks, request, node, ctx)
+        rejection = first_failure(strategy.current_checks, request, node, ctx)
         if rejection:
             rejections.append(rejection)
         else:
@@ -398,8 +435,15 @@ def place(
     if not ready:
         return NoFit(request.task_id, can_wait=True, rejections=tuple(rejections), total_nodes=len(view.nodes))
 
-    scored = [(_score(strategy, request, node, ctx), node) for node in ready]
+    scored = [(score_node(strategy, request, node, ctx), node) for node in ready]
     (total, parts), chosen = min(scored, key=lambda item: (-item[0][0], item[1].name, item[1].node_id))
+    return decision_for(request, chosen, total, parts, len(ready), rejections, ctx)
+
+
+def decision_for(request: SchedulingRequest, chosen: NodeView, total: float, parts: dict[str, float],
+                 ready_count: int, rejections: list[Rejection], ctx: PlacementContext,
+                 waited_s: float = 0.0) -> SchedulingDecision:
+    """The decision for `chosen`, with its explanation; shared by `place()` and the index."""
     return SchedulingDecision(
         task_id=request.task_id,
         node_id=chosen.node_id,
@@ -407,12 +451,13 @@ def place(
         node_ip=chosen.ip,
         strategy=request.strategy,
         score=round(total, 6),
-        reasons=_explain(request, chosen, parts, ready, rejections, ctx),
-        resources=request.requirements.as_ray_resources(),
+        reasons=_explain(request, chosen, parts, ready_count, rejections, ctx),
+        waited_s=waited_s,
+        resources=dict(needs_of(request)),
     )
 
 
-def _score(strategy: Strategy, request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> tuple[float, dict[str, float]]:
+def score_node(strategy: Strategy, request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> tuple[float, dict[str, float]]:
     parts: dict[str, float] = {}
     for name, _, scorer in strategy.scorers:
         value = scorer(request, node, ctx)
@@ -424,20 +469,19 @@ def _score(strategy: Strategy, request: SchedulingRequest, node: NodeView, ctx: 
     return total, parts
 
 
-def _explain(request: SchedulingRequest, chosen: NodeView, parts: dict[str, float], ready: list[NodeView],
+def _explain(request: SchedulingRequest, chosen: NodeView, parts: dict[str, float], ready_count: int,
              rejections: list[Rejection], ctx: PlacementContext) -> list[str]:
     """Plain words for why this node: the deciding evidence, then who was passed over."""
     reasons: list[str] = []
     strategy = request.strategy
     if strategy is SchedulingStrategy.SPREAD:
-        counts = {node.name: ctx.group_counts.get(node.node_id, 0) for node in ctx.view.nodes.values()}
-        reasons.append(f"spread: {chosen.name} had {counts.get(chosen.name, 0)} of this job's tasks, "
+        reasons.append(f"spread: {chosen.name} had {ctx.group_counts.get(chosen.node_id, 0)} of this job's tasks, "
                        f"the fewest per {'GPU' if request.requirements.gpu_count else 'node'}")
     elif strategy is SchedulingStrategy.LOAD_BALANCED:
         reasons.append(f"load_balanced: {chosen.name} has the lowest load ({load_of(request, chosen):.2f}) "
-                       f"of {len(ready)} ready node(s)")
+                       f"of {ready_count} ready node(s)")
     elif strategy is SchedulingStrategy.PERFORMANCE_OPTIMIZED:
-        reasons.append(_explain_fastest(request, chosen, ready, ctx.view))
+        reasons.append(_explain_fastest(request, chosen, ctx))
     elif strategy is SchedulingStrategy.NODE_SPECIFIC:
         reasons.append(f"node_specific: {request.target_node!r} is {chosen.name} ({chosen.node_id[:8]})")
     else:
@@ -448,11 +492,15 @@ def _explain(request: SchedulingRequest, chosen: NodeView, parts: dict[str, floa
     return reasons
 
 
-def _explain_fastest(request: SchedulingRequest, chosen: NodeView, ready: list[NodeView], view: ClusterView) -> str:
+def _explain_fastest(request: SchedulingRequest, chosen: NodeView, ctx: PlacementContext) -> str:
     """The winner's estimate and evidence, and the runner-up's, so a reader sees what decided."""
+    view = ctx.view
     text = (f"performance_optimized: {chosen.name} expected to finish soonest "
             f"({expected_finish_s(request, chosen, view).describe()}, {chosen.in_flight} in flight)")
-    others = sorted(((expected_finish_s(request, node, view), node) for node in ready if node is not chosen),
+    checks = LASTING_CHECKS + STRATEGIES[request.strategy].current_checks
+    ready = [node for node in view.nodes.values()
+             if node is not chosen and first_failure(checks, request, node, ctx) is None]
+    others = sorted(((expected_finish_s(request, node, view), node) for node in ready),
                     key=lambda item: (item[0].seconds, item[1].name))
     if others:
         estimate, node = others[0]

@@ -187,6 +187,10 @@ class GroupCounts:
     def of(self, group: str) -> Mapping[str, int]:
         return self.counts.get(group, {})
 
+    def live(self, group: str) -> Mapping[str, int]:
+        """The group's counts as a mapping that follows later `add`s (for incremental placers)."""
+        return self.counts.setdefault(group, {})
+
     def add(self, group: str, node_id: str, amount: int = 1) -> None:
         per_node = self.counts.setdefault(group, {})
         per_node[node_id] = per_node.get(node_id, 0) + amount

@@ -1,0 +1,92 @@
+"""Throughput and overhead: a job of no-op tasks, tasks/s from submit to the last result.
+
+    python -m bench.throughput [--quick]
+
+grid-serve through one handle call (`submit_job` with wait) and one HTTP POST /v1/jobs with
+wait, against plain Ray submitting the same tasks with SPREAD and with a per-task
+NodeAffinitySchedulingStrategy (round-robin over the nodes). Target: the handle path reaches
+at least 0.8x plain Ray SPREAD's tasks/s.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import ray
+
+from . import plain_ray
+from .harness import Env, Report, main_for, ratio, summarize
+
+TARGET = 0.8
+
+
+def ray_spread(tasks: int) -> float:
+    remote = plain_ray.noop.options(scheduling_strategy="SPREAD")
+    began = time.perf_counter()
+    ray.get([remote.remote(i) for i in range(tasks)])
+    return tasks / (time.perf_counter() - began)
+
+
+def ray_affinity(env: Env, tasks: int) -> float:
+    remotes = plain_ray.pinned(sorted(env.node_names))
+    began = time.perf_counter()
+    ray.get([remotes[i % len(remotes)].remote(i) for i in range(tasks)])
+    return tasks / (time.perf_counter() - began)
+
+
+def _job(tasks: int) -> dict:
+    return {"task": "noop", "count": tasks, "strategy": "spread", "wait": True, "timeout_s": 600}
+
+
+def grid_handle(env: Env, tasks: int) -> float:
+    handle = env.handle()
+    began = time.perf_counter()
+    status = handle.submit_job.remote(_job(tasks)).result(timeout_s=630)
+    elapsed = time.perf_counter() - began
+    if status.succeeded != tasks:
+        raise RuntimeError(f"grid job: {status.succeeded}/{tasks} succeeded ({status.state}, {status.error})")
+    return tasks / elapsed
+
+
+def grid_http(env: Env, tasks: int) -> float:
+    began = time.perf_counter()
+    response = httpx.post(f"{env.base_url}/v1/jobs", json=_job(tasks), timeout=630)
+    elapsed = time.perf_counter() - began
+    body = response.json()
+    if response.status_code != 200 or body.get("succeeded") != tasks:
+        raise RuntimeError(f"grid job over HTTP: {response.status_code} {str(body)[:300]}")
+    return tasks / elapsed
+
+
+def run(env: Env) -> Report:
+    tasks = 200 if env.quick else 1000
+    runs = 1 if env.quick else 5
+    report = Report(f"Throughput: {tasks:,} no-op tasks, tasks/s (median, min–max of {runs})",
+                    ["path", "tasks/s", "vs Ray SPREAD"])
+    # Interleave the sides round by round, so machine noise hits both alike.
+    sides = {
+        "Ray SPREAD (driver)": lambda: ray_spread(tasks),
+        "Ray NodeAffinity per task (driver)": lambda: ray_affinity(env, tasks),
+        "grid handle submit_job(wait)": lambda: grid_handle(env, tasks),
+        "grid HTTP POST /v1/jobs (wait)": lambda: grid_http(env, tasks),
+    }
+    for measure in sides.values():
+        measure()  # warm-up
+    samples: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(runs):
+        for name, measure in sides.items():
+            samples[name].append(measure())
+    summaries = {name: summarize(values) for name, values in samples.items()}
+    base = summaries["Ray SPREAD (driver)"].median
+    for name, summary in summaries.items():
+        report.add(name, summary.show(), ratio(summary.median, base))
+    handle_ratio = summaries["grid handle submit_job(wait)"].median / base
+    report.data = {name: values for name, values in samples.items()}
+    report.data["handle_ratio"] = handle_ratio
+    report.target(handle_ratio >= TARGET, f"handle path {handle_ratio:.2f}× Ray SPREAD (target ≥ {TARGET}×)")
+    return report
+
+
+if __name__ == "__main__":
+    main_for(run, __doc__)

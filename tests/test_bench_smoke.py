@@ -1,0 +1,31 @@
+"""The benchmark harness still works: the quick decision-speed measure on a small simulated
+view returns one well-formed row per (strategy, measure) and a table that renders.
+
+No timing assertions (the machine is shared); the real benchmarks never run in CI.
+"""
+
+from __future__ import annotations
+
+from bench import decisions
+from bench.harness import summarize
+
+
+def test_decision_speed_harness_returns_sane_structure() -> None:
+    speeds = decisions.measure([5, 20], budget_s=0.01, batch=8)
+    assert {(s.nodes, s.strategy, s.mode) for s in speeds} == {
+        (nodes, str(strategy), mode)
+        for nodes in (5, 20) for strategy in decisions.STRATEGIES for mode in ("place", "core")
+    }
+    for speed in speeds:
+        assert speed.seconds > 0 and speed.per_second > 0
+        assert speed.decisions >= 3 if speed.mode == "place" else speed.decisions == 8
+    table = decisions.report(speeds)
+    assert table.columns == ["strategy", "measure", "5 nodes", "20 nodes"]
+    assert len(table.rows) == 2 * len(decisions.STRATEGIES)
+    assert "| spread" in table.render()
+
+
+def test_summary_is_median_and_spread() -> None:
+    summary = summarize([3.0, 1.0, 2.0, 10.0])
+    assert (summary.median, summary.low, summary.high, summary.runs) == (2.5, 1.0, 10.0, 4)
+    assert summary.show(1) == "2.5 (1.0–10.0)"

@@ -1,0 +1,45 @@
+"""The completion path on the real cluster: placements come back with the completion reply
+(Scheduler.complete_for), release and reserve go to the LoadBalancer in one call
+(LoadBalancer.settle), and the ledger ends empty, for jobs and for external decisions."""
+
+from __future__ import annotations
+
+import pytest
+
+from grid_serve.client import GridClient
+from grid_serve.errors import NotFoundError
+from grid_serve.models import SchedulingRequest
+
+pytestmark = pytest.mark.cluster
+
+
+def in_flight(client: GridClient) -> dict[str, tuple[int, float]]:
+    return {node.name: (node.in_flight, node.reserved.get("CPU", 0.0)) for node in client.cluster_status().nodes}
+
+
+def test_a_job_larger_than_the_admission_spreads_exactly_and_releases_everything(client: GridClient) -> None:
+    # 3 nodes x 2 CPUs x admission 2 = 12 reservations at a time: 60 tasks need many
+    # completion batches, each placing the next tasks through complete_for + settle.
+    status = client.submit_job({"task": "compute_task", "count": 60, "strategy": "spread", "wait": True,
+                                "timeout_s": 300})
+    assert status.state == "succeeded" and status.succeeded == 60
+    assert status.per_node == {"gpu-master": 20, "gpu1": 20, "gpu2": 20}
+    assert sorted({r.result["node"] for r in status.results or []}) == ["gpu-master", "gpu1", "gpu2"]
+    assert in_flight(client) == {"gpu-master": (0, 0.0), "gpu1": (0, 0.0), "gpu2": (0, 0.0)}
+    assert client.cluster_status().queued == 0
+
+
+def test_an_external_decision_is_released_once(client: GridClient) -> None:
+    decision = client.schedule(SchedulingRequest(task_id="ext-completion-1", strategy="node_specific",
+                                                 target_node="gpu1"), lease_s=120)
+    assert decision.node_name == "gpu1"
+    assert in_flight(client)["gpu1"] == (1, 1.0)
+    assert client.complete("ext-completion-1", duration_s=0.2) == {"task_id": "ext-completion-1", "released": True}
+    assert in_flight(client)["gpu1"] == (0, 0.0)
+    with pytest.raises(NotFoundError):
+        client.complete("ext-completion-1")
+
+
+def test_health_reports_the_cluster(client: GridClient) -> None:
+    health = client.health()
+    assert health["status"] == "ok" and health["nodes"] == 3 and health["nodes_alive"] == 3
