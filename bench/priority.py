@@ -70,7 +70,8 @@ def run(env: Env) -> Report:
     report = Report("Priority: mean queue wait per class on a saturated cluster, s (median, min–max)",
                     ["side", "low wait s", "high wait s", "high / low"])
     grid_waits(env, plan[:4])  # warm-up
-    ray_waits(plan[:4])
+    if not env.quick:
+        ray_waits(plan[:4])
     results: dict[str, list[dict[str, list[float]]]] = {"grid-serve (priorities)": [], "plain Ray DEFAULT": []}
     for _ in range(runs):
         results["grid-serve (priorities)"].append(grid_waits(env, plan))

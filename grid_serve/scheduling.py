@@ -65,7 +65,8 @@ class SchedulerCore:
         return len(self._waiting)
 
     def queued_by_group(self) -> Mapping[str, int]:
-        return self._queued
+        """Tasks waiting per group (kept up to date, not counted per call); read-only."""
+        return MappingProxyType(self._queued)
 
     def _keep_only(self, keep: list[_Waiting]) -> None:
         self._waiting = keep
