@@ -294,14 +294,18 @@ class Ingress:
     async def schedule(self, request: SchedulingRequest | dict[str, Any], lease_s: float = 300.0,
                        wait_s: float = 30.0) -> SchedulingDecision:
         """Decide and reserve a node for a task the caller will submit itself. The reservation
-        holds until `complete(task_id)` or until the lease runs out."""
+        holds until `complete(task_id)` or until the lease runs out. Each such task is its own
+        group (a `job_id` is ignored), so its decision can never be delivered to anyone else."""
         request = request if isinstance(request, SchedulingRequest) else SchedulingRequest.model_validate(request)
+        if request.job_id is not None:  # decisions are delivered per group: never share one with a job
+            request = request.model_copy(update={"job_id": None})
         placements = await self._scheduler.submit.remote([request], lease_s)
         deadline = time.monotonic() + wait_s
         while not placements.placed and not placements.rejected and time.monotonic() < deadline:
             placements = await self._scheduler.wait_placed.remote(request.group, min(5.0, wait_s))
         if placements.rejected:
-            raise InvalidRequestError(placements.rejected[0].reason, field="requirements")
+            reason = placements.rejected[0].reason
+            raise InvalidRequestError(reason, field="task_id" if reason.startswith("task id") else "requirements")
         if not placements.placed:
             await self._scheduler.finished.remote(request.group)
             raise NoCapacityError(f"no node had room for task {request.task_id} within {wait_s:g}s; try again later")
@@ -375,11 +379,15 @@ class Ingress:
             del self._jobs[job_id]
 
     def _apply(self, job: _Job, placements: Any, fn_ref: ray.ObjectRef) -> None:
-        """Dispatch what the Scheduler placed; record what it rejected."""
+        """Dispatch what the Scheduler placed; record what it rejected. Placements that reach a
+        cancelled job are never run, and their reservations are handed straight back."""
+        unused = []
         for decision in placements.placed:
             job.waiting.discard(decision.task_id)
             index = job.index_of(decision.task_id)
             if job.cancelled:
+                self._record(job, index, decision, ok=False, error="cancelled")
+                unused.append(Completion(task_id=decision.task_id, ok=False))
                 continue
             args, kwargs = job.spec.call_args(index)
             ref = self._pinned.for_decision(decision).remote(fn_ref, args, kwargs)
@@ -388,7 +396,22 @@ class Ingress:
         for rejection in placements.rejected:
             job.waiting.discard(rejection.task_id)
             self._record(job, job.index_of(rejection.task_id), None, ok=False, error=rejection.reason)
+        if unused:
+            self._background(self._scheduler.complete.remote(unused), f"release cancelled tasks of {job.id}")
         job.changed.set()
+
+    def _background(self, call: Any, what: str) -> None:
+        """Run a call to another deployment without waiting for it; failures are logged."""
+
+        async def run() -> None:
+            try:
+                await call
+            except Exception:
+                logger.exception("could not %s", what)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._runners.add(task)
+        task.add_done_callback(self._runners.discard)
 
     def _record(self, job: _Job, index: int, decision: SchedulingDecision | None, ok: bool,
                 error: str | None = None, envelope: dict[str, Any] | None = None) -> None:
@@ -403,14 +426,21 @@ class Ingress:
 
     async def _run(self, job: _Job, fn_ref: ray.ObjectRef) -> None:
         """Feed placements in and completions out until every task has an outcome."""
-        receiver = asyncio.get_running_loop().create_task(self._receive_placements(job, fn_ref))
+        loop = asyncio.get_running_loop()
+        receiver = loop.create_task(self._receive_placements(job, fn_ref))
+        watcher = loop.create_task(self._watch_completions(job))
         try:
-            await self._watch_completions(job)
+            done, _ = await asyncio.wait({receiver, watcher}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            await watcher
         except Exception as exc:  # never leave a job hanging: say what broke
             logger.exception("job %s failed", job.id)
             job.error = f"{type(exc).__name__}: {exc}"
         finally:
             receiver.cancel()
+            watcher.cancel()
             job.finished_at = time.time()
             job.done.set()
             try:

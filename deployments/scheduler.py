@@ -78,7 +78,10 @@ class Scheduler:
             self._metrics_out.queue_length.set(float(len(self._core)))
 
     def _take_ledger(self, ledger: LedgerSnapshot) -> None:
-        if self._ledger is None or ledger.version >= self._ledger.version:
+        """Newer snapshots win; a restarted LoadBalancer (new epoch) always wins, or the
+        Scheduler would keep its dead predecessor's reservations for ever."""
+        if (self._ledger is None or ledger.epoch != self._ledger.epoch
+                or ledger.version >= self._ledger.version):
             self._ledger = ledger
 
     async def _ensure_nodes(self) -> None:
@@ -160,6 +163,10 @@ class Scheduler:
         groups = {request.group for request in requests}
         if len(groups) != 1:
             raise ValueError("submit() takes the requests of one job (one group) at a time")
+        duplicates = [request for request in requests if request.task_id in self._meta]
+        if duplicates:  # a live task id: a second reservation would overwrite the first's
+            return Placements(rejected=[Rejected(r.task_id, r.group, f"task id {r.task_id!r} is already reserved "
+                                                 "or waiting; give each task its own id") for r in duplicates])
         for request in requests:
             self._meta[request.task_id] = _Meta(request.task_type, request.group, lease_s)
         async with self._lock:
@@ -220,12 +227,16 @@ class Scheduler:
             return dropped
 
     async def finished(self, group: str) -> None:
-        """The group's job is over: forget its spread counts and outbox."""
+        """The group's job is over: forget its spread counts and outbox, and release anything
+        placed for it that its runner never collected (it was cancelled meanwhile)."""
         async with self._lock:
-            self._core.cancel(group=group)
+            for task_id in self._core.cancel(group=group):
+                self._meta.pop(task_id, None)
             self._core.forget_group(group)
-            self._outbox.pop(group, None)
+            leftover = self._outbox.pop(group, None)
             self._wakeups.pop(group, None)
+        if leftover and leftover.placed:
+            await self.complete([Completion(task_id=d.task_id, ok=False) for d in leftover.placed])
 
     async def cluster_status(self) -> ClusterStatus:
         """Nodes with their reservations folded in, for the status route and the CLI."""

@@ -9,7 +9,8 @@ times reported with completions feed a per-(node, task type) EWMA that
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +55,7 @@ class LedgerSnapshot:
     durations: Mapping[tuple[str, str], float]
     placements: Mapping[tuple[str, str], int]  # (node_id, strategy) -> placements ever made
     group_loads: Mapping[str, NodeLoad] = field(default_factory=dict)  # placement group id -> its tasks
+    epoch: str = ""  # which ledger instance: a restarted LoadBalancer starts a new epoch at version 0
 
     def released(self, freed: Iterable[tuple[str, Mapping[str, float]]]) -> "LedgerSnapshot":
         """This snapshot as it will read once the (node id, resources) reservations in `freed`
@@ -67,7 +69,7 @@ class LedgerSnapshot:
             reserved = {name: max(0.0, load.reserved.get(name, 0.0) - resources.get(name, 0.0))
                         for name in load.reserved}
             loads[node_id] = NodeLoad(reserved, max(0, load.in_flight - 1))
-        return LedgerSnapshot(self.version, loads, self.durations, self.placements)
+        return replace(self, loads=loads)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Ledger:
     durations: dict[tuple[str, str], float] = field(default_factory=dict)
     placements: dict[tuple[str, str], int] = field(default_factory=dict)
     version: int = 0
+    epoch: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     def reserve(self, task_id: str, node_id: str, resources: Mapping[str, float], task_type: str = "task",
                 group: str = "", strategy: str = "", lease_s: float | None = None,
@@ -131,7 +134,7 @@ class Ledger:
 
     def snapshot(self) -> LedgerSnapshot:
         return LedgerSnapshot(self.version, self.loads(), dict(self.durations), dict(self.placements),
-                              self.group_loads())
+                              self.group_loads(), self.epoch)
 
 
 def _sum_by(reservations: Iterable[Reservation],

@@ -237,3 +237,47 @@ def test_handle_call_from_a_separate_driver_process(base_url: str, cluster_addre
     assert [(r["square"], r["node"]) for r in result["custom"]] == [(4, "gpu2"), (9, "gpu2")]
     assert result["decision_node"] in ("gpu1", "gpu2") and result["ran_on"] == result["decision_node"]
     assert len(result["decision_id"]) == 56
+
+
+def test_cancel_with_running_tasks_leaves_nothing_reserved(http: httpx.Client, client: GridClient) -> None:
+    wait_idle(client)
+    running = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 3.0] for i in range(9)]}).json()
+    assert running["running"] == 6 and running["queued"] == 3
+    cancelled = http.delete(f"/v1/jobs/{running['job_id']}").json()
+    assert cancelled["state"] == "cancelled"
+    final = client.wait_job(running["job_id"], timeout_s=60)
+    assert final.cancelled + final.succeeded + final.failed == 9 and final.cancelled >= 3
+    wait_idle(client)  # every reservation came back: nothing leaked
+
+
+def test_schedule_refuses_a_task_id_already_reserved(http: httpx.Client, client: GridClient) -> None:
+    wait_idle(client)
+    body = {"task_id": "external-dup", "job_id": "shared-name", "requirements": {"cpu_count": 1}}
+    first = http.post("/v1/schedule", json=body)
+    assert first.status_code == 200, first.text
+    again = http.post("/v1/schedule", json=body)
+    assert again.status_code == 422 and again.json()["field"] == "task_id"
+    assert "already reserved" in again.json()["error"]
+    assert http.post("/v1/schedule/external-dup/complete").status_code == 200
+    wait_idle(client)
+
+
+def test_a_restarted_load_balancer_does_not_strand_the_scheduler(http: httpx.Client, client: GridClient,
+                                                                 cluster_address: str) -> None:
+    import ray
+    from ray.util.state import list_actors
+
+    wait_idle(client)
+    replicas = [a for a in list_actors(address=cluster_address, filters=[("state", "=", "ALIVE")])
+                if "LoadBalancer" in (a.class_name or "")]
+    assert len(replicas) == 1
+    ray.kill(ray.get_actor(replicas[0].name, namespace="serve"), no_restart=False)
+    deadline = time.monotonic() + 120
+    while True:  # Serve brings a new replica with an empty ledger (a new epoch)
+        response = http.post("/v1/jobs", json={"task": "compute_task", "count": 9, "wait": True, "timeout_s": 30})
+        if response.status_code == 200 and response.json()["state"] == "succeeded":
+            break
+        assert time.monotonic() < deadline, response.text
+        time.sleep(1)
+    assert sorted(ran_on(response.json()).values()) == [3, 3, 3]
+    wait_idle(client)
