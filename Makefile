@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down test test-quick bench-quick install
+.PHONY: up down test test-quick bench-quick bench install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,3 +26,9 @@ test: $(STAMP)
 
 test-quick: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not cluster"
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run_all.py --quick
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
