@@ -430,11 +430,12 @@ class Ingress:
         receiver = loop.create_task(self._receive_placements(job, fn_ref))
         watcher = loop.create_task(self._watch_completions(job))
         try:
-            done, _ = await asyncio.wait({receiver, watcher}, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-            await watcher
+            running = {receiver, watcher}
+            while not watcher.done():  # the job ends with its watcher; a receiver error ends it early
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
         except Exception as exc:  # never leave a job hanging: say what broke
             logger.exception("job %s failed", job.id)
             job.error = f"{type(exc).__name__}: {exc}"
