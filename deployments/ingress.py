@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from grid_serve.errors import GridError, InvalidRequestError, NoCapacityError, NotFoundError
+from grid_serve.errors import GridError, InvalidRequestError, NoCapacityError, NotFoundError, describe_error
 from grid_serve.ledger import Completion
 from grid_serve.models import (
     ClusterStatus,
@@ -156,26 +156,10 @@ async def _grid_error(request: Request, exc: GridError) -> JSONResponse:
 
 @fastapi_app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = [{"field": _field_of(err), "message": _message_of(err)} for err in exc.errors()]
+    problems = [dict(zip(("field", "message"), describe_error(err))) for err in exc.errors()]
     summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
     return JSONResponse({"error": f"invalid request: {summary}", "field": problems[0]["field"] if problems else None,
                          "problems": problems}, status_code=422)
-
-
-def _field_of(error: dict[str, Any]) -> str:
-    """'resources.cpu_count' from FastAPI's ('body', 'resources', 'cpu_count')."""
-    parts = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
-    if error.get("type") == "json_invalid":
-        return "body"
-    return ".".join(parts) or "body"
-
-
-def _message_of(error: dict[str, Any]) -> str:
-    if error.get("type") == "json_invalid":
-        return f"malformed JSON ({error.get('ctx', {}).get('error', 'could not parse')})"
-    if error.get("type") == "missing" and error.get("loc") == ("body",):
-        return "a JSON body is required"
-    return str(error.get("msg", "invalid"))
 
 
 @fastapi_app.exception_handler(Exception)
@@ -329,9 +313,8 @@ class Ingress:
             try:
                 body = SharingRequest.model_validate(body)
             except ValidationError as exc:
-                error = exc.errors()[0]
-                field = ".".join(str(part) for part in error["loc"]) or "body"
-                raise InvalidRequestError(f"invalid sharing request: {field}: {error['msg']}", field=field) from None
+                field, message = describe_error(exc.errors()[0])
+                raise InvalidRequestError(f"invalid sharing request: {field}: {message}", field=field) from None
         record = await self._call_sharing("request", body)
         await self._scheduler.sharing_changed.remote()
         return record

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from .client import AppUnreachableError, GridClient, default_address
 from .config import ConfigError, load_cluster_config
-from .errors import GridError, InvalidRequestError, NotFoundError
+from .errors import GridError, InvalidRequestError, NotFoundError, describe_error
 from .local_cluster import DEFAULT_CONFIG, DEFAULT_SERVE_CONFIG, LOOPBACK, free_port, log_file, read_state, state_file
 from .sharing import Allocation, ResourceType, SharingRequest, config_capacity_rows, parse_duration, status_tables
 from .models import ClusterStatus, JobStatus, JobSubmission, ResourceRequirement, SchedulingStrategy, TaskPriority
@@ -417,9 +417,8 @@ def _first_error(exc: ValueError) -> str:
     """One line from a pydantic error: 'amount: Input should be greater than 0'."""
     errors = getattr(exc, "errors", None)
     if callable(errors):
-        first = errors()[0]
-        field = ".".join(str(part) for part in first.get("loc", ()))
-        return f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
+        field, message = describe_error(errors()[0])
+        return f"{field}: {message}" if field != "body" else message
     return str(exc)
 
 
@@ -516,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         _error(exc.message)
         return 2
     except ValidationError as exc:  # a value the models refuse, e.g. --gpus 1.5
-        _error(_first_error(exc).replace("Value error, ", ""))
+        _error(_first_error(exc))
         return 2
     except AppUnreachableError as exc:
         _error(exc.message)

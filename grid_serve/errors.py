@@ -36,3 +36,18 @@ class NoCapacityError(GridError):
     """Nothing could take the request within the time the caller allowed; retrying may help."""
 
     status = 503
+
+
+def describe_error(error: dict) -> tuple[str, str]:
+    """(field, message) for one pydantic/FastAPI validation error, in the words we show users.
+
+    >>> describe_error({"loc": ("body", "resources", "cpu_count"), "msg": "Input should be >= 0", "type": "x"})
+    ('resources.cpu_count', 'Input should be >= 0')
+    """
+    if error.get("type") == "json_invalid":
+        return "body", f"malformed JSON ({error.get('ctx', {}).get('error', 'could not parse')})"
+    if error.get("type") == "missing" and tuple(error.get("loc", ())) == ("body",):
+        return "body", "a JSON body is required"
+    parts = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+    message = str(error.get("msg", "invalid")).replace("Value error, ", "")
+    return ".".join(parts) or "body", message
