@@ -296,9 +296,10 @@ class Ingress:
         return placements.placed[0]
 
     async def complete(self, task_id: str, ok: bool = True, duration_s: float | None = None) -> dict[str, Any]:
-        released = await self._scheduler.complete.remote([Completion(task_id=task_id, ok=ok, duration_s=duration_s)])
-        if not released:
-            raise NotFoundError(f"no reservation for task {task_id!r} (already released or expired)", field="task_id")
+        completion = Completion(task_id=task_id, ok=ok, duration_s=duration_s)
+        if not await self._scheduler.complete_external.remote(completion):
+            raise NotFoundError(f"no /v1/schedule reservation for task {task_id!r} (already released, expired, "
+                                "or a job's task, which its job releases)", field="task_id")
         return {"task_id": task_id, "released": True}
 
     # ------------------------------------------------------------------ resource sharing

@@ -208,9 +208,19 @@ class Scheduler:
                 meta = self._meta.pop(reservation.task_id, None)
                 if meta and meta.group == reservation.task_id:  # a lone external decision
                     self._core.forget_group(meta.group)
+                    self._wakeups.pop(meta.group, None)
+                    self._outbox.pop(meta.group, None)
             if len(released) > len(freed):  # leased tasks' room is known only now
                 await self._drain_locked()
         return len(released)
+
+    async def complete_external(self, completion: Completion) -> int:
+        """A `/v1/schedule` caller reports its task. Only leased reservations qualify: a job's
+        tasks are released by the job's own runner, never by a guess at their ids."""
+        meta = self._meta.get(completion.task_id)
+        if meta is None or meta.lease_s is None:
+            return 0
+        return await self.complete([completion])
 
     async def complete_for(self, group: str, completions: list[Completion]) -> Placements:
         """`complete()`, then `group`'s news at once: a job runner reporting its own tasks'

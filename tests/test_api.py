@@ -281,3 +281,14 @@ def test_a_restarted_load_balancer_does_not_strand_the_scheduler(http: httpx.Cli
         time.sleep(1)
     assert sorted(ran_on(response.json()).values()) == [3, 3, 3]
     wait_idle(client)
+
+
+def test_a_jobs_task_cannot_be_released_through_the_schedule_route(http: httpx.Client, client: GridClient) -> None:
+    wait_idle(client)
+    job = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[0, 1.5]]}).json()
+    response = http.post(f"/v1/schedule/{job['job_id']}-0/complete")
+    assert response.status_code == 404 and "a job's task" in response.json()["error"]
+    nodes = client.cluster_status().nodes
+    assert sum(node.in_flight for node in nodes) == 1  # still reserved by its job
+    assert client.wait_job(job["job_id"], timeout_s=60).succeeded == 1
+    wait_idle(client)
