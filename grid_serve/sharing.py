@@ -187,7 +187,7 @@ class Room:
         return max(0.0, min(self.limit - self.lent, self.free))
 
     def describe(self, resource: ResourceType) -> str:
-        return f"{self.donor}: {self.spare:g} of {self.limit:g} {resource.unit} spare ({self.lent:g} lent, {max(self.free, 0):g} free)"
+        return f"{self.donor}: {_num(self.spare)} of {_num(self.limit)} {resource.unit} spare ({_num(self.lent)} lent, {_num(max(self.free, 0))} free)"
 
 
 def _queue_key(record: Allocation) -> tuple:
@@ -667,10 +667,15 @@ def pending_rows(records: Iterable[Allocation], now: float | None = None) -> Tab
     return headers, rows
 
 
+def _num(value: float) -> str:
+    """Table figures to two decimals at most: 4.71, not 4.70812."""
+    return f"{round(value, 2):g}"
+
+
 def capacity_rows(rows: Iterable[CapacityRow]) -> Table:
     headers = ["node", "resource", "can share", "max share", "lendable", "lent", "spare", "borrowed", "priority"]
-    return headers, [[r.node, str(r.resource), "yes" if r.can_share else "no", f"{r.max_share:g}", f"{r.lendable:g}",
-                      f"{r.lent:g}", f"{r.spare:g}", f"{r.borrowed:g}", f"{r.sharing_priority:g}"] for r in rows]
+    return headers, [[r.node, str(r.resource), "yes" if r.can_share else "no", f"{_num(r.max_share)}", f"{_num(r.lendable)}",
+                      f"{_num(r.lent)}", f"{_num(r.spare)}", f"{_num(r.borrowed)}", f"{_num(r.sharing_priority)}"] for r in rows]
 
 
 def utilisation_rows(nodes: Iterable[NodeUsage]) -> Table:
@@ -678,10 +683,10 @@ def utilisation_rows(nodes: Iterable[NodeUsage]) -> Table:
     headers = ["node", "alive", "cpu used/total", "gpu used/total", "memory GB used/total", "lent", "borrowed"]
 
     def used(node: NodeUsage, key: str) -> str:
-        return f"{node.reserved.get(key, 0) + node.lent.get(key, 0):g}/{node.total.get(key, 0):g}"
+        return f"{_num(node.reserved.get(key, 0) + node.lent.get(key, 0))}/{node.total.get(key, 0):g}"
 
     def summary(amounts: Mapping[str, float]) -> str:
-        return ", ".join(f"{v:g} {k}" for k, v in amounts.items() if v) or "-"
+        return ", ".join(f"{_num(v)} {k}" for k, v in amounts.items() if v) or "-"
 
     return headers, [[n.node, "yes" if n.alive else "no", used(n, "cpu"), used(n, "gpu"), used(n, "memory"),
                       summary(n.lent), summary(n.borrowed)] for n in nodes]
