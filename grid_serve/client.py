@@ -83,9 +83,13 @@ class GridClient:
         if response.status_code >= 400:
             try:
                 body = response.json()
-                message, field = body.get("error") or str(body), body.get("field")
             except ValueError:
-                message, field = response.text[:300] or response.reason_phrase, None
+                body = None
+            if not isinstance(body, dict) or "error" not in body:  # not our API answering
+                raise AppUnreachableError(
+                    f"no grid-serve app answers at {self.address} (HTTP {response.status_code} for {path}: "
+                    f"{response.text[:120].strip() or response.reason_phrase}); start it with `grid up --local`")
+            message, field = body["error"], body.get("field")
             error = _ERRORS_BY_STATUS.get(response.status_code, GridError)(message, field)
             error.status = response.status_code
             raise error

@@ -196,3 +196,40 @@ def test_bad_values_are_one_line_exit_2(args: list[str], words: str) -> None:
     done = grid("distribute", "test", *args, "--address", f"http://127.0.0.1:{free_port()}")
     assert done.returncode == 2
     assert words in one_line_error(done)
+
+
+CLUSTER_HOLDER = """
+import sys, time
+from grid_serve.local_cluster import LocalNode, start_cluster
+cluster = start_cluster([LocalNode("head", 1, 0, 1 << 30, True), LocalNode("worker", 1, 0, 1 << 30, False)])
+print(cluster.address, flush=True)
+sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def test_up_without_local_deploys_onto_the_cluster_ray_address_names(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", CLUSTER_HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        ray_address = holder.stdout.readline().strip()
+        assert ray_address, "the cluster holder did not start"
+        env = {"GRID_HOME": str(tmp_path / "home"), "RAY_ADDRESS": ray_address}
+        port = free_port()
+        up = grid("up", "--port", str(port), env=env)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"grid-serve is up: HTTP API http://127.0.0.1:{port}" in up.stdout
+        status = json.loads(grid("distribute", "status", "--json", env=env).stdout)  # address from grid up's state
+        assert sorted(node["name"] for node in status["nodes"]) == ["head", "worker"]
+        down = grid("down", env=env)
+        assert down.returncode == 0 and f"Deleted the grid app from the cluster at {ray_address}" in down.stdout
+        assert grid("distribute", "status", "--address", f"http://127.0.0.1:{port}", env=env).returncode == 1
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=120)
+
+
+def test_up_without_local_or_ray_address_is_a_usage_error(tmp_path: Path) -> None:
+    env = {"GRID_HOME": str(tmp_path / "home"), "RAY_ADDRESS": ""}
+    done = grid("up", "--port", str(free_port()), env=env)
+    assert done.returncode == 2
+    assert "no Ray cluster given: pass --address or set RAY_ADDRESS" in one_line_error(done)
