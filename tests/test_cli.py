@@ -213,7 +213,7 @@ def test_up_without_local_deploys_onto_the_cluster_ray_address_names(tmp_path: P
     try:
         ray_address = holder.stdout.readline().strip()
         assert ray_address, "the cluster holder did not start"
-        env = {"GRID_HOME": str(tmp_path / "home"), "RAY_ADDRESS": ray_address}
+        env = {"GRID_HOME": str(tmp_path / "home"), "RAY_ADDRESS": ray_address, "GRID_ADDRESS": ""}
         port = free_port()
         up = grid("up", "--port", str(port), env=env)
         assert up.returncode == 0, up.stdout + up.stderr
