@@ -80,6 +80,7 @@ def up(
 ) -> None:
     """Start grid-serve and return once it answers.
 
+    \b
     Example: grid up --local            (3 local nodes: gpu-master, gpu1, gpu2)
     Example: RAY_ADDRESS=auto grid up   (deploy onto the cluster you are connected to)
     """
@@ -164,6 +165,7 @@ def _healthy(url: str) -> bool:
 def down() -> None:
     """Stop exactly what `grid up` started (the local cluster, or the app it deployed).
 
+    \b
     Example: grid down
     """
     state = read_state()
@@ -209,6 +211,7 @@ def distribute_test(
 ) -> None:
     """Run N tasks through grid-serve and show where they ran.
 
+    \b
     Example: grid distribute test --strategy spread --tasks 100
     Example: grid distribute test --strategy node_specific --node gpu1 --tasks 50
     """
@@ -266,6 +269,7 @@ def _print_distribution(job: JobStatus, addresses: dict[str, str], elapsed: floa
 def distribute_status(as_json: bool = JsonOption, address: Optional[str] = AddressOption) -> None:
     """One row per node (resources used/total, tasks in flight) and the app's health.
 
+    \b
     Example: grid distribute status
     """
     with connect(address) as client:
@@ -320,6 +324,7 @@ def sharing_status(
 ) -> None:
     """Active allocations, pending requests, shareable capacity and use per node.
 
+    \b
     Example: grid resource-sharing status --config config/cluster.yaml
     """
     limits = None
@@ -376,6 +381,7 @@ def sharing_request(
 ) -> None:
     """Ask for capacity for a node; granted on a donor, queued, or refused with the reason.
 
+    \b
     Example: grid resource-sharing request --node gpu-master --type cpu --amount 2.0 --priority high
     """
     try:
@@ -397,6 +403,7 @@ def sharing_release(
 ) -> None:
     """End an allocation now (running tasks finish first) or withdraw a pending request.
 
+    \b
     Example: grid resource-sharing release 1a2b3c4d5e6f
     """
     with connect(address) as client:
@@ -433,6 +440,7 @@ def validate(
     """Check the cluster against its config: reachable, every node alive and labelled,
     resources as configured, the app answering. Exits 1 if any check fails.
 
+    \b
     Example: grid validate --config config/cluster.yaml
     """
     checks = run_validation(config, address)
