@@ -20,7 +20,7 @@ from grid_serve.scheduling import DrainResult, Rejected, SchedulerCore
 from grid_serve.sharing import Allocation, fold_allocations
 from grid_serve.view import ClusterView, view_from
 
-from ._common import INTERNAL_OPTIONS, every
+from ._common import INTERNAL_OPTIONS, every, logger
 from .telemetry import SchedulerMetrics
 
 
@@ -133,11 +133,18 @@ class Scheduler:
             meta.node_id, meta.resources = decision.node_id, decision.resources
             reservations.append((decision, meta.task_type, meta.group, meta.lease_s))
         released: list[Reservation] = []
-        if completions is not None:
-            released, ledger = await self._lb.settle.remote(completions, reservations)
-            self._take_ledger(ledger)
-        elif reservations:
-            self._take_ledger(await self._lb.reserve.remote(reservations))
+        try:
+            if completions is not None:
+                released, ledger = await self._lb.settle.remote(completions, reservations)
+                self._take_ledger(ledger)
+            elif reservations:
+                self._take_ledger(await self._lb.reserve.remote(reservations))
+        except Exception as exc:  # the ledger is unreachable: fail these tasks rather than lose them
+            logger.exception("could not record %d placement(s) in the ledger", len(result.placed))
+            result.rejected.extend(Rejected(d.task_id, self._meta[d.task_id].group,
+                                            f"could not reserve on {d.node_name}: the ledger is unavailable "
+                                            f"({type(exc).__name__}); try again") for d in result.placed)
+            result.placed = []
         for decision in result.placed:
             self._deliver(self._meta[decision.task_id].group).placed.append(decision)
         for rejection in result.rejected:
