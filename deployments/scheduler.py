@@ -40,6 +40,7 @@ class _Meta:
     lease_s: float | None
     node_id: str | None = None  # where it was placed, with what: to release it locally
     resources: dict[str, float] | None = None
+    in_allocation: bool = False  # placed in borrowed capacity: the donor's load never counted it
 
 
 @serve.deployment(**INTERNAL_OPTIONS)
@@ -131,6 +132,7 @@ class Scheduler:
         for decision in result.placed:
             meta = self._meta[decision.task_id]
             meta.node_id, meta.resources = decision.node_id, decision.resources
+            meta.in_allocation = decision.placement_group_id is not None
             reservations.append((decision, meta.task_type, meta.group, meta.lease_s))
         released: list[Reservation] = []
         try:
@@ -199,14 +201,16 @@ class Scheduler:
         ledger in one call.
 
         Room is freed locally first (`LedgerSnapshot.released`) only for tasks this Scheduler
-        placed without a lease: those cannot have expired in the ledger meanwhile, so the local
-        picture cannot free anything twice. Leased (external) tasks free room when the
-        ledger's answer arrives, and are placed into by the next drain.
+        placed without a lease and outside borrowed capacity: those cannot have expired in the
+        ledger meanwhile and count on their own node, so the local picture cannot free anything
+        twice or in the wrong place. Leased (external) tasks and tasks in allocations free room
+        when the ledger's answer arrives, and are placed into by the next drain.
         """
         async with self._lock:
             await self._ensure_nodes()
             freed = [(meta.node_id, meta.resources) for c in completions
-                     if (meta := self._meta.get(c.task_id)) and meta.node_id and meta.lease_s is None]
+                     if (meta := self._meta.get(c.task_id)) and meta.node_id and meta.lease_s is None
+                     and not meta.in_allocation]
             if freed and self._ledger is not None:
                 self._ledger = self._ledger.released(freed)
             result = self._core.drain(self._view()) if len(self._core) else DrainResult()
