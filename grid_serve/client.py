@@ -48,6 +48,14 @@ def ray_address() -> str:
     return (read_state() or {}).get("ray_address", "auto")
 
 
+def app_handle(app_name: str = APP_NAME) -> Any:
+    """The running grid app's Serve handle, joining its Ray cluster first if needed."""
+    from ray import serve
+
+    connect_ray()
+    return serve.get_app_handle(app_name)
+
+
 def connect_ray() -> None:
     """Join the grid's Ray cluster from this process, unless already connected."""
     import ray
@@ -160,10 +168,7 @@ class HandleClient:
     @classmethod
     def connect(cls, app_name: str = APP_NAME) -> "HandleClient":
         """Connect to the running app, joining its Ray cluster first if this process has not."""
-        from ray import serve
-
-        connect_ray()
-        return cls(serve.get_app_handle(app_name))
+        return cls(handle=app_handle(app_name))
 
     async def health(self) -> dict[str, Any]:
         return await self._handle.health.remote()
@@ -207,7 +212,16 @@ class IntelligentScheduler(HandleClient):
 
     `schedule_task` reserves the node until `task_finished(task_id)` (or the lease ends), so
     run the task with `.options(**decision.ray_options())` and report when it is done.
+
+    Both `IntelligentScheduler.connect()` and the guide's
+    `IntelligentScheduler(cluster_config, metrics_collector, resource_manager)` work: the
+    deployed app already holds its cluster config, MetricsCollector and resource-sharing
+    manager, so those three arguments are accepted for compatibility and not used.
     """
+
+    def __init__(self, cluster_config: Any = None, metrics_collector: Any = None, resource_manager: Any = None,
+                 *, handle: Any = None) -> None:
+        super().__init__(handle if handle is not None else app_handle())
 
     async def schedule_task(self, request: SchedulingRequest, lease_s: float = 300.0,
                             wait_s: float = 30.0) -> SchedulingDecision:

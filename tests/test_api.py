@@ -214,7 +214,9 @@ HANDLE_SCRIPT = textwrap.dedent("""
         status = await grid.submit_job({"task": "compute_task", "count": 9, "strategy": "spread", "wait": True})
         custom = await grid.submit_job({"args": [[2], [3]], "strategy": "node_specific", "node": "gpu2", "wait": True},
                                        fn=my_square)
-        scheduler = IntelligentScheduler.connect()
+        assert isinstance(IntelligentScheduler.connect(), IntelligentScheduler)
+        cluster_config = metrics_collector = resource_manager = None  # as the user guide passes them
+        scheduler = IntelligentScheduler(cluster_config, metrics_collector, resource_manager)
         request = SchedulingRequest(task_id="my_task", requirements=ResourceRequirement(cpu_count=1, gpu_count=1),
                                     strategy=SchedulingStrategy.SPREAD, priority=TaskPriority.HIGH)
         decision = await scheduler.schedule_task(request)
