@@ -21,7 +21,6 @@ from typing import Callable, Mapping
 from .models import SchedulingDecision, SchedulingRequest, SchedulingStrategy
 from .view import ClusterView, NodeLookupError, NodeView
 
-UNIT_NAMES = {"CPU": "CPU", "GPU": "GPU", "memory": "memory"}
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,7 @@ def check_capacity(request: SchedulingRequest, node: NodeView, ctx: PlacementCon
     for resource, amount in needs_of(request).items():
         total = node.total.get(resource, 0.0)
         if amount > total + 1e-9:
-            return f"needs {_amount(resource, amount)} {UNIT_NAMES.get(resource, resource)}, has {_amount(resource, total)}"
+            return f"needs {_amount(resource, amount)} {resource}, has {_amount(resource, total)}"
     return None
 
 
@@ -163,7 +162,7 @@ def check_free_now(request: SchedulingRequest, node: NodeView, ctx: PlacementCon
     for resource, amount in needs_of(request).items():
         free = node.free(resource, ctx.view.admission)
         if amount > free + 1e-9:
-            return f"needs {_amount(resource, amount)} {UNIT_NAMES.get(resource, resource)}, {_amount(resource, max(free, 0))} free"
+            return f"needs {_amount(resource, amount)} {resource}, {_amount(resource, max(free, 0))} free"
     return None
 
 
@@ -303,34 +302,37 @@ def expected_finish_s(request: SchedulingRequest, node: NodeView, view: ClusterV
     if measured is not None:
         return Estimate(measured * queue_factor, measured, queue_factor, f"measured {measured:.3f}s here")
     speed, hardware = hardware_speed(request, node)
-    elsewhere = [(view.nodes[node_id], secs) for (node_id, kind), secs in view.durations.items()
-                 if kind == request.task_type and node_id in view.nodes]
-    if elsewhere:
-        scaled = [secs * hardware_speed(request, other)[0] / speed for other, secs in elsewhere]
-        run_s = sum(scaled) / len(scaled)
+    elsewhere = measured_elsewhere(request, view)
+    if elsewhere is not None:
+        work, count = elsewhere
+        run_s = work / speed
         return Estimate(run_s * queue_factor, run_s, queue_factor,
-                        f"prior from {len(scaled)} measured node(s) scaled to {hardware}: {run_s:.3f}s")
+                        f"prior from {count} measured node(s) scaled to {hardware}: {run_s:.3f}s")
     run_s = NOMINAL_RUN_S / speed
     return Estimate(run_s * queue_factor, run_s, queue_factor, f"hardware prior ({hardware}): {run_s:.3f}s")
 
 
-def typical_duration_s(durations: Mapping[tuple[str, str], float], task_type: str) -> float | None:
-    """Mean measured run time of `task_type` over the nodes that measured it (None: none did).
+def measured_elsewhere(request: SchedulingRequest, view: ClusterView) -> tuple[float, int] | None:
+    """(mean of run time × that node's hardware speed, how many nodes) over the nodes that
+    measured this task type; None when none did. Dividing by a node's own speed gives its
+    prior: mean(secs × other's speed / own speed).
 
-    Memoised per durations mapping (by identity, which views never mutate): without it every
-    node's score rescanned every node's measurements, O(nodes^2) per decision.
+    Memoised per durations mapping (by identity: views never mutate it; each ledger snapshot
+    brings a new one): without it every node's score rescanned every node's measurements,
+    O(nodes^2) per decision.
     """
-    memo = _DURATION_MEMO[0]  # one (durations, means) tuple, swapped whole: safe across threads
-    if memo[0] is not durations:
-        memo = _DURATION_MEMO[0] = (durations, {})
-    means = memo[1]
-    if task_type not in means:
-        others = [secs for (_, kind), secs in durations.items() if kind == task_type]
-        means[task_type] = sum(others) / len(others) if others else None
-    return means[task_type]
+    memo = _DURATION_MEMO[0]  # one (durations, table) tuple, swapped whole: safe across threads
+    if memo[0] is not view.durations:
+        memo = _DURATION_MEMO[0] = (view.durations, {})
+    key = (request.task_type, request.requirements.gpu_count > 0)  # what hardware_speed depends on
+    if key not in memo[1]:
+        work = [secs * hardware_speed(request, view.nodes[node_id])[0]
+                for (node_id, kind), secs in view.durations.items() if kind == request.task_type and node_id in view.nodes]
+        memo[1][key] = (sum(work) / len(work), len(work)) if work else None
+    return memo[1][key]
 
 
-_DURATION_MEMO: list[tuple[object, dict[str, float | None]]] = [(None, {})]
+_DURATION_MEMO: list[tuple[object, dict[tuple[str, bool], tuple[float, int] | None]]] = [(None, {})]
 
 
 def score_fastest(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:
