@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from dataclasses import replace
-from types import MappingProxyType
 from typing import Mapping, MutableMapping
 
 from .models import SchedulingDecision, SchedulingRequest, SchedulingStrategy
@@ -160,8 +158,13 @@ class IncrementalPlacer:
         total, parts = self._parts[position]
         chosen = self._nodes[self._possible[position]]
         ready_count = len(self._possible) - len(self._failing_order)
-        ctx = self._context()
-        if self._strategy.name is SchedulingStrategy.PERFORMANCE_OPTIMIZED:  # it names the runner-up's queue
-            ctx = replace(ctx, view=replace(self._view, nodes=MappingProxyType(dict(self._nodes))))
+        runner_up = self._runner_up() if self._strategy.name is SchedulingStrategy.PERFORMANCE_OPTIMIZED else None
         return decision_for(request, chosen, total, parts, ready_count, self._rejections(EXPLAINED_REJECTIONS),
-                            ctx, waited_s)
+                            self._context(), waited_s, runner_up)
+
+    def _runner_up(self) -> NodeView | None:
+        """The next best ready node after the heap's top (stale entries on the way are dropped)."""
+        top = heapq.heappop(self._heap)
+        second = self._best()
+        heapq.heappush(self._heap, top)
+        return None if second is None else self._nodes[self._possible[second]]

@@ -437,15 +437,18 @@ def place(
     if not ready:
         return NoFit(request.task_id, can_wait=True, rejections=tuple(rejections), total_nodes=len(view.nodes))
 
-    scored = [(score_node(strategy, request, node, ctx), node) for node in ready]
-    (total, parts), chosen = min(scored, key=lambda item: (-item[0][0], item[1].name, item[1].node_id))
-    return decision_for(request, chosen, total, parts, len(ready), rejections, ctx)
+    scored = sorted(((score_node(strategy, request, node, ctx), node) for node in ready),
+                    key=lambda item: (-item[0][0], item[1].name, item[1].node_id))
+    (total, parts), chosen = scored[0]
+    runner_up = scored[1][1] if len(scored) > 1 else None
+    return decision_for(request, chosen, total, parts, len(ready), rejections, ctx, runner_up=runner_up)
 
 
 def decision_for(request: SchedulingRequest, chosen: NodeView, total: float, parts: dict[str, float],
                  ready_count: int, rejections: list[Rejection], ctx: PlacementContext,
-                 waited_s: float = 0.0) -> SchedulingDecision:
-    """The decision for `chosen`, with its explanation; shared by `place()` and the index."""
+                 waited_s: float = 0.0, runner_up: NodeView | None = None) -> SchedulingDecision:
+    """The decision for `chosen`, with its explanation; shared by `place()` and the index.
+    `runner_up` is the next best ready node (performance_optimized names it)."""
     return SchedulingDecision(
         task_id=request.task_id,
         node_id=chosen.node_id,
@@ -453,7 +456,7 @@ def decision_for(request: SchedulingRequest, chosen: NodeView, total: float, par
         node_ip=chosen.ip,
         strategy=request.strategy,
         score=round(total, 6),
-        reasons=_explain(request, chosen, parts, ready_count, rejections, ctx),
+        reasons=_explain(request, chosen, parts, ready_count, rejections, ctx, runner_up),
         waited_s=waited_s,
         resources=dict(needs_of(request)),
     )
@@ -472,7 +475,7 @@ def score_node(strategy: Strategy, request: SchedulingRequest, node: NodeView, c
 
 
 def _explain(request: SchedulingRequest, chosen: NodeView, parts: dict[str, float], ready_count: int,
-             rejections: list[Rejection], ctx: PlacementContext) -> list[str]:
+             rejections: list[Rejection], ctx: PlacementContext, runner_up: NodeView | None = None) -> list[str]:
     """Plain words for why this node: the deciding evidence, then who was passed over."""
     reasons: list[str] = []
     strategy = request.strategy
@@ -483,7 +486,7 @@ def _explain(request: SchedulingRequest, chosen: NodeView, parts: dict[str, floa
         reasons.append(f"load_balanced: {chosen.name} has the lowest load ({load_of(request, chosen):.2f}) "
                        f"of {ready_count} ready node(s)")
     elif strategy is SchedulingStrategy.PERFORMANCE_OPTIMIZED:
-        reasons.append(_explain_fastest(request, chosen, ctx))
+        reasons.append(_explain_fastest(request, chosen, runner_up, ctx.view))
     elif strategy is SchedulingStrategy.NODE_SPECIFIC:
         reasons.append(f"node_specific: {request.target_node!r} is {chosen.name} ({chosen.node_id[:8]})")
     else:
@@ -494,19 +497,13 @@ def _explain(request: SchedulingRequest, chosen: NodeView, parts: dict[str, floa
     return reasons
 
 
-def _explain_fastest(request: SchedulingRequest, chosen: NodeView, ctx: PlacementContext) -> str:
+def _explain_fastest(request: SchedulingRequest, chosen: NodeView, runner_up: NodeView | None,
+                     view: ClusterView) -> str:
     """The winner's estimate and evidence, and the runner-up's, so a reader sees what decided."""
-    view = ctx.view
     text = (f"performance_optimized: {chosen.name} expected to finish soonest "
             f"({expected_finish_s(request, chosen, view).describe()}, {chosen.in_flight} in flight)")
-    checks = LASTING_CHECKS + STRATEGIES[request.strategy].current_checks
-    ready = [node for node in view.nodes.values()
-             if node is not chosen and first_failure(checks, request, node, ctx) is None]
-    others = sorted(((expected_finish_s(request, node, view), node) for node in ready),
-                    key=lambda item: (item[0].seconds, item[1].name))
-    if others:
-        estimate, node = others[0]
-        text += f"; next best {node.name} ({estimate.describe()})"
+    if runner_up is not None:
+        text += f"; next best {runner_up.name} ({expected_finish_s(request, runner_up, view).describe()})"
     return text
 
 
