@@ -61,6 +61,7 @@ class Scheduler:
         self._outbox: dict[str, Placements] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._metrics_out = SchedulerMetrics()
+        self._settling: set[asyncio.Task] = set()  # ledger calls still running after their reply
         self._tick_loop = every(interval_s, self._tick, "scheduler-tick")
 
     # ------------------------------------------------------------------ inputs
@@ -125,9 +126,17 @@ class Scheduler:
                                        time.perf_counter() - began, len(self._core))
         await self._commit(result)
 
-    async def _commit(self, result: DrainResult, completions: list[Completion] | None = None) -> list[Reservation]:
+    async def _commit(self, result: DrainResult, completions: list[Completion] | None = None,
+                      delivered: asyncio.Event | None = None) -> list[Reservation]:
         """Reserve what was placed in the ledger (releasing `completions` in the same call
-        when given), then hand each group its news. Returns the released reservations."""
+        when given), then hand each group its news. Returns the released reservations.
+
+        With `delivered`, the news goes out first and `delivered` is set before the ledger
+        call: a job runner can dispatch while the ledger catches up (still under the lock,
+        so nothing else decides from a half-written ledger)."""
+        if delivered is not None:
+            self._hand_out(result)
+            delivered.set()
         reservations = []
         for decision in result.placed:
             meta = self._meta[decision.task_id]
@@ -143,16 +152,22 @@ class Scheduler:
                 self._take_ledger(await self._lb.reserve.remote(reservations))
         except Exception as exc:  # the ledger is unreachable: fail these tasks rather than lose them
             logger.exception("could not record %d placement(s) in the ledger", len(result.placed))
+            if delivered is not None:  # already handed out and running: the next snapshot re-syncs
+                return released
             result.rejected.extend(Rejected(d.task_id, self._meta[d.task_id].group,
                                             f"could not reserve on {d.node_name}: the ledger is unavailable "
                                             f"({type(exc).__name__}); try again") for d in result.placed)
             result.placed = []
+        if delivered is None:
+            self._hand_out(result)
+        return released
+
+    def _hand_out(self, result: DrainResult) -> None:
         for decision in result.placed:
             self._deliver(self._meta[decision.task_id].group).placed.append(decision)
         for rejection in result.rejected:
             self._deliver(rejection.group).rejected.append(rejection)
             self._meta.pop(rejection.task_id, None)
-        return released
 
     def _deliver(self, group: str) -> Placements:
         self._wakeups.setdefault(group, asyncio.Event()).set()
@@ -196,7 +211,7 @@ class Scheduler:
                 wakeup.clear()
         return self._collect(group)
 
-    async def complete(self, completions: list[Completion]) -> int:
+    async def complete(self, completions: list[Completion], delivered: asyncio.Event | None = None) -> int:
         """Tasks ended: place waiting tasks in their room, then release and reserve in the
         ledger in one call.
 
@@ -214,7 +229,7 @@ class Scheduler:
             if freed and self._ledger is not None:
                 self._ledger = self._ledger.released(freed)
             result = self._core.drain(self._view()) if len(self._core) else DrainResult()
-            released = await self._commit(result, completions)
+            released = await self._commit(result, completions, delivered)
             for reservation in released:
                 meta = self._meta.pop(reservation.task_id, None)
                 if meta and meta.group == reservation.task_id:  # a lone external decision
@@ -236,7 +251,15 @@ class Scheduler:
     async def complete_for(self, group: str, completions: list[Completion]) -> Placements:
         """`complete()`, then `group`'s news at once: a job runner reporting its own tasks'
         ends gets the tasks placed in their room in the same reply, not a long-poll later."""
-        await self.complete(completions)
+        delivered = asyncio.Event()
+        work = asyncio.get_running_loop().create_task(self.complete(completions, delivered))
+        self._settling.add(work)
+        work.add_done_callback(self._settling.discard)
+        handed_out = asyncio.ensure_future(delivered.wait())
+        await asyncio.wait({work, handed_out}, return_when=asyncio.FIRST_COMPLETED)
+        handed_out.cancel()
+        if work.done():
+            work.result()  # raise what went wrong
         return self._collect(group)
 
     async def cancel(self, group: str) -> list[str]:
