@@ -265,17 +265,20 @@ class Scheduler:
     async def cancel(self, group: str) -> list[str]:
         """Drop the group's waiting tasks; running ones are the caller's to cancel."""
         async with self._lock:
-            dropped = self._core.cancel(group=group)
-            for task_id in dropped:
-                self._meta.pop(task_id, None)
-            return dropped
+            return self._drop_waiting(group)
+
+    def _drop_waiting(self, group: str) -> list[str]:
+        """Take the group's waiting tasks out of the queue and the books; the lock is held."""
+        dropped = self._core.cancel(group=group)
+        for task_id in dropped:
+            self._meta.pop(task_id, None)
+        return dropped
 
     async def finished(self, group: str) -> None:
         """The group's job is over: forget its spread counts and outbox, and release anything
         placed for it that its runner never collected (it was cancelled meanwhile)."""
         async with self._lock:
-            for task_id in self._core.cancel(group=group):
-                self._meta.pop(task_id, None)
+            self._drop_waiting(group)
             self._core.forget_group(group)
             leftover = self._outbox.pop(group, None)
             self._wakeups.pop(group, None)
