@@ -11,7 +11,9 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections import Counter
+from typing import Any
 
 import httpx
 import pytest
@@ -97,24 +99,36 @@ def test_load_balanced_avoids_the_busy_node(http: httpx.Client, client: GridClie
     client.wait_job(blockers.json()["job_id"], timeout_s=60)
 
 
-def test_priority_high_queued_tasks_start_before_earlier_low_ones(http: httpx.Client, client: GridClient) -> None:
+def test_priority_high_tasks_start_before_earlier_low_ones_once_the_lookahead_is_full(
+        base_url: str, client: GridClient) -> None:
+    from ray import serve
+
     wait_idle(client)
-    # 6 blockers fill every CPU (3 nodes x 2): everything after them must queue in grid-serve.
-    blockers = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 2.0] for i in range(6)]}).json()
-    assert blockers["queued"] == 0
-    low = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 1.0] for i in range(6)],
-                                      "strategy": "load_balanced", "priority": "low"}).json()
-    high = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 1.0] for i in range(6)],
-                                       "strategy": "load_balanced", "priority": "high"}).json()
-    assert low["queued"] == 6 and high["queued"] == 6
-    low_done = client.wait_job(low["job_id"], timeout_s=120)
-    high_done = client.wait_job(high["job_id"], timeout_s=120)
+    handle = serve.get_app_handle("grid")
+    kind = uuid.uuid4().hex[:6]  # task types never measured: one queued successor per slot (admission 2)
+
+    def hold(i: int, seconds: float) -> float:
+        started = time.time()
+        time.sleep(seconds)
+        return started
+
+    def submit(label: str, count: int, seconds: float, priority: str = "normal") -> Any:
+        spec = {"task": f"{label}-{kind}", "args": [[i, seconds] for i in range(count)],
+                "strategy": "load_balanced", "priority": priority}
+        return handle.submit_job.remote(spec, fn=hold).result(timeout_s=60)
+
+    # 12 blockers: one running and one queued inside Ray on each of the 6 CPUs (the lookahead),
+    # so everything after them must wait in grid-serve, where priorities order it.
+    blockers = submit("block", 12, 2.0)
+    assert blockers.queued == 0
+    low = submit("low", 6, 1.0, "low")
+    high = submit("high", 6, 1.0, "high")
+    assert low.queued == 6 and high.queued == 6
+    low_done = client.wait_job(low.job_id, timeout_s=120)
+    high_done = client.wait_job(high.job_id, timeout_s=120)
     assert low_done.state == high_done.state == "succeeded"
-    high_starts = [o.result["started"] for o in high_done.results]
-    low_starts = [o.result["started"] for o in low_done.results]
-    assert max(high_starts) < min(low_starts)
-    high_waits = client.wait_job(blockers["job_id"], timeout_s=60)
-    assert high_waits.state == "succeeded"
+    assert max(o.result for o in high_done.results) < min(o.result for o in low_done.results)
+    assert client.wait_job(blockers.job_id, timeout_s=60).state == "succeeded"
 
 
 def test_absurd_task_arguments_fail_the_task_not_the_app(http: httpx.Client) -> None:
