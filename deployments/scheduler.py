@@ -39,6 +39,7 @@ from .telemetry import SchedulerMetrics
 
 OWNER_LEASE_INTERVALS = 2.0  # a runner that misses this many intervals of renewals is gone
 MIN_OWNER_LEASE_S = 2.0
+PUBLISH_SPACING_S = 0.25  # py-spy: publishing every 20 ms cost the LoadBalancer 22% of a core
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Scheduler:
         self._metrics_out = SchedulerMetrics()
         self._recovered = False  # learned run times taken back from the LoadBalancer's copy
         self._published = -1  # ledger version the LoadBalancer last got
+        self._publisher: asyncio.Task | None = None
         self._tick_loop = every(interval_s, self._tick, "scheduler-tick")
 
     # ------------------------------------------------------------------ inputs
@@ -127,9 +129,23 @@ class Scheduler:
         snapshot = self._ledger.snapshot()
         try:
             await call_with_timeout(self._lb.publish.remote(snapshot), self._interval_s * 5)
-            self._published = snapshot.version
+            self._published = max(self._published, snapshot.version)
         except Exception:
             logger.warning("could not publish the ledger to the LoadBalancer; retrying next tick")
+
+    def _publish_soon(self) -> None:
+        """Publish in the background, PUBLISH_SPACING_S after the change at most, one call in
+        flight: readers of the copy lag by a fraction of a second (a new job's placements are
+        published before `submit` returns), and a busy job costs the LoadBalancer a few calls
+        a second."""
+        if self._publisher is not None and not self._publisher.done():
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(PUBLISH_SPACING_S)
+            await self._publish()
+
+        self._publisher = asyncio.get_running_loop().create_task(later())
 
     async def _ensure_nodes(self) -> None:
         if not self._nodes:
@@ -172,6 +188,8 @@ class Scheduler:
 
     def _commit(self, result: DrainResult) -> None:
         """Reserve what was placed in the ledger, then hand each group its news."""
+        if result.placed:
+            self._publish_soon()
         for decision in result.placed:
             meta = self._meta[decision.task_id]
             self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, meta.task_type, meta.group,
@@ -242,7 +260,9 @@ class Scheduler:
             for request in requests:
                 self._meta[request.task_id] = _Meta(request.task_type, request.group, lease_s)
             self._drain_locked(requests)
-            return self._collect(group)
+            placements = self._collect(group)
+        await self._publish()  # once per job: the copy shows a new job's placements when submit returns
+        return placements
 
     async def report(self, group: str, completions: list[Completion]) -> Placements:
         """A runner's tasks ended: release them, place waiting tasks in the room, and return the
@@ -252,6 +272,7 @@ class Scheduler:
             self._owners.renew([group])
             self._release(completions)
             self._drain_locked()
+            self._publish_soon()
             return self._collect(group)
 
     async def wait_placed(self, group: str, timeout_s: float = 5.0) -> Placements:
@@ -321,6 +342,7 @@ class Scheduler:
         async with self._lock:
             released = self._release(completions)
             self._drain_locked()
+        self._publish_soon()
         return len(released)
 
     async def complete_external(self, completion: Completion) -> int:
