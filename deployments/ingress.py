@@ -32,7 +32,7 @@ from grid_serve.models import ClusterStatus, JobStatus, JobSubmission, Schedulin
 from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules
 
-from ._common import COORDINATOR_OPTIONS, grid_call, logger
+from ._common import COORDINATOR_OPTIONS, call_with_timeout, grid_call, logger
 from .runner import RUNNER_NAMESPACE, TAG_LEN, JobRunner, runner_name
 
 API_VERSION = "v1"
@@ -172,10 +172,21 @@ class Ingress:
         try:
             return await grid_call(self._runner.submit_job.remote(spec, fn))
         except ray.exceptions.RayActorError:  # the runner was killed: start a new one for new jobs
-            logger.warning("runner %s is gone; starting a new one", runner_name(self._app, self._tag))
-            self._tag = uuid.uuid4().hex[:TAG_LEN]
-            self._runner = self._start_runner()
+            self._replace_runner()
             return await grid_call(self._runner.submit_job.remote(spec, fn))
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check: a runner that died is replaced, so this replica
+        keeps taking jobs even when no submission has come through it since."""
+        try:
+            await call_with_timeout(self._runner.ping.remote(), 10.0)
+        except (ray.exceptions.RayActorError, asyncio.TimeoutError):
+            self._replace_runner()
+
+    def _replace_runner(self) -> None:
+        logger.warning("runner %s is gone; starting a new one", runner_name(self._app, self._tag))
+        self._tag = uuid.uuid4().hex[:TAG_LEN]
+        self._runner = self._start_runner()
 
     async def get_job(self, job_id: str, results: bool = False) -> JobStatus:
         return await grid_call((await self._runner_of(job_id)).get_job.remote(job_id, results))
