@@ -4,7 +4,7 @@
     python -m bench.profile_replicas [--seconds 8] [--tasks 1000] [--out /tmp/grid-profile]
 
 Starts the quick benchmark cluster, finds this cluster's `ServeReplica:grid:{Ingress,
-Scheduler,LoadBalancer}` processes (descendants of this process only: other clusters on the
+Scheduler,LoadBalancer}` processes and the `JobRunner` actor (descendants of this process only: other clusters on the
 machine are left alone), records each with py-spy while 1,000-no-op jobs run through the
 handle, then prints each replica's on-CPU share and its most frequent frames.
 """
@@ -23,7 +23,9 @@ import psutil
 from .harness import bench_env
 from .throughput import grid_handle
 
-REPLICAS = ("Ingress", "Scheduler", "LoadBalancer")
+# process name -> what its command line shows (the JobRunner is a plain actor beside the Ingress)
+PROCESSES = {"Ingress": "ServeReplica:grid:Ingress", "Scheduler": "ServeReplica:grid:Scheduler",
+             "LoadBalancer": "ServeReplica:grid:LoadBalancer", "JobRunner": "ray::JobRunner"}
 RATE_HZ = 100
 
 
@@ -35,8 +37,8 @@ def replica_pids() -> dict[str, int]:
             command = " ".join(process.cmdline())
         except psutil.Error:
             continue
-        for name in REPLICAS:
-            if f"ServeReplica:grid:{name}" in command:
+        for name, marker in PROCESSES.items():
+            if marker in command:
                 pids[name] = process.pid
     return pids
 
@@ -75,7 +77,7 @@ def main() -> None:
         print(f"{done / (time.monotonic() - began):.0f} tasks/s while profiled")
         for recorder in recorders:
             recorder.wait()
-    for name in REPLICAS:
+    for name in PROCESSES:
         path = out / f"{name}.txt"
         if not path.exists():
             continue

@@ -5,7 +5,8 @@
 grid-serve through one handle call (`submit_job` with wait) and one HTTP POST /v1/jobs with
 wait, against plain Ray submitting the same tasks with SPREAD and with a per-task
 NodeAffinitySchedulingStrategy (round-robin over the nodes). Target: the handle path reaches
-at least 0.8x plain Ray SPREAD's tasks/s.
+at least 0.9x plain Ray SPREAD's tasks/s (bench/dispatch.py adds 10,000 no-ops,
+20 ms and 200 ms tasks and the gap between tasks).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import ray
 from . import plain_ray
 from .harness import Env, Report, main_for, ratio, summarize
 
-TARGET = 0.8
+TARGET = 0.9  # issue 9
 
 
 def ray_spread(tasks: int) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 logger = logging.getLogger("ray.serve")
 
@@ -29,3 +29,24 @@ def every(interval_s: float, step: Callable[[], Awaitable[None]], name: str) -> 
             await asyncio.sleep(interval_s)
 
     return asyncio.get_running_loop().create_task(loop(), name=name)
+
+
+async def call_with_timeout(call: Awaitable[Any], timeout_s: float) -> Any:
+    """Await a call to another deployment or actor, for at most `timeout_s`: no control path
+    may hang on a peer that is stuck or being replaced."""
+    return await asyncio.wait_for(call, timeout_s)
+
+
+async def grid_call(call: Awaitable[Any]) -> Any:
+    """Await a call to another deployment or actor; a GridError raised there (a bad request,
+    an unknown job) reaches the caller as itself, so HTTP answers it with its own 4xx."""
+    from ray.exceptions import RayTaskError
+
+    from grid_serve.errors import GridError
+
+    try:
+        return await call
+    except RayTaskError as exc:
+        if isinstance(exc.cause, GridError):
+            raise exc.cause from None
+        raise

@@ -2,9 +2,11 @@
 
     MetricsCollector ─┬─> SharingManager ──┐ (allocations: placement groups on donors)
                       │                    ▼
-                      ├─────────────> Scheduler ─> Ingress (HTTP /v1, handle)
-    LoadBalancer ─────┘                    ▲           │
-                                           └───────────┘ completions
+                      └─────────────> Scheduler <──── Ingress (HTTP /v1, handle) x N
+    LoadBalancer <── ledger copy ──────┘   ▲  placements      │ jobs
+                                           │                  ▼
+                                           └─ reports ── JobRunner (one per Ingress replica)
+                                              leases        └─> Ray tasks, pinned
 """
 
 from __future__ import annotations
@@ -33,8 +35,15 @@ class AppArgs(BaseModel):
     probe_stale_after_s: float | None = Field(
         None, gt=0, le=3600,
         description="a node whose probe has not answered for this long is stale; default max(5 intervals, 10 s)")
-    admission: float = Field(1.0, ge=1.0, le=16.0,
-                             description="a node takes reservations up to this many times its resources")
+    lookahead_ms: float = Field(
+        100.0, ge=0, le=10_000,
+        description="work handed to Ray ahead of free capacity, per slot, in expected run time (always at "
+                    "least one task; 0 = none: strict priorities, lower throughput). See grid_serve/lookahead.py")
+    admission: float | None = Field(
+        None, ge=1.0, le=16.0,
+        description="fixed admission instead of the lookahead: a node takes reservations up to this many "
+                    "times its resources")
+    ingress_replicas: int = Field(1, ge=1, le=16, description="Ingress replicas; any of them answers for any job")
     task_modules: list[str] = Field(default_factory=lambda: ["grid_serve.tasks"])
 
 
@@ -50,5 +59,7 @@ def build_app(args: dict) -> Application:
     metrics = MetricsCollector.bind(settings.metrics_interval_s, settings.probe_stale_after_s)
     load_balancer = LoadBalancer.bind()
     sharing = SharingManager.bind(config, metrics, load_balancer)
-    scheduler = Scheduler.bind(metrics, load_balancer, settings.admission, settings.metrics_interval_s, sharing)
-    return Ingress.bind(scheduler, load_balancer, metrics, settings.task_modules, sharing)
+    scheduler = Scheduler.bind(metrics, load_balancer, settings.admission, settings.metrics_interval_s, sharing,
+                               settings.lookahead_ms)
+    return Ingress.options(num_replicas=settings.ingress_replicas).bind(
+        scheduler, load_balancer, metrics, settings.task_modules, sharing, settings.metrics_interval_s)

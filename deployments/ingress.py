@@ -2,20 +2,23 @@
 
 (No `from __future__ import annotations` here: FastAPI must resolve the route annotations.)
 
-A job becomes one SchedulingRequest per task; the Scheduler answers with placements (now or
-as capacity frees); each placed task is dispatched pinned to its node, and every completion
-is reported back so the ledger releases it. The handle methods are the API; the HTTP routes
-at the bottom are thin wrappers around them.
+Jobs run in a JobRunner actor (`runner.py`): each Ingress replica makes one and hands it the
+jobs submitted through it; a job id starts with its runner's tag, so any replica finds the
+runner of any job by name. `/v1/schedule` decisions and resource sharing go straight to the
+Scheduler and the SharingManager. The handle methods are the API; the HTTP routes at the
+bottom are thin wrappers around them.
 """
 
 
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import ray
+from ray.actor import ActorHandle
+from ray.serve._private.constants import SERVE_NAMESPACE
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -25,21 +28,12 @@ from ray.serve.handle import DeploymentHandle
 
 from grid_serve.errors import GridError, InvalidRequestError, NoCapacityError, NotFoundError, describe_error
 from grid_serve.ledger import Completion
-from grid_serve.models import (
-    ClusterStatus,
-    JobState,
-    JobStatus,
-    JobSubmission,
-    ResourceRequirement,
-    SchedulingDecision,
-    SchedulingRequest,
-    TaskOutcome,
-)
-from grid_serve.scheduling import Rejected
+from grid_serve.models import ClusterStatus, JobStatus, JobSubmission, SchedulingDecision, SchedulingRequest
 from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
-from grid_serve.tasks import TaskType, load_task_modules, run_task
+from grid_serve.tasks import TaskType, load_task_modules
 
-from ._common import COORDINATOR_OPTIONS, logger
+from ._common import COORDINATOR_OPTIONS, call_with_timeout, grid_call, logger
+from .runner import RUNNER_NAMESPACE, TAG_LEN, JobRunner, runner_name
 
 API_VERSION = "v1"
 
@@ -51,73 +45,8 @@ class CompletionReport(BaseModel):
     ok: bool = True
     duration_s: float | None = Field(None, ge=0)
 
-FINISHED_JOBS_KEPT = 200
 HEALTH_MAX_AGE_S = 0.5
-_run_remote = ray.remote(run_task)
-
-
-@dataclass
-class _Job:
-    """One job's bookkeeping inside the Ingress replica."""
-
-    id: str
-    spec: JobSubmission
-    fn: Callable[..., Any]
-    task_name: str
-    submitted_at: float = field(default_factory=time.time)
-    waiting: set[str] = field(default_factory=set)  # task ids not yet placed
-    running: dict[asyncio.Future, tuple[int, SchedulingDecision, ray.ObjectRef]] = field(default_factory=dict)
-    outcomes: dict[int, TaskOutcome] = field(default_factory=dict)
-    cancelled: bool = False
-    fn_ref: Any = None  # what dispatch passes as the function: itself, or its object-store ref
-    finished_at: float | None = None
-    error: str | None = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def index_of(self, task_id: str) -> int:
-        return int(task_id.rsplit("-", 1)[1])
-
-    @property
-    def state(self) -> JobState:
-        if self.cancelled:
-            return "cancelled"
-        if self.done.is_set():
-            return "failed" if self.error or any(not o.ok for o in self.outcomes.values()) else "succeeded"
-        return "running" if self.running or self.outcomes else "queued"
-
-    def status(self, with_results: bool = False) -> JobStatus:
-        per_node: dict[str, int] = {}
-        for outcome in self.outcomes.values():
-            per_node[outcome.node_name] = per_node.get(outcome.node_name, 0) + 1
-        failed = sum(1 for o in self.outcomes.values() if not o.ok and o.error != "cancelled")
-        cancelled = sum(1 for o in self.outcomes.values() if o.error == "cancelled")
-        results = [self.outcomes[i] for i in sorted(self.outcomes)] if with_results else None
-        return JobStatus(
-            job_id=self.id, task=self.task_name, strategy=self.spec.strategy, priority=self.spec.priority,
-            state=self.state, total=self.spec.task_count, queued=len(self.waiting), running=len(self.running),
-            succeeded=sum(1 for o in self.outcomes.values() if o.ok), failed=failed, cancelled=cancelled,
-            per_node=dict(sorted(per_node.items())), submitted_at=self.submitted_at,
-            finished_at=self.finished_at, error=self.error, results=results,
-        )
-
-
-class _PinnedFunctions:
-    """`.options()` is costly per call; tasks pinned to the same node with the same
-    resources share one configured remote function."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple, Any] = {}
-
-    def for_decision(self, decision: SchedulingDecision) -> Any:
-        key = (decision.node_id, decision.placement_group_id, decision.bundle_index,
-               tuple(sorted(decision.resources.items())))
-        remote = self._cache.get(key)
-        if remote is None:
-            if len(self._cache) > 4096:
-                self._cache.clear()
-            remote = self._cache[key] = _run_remote.options(**decision.ray_options())
-        return remote
+_RunnerActor = ray.remote(JobRunner)
 
 
 fastapi_app = FastAPI(
@@ -173,17 +102,31 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 class Ingress:
     def __init__(self, scheduler: DeploymentHandle, load_balancer: DeploymentHandle,
                  metrics: DeploymentHandle, task_modules: list[str] | None = None,
-                 sharing: DeploymentHandle | None = None) -> None:
+                 sharing: DeploymentHandle | None = None, interval_s: float = 1.0) -> None:
         self._scheduler = scheduler
         self._sharing = sharing
         self._lb = load_balancer
         self._metrics = metrics
-        self._tasks: dict[str, TaskType] = load_task_modules(task_modules or ["grid_serve.tasks"])
-        self._jobs: dict[str, _Job] = {}
-        self._pinned = _PinnedFunctions()
-        self._runners: set[asyncio.Task] = set()
+        self._task_modules = task_modules or ["grid_serve.tasks"]
+        self._tasks: dict[str, TaskType] = load_task_modules(self._task_modules)
+        self._interval_s = interval_s
+        context = ray.get_runtime_context()
+        self._namespace = RUNNER_NAMESPACE
+        self._app = serve.get_replica_context().app_name
+        self._parent = (context.get_actor_name(), SERVE_NAMESPACE) if context.get_actor_name() else None
+        self._tag = uuid.uuid4().hex[:TAG_LEN]
+        self._runner = self._start_runner()
         self._status_call: asyncio.Future | None = None
         self._health_status: tuple[float, ClusterStatus] | None = None  # (monotonic time, status)
+
+    def _start_runner(self) -> ActorHandle:
+        """This replica's JobRunner: detached, so jobs outlive a replaced replica, on this node."""
+        return _RunnerActor.options(
+            name=runner_name(self._app, self._tag), namespace=self._namespace, lifetime="detached",
+            get_if_exists=True, num_cpus=0, max_concurrency=10_000,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
+        ).remote(self._scheduler, self._task_modules, runner_name(self._app, self._tag), self._tag,
+                 self._parent, self._interval_s)
 
     # ================================================================== handle API
 
@@ -199,7 +142,7 @@ class Ingress:
             self._health_status = (time.monotonic(), status)
         alive = sum(1 for node in status.nodes if node.alive)
         return {"status": "ok", "nodes_alive": alive, "nodes": len(status.nodes), "queued": status.queued,
-                "jobs_running": sum(1 for job in self._jobs.values() if not job.done.is_set())}
+                "jobs_running": status.jobs_running}
 
     async def cluster_status(self) -> ClusterStatus:
         return await self._shared_cluster_status()
@@ -223,57 +166,58 @@ class Ingress:
         """Start a job. Handle callers may pass their own function `fn` instead of a task name;
         then `spec.task` only labels it. Waits for the results when `spec.wait` is set."""
         spec = spec if isinstance(spec, JobSubmission) else JobSubmission.model_validate(spec)
-        custom = fn is not None
-        task_name, fn, default = self._resolve_task(spec, fn)
-        job = _Job(id=uuid.uuid4().hex[:12], spec=spec, fn=fn, task_name=task_name)
-        requests = [spec.scheduling_request(job.id, i, default) for i in range(spec.task_count)]
-        job.waiting = {request.task_id for request in requests}
-        placements = await self._scheduler.submit.remote(requests)
-        if len(placements.rejected) == spec.task_count:
-            await self._scheduler.finished.remote(job.id)
-            raise InvalidRequestError(placements.rejected[0].reason, field="node" if spec.node else "resources")
-        self._jobs[job.id] = job
-        self._forget_old_jobs()
-        # A registered task travels inline (pickled by reference: a few bytes); a caller's own
-        # function goes to the object store once per job rather than once per task.
-        fn_ref = job.fn_ref = ray.put(job.fn) if custom else job.fn
-        self._apply(job, placements, fn_ref)
-        runner = asyncio.get_running_loop().create_task(self._run(job, fn_ref))
-        self._runners.add(runner)
-        runner.add_done_callback(self._runners.discard)
-        if spec.wait:
-            try:
-                await asyncio.wait_for(job.done.wait(), spec.timeout_s)
-            except asyncio.TimeoutError:
-                pass
-        return job.status(with_results=job.done.is_set() and spec.wait)
+        if fn is None and spec.task not in self._tasks:
+            known = ", ".join(sorted(self._tasks))
+            raise InvalidRequestError(f"unknown task {spec.task!r}; registered tasks: {known}", field="task")
+        try:
+            return await grid_call(self._runner.submit_job.remote(spec, fn))
+        except ray.exceptions.RayActorError:  # the runner was killed: start a new one for new jobs
+            self._replace_runner()
+            return await grid_call(self._runner.submit_job.remote(spec, fn))
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check: a runner that died is replaced, so this replica
+        keeps taking jobs even when no submission has come through it since."""
+        try:
+            await call_with_timeout(self._runner.ping.remote(), 10.0)
+        except (ray.exceptions.RayActorError, asyncio.TimeoutError):
+            self._replace_runner()
+
+    def _replace_runner(self) -> None:
+        logger.warning("runner %s is gone; starting a new one", runner_name(self._app, self._tag))
+        self._tag = uuid.uuid4().hex[:TAG_LEN]
+        self._runner = self._start_runner()
 
     async def get_job(self, job_id: str, results: bool = False) -> JobStatus:
-        return self._job(job_id).status(with_results=results)
+        return await grid_call((await self._runner_of(job_id)).get_job.remote(job_id, results))
 
     async def wait_job(self, job_id: str, timeout_s: float = 600.0, results: bool = True) -> JobStatus:
-        job = self._job(job_id)
-        try:
-            await asyncio.wait_for(job.done.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            pass
-        return job.status(with_results=results)
+        return await grid_call((await self._runner_of(job_id)).wait_job.remote(job_id, timeout_s, results))
 
     async def list_jobs(self) -> list[JobStatus]:
-        return [job.status() for job in self._jobs.values()]
+        runners = [entry["name"] for entry in ray.util.list_named_actors(all_namespaces=True)
+                   if entry["namespace"] == self._namespace and entry["name"].startswith(runner_name(self._app, ""))]
+        jobs: list[JobStatus] = []
+        for name in sorted(runners):
+            try:
+                jobs += await ray.get_actor(name, namespace=self._namespace).list_jobs.remote()
+            except (ValueError, ray.exceptions.RayActorError):
+                continue  # a runner that just exited has no jobs left to list
+        return sorted(jobs, key=lambda job: job.submitted_at)
 
     async def cancel_job(self, job_id: str) -> JobStatus:
-        job = self._job(job_id)
-        if job.done.is_set():
-            return job.status()
-        job.cancelled = True
-        for task_id in await self._scheduler.cancel.remote(job.id):
-            job.waiting.discard(task_id)
-            self._record(job, job.index_of(task_id), None, ok=False, error="cancelled")
-        for _, _, ref in list(job.running.values()):
-            ray.cancel(ref, force=False)
-        job.changed.set()
-        return job.status()
+        return await grid_call((await self._runner_of(job_id)).cancel_job.remote(job_id))
+
+    async def _runner_of(self, job_id: str) -> ActorHandle:
+        """The runner that holds `job_id` (its id starts with the runner's tag)."""
+        tag = job_id[:TAG_LEN]
+        if tag == self._tag:
+            return self._runner
+        try:
+            return ray.get_actor(runner_name(self._app, tag), namespace=self._namespace)
+        except ValueError:  # no such runner: a bad id, or the runner died with its jobs
+            fate = await self._scheduler.job_fate.remote(job_id)
+            raise NotFoundError(f"no job {job_id!r}" + (f": {fate}" if fate else ""), field="job_id") from None
 
     async def schedule(self, request: SchedulingRequest | dict[str, Any], lease_s: float = 300.0,
                        wait_s: float = 30.0) -> SchedulingDecision:
@@ -332,144 +276,7 @@ class Ingress:
     async def _call_sharing(self, method: str, *args: Any) -> Any:
         if self._sharing is None:
             raise NotFoundError("resource sharing is not part of this deployment", field="resource_sharing")
-        try:
-            return await getattr(self._sharing, method).remote(*args)
-        except ray.exceptions.RayTaskError as exc:  # the manager's GridErrors reach callers as themselves
-            if isinstance(exc.cause, GridError):
-                raise exc.cause from None
-            raise
-
-    # ================================================================== job running
-
-    def _resolve_task(self, spec: JobSubmission, fn: Callable[..., Any] | None) -> tuple[str, Callable[..., Any], ResourceRequirement]:
-        if fn is not None:
-            name = spec.task if spec.task != "compute_task" else getattr(fn, "__name__", "custom")
-            return name, fn, ResourceRequirement()
-        task_type = self._tasks.get(spec.task)
-        if task_type is None:
-            known = ", ".join(sorted(self._tasks))
-            raise InvalidRequestError(f"unknown task {spec.task!r}; registered tasks: {known}", field="task")
-        return task_type.name, task_type.fn, task_type.requirements
-
-    def _job(self, job_id: str) -> _Job:
-        job = self._jobs.get(job_id)
-        if job is None:
-            raise NotFoundError(f"no job {job_id!r}", field="job_id")
-        return job
-
-    def _forget_old_jobs(self) -> None:
-        finished = [job_id for job_id, job in self._jobs.items() if job.done.is_set()]
-        for job_id in finished[:-FINISHED_JOBS_KEPT] if len(finished) > FINISHED_JOBS_KEPT else []:
-            del self._jobs[job_id]
-
-    def _apply(self, job: _Job, placements: Any, fn_ref: ray.ObjectRef) -> None:
-        """Dispatch what the Scheduler placed; record what it rejected. Placements that reach a
-        cancelled job are never run, and their reservations are handed straight back."""
-        unused = []
-        for decision in placements.placed:
-            job.waiting.discard(decision.task_id)
-            index = job.index_of(decision.task_id)
-            if job.cancelled:
-                self._record(job, index, decision, ok=False, error="cancelled")
-                unused.append(Completion(task_id=decision.task_id, ok=False))
-                continue
-            args, kwargs = job.spec.call_args(index)
-            ref = self._pinned.for_decision(decision).remote(fn_ref, args, kwargs)
-            job.running[asyncio.wrap_future(ref.future())] = (index, decision, ref)
-        rejection: Rejected
-        for rejection in placements.rejected:
-            job.waiting.discard(rejection.task_id)
-            self._record(job, job.index_of(rejection.task_id), None, ok=False, error=rejection.reason)
-        if unused:
-            self._background(self._scheduler.complete.remote(unused), f"release cancelled tasks of {job.id}")
-        job.changed.set()
-
-    def _background(self, call: Any, what: str) -> None:
-        """Run a call to another deployment without waiting for it; failures are logged."""
-
-        async def run() -> None:
-            try:
-                await call
-            except Exception:
-                logger.exception("could not %s", what)
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._runners.add(task)
-        task.add_done_callback(self._runners.discard)
-
-    def _record(self, job: _Job, index: int, decision: SchedulingDecision | None, ok: bool,
-                error: str | None = None, envelope: dict[str, Any] | None = None) -> None:
-        envelope = envelope or {}
-        job.outcomes[index] = TaskOutcome(
-            task_id=f"{job.id}-{index}", index=index,
-            node_id=envelope.get("node_id") or (decision.node_id if decision else ""),
-            node_name=envelope.get("node_name") or (decision.node_name if decision else "(not placed)"),
-            ok=ok, result=envelope.get("result"), error=error,
-            started_at=envelope.get("started_at", 0.0), duration_s=envelope.get("duration_s", 0.0),
-        )
-
-    async def _run(self, job: _Job, fn_ref: ray.ObjectRef) -> None:
-        """Feed placements in and completions out until every task has an outcome."""
-        loop = asyncio.get_running_loop()
-        receiver = loop.create_task(self._receive_placements(job, fn_ref))
-        watcher = loop.create_task(self._watch_completions(job))
-        try:
-            running = {receiver, watcher}
-            while not watcher.done():  # the job ends with its watcher; a receiver error ends it early
-                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if not task.cancelled() and task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
-        except Exception as exc:  # never leave a job hanging: say what broke
-            logger.exception("job %s failed", job.id)
-            job.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            receiver.cancel()
-            watcher.cancel()
-            job.finished_at = time.time()
-            job.done.set()
-            try:
-                await self._scheduler.finished.remote(job.id)
-            except Exception:
-                logger.exception("could not tell the scheduler that job %s finished", job.id)
-
-    async def _receive_placements(self, job: _Job, fn_ref: ray.ObjectRef) -> None:
-        while job.waiting and not job.cancelled:
-            placements = await self._scheduler.wait_placed.remote(job.id, 5.0)
-            self._apply(job, placements, fn_ref)
-
-    async def _watch_completions(self, job: _Job) -> None:
-        while job.waiting or job.running:
-            if job.cancelled and not job.running:
-                break
-            if not job.running:
-                job.changed.clear()
-                await job.changed.wait()
-                continue
-            job.changed.clear()
-            changed = asyncio.ensure_future(job.changed.wait())
-            done, _ = await asyncio.wait([*job.running, changed], return_when=asyncio.FIRST_COMPLETED)
-            changed.cancel()
-            finished = [future for future in job.running if future.done()]
-            if finished:
-                await self._finish(job, finished)
-
-    async def _finish(self, job: _Job, finished: list[asyncio.Future]) -> None:
-        completions = []
-        for future in finished:
-            index, decision, _ = job.running.pop(future)
-            try:
-                envelope = future.result()
-                ok, error = envelope["ok"], envelope["error"]
-            except (ray.exceptions.TaskCancelledError, asyncio.CancelledError):
-                envelope, ok, error = None, False, "cancelled"
-            except Exception as exc:  # the worker or its node died: a failed task, not a failed job
-                envelope, ok, error = None, False, f"{type(exc).__name__}: {exc}"
-            self._record(job, index, decision, ok, error, envelope)
-            completions.append(Completion(task_id=decision.task_id, ok=ok,
-                                          duration_s=envelope["duration_s"] if envelope else None))
-        placements = await self._scheduler.complete_for.remote(job.id, completions)
-        self._apply(job, placements, job.fn_ref)
+        return await grid_call(getattr(self._sharing, method).remote(*args))
 
     # ================================================================== HTTP routes
 

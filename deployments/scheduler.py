@@ -1,36 +1,57 @@
-"""Scheduler: decides where every task runs, from the MetricsCollector's nodes and the
-LoadBalancer's ledger, and holds the tasks that must wait for capacity.
+"""Scheduler: decides where every task runs and owns the books of what is placed and waiting.
 
-Decisions leave through per-group outboxes: the caller that submitted a job collects its
-placements with `wait_placed(job_id)` as capacity frees. One replica: it owns the queue.
+It folds the MetricsCollector's nodes and its own ledger (reservations, learned run times)
+into a `ClusterView`, runs the pure pipeline (`SchedulerCore`), and hands each job's
+placements to its runner: in the reply to the runner's report of finished tasks, or through
+the `wait_placed` long-poll. Placements run ahead of free capacity by the lookahead
+(`grid_serve.lookahead`), so a runner's report is never between a slot freeing and the next
+task starting: Ray already holds that task.
+
+Who owns what (one replica; it owns the queue and the reservations):
+  - every job is a group with an owner lease (`grid_serve.owners`), renewed by its runner;
+    a lapsed lease releases what the job held and drops what it had waiting;
+  - `/v1/schedule` decisions carry their own lease in the ledger;
+  - the LoadBalancer keeps the published copy of the ledger (asynchronously, each tick);
+  - a restarted Scheduler (new `epoch`) takes the learned run times back from that copy, and
+    the runners, seeing the new epoch, register their jobs again (`adopt`): what runs, what
+    the job already placed where, what waits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from grid_serve.ledger import Completion, LedgerSnapshot, Reservation
+from grid_serve.ledger import Completion, Ledger, Reservation
 from grid_serve.models import ClusterStatus, NodeStatus, SchedulingDecision, SchedulingRequest
+from grid_serve.owners import Owners
 from grid_serve.scheduling import DrainResult, Rejected, SchedulerCore
 from grid_serve.sharing import Allocation, fold_allocations
 from grid_serve.view import ClusterView, view_from
 
-from ._common import INTERNAL_OPTIONS, every, logger
+from ._common import INTERNAL_OPTIONS, call_with_timeout, every, logger
 from .telemetry import SchedulerMetrics
+
+OWNER_LEASE_INTERVALS = 2.0  # a runner that misses this many intervals of renewals is gone
+MIN_OWNER_LEASE_S = 2.0
+PUBLISH_SPACING_S = 0.25  # py-spy: publishing every 20 ms cost the LoadBalancer 22% of a core
 
 
 @dataclass
 class Placements:
-    """What a group got since it last asked: placed decisions and rejections."""
+    """What a group got since it last asked: placed decisions and rejections, and which
+    Scheduler instance answered (a new epoch means its books were lost: register again)."""
 
     placed: list[SchedulingDecision] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     queued: int = 0
+    epoch: str = ""
+    known: bool = True  # False: this Scheduler does not know the group (restarted, or lease lapsed)
 
 
 @dataclass
@@ -38,72 +59,111 @@ class _Meta:
     task_type: str
     group: str
     lease_s: float | None
-    node_id: str | None = None  # where it was placed, with what: to release it locally
-    resources: dict[str, float] | None = None
-    in_allocation: bool = False  # placed in borrowed capacity: the donor's load never counted it
 
 
 @serve.deployment(**INTERNAL_OPTIONS)
 class Scheduler:
-    def __init__(self, metrics: DeploymentHandle, load_balancer: DeploymentHandle, admission: float = 1.0,
-                 interval_s: float = 1.0, sharing: DeploymentHandle | None = None) -> None:
+    def __init__(self, metrics: DeploymentHandle, load_balancer: DeploymentHandle, admission: float | None = None,
+                 interval_s: float = 1.0, sharing: DeploymentHandle | None = None,
+                 lookahead_ms: float = 100.0) -> None:
         self._metrics = metrics
         self._lb = load_balancer
         self._sharing = sharing
         self._allocations: list[Allocation] = []  # held by borrowers: reserved on their donors
-        self._admission = admission
-        self._core = SchedulerCore()
+        self._admission = admission or 1.0
+        self._core = SchedulerCore(lookahead_s=None if admission else lookahead_ms / 1000.0)
+        self._interval_s = interval_s
+        self._epoch = uuid.uuid4().hex[:8]
+        self._ledger = Ledger()
+        self._owners = Owners(lease_s=max(MIN_OWNER_LEASE_S, OWNER_LEASE_INTERVALS * interval_s))
         self._lock = asyncio.Lock()
         self._nodes: list[NodeStatus] = []
         self._nodes_at = 0.0
-        self._ledger: LedgerSnapshot | None = None
         self._meta: dict[str, _Meta] = {}
         self._outbox: dict[str, Placements] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._metrics_out = SchedulerMetrics()
-        self._settling: set[asyncio.Task] = set()  # ledger calls still running after their reply
+        self._recovered = False  # learned run times taken back from the LoadBalancer's copy
+        self._published = -1  # ledger version the LoadBalancer last got
+        self._publisher: asyncio.Task | None = None
         self._tick_loop = every(interval_s, self._tick, "scheduler-tick")
 
     # ------------------------------------------------------------------ inputs
 
     async def _tick(self) -> None:
-        """Pick up node changes and lease expiries, then place whatever now fits."""
-        nodes, taken_at = await self._metrics.snapshot.remote()
-        ledger = await self._lb.snapshot.remote()
+        """Pick up node changes, reclaim lapsed owners and leases, place what now fits, and
+        publish the ledger to the LoadBalancer."""
+        nodes, taken_at = await call_with_timeout(self._metrics.snapshot.remote(), self._interval_s * 5)
         allocations = await self._fetch_allocations()
+        await self._recover_learning()
         async with self._lock:
             if allocations is not None:
                 self._allocations = allocations
             self._nodes, self._nodes_at = nodes, taken_at
-            self._take_ledger(ledger)
-            await self._drain_locked()
+            for group in self._owners.lapsed():
+                logger.warning("job %s: %s", group, self._owners.gone.get(group))
+                self._drop_group(group)
+            for reservation in self._ledger.expire():  # /v1/schedule callers that never reported
+                self._forget_lone_decision(reservation.task_id)
+            self._drain_locked()
             self._metrics_out.queue_length.set(float(len(self._core)))
+        await self._publish()
 
-    def _take_ledger(self, ledger: LedgerSnapshot) -> None:
-        """Newer snapshots win; a restarted LoadBalancer (new epoch) always wins, or the
-        Scheduler would keep its dead predecessor's reservations for ever."""
-        if (self._ledger is None or ledger.epoch != self._ledger.epoch
-                or ledger.version >= self._ledger.version):
-            self._ledger = ledger
+    async def _recover_learning(self) -> None:
+        """Once: take back what a predecessor learned (run times) from the LoadBalancer's copy."""
+        if self._recovered:
+            return
+        try:
+            published = await call_with_timeout(self._lb.snapshot.remote(), self._interval_s * 5)
+        except Exception:
+            logger.warning("no ledger copy from the LoadBalancer yet; run times are learned anew")
+            return
+        self._ledger.learned_from(published)
+        self._recovered = True
+
+    async def _publish(self) -> None:
+        """Give the LoadBalancer the ledger as it stands, when it changed. Off every decision
+        path: a slow or restarting LoadBalancer delays only its copy."""
+        if self._ledger.version == self._published:
+            return
+        snapshot = self._ledger.snapshot()
+        try:
+            await call_with_timeout(self._lb.publish.remote(snapshot), self._interval_s * 5)
+            self._published = max(self._published, snapshot.version)
+        except Exception:
+            logger.warning("could not publish the ledger to the LoadBalancer; retrying next tick")
+
+    def _publish_soon(self) -> None:
+        """Publish in the background, PUBLISH_SPACING_S after the change at most, one call in
+        flight: readers of the copy lag by a fraction of a second (a new job's placements are
+        published before `submit` returns), and a busy job costs the LoadBalancer a few calls
+        a second."""
+        if self._publisher is not None and not self._publisher.done():
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(PUBLISH_SPACING_S)
+            await self._publish()
+
+        self._publisher = asyncio.get_running_loop().create_task(later())
 
     async def _ensure_nodes(self) -> None:
         if not self._nodes:
-            self._nodes, self._nodes_at = await self._metrics.refresh_now.remote()
-            self._take_ledger(await self._lb.snapshot.remote())
+            self._nodes, self._nodes_at = await call_with_timeout(self._metrics.refresh_now.remote(), 30.0)
 
     async def _fetch_allocations(self) -> list[Allocation] | None:
         """The allocations holding capacity; None (keep the last) when the manager is restarting."""
         if self._sharing is None:
             return []
         try:
-            return await self._sharing.holding.remote()
+            return await call_with_timeout(self._sharing.holding.remote(), self._interval_s * 5)
         except Exception:  # the manager's replica is being replaced: keep the last known picture
             return None
 
     def _view(self) -> ClusterView:
-        view = view_from(self._nodes, self._ledger, self._admission, self._nodes_at)
-        group_loads = self._ledger.group_loads if self._ledger else {}
-        return fold_allocations(view, self._allocations, group_loads)
+        ledger = self._ledger.snapshot()
+        view = view_from(self._nodes, ledger, self._admission, self._nodes_at)
+        return fold_allocations(view, self._allocations, ledger.group_loads)
 
     async def sharing_changed(self) -> None:
         """An allocation was granted or ended: take the news now and place what it allows."""
@@ -111,12 +171,12 @@ class Scheduler:
         async with self._lock:
             if allocations is not None:
                 self._allocations = allocations
-            await self._drain_locked()
+            self._drain_locked()
 
     # ------------------------------------------------------------------ core loop
 
-    async def _drain_locked(self, submitted: list[SchedulingRequest] | None = None) -> None:
-        """Queue `submitted` (if any) and place whatever fits; the caller holds the lock."""
+    def _drain_locked(self, submitted: list[SchedulingRequest] | None = None) -> None:
+        """Queue `submitted` (if any), place whatever fits, reserve it and hand it out."""
         submitted = submitted or []
         if not submitted and not len(self._core):
             return
@@ -124,47 +184,17 @@ class Scheduler:
         result = self._core.submit(submitted, self._view())
         self._metrics_out.record_drain(result.placed, len(result.placed) + len(result.rejected),
                                        time.perf_counter() - began, len(self._core))
-        await self._commit(result)
+        self._commit(result)
 
-    async def _commit(self, result: DrainResult, completions: list[Completion] | None = None,
-                      delivered: asyncio.Event | None = None) -> list[Reservation]:
-        """Reserve what was placed in the ledger (releasing `completions` in the same call
-        when given), then hand each group its news. Returns the released reservations.
-
-        With `delivered`, the news goes out first and `delivered` is set before the ledger
-        call: a job runner can dispatch while the ledger catches up (still under the lock,
-        so nothing else decides from a half-written ledger)."""
-        if delivered is not None:
-            self._hand_out(result)
-            delivered.set()
-        reservations = []
+    def _commit(self, result: DrainResult) -> None:
+        """Reserve what was placed in the ledger, then hand each group its news."""
+        if result.placed:
+            self._publish_soon()
         for decision in result.placed:
             meta = self._meta[decision.task_id]
-            meta.node_id, meta.resources = decision.node_id, decision.resources
-            meta.in_allocation = decision.placement_group_id is not None
-            reservations.append((decision, meta.task_type, meta.group, meta.lease_s))
-        released: list[Reservation] = []
-        try:
-            if completions is not None:
-                released, ledger = await self._lb.settle.remote(completions, reservations)
-                self._take_ledger(ledger)
-            elif reservations:
-                self._take_ledger(await self._lb.reserve.remote(reservations))
-        except Exception as exc:  # the ledger is unreachable: fail these tasks rather than lose them
-            logger.exception("could not record %d placement(s) in the ledger", len(result.placed))
-            if delivered is not None:  # already handed out and running: the next snapshot re-syncs
-                return released
-            result.rejected.extend(Rejected(d.task_id, self._meta[d.task_id].group,
-                                            f"could not reserve on {d.node_name}: the ledger is unavailable "
-                                            f"({type(exc).__name__}); try again") for d in result.placed)
-            result.placed = []
-        if delivered is None:
-            self._hand_out(result)
-        return released
-
-    def _hand_out(self, result: DrainResult) -> None:
-        for decision in result.placed:
-            self._deliver(self._meta[decision.task_id].group).placed.append(decision)
+            self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, meta.task_type, meta.group,
+                                 str(decision.strategy), meta.lease_s, decision.placement_group_id)
+            self._deliver(meta.group).placed.append(decision)
         for rejection in result.rejected:
             self._deliver(rejection.group).rejected.append(rejection)
             self._meta.pop(rejection.task_id, None)
@@ -177,29 +207,77 @@ class Scheduler:
         placements = self._outbox.pop(group, Placements())
         self._wakeups.setdefault(group, asyncio.Event()).clear()
         placements.queued = self._core.queued_by_group().get(group, 0)
+        placements.epoch = self._epoch
+        placements.known = self._owners.knows(group) or group in self._meta
         return placements
 
-    # ------------------------------------------------------------------ API
+    def _release(self, completions: list[Completion]) -> list[Reservation]:
+        released = self._ledger.release(completions)
+        for reservation in released:
+            self._meta.pop(reservation.task_id, None)
+            if reservation.group == reservation.task_id:  # a lone external decision
+                self._forget_lone_decision(reservation.task_id)
+        return released
 
-    async def submit(self, requests: list[SchedulingRequest], lease_s: float | None = None) -> Placements:
+    def _forget_lone_decision(self, task_id: str) -> None:
+        self._meta.pop(task_id, None)
+        self._core.forget_group(task_id)
+        self._wakeups.pop(task_id, None)
+        self._outbox.pop(task_id, None)
+
+    def _drop_group(self, group: str) -> list[str]:
+        """Everything of `group` out of the books: waiting tasks, reservations, counts, outbox."""
+        dropped = self._core.cancel(group=group)
+        for task_id in dropped:
+            self._meta.pop(task_id, None)
+        for reservation in self._ledger.release_group(group):
+            self._meta.pop(reservation.task_id, None)
+        self._core.forget_group(group)
+        self._outbox.pop(group, None)
+        self._wakeups.pop(group, None)
+        return dropped
+
+    # ------------------------------------------------------------------ the runner's API
+
+    async def submit(self, requests: list[SchedulingRequest], lease_s: float | None = None,
+                     runner: str | None = None) -> Placements:
         """Queue `requests` and place what fits now. Returns the caller's group's news at once;
-        later placements come from `wait_placed`. All requests must share one group."""
+        later placements come with `report` replies or from `wait_placed`. All requests must
+        share one group. With `runner`, the group is a job that runner owns and renews."""
         groups = {request.group for request in requests}
         if len(groups) != 1:
             raise ValueError("submit() takes the requests of one job (one group) at a time")
+        group = groups.pop()
         duplicates = [request for request in requests if request.task_id in self._meta]
         if duplicates:  # a live task id: a second reservation would overwrite the first's
             return Placements(rejected=[Rejected(r.task_id, r.group, f"task id {r.task_id!r} is already reserved "
-                                                 "or waiting; give each task its own id") for r in duplicates])
-        for request in requests:
-            self._meta[request.task_id] = _Meta(request.task_type, request.group, lease_s)
+                                                 "or waiting; give each task its own id") for r in duplicates],
+                              epoch=self._epoch)
         async with self._lock:
             await self._ensure_nodes()
-            await self._drain_locked(requests)
-            return self._collect(groups.pop())
+            if runner is not None:
+                self._owners.register(group, runner)
+            for request in requests:
+                self._meta[request.task_id] = _Meta(request.task_type, request.group, lease_s)
+            self._drain_locked(requests)
+            placements = self._collect(group)
+        await self._publish()  # once per job: the copy shows a new job's placements when submit returns
+        return placements
+
+    async def report(self, group: str, completions: list[Completion]) -> Placements:
+        """A runner's tasks ended: release them, place waiting tasks in the room, and return the
+        group's news at once. Renews the group's lease. Sent in batches, one at a time per job,
+        while Ray already runs the tasks placed ahead (the lookahead): never awaited per task."""
+        async with self._lock:
+            self._owners.renew([group])
+            self._release(completions)
+            self._drain_locked()
+            self._publish_soon()
+            return self._collect(group)
 
     async def wait_placed(self, group: str, timeout_s: float = 5.0) -> Placements:
         """Long-poll: returns when the group has news, or after `timeout_s` with none."""
+        self._owners.renew([group])
         wakeup = self._wakeups.setdefault(group, asyncio.Event())
         deadline = time.monotonic() + timeout_s
         while group not in self._outbox and (remaining := deadline - time.monotonic()) > 0:
@@ -207,37 +285,64 @@ class Scheduler:
                 await asyncio.wait_for(wakeup.wait(), remaining)
             except asyncio.TimeoutError:
                 break
-            if group not in self._outbox:  # a complete_for reply carried the news away already
+            if group not in self._outbox:  # a report reply carried the news away already
                 wakeup.clear()
         return self._collect(group)
 
-    async def complete(self, completions: list[Completion], delivered: asyncio.Event | None = None) -> int:
-        """Tasks ended: place waiting tasks in their room, then release and reserve in the
-        ledger in one call.
+    async def renew(self, groups: list[str]) -> tuple[str, list[str]]:
+        """A runner's heartbeat: extend its jobs' leases. Returns this Scheduler's epoch and the
+        groups it does not know, which the runner must `adopt` again."""
+        return self._epoch, self._owners.renew(groups)
 
-        Room is freed locally first (`LedgerSnapshot.released`) only for tasks this Scheduler
-        placed without a lease and outside borrowed capacity: those cannot have expired in the
-        ledger meanwhile and count on their own node, so the local picture cannot free anything
-        twice or in the wrong place. Leased (external) tasks and tasks in allocations free room
-        when the ledger's answer arrives, and are placed into by the next drain.
-        """
+    async def adopt(self, runner: str, group: str, running: list[tuple[SchedulingDecision, str]],
+                    waiting: list[SchedulingRequest], placed_per_node: dict[str, int]) -> Placements:
+        """A runner registers a job this Scheduler does not know (it restarted, or the job's
+        lease lapsed): reserve what runs (decision, task type) where it runs, count what the
+        job already placed per node (spread stays exact), and queue what waits."""
         async with self._lock:
             await self._ensure_nodes()
-            freed = [(meta.node_id, meta.resources) for c in completions
-                     if (meta := self._meta.get(c.task_id)) and meta.node_id and meta.lease_s is None
-                     and not meta.in_allocation]
-            if freed and self._ledger is not None:
-                self._ledger = self._ledger.released(freed)
-            result = self._core.drain(self._view()) if len(self._core) else DrainResult()
-            released = await self._commit(result, completions, delivered)
-            for reservation in released:
-                meta = self._meta.pop(reservation.task_id, None)
-                if meta and meta.group == reservation.task_id:  # a lone external decision
-                    self._core.forget_group(meta.group)
-                    self._wakeups.pop(meta.group, None)
-                    self._outbox.pop(meta.group, None)
-            if len(released) > len(freed):  # leased tasks' room is known only now
-                await self._drain_locked()
+            self._drop_group(group)
+            self._owners.register(group, runner)
+            for decision, task_type in running:
+                self._meta[decision.task_id] = _Meta(task_type, group, None)
+                self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, task_type, group,
+                                     str(decision.strategy), None, decision.placement_group_id)
+            for node_id, count in placed_per_node.items():
+                self._core.group_counts.add(group, node_id, count)
+            fresh = [request for request in waiting if request.task_id not in self._meta]
+            for request in fresh:
+                self._meta[request.task_id] = _Meta(request.task_type, group, None)
+            self._drain_locked(fresh)
+            return self._collect(group)
+
+    async def cancel(self, group: str) -> list[str]:
+        """Drop the group's waiting tasks; running ones are the caller's to cancel."""
+        async with self._lock:
+            dropped = self._core.cancel(group=group)
+            for task_id in dropped:
+                self._meta.pop(task_id, None)
+            return dropped
+
+    async def finished(self, group: str, reason: str | None = None) -> None:
+        """The group's job is over: release whatever it still held (its runner has reported
+        every task, or is giving up), forget its counts, outbox and lease."""
+        async with self._lock:
+            self._drop_group(group)
+            self._owners.forget(group, reason)
+            self._drain_locked()
+
+    async def job_fate(self, group: str) -> str | None:
+        """Why a job this Scheduler reclaimed is gone (its runner stopped renewing), if it was."""
+        return self._owners.gone.get(group)
+
+    # ------------------------------------------------------------------ /v1/schedule callers
+
+    async def complete(self, completions: list[Completion]) -> int:
+        """Tasks ended: release them and place waiting tasks in their room."""
+        async with self._lock:
+            released = self._release(completions)
+            self._drain_locked()
+        self._publish_soon()
         return len(released)
 
     async def complete_external(self, completion: Completion) -> int:
@@ -248,42 +353,7 @@ class Scheduler:
             return 0
         return await self.complete([completion])
 
-    async def complete_for(self, group: str, completions: list[Completion]) -> Placements:
-        """`complete()`, then `group`'s news at once: a job runner reporting its own tasks'
-        ends gets the tasks placed in their room in the same reply, not a long-poll later."""
-        delivered = asyncio.Event()
-        work = asyncio.get_running_loop().create_task(self.complete(completions, delivered))
-        self._settling.add(work)
-        work.add_done_callback(self._settling.discard)
-        handed_out = asyncio.ensure_future(delivered.wait())
-        await asyncio.wait({work, handed_out}, return_when=asyncio.FIRST_COMPLETED)
-        handed_out.cancel()
-        if work.done():
-            work.result()  # raise what went wrong
-        return self._collect(group)
-
-    async def cancel(self, group: str) -> list[str]:
-        """Drop the group's waiting tasks; running ones are the caller's to cancel."""
-        async with self._lock:
-            return self._drop_waiting(group)
-
-    def _drop_waiting(self, group: str) -> list[str]:
-        """Take the group's waiting tasks out of the queue and the books; the lock is held."""
-        dropped = self._core.cancel(group=group)
-        for task_id in dropped:
-            self._meta.pop(task_id, None)
-        return dropped
-
-    async def finished(self, group: str) -> None:
-        """The group's job is over: forget its spread counts and outbox, and release anything
-        placed for it that its runner never collected (it was cancelled meanwhile)."""
-        async with self._lock:
-            self._drop_waiting(group)
-            self._core.forget_group(group)
-            leftover = self._outbox.pop(group, None)
-            self._wakeups.pop(group, None)
-        if leftover and leftover.placed:
-            await self.complete([Completion(task_id=d.task_id, ok=False) for d in leftover.placed])
+    # ------------------------------------------------------------------ status
 
     async def cluster_status(self) -> ClusterStatus:
         """Nodes with their reservations folded in, for the status route and the CLI."""
@@ -296,5 +366,5 @@ class Scheduler:
                 reserved = dict(node.reserved) if node else {}
                 nodes.append(status.model_copy(update={"reserved": reserved,
                                                        "in_flight": node.in_flight if node else 0}))
-            return ClusterStatus(nodes=nodes, queued=len(self._core),
+            return ClusterStatus(nodes=nodes, queued=len(self._core), jobs_running=len(self._owners),
                                  snapshot_age_s=max(0.0, time.time() - self._nodes_at))

@@ -1,16 +1,19 @@
 """The live load ledger: what grid-serve has reserved on each node, and how long tasks take.
 
 A reservation is made when a task is placed and released when it ends, whether it succeeded
-or failed, or when its lease runs out (for decisions handed to external submitters). Run
-times reported with completions feed a per-(node, task type) EWMA that
-`performance_optimized` reads. Pure: the LoadBalancer deployment wraps one instance.
+or failed, when its owner goes (a job runner whose lease lapsed: `release_group`), or when its
+own lease runs out (decisions handed to external submitters). Run times reported with
+completions feed a per-(node, task type) EWMA that `performance_optimized` and the dispatch
+lookahead read. Pure: the Scheduler owns the one live instance (reserving is on its decision
+path, so no call to another process may sit there); the LoadBalancer keeps a published copy
+(`LedgerSnapshot`) and hands it back to a restarted Scheduler.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -57,19 +60,25 @@ class LedgerSnapshot:
     group_loads: Mapping[str, NodeLoad] = field(default_factory=dict)  # placement group id -> its tasks
     epoch: str = ""  # which ledger instance: a restarted LoadBalancer starts a new epoch at version 0
 
-    def released(self, freed: Iterable[tuple[str, Mapping[str, float]]]) -> "LedgerSnapshot":
-        """This snapshot as it will read once the (node id, resources) reservations in `freed`
-        are released: lets the Scheduler place into freed room before the ledger confirms.
-        The version stays, so the ledger's own next snapshot always supersedes it."""
-        loads = dict(self.loads)
-        for node_id, resources in freed:
-            load = loads.get(node_id)
-            if load is None:
-                continue
-            reserved = {name: max(0.0, load.reserved.get(name, 0.0) - resources.get(name, 0.0))
-                        for name in load.reserved}
-            loads[node_id] = NodeLoad(reserved, max(0, load.in_flight - 1))
-        return replace(self, loads=loads)
+
+class _Totals:
+    """Resources and task counts summed per key, kept as reservations come and go, so a view
+    costs O(nodes) rather than O(reservations) per decision batch."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, dict[str, float]] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, key: str, resources: Mapping[str, float], sign: int) -> None:
+        sums = self._sums.setdefault(key, {})
+        for name, amount in resources.items():
+            sums[name] = max(0.0, sums.get(name, 0.0) + sign * amount)
+        self._counts[key] = self._counts.get(key, 0) + sign
+        if self._counts[key] <= 0:  # empty: drop it, so float dust never lingers
+            del self._sums[key], self._counts[key]
+
+    def loads(self) -> dict[str, NodeLoad]:
+        return {key: NodeLoad(dict(sums), self._counts[key]) for key, sums in self._sums.items()}
 
 
 @dataclass
@@ -80,24 +89,41 @@ class Ledger:
     placements: dict[tuple[str, str], int] = field(default_factory=dict)
     version: int = 0
     epoch: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    _nodes: _Totals = field(default_factory=_Totals, repr=False)  # tasks placed on a node directly
+    _groups: _Totals = field(default_factory=_Totals, repr=False)  # tasks inside borrowed allocations
 
     def reserve(self, task_id: str, node_id: str, resources: Mapping[str, float], task_type: str = "task",
                 group: str = "", strategy: str = "", lease_s: float | None = None,
                 placement_group_id: str | None = None) -> None:
         now = self.clock()
-        self.reservations[task_id] = Reservation(
+        self._drop(task_id)  # re-reserving a task (an owner re-registering) replaces it
+        reservation = self.reservations[task_id] = Reservation(
             task_id, node_id, dict(resources), task_type, group or task_id, now,
             now + lease_s if lease_s else None, placement_group_id,
         )
+        self._count(reservation, +1)
         key = (node_id, strategy)
         self.placements[key] = self.placements.get(key, 0) + 1
         self.version += 1
 
+    def _count(self, reservation: Reservation, sign: int) -> None:
+        if reservation.placement_group_id is None:
+            self._nodes.add(reservation.node_id, reservation.resources, sign)
+        else:
+            self._groups.add(reservation.placement_group_id, reservation.resources, sign)
+
+    def _drop(self, task_id: str) -> Reservation | None:
+        reservation = self.reservations.pop(task_id, None)
+        if reservation is not None:
+            self._count(reservation, -1)
+        return reservation
+
     def release(self, completions: Iterable[Completion]) -> list[Reservation]:
-        """Free the reservations of ended tasks; learn from their run times."""
+        """Free the reservations of ended tasks; learn from their run times. Unknown ids are
+        ignored, so a report sent twice (a retried call) frees nothing twice."""
         released = []
         for completion in completions:
-            reservation = self.reservations.pop(completion.task_id, None)
+            reservation = self._drop(completion.task_id)
             if reservation is None:
                 continue
             released.append(reservation)
@@ -107,15 +133,31 @@ class Ledger:
             self.version += 1
         return released
 
+    def release_group(self, group: str) -> list[Reservation]:
+        """Free everything reserved for `group`: its owner is gone or its job is over."""
+        mine = [task_id for task_id, r in self.reservations.items() if r.group == group]
+        released = [r for task_id in mine if (r := self._drop(task_id)) is not None]
+        if released:
+            self.version += 1
+        return released
+
     def expire(self) -> list[Reservation]:
         """Release reservations whose lease ran out (an external submitter never reported)."""
         now = self.clock()
         expired = [r for r in self.reservations.values() if r.lease_until is not None and r.lease_until <= now]
         for reservation in expired:
-            del self.reservations[reservation.task_id]
+            self._drop(reservation.task_id)
         if expired:
             self.version += 1
         return expired
+
+    def learned_from(self, snapshot: LedgerSnapshot) -> None:
+        """Take run times and placement counts from a published snapshot (a restarted
+        Scheduler keeps what its predecessor learned); reservations come from their owners."""
+        for key, seconds in snapshot.durations.items():
+            self.durations.setdefault(key, seconds)
+        for key, count in snapshot.placements.items():
+            self.placements[key] = max(self.placements.get(key, 0), count)
 
     def _learn(self, node_id: str, task_type: str, seconds: float) -> None:
         key = (node_id, task_type)
@@ -125,25 +167,12 @@ class Ledger:
     def loads(self) -> dict[str, NodeLoad]:
         """Per node, the tasks placed on it directly. Tasks inside a borrowed allocation are
         left out: the allocation's whole capacity is already counted on its donor."""
-        return _sum_by(r for r in self.reservations.values() if r.placement_group_id is None)
+        return self._nodes.loads()
 
     def group_loads(self) -> dict[str, NodeLoad]:
         """Per placement group (borrowed allocation), the tasks running inside it."""
-        inside = [r for r in self.reservations.values() if r.placement_group_id is not None]
-        return _sum_by(inside, key=lambda r: r.placement_group_id or "")
+        return self._groups.loads()
 
     def snapshot(self) -> LedgerSnapshot:
         return LedgerSnapshot(self.version, self.loads(), dict(self.durations), dict(self.placements),
                               self.group_loads(), self.epoch)
-
-
-def _sum_by(reservations: Iterable[Reservation],
-            key: Callable[[Reservation], str] = lambda r: r.node_id) -> dict[str, NodeLoad]:
-    totals: dict[str, dict[str, float]] = {}
-    counts: dict[str, int] = {}
-    for reservation in reservations:
-        per_key = totals.setdefault(key(reservation), {})
-        for name, amount in reservation.resources.items():
-            per_key[name] = per_key.get(name, 0.0) + amount
-        counts[key(reservation)] = counts.get(key(reservation), 0) + 1
-    return {k: NodeLoad(totals[k], counts[k]) for k in totals}

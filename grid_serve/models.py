@@ -301,4 +301,5 @@ class NodeStatus(BaseModel):
 class ClusterStatus(BaseModel):
     nodes: list[NodeStatus]
     queued: int
+    jobs_running: int = Field(0, description="jobs whose runner holds a live lease with the Scheduler")
     snapshot_age_s: float

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
+from .lookahead import lookahead_admission
 from .models import SchedulingDecision, SchedulingRequest
 from .placement_index import IncrementalPlacer
 from .sharing import allocation_decision, may_fit_allocation
@@ -54,8 +55,11 @@ def _signature(request: SchedulingRequest) -> tuple:
 class SchedulerCore:
     """Queue + group counts. Not thread-safe: the deployment serialises calls with a lock."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, lookahead_s: float | None = None) -> None:
+        """`lookahead_s`: each kind of request is admitted up to its lookahead admission
+        (`grid_serve.lookahead`); None keeps the view's own fixed `admission`."""
         self._clock = clock
+        self._lookahead_s = lookahead_s
         self._waiting: list[_Waiting] = []
         self._seq = itertools.count()
         self._queued: dict[str, int] = {}  # group -> tasks waiting
@@ -150,6 +154,8 @@ class SchedulerCore:
     def _placer(self, request: SchedulingRequest, view: ClusterView,
                 nodes: Mapping[str, NodeView]) -> IncrementalPlacer | str:
         """The placer for requests of this kind, or why none can be placed at all."""
+        if self._lookahead_s is not None:
+            view = replace(view, admission=lookahead_admission(request.task_type, view.durations, self._lookahead_s))
         try:
             return IncrementalPlacer(request, view, nodes, self.group_counts.live(request.group))
         except PlacementError as exc:

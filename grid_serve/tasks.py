@@ -8,6 +8,7 @@ themselves (node label, node id, IP), which is what the tests check.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import time
@@ -54,13 +55,20 @@ def load_task_modules(modules: list[str]) -> dict[str, TaskType]:
 
 def where_am_i() -> dict[str, str]:
     """The node this code runs on, as seen from inside: its grid name, Ray node id and IP."""
+    return dict(_this_node())
+
+
+@functools.lru_cache(maxsize=1)
+def _this_node() -> tuple[tuple[str, str], ...]:
+    """Asked once per worker process (a worker never changes node): the labels lookup costs
+    more than a no-op task itself, and every task's envelope needs it."""
     import ray
 
     context = ray.get_runtime_context()
     node_id = context.get_node_id()
     labels = context.get_node_labels()
     ip = ray.util.get_node_ip_address()
-    return {"node": labels.get(NODE_LABEL) or ip, "node_id": node_id, "ip": ip}
+    return (("node", labels.get(NODE_LABEL) or ip), ("node_id", node_id), ("ip", ip))
 
 
 @task()

@@ -46,7 +46,7 @@ def ray_cluster() -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def base_url(ray_cluster: object) -> str:
-    url = deploy_app(free_port(), {"metrics_interval_s": 0.5})
+    url = deploy_app(free_port(), {"metrics_interval_s": 0.5, "ingress_replicas": 2})
     os.environ["GRID_ADDRESS"] = url
     return url
 

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections import Counter
+from typing import Any
 
 import httpx
 import pytest
@@ -43,6 +45,22 @@ def wait_idle(client: GridClient, timeout_s: float = 60) -> None:
             return
         time.sleep(0.2)
     raise AssertionError("cluster did not become idle")
+
+
+def hold_job(count: int, seconds: float, priority: str = "normal") -> Any:
+    """Submit `count` holds through the handle, as a task type never measured before: its
+    lookahead is then exactly one queued task per slot (admission 2), so 12 of them fill the
+    cluster's 6 CPUs and anything after them waits in grid-serve."""
+    from ray import serve
+
+    def hold(i: int, seconds: float) -> float:  # nested: pickled by value, as a caller's own function is
+        started = time.time()
+        time.sleep(seconds)
+        return started
+
+    spec = {"task": f"hold-{uuid.uuid4().hex[:8]}", "args": [[i, seconds] for i in range(count)],
+            "strategy": "load_balanced", "priority": priority}
+    return serve.get_app_handle("grid").submit_job.remote(spec, fn=hold).result(timeout_s=60)
 
 
 def test_health_and_cluster_status(http: httpx.Client) -> None:
@@ -97,24 +115,22 @@ def test_load_balanced_avoids_the_busy_node(http: httpx.Client, client: GridClie
     client.wait_job(blockers.json()["job_id"], timeout_s=60)
 
 
-def test_priority_high_queued_tasks_start_before_earlier_low_ones(http: httpx.Client, client: GridClient) -> None:
+def test_priority_high_tasks_start_before_earlier_low_ones_once_the_lookahead_is_full(client: GridClient) -> None:
     wait_idle(client)
-    # 6 blockers fill every CPU (3 nodes x 2): everything after them must queue in grid-serve.
-    blockers = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 2.0] for i in range(6)]}).json()
-    assert blockers["queued"] == 0
-    low = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 1.0] for i in range(6)],
-                                      "strategy": "load_balanced", "priority": "low"}).json()
-    high = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 1.0] for i in range(6)],
-                                       "strategy": "load_balanced", "priority": "high"}).json()
-    assert low["queued"] == 6 and high["queued"] == 6
-    low_done = client.wait_job(low["job_id"], timeout_s=120)
-    high_done = client.wait_job(high["job_id"], timeout_s=120)
+    # 12 blockers: one running and one queued inside Ray on each of the 6 CPUs (the lookahead),
+    # so everything after them must wait in grid-serve, where priorities order it.
+    blockers = hold_job(12, 2.0)
+    assert blockers.queued == 0
+    low = hold_job(6, 1.0, "low")
+    high = hold_job(6, 1.0, "high")
+    assert low.queued == 6 and high.queued == 6
+    low_done = client.wait_job(low.job_id, timeout_s=120)
+    high_done = client.wait_job(high.job_id, timeout_s=120)
     assert low_done.state == high_done.state == "succeeded"
-    high_starts = [o.result["started"] for o in high_done.results]
-    low_starts = [o.result["started"] for o in low_done.results]
-    assert max(high_starts) < min(low_starts)
-    high_waits = client.wait_job(blockers["job_id"], timeout_s=60)
-    assert high_waits.state == "succeeded"
+    high_starts = sorted(o.result for o in high_done.results)
+    low_starts = sorted(o.result for o in low_done.results)
+    assert high_starts[-1] < low_starts[0], (high_starts, low_starts)
+    assert client.wait_job(blockers.job_id, timeout_s=60).state == "succeeded"
 
 
 def test_absurd_task_arguments_fail_the_task_not_the_app(http: httpx.Client) -> None:
@@ -171,15 +187,13 @@ def test_curl_style_body_without_json_content_type_works(http: httpx.Client) -> 
 
 def test_async_job_status_and_cancel(http: httpx.Client, client: GridClient) -> None:
     wait_idle(client)
-    blockers = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 2.0] for i in range(6)]}).json()
-    queued = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 1.0] for i in range(4)]})
-    assert queued.status_code == 202
-    job_id = queued.json()["job_id"]
+    blockers = hold_job(12, 2.0)  # every CPU and its lookahead taken
+    job_id = hold_job(4, 1.0).job_id
     assert http.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
     cancelled = http.delete(f"/v1/jobs/{job_id}").json()
     assert cancelled["state"] == "cancelled" and cancelled["cancelled"] == 4 and cancelled["queued"] == 0
-    done = client.wait_job(blockers["job_id"], timeout_s=60)
-    assert done.succeeded == 6
+    done = client.wait_job(blockers.job_id, timeout_s=60)
+    assert done.succeeded == 12
     assert client.get_job(job_id).succeeded == 0
 
 
@@ -243,12 +257,12 @@ def test_handle_call_from_a_separate_driver_process(base_url: str, cluster_addre
 
 def test_cancel_with_running_tasks_leaves_nothing_reserved(http: httpx.Client, client: GridClient) -> None:
     wait_idle(client)
-    running = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 3.0] for i in range(9)]}).json()
-    assert running["running"] == 6 and running["queued"] == 3
-    cancelled = http.delete(f"/v1/jobs/{running['job_id']}").json()
+    running = hold_job(15, 3.0)  # 6 run, 6 wait inside Ray (the lookahead), 3 wait in grid-serve
+    assert running.running == 12 and running.queued == 3
+    cancelled = http.delete(f"/v1/jobs/{running.job_id}").json()
     assert cancelled["state"] == "cancelled"
-    final = client.wait_job(running["job_id"], timeout_s=60)
-    assert final.cancelled + final.succeeded + final.failed == 9 and final.cancelled >= 3
+    final = client.wait_job(running.job_id, timeout_s=60)
+    assert final.cancelled + final.succeeded + final.failed == 15 and final.cancelled >= 9
     wait_idle(client)  # every reservation came back: nothing leaked
 
 

@@ -1,6 +1,6 @@
-"""The completion path on the real cluster: placements come back with the completion reply
-(Scheduler.complete_for), release and reserve go to the LoadBalancer in one call
-(LoadBalancer.settle), and the ledger ends empty, for jobs and for external decisions."""
+"""The completion path on the real cluster: a runner's batched reports (Scheduler.report) free
+room and carry the next placements back, and the ledger ends empty, for jobs and for external
+decisions."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def in_flight(client: GridClient) -> dict[str, tuple[int, float]]:
 
 
 def test_a_job_larger_than_the_admission_spreads_exactly_and_releases_everything(client: GridClient) -> None:
-    # 3 nodes x 2 CPUs x admission 2 = 12 reservations at a time: 60 tasks need many
-    # completion batches, each placing the next tasks through complete_for + settle.
+    # compute_task's lookahead admits a few tasks per slot at a time: 60 tasks need several
+    # reports, each placing the next tasks in the room the last ones freed.
     status = client.submit_job({"task": "compute_task", "count": 60, "strategy": "spread", "wait": True,
                                 "timeout_s": 300})
     assert status.state == "succeeded" and status.succeeded == 60

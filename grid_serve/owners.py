@@ -1,0 +1,70 @@
+"""Who owns what the Scheduler holds: every job (group) has a runner that renews a lease.
+
+The Scheduler's reservations and queued tasks belong to a job runner (or to a `/v1/schedule`
+caller, whose decisions carry their own lease in the ledger). A runner renews the leases of
+its jobs every fraction of an interval; a job whose lease lapses has lost its runner (the
+process died, or cannot reach the Scheduler), and everything it held is reclaimed so no later
+job waits on it. What was reclaimed and why is remembered for a while, so a caller asking
+after that job hears the reason instead of "no such job".
+
+Pure: the Scheduler deployment calls `lapsed()` on its tick and acts on the answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+TOMBSTONES_KEPT = 1000
+
+
+@dataclass
+class Owners:
+    lease_s: float
+    clock: Callable[[], float] = time.monotonic
+    deadlines: dict[str, float] = field(default_factory=dict)  # group -> lease end
+    runners: dict[str, str] = field(default_factory=dict)  # group -> the runner that owns it
+    gone: OrderedDict[str, str] = field(default_factory=OrderedDict)  # group -> why it was reclaimed
+
+    def register(self, group: str, runner: str) -> None:
+        self.deadlines[group] = self.clock() + self.lease_s
+        self.runners[group] = runner
+        self.gone.pop(group, None)
+
+    def renew(self, groups: Iterable[str]) -> list[str]:
+        """Extend the leases of `groups`; returns those this Scheduler does not know (it
+        restarted, or their lease lapsed): their runner must register them again."""
+        until = self.clock() + self.lease_s
+        unknown = []
+        for group in groups:
+            if group in self.deadlines:
+                self.deadlines[group] = until
+            else:
+                unknown.append(group)
+        return unknown
+
+    def knows(self, group: str) -> bool:
+        return group in self.deadlines
+
+    def lapsed(self) -> list[str]:
+        """Groups whose runner stopped renewing; they are forgotten (and remembered as gone)."""
+        now = self.clock()
+        expired = [group for group, deadline in self.deadlines.items() if deadline <= now]
+        for group in expired:
+            runner = self.runners.get(group, "?")
+            self.forget(group, reason=f"its runner {runner} stopped renewing its lease "
+                                      f"(no word for {self.lease_s:g} s); what it held was reclaimed")
+        return expired
+
+    def forget(self, group: str, reason: str | None = None) -> None:
+        self.deadlines.pop(group, None)
+        self.runners.pop(group, None)
+        if reason:
+            self.gone[group] = reason
+            while len(self.gone) > TOMBSTONES_KEPT:
+                self.gone.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self.deadlines)

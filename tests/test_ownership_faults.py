@@ -1,0 +1,153 @@
+"""Capacity always has a live owner: kill each replica (and a job runner) in the middle of a job.
+
+On the shared cluster (the app runs two Ingress replicas there). After each kill: the app
+answers again, the job ends (succeeded, or failed with a reason), nothing stays reserved once
+idle, and a following 99-task spread job lands 33/33/33.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import httpx
+import pytest
+import ray
+
+from grid_serve.client import GridClient
+from grid_serve.errors import GridError
+
+pytestmark = pytest.mark.cluster
+
+TAG_LEN = 4
+
+
+def serve_actor(deployment: str) -> Any:
+    """The live replica actor of `deployment` in the grid app."""
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry["name"].startswith(f"SERVE_REPLICA::grid#{deployment}#"):
+            return ray.get_actor(entry["name"], namespace=entry["namespace"])
+    raise AssertionError(f"no live {deployment} replica")
+
+
+def runner_actors() -> dict[str, Any]:
+    """Job runners by tag."""
+    return {entry["name"].rsplit("-", 1)[1]: ray.get_actor(entry["name"], namespace=entry["namespace"])
+            for entry in ray.util.list_named_actors(all_namespaces=True)
+            if entry["name"].startswith("grid-runner-grid-")}
+
+
+def eventually(check: Callable[[], Any], timeout_s: float = 90.0, what: str = "condition") -> Any:
+    """`check()`'s first truthy answer; errors while the app restarts count as 'not yet'."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (GridError, httpx.HTTPError, ray.exceptions.RayError) as exc:
+            last = exc
+        time.sleep(0.25)
+    raise AssertionError(f"{what} did not happen within {timeout_s:g}s (last: {last!r})")
+
+
+def idle_and_unreserved(client: GridClient) -> bool:
+    status = client.cluster_status()
+    return status.queued == 0 and all(node.in_flight == 0 and not any(node.reserved.values())
+                                      for node in status.nodes)
+
+
+def assert_recovered(client: GridClient, http: httpx.Client) -> None:
+    eventually(lambda: http.get("/v1/health").status_code == 200, what="health")
+    eventually(lambda: idle_and_unreserved(client), what="reservations back to zero")
+    job = eventually(lambda: client.submit_job({"task": "compute_task", "count": 99, "strategy": "spread",
+                                                "wait": True, "timeout_s": 120}), what="a new job")
+    assert job.state == "succeeded"
+    assert job.per_node == {"gpu-master": 33, "gpu1": 33, "gpu2": 33}
+
+
+def ended_with_reason(client: GridClient, job_id: str) -> Any:
+    final = eventually(lambda: (s := client.wait_job(job_id, timeout_s=5)).state not in ("queued", "running") and s,
+                       timeout_s=120, what=f"job {job_id} ending")
+    assert final.state in ("succeeded", "failed"), final
+    if final.state == "failed":
+        assert final.error or all(o.error for o in final.results if not o.ok)
+    return final
+
+
+def start_job(http: httpx.Client, tasks: int = 36, seconds: float = 0.4) -> str:
+    response = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, seconds] for i in range(tasks)],
+                                           "strategy": "spread"})
+    assert response.status_code == 202, response.text
+    return response.json()["job_id"]
+
+
+@pytest.mark.parametrize("deployment", ["Scheduler", "LoadBalancer", "Ingress"])
+def test_a_replica_killed_mid_job_loses_nothing(deployment: str, client: GridClient, http: httpx.Client) -> None:
+    eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
+    job_id = start_job(http)
+    time.sleep(0.8)  # tasks are running and more wait: the job is in the middle
+    ray.kill(serve_actor(deployment), no_restart=True)
+    final = ended_with_reason(client, job_id)
+    assert final.total == 36
+    if deployment != "Scheduler":  # the books never left the Scheduler: the job simply finishes
+        assert final.state == "succeeded" and final.succeeded == 36
+    assert_recovered(client, http)
+
+
+def test_a_restarted_scheduler_takes_jobs_back_from_their_runners(client: GridClient, http: httpx.Client) -> None:
+    eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
+    job_id = start_job(http, tasks=36, seconds=0.4)
+    time.sleep(0.8)
+    ray.kill(serve_actor("Scheduler"), no_restart=True)
+    final = ended_with_reason(client, job_id)
+    # The runner registered its job with the new Scheduler (running tasks, counts, waiting tasks),
+    # so the job completes rather than failing.
+    assert final.state == "succeeded" and final.succeeded == 36
+    assert_recovered(client, http)
+
+
+def test_a_dead_runner_s_capacity_is_reclaimed_and_its_job_explains(client: GridClient, http: httpx.Client) -> None:
+    eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
+    job_id = start_job(http, tasks=60, seconds=0.5)
+    time.sleep(0.8)
+    ray.kill(runner_actors()[job_id[:TAG_LEN]], no_restart=True)
+    # Its lease lapses (2 s here) and the Scheduler reclaims what it held; the job says why.
+    eventually(lambda: idle_and_unreserved(client), timeout_s=30, what="reclaimed reservations")
+    response = eventually(lambda: (r := http.get(f"/v1/jobs/{job_id}")).status_code == 404 and r,
+                          what="the job's fate")
+    assert "stopped renewing" in response.json()["error"]
+    assert_recovered(client, http)
+
+
+def test_any_ingress_replica_answers_for_any_job(client: GridClient, http: httpx.Client, base_url: str) -> None:
+    eventually(lambda: len(runner_actors()) >= 2, what="two runners (one per Ingress replica)")
+    jobs: list[str] = []
+    lock = threading.Lock()
+
+    def submit() -> None:
+        with httpx.Client(base_url=base_url, timeout=60) as own:
+            body = own.post("/v1/jobs", json={"task": "sleep_task", "args": [[0, 0.5]]}).json()
+        with lock:
+            jobs.append(body["job_id"])
+
+    for _ in range(10):  # until both replicas took some: requests spread over the replicas
+        threads = [threading.Thread(target=submit) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if len({job[:TAG_LEN] for job in jobs}) >= 2:
+            break
+    assert len({job[:TAG_LEN] for job in jobs}) >= 2, jobs
+    for job_id in jobs:  # each read goes to whichever replica the proxy picks
+        for _ in range(4):
+            response = http.get(f"/v1/jobs/{job_id}")
+            assert response.status_code == 200 and response.json()["job_id"] == job_id
+    assert {job["job_id"] for job in http.get("/v1/jobs").json()} >= set(jobs)
+    cancelled = [http.delete(f"/v1/jobs/{job_id}").json() for job_id in jobs]
+    assert all(body["job_id"] in jobs and body["state"] in ("cancelled", "succeeded") for body in cancelled)
+    for job_id in jobs:
+        assert client.wait_job(job_id, timeout_s=30).state in ("cancelled", "succeeded")
