@@ -312,7 +312,7 @@ def test_a_restarted_load_balancer_does_not_strand_the_scheduler(http: httpx.Cli
 
 def test_a_jobs_task_cannot_be_released_through_the_schedule_route(http: httpx.Client, client: GridClient) -> None:
     wait_idle(client)
-    job = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[0, 1.5]]}).json()
+    job = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[0, 6.0]]}).json()  # outlasts a slow check
     response = http.post(f"/v1/schedule/{job['job_id']}-0/complete")
     assert response.status_code == 404 and "a job's task" in response.json()["error"]
     nodes = client.cluster_status().nodes
