@@ -198,9 +198,6 @@ class JobRunner:
         job.news.set()
         return job.status()
 
-    async def live_jobs(self) -> int:
-        return sum(1 for job in self._jobs.values() if not job.done.is_set())
-
     # ================================================================== dispatch
 
     def _resolve_task(self, spec: JobSubmission, fn: Callable[..., Any] | None) -> tuple[str, Callable[..., Any], ResourceRequirement]:

@@ -225,17 +225,21 @@ class Scheduler:
         self._wakeups.pop(task_id, None)
         self._outbox.pop(task_id, None)
 
-    def _drop_group(self, group: str) -> list[str]:
-        """Everything of `group` out of the books: waiting tasks, reservations, counts, outbox."""
+    def _drop_waiting(self, group: str) -> list[str]:
+        """Take the group's waiting tasks out of the queue and the books; returns their ids."""
         dropped = self._core.cancel(group=group)
         for task_id in dropped:
             self._meta.pop(task_id, None)
+        return dropped
+
+    def _drop_group(self, group: str) -> None:
+        """Everything of `group` out of the books: waiting tasks, reservations, counts, outbox."""
+        self._drop_waiting(group)
         for reservation in self._ledger.release_group(group):
             self._meta.pop(reservation.task_id, None)
         self._core.forget_group(group)
         self._outbox.pop(group, None)
         self._wakeups.pop(group, None)
-        return dropped
 
     # ------------------------------------------------------------------ the runner's API
 
@@ -318,10 +322,7 @@ class Scheduler:
     async def cancel(self, group: str) -> list[str]:
         """Drop the group's waiting tasks; running ones are the caller's to cancel."""
         async with self._lock:
-            dropped = self._core.cancel(group=group)
-            for task_id in dropped:
-                self._meta.pop(task_id, None)
-            return dropped
+            return self._drop_waiting(group)
 
     async def finished(self, group: str, reason: str | None = None) -> None:
         """The group's job is over: release whatever it still held (its runner has reported
