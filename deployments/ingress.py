@@ -113,7 +113,8 @@ class Ingress:
         context = ray.get_runtime_context()
         self._namespace = RUNNER_NAMESPACE
         self._app = serve.get_replica_context().app_name
-        self._parent = (context.get_actor_name(), SERVE_NAMESPACE) if context.get_actor_name() else None
+        own_name = context.get_actor_name()
+        self._parent = (own_name, SERVE_NAMESPACE) if own_name else None
         self._tag = uuid.uuid4().hex[:TAG_LEN]
         self._runner = self._start_runner()
         self._status_call: asyncio.Future | None = None

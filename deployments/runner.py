@@ -306,8 +306,7 @@ class JobRunner:
         job.done.set()
         batch, job.unreported = job.unreported, []
         try:  # the last ends carry run times worth learning; then everything of the job is released
-            await self._ask(lambda: self._scheduler.report.remote(job.id, batch), grace_s=CALL_TIMEOUT_S)
-            await self._ask(lambda: self._scheduler.finished.remote(job.id), grace_s=CALL_TIMEOUT_S)
+            await self._ask(lambda: self._scheduler.finished.remote(job.id, None, batch), grace_s=CALL_TIMEOUT_S)
         except Exception:  # its lease lapses and the Scheduler reclaims it anyway
             logger.warning("could not tell the Scheduler that job %s finished; its lease will lapse", job.id)
 

@@ -138,7 +138,7 @@ class Scheduler:
         flight: readers of the copy lag by a fraction of a second (a new job's placements are
         published before `submit` returns), and a busy job costs the LoadBalancer a few calls
         a second."""
-        if self._publisher is not None and not self._publisher.done():
+        if self._ledger.version == self._published or (self._publisher is not None and not self._publisher.done()):
             return
 
         async def later() -> None:
@@ -176,20 +176,21 @@ class Scheduler:
     # ------------------------------------------------------------------ core loop
 
     def _drain_locked(self, submitted: list[SchedulingRequest] | None = None) -> None:
-        """Queue `submitted` (if any), place whatever fits, reserve it and hand it out."""
+        """Queue `submitted` (if any), place whatever fits, reserve it and hand it out. Every
+        path that changes the ledger ends here, so this is where its copy is scheduled."""
         submitted = submitted or []
         if not submitted and not len(self._core):
+            self._publish_soon()
             return
         began = time.perf_counter()
         result = self._core.submit(submitted, self._view())
         self._metrics_out.record_drain(result.placed, len(result.placed) + len(result.rejected),
                                        time.perf_counter() - began, len(self._core))
         self._commit(result)
+        self._publish_soon()
 
     def _commit(self, result: DrainResult) -> None:
         """Reserve what was placed in the ledger, then hand each group its news."""
-        if result.placed:
-            self._publish_soon()
         for decision in result.placed:
             meta = self._meta[decision.task_id]
             self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, meta.task_type, meta.group,
@@ -276,7 +277,6 @@ class Scheduler:
             self._owners.renew([group])
             self._release(completions)
             self._drain_locked()
-            self._publish_soon()
             return self._collect(group)
 
     async def wait_placed(self, group: str, timeout_s: float = 5.0) -> Placements:
@@ -324,10 +324,12 @@ class Scheduler:
         async with self._lock:
             return self._drop_waiting(group)
 
-    async def finished(self, group: str, reason: str | None = None) -> None:
-        """The group's job is over: release whatever it still held (its runner has reported
-        every task, or is giving up), forget its counts, outbox and lease."""
+    async def finished(self, group: str, reason: str | None = None, completions: list[Completion] | None = None) -> None:
+        """The group's job is over: learn from its last ends (`completions`), release whatever
+        it still held (its runner has reported every task, or is giving up), forget its counts,
+        outbox and lease."""
         async with self._lock:
+            self._release(completions or [])
             self._drop_group(group)
             self._owners.forget(group, reason)
             self._drain_locked()
@@ -343,7 +345,6 @@ class Scheduler:
         async with self._lock:
             released = self._release(completions)
             self._drain_locked()
-        self._publish_soon()
         return len(released)
 
     async def complete_external(self, completion: Completion) -> int:

@@ -1,8 +1,8 @@
 """Capacity always has a live owner: kill each replica (and a job runner) in the middle of a job.
 
 On the shared cluster (the app runs two Ingress replicas there). After each kill: the app
-answers again, the job ends (succeeded, or failed with a reason), nothing stays reserved once
-idle, and a following 99-task spread job lands 33/33/33.
+answers again, the job succeeds, nothing stays reserved once idle, and a following 99-task
+spread job lands 33/33/33. A killed runner's job is reported gone, with the reason.
 """
 
 from __future__ import annotations
@@ -68,13 +68,10 @@ def assert_recovered(client: GridClient, http: httpx.Client) -> None:
     assert job.per_node == {"gpu-master": 33, "gpu1": 33, "gpu2": 33}
 
 
-def ended_with_reason(client: GridClient, job_id: str) -> Any:
-    final = eventually(lambda: (s := client.wait_job(job_id, timeout_s=5)).state not in ("queued", "running") and s,
-                       timeout_s=120, what=f"job {job_id} ending")
-    assert final.state in ("succeeded", "failed"), final
-    if final.state == "failed":
-        assert final.error or all(o.error for o in final.results if not o.ok)
-    return final
+def ended(client: GridClient, job_id: str) -> Any:
+    """The job's final status, read through whichever replica answers (retried while they restart)."""
+    return eventually(lambda: (s := client.wait_job(job_id, timeout_s=5)).state not in ("queued", "running") and s,
+                      timeout_s=120, what=f"job {job_id} ending")
 
 
 def start_job(http: httpx.Client, tasks: int = 36, seconds: float = 0.4) -> str:
@@ -90,7 +87,7 @@ def test_a_replica_killed_mid_job_loses_nothing(deployment: str, client: GridCli
     job_id = start_job(http)
     time.sleep(0.8)  # tasks are running and more wait: the job is in the middle
     ray.kill(serve_actor(deployment), no_restart=True)
-    final = ended_with_reason(client, job_id)
+    final = ended(client, job_id)
     # Scheduler: the runner registers its job with the new one (what runs, per-node counts, what
     # waits); LoadBalancer: only the ledger's copy is lost; Ingress: the detached runner goes on.
     assert final.state == "succeeded" and final.succeeded == 36
