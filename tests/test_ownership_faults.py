@@ -92,6 +92,8 @@ def test_a_replica_killed_mid_job_loses_nothing(deployment: str, client: GridCli
     # waits); LoadBalancer: only the ledger's copy is lost; Ingress: the detached runner goes on.
     assert final.state == "succeeded" and final.succeeded == 36
     assert_recovered(client, http)
+    if deployment == "Ingress":  # the killed replica's runner, idle now, left: one runner per live replica
+        eventually(lambda: len(runner_actors()) == 2, what="the orphaned runner exiting")
 
 
 def test_a_dead_runner_s_capacity_is_reclaimed_and_its_job_explains(client: GridClient, http: httpx.Client) -> None:
