@@ -386,7 +386,9 @@ class JobRunner:
                 self._parent = None
                 return
             logger.info("runner %s: its Ingress replica is gone and no job runs; exiting", self._name)
-            ray.actor.exit_actor()
+            # exit_actor() only works inside an actor method; this runs in the heartbeat task,
+            # where it raised AsyncioActorExit into the loop's error log instead of exiting
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     # ================================================================== upkeep
 

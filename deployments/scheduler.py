@@ -39,6 +39,7 @@ from .telemetry import SchedulerMetrics
 
 OWNER_LEASE_INTERVALS = 2.0  # a runner that misses this many intervals of renewals is gone
 MIN_OWNER_LEASE_S = 2.0
+SUBMIT_PUBLISH_TIMEOUT_S = 0.5
 PUBLISH_SPACING_S = 0.25  # py-spy: publishing every 20 ms cost the LoadBalancer 22% of a core
 
 
@@ -121,14 +122,14 @@ class Scheduler:
         self._ledger.learned_from(published)
         self._recovered = True
 
-    async def _publish(self) -> None:
+    async def _publish(self, timeout_s: float | None = None) -> None:
         """Give the LoadBalancer the ledger as it stands, when it changed. Off every decision
         path: a slow or restarting LoadBalancer delays only its copy."""
         if self._ledger.version == self._published:
             return
         snapshot = self._ledger.snapshot()
         try:
-            await call_with_timeout(self._lb.publish.remote(snapshot), self._interval_s * 5)
+            await call_with_timeout(self._lb.publish.remote(snapshot), timeout_s or self._interval_s * 5)
             self._published = max(self._published, snapshot.version)
         except Exception:
             logger.warning("could not publish the ledger to the LoadBalancer; retrying next tick")
@@ -266,7 +267,11 @@ class Scheduler:
                 self._meta[request.task_id] = _Meta(request.task_type, request.group, lease_s)
             self._drain_locked(requests)
             placements = self._collect(group)
-        await self._publish()  # once per job: the copy shows a new job's placements when submit returns
+        # Once per job, so the copy shows a new job's placements when submit returns; bounded,
+        # so a LoadBalancer being replaced delays a submission by a moment at most.
+        await self._publish(SUBMIT_PUBLISH_TIMEOUT_S)
+        if runner is not None:  # the lease runs from when the runner hears it owns the job
+            self._owners.renew([group])
         return placements
 
     async def report(self, group: str, completions: list[Completion]) -> Placements:
@@ -358,8 +363,13 @@ class Scheduler:
     # ------------------------------------------------------------------ status
 
     async def cluster_status(self) -> ClusterStatus:
-        """Nodes with their reservations folded in, for the status route and the CLI."""
+        """Nodes with their reservations folded in, for the status route and the CLI. Borrowed
+        capacity is asked for afresh: a reader must not see an allocation the SharingManager
+        has already ended, only because the next tick has not come yet."""
+        allocations = await self._fetch_allocations()
         async with self._lock:
+            if allocations is not None:
+                self._allocations = allocations
             await self._ensure_nodes()
             view = self._view()
             nodes = []
