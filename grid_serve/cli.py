@@ -26,7 +26,7 @@ from rich.table import Table
 from .client import AppUnreachableError, GridClient, default_address
 from .config import ConfigError, load_cluster_config
 from .errors import GridError, InvalidRequestError, NotFoundError, describe_error
-from .local_cluster import DEFAULT_CONFIG, DEFAULT_SERVE_CONFIG, LOOPBACK, free_port, log_file, read_state, state_file
+from .local_cluster import DEFAULT_CONFIG, DEFAULT_SERVE_CONFIG, LOOPBACK, listener_on, log_file, read_state, state_file
 from .sharing import Allocation, ResourceType, SharingRequest, config_capacity_rows, parse_duration, status_tables
 from .models import ClusterStatus, JobStatus, JobSubmission, ResourceRequirement, SchedulingStrategy, TaskPriority
 
@@ -95,8 +95,9 @@ def up(
         load_cluster_config(config)
     except ConfigError as exc:
         fail(str(exc), 2)
-    if free_port(port) != port:
-        fail(f"port {port} on {LOOPBACK} is in use; pick another with --port", 2)
+    holder = listener_on(port)
+    if holder:
+        fail(f"port {port} on {LOOPBACK} is in use by {holder}; pick another with --port", 2)
     if local:
         state = _start_local(config, serve_config, port)
     else:

@@ -96,14 +96,44 @@ def start_cluster(nodes: list[LocalNode]) -> Any:
 
 def free_port(preferred: int | None = None) -> int:
     """`preferred` if nothing listens there on loopback, else any free loopback port."""
-    for port in ([preferred] if preferred else []) + [0]:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((LOOPBACK, port))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise RuntimeError("no free loopback port")
+    if preferred and listener_on(preferred) is None:
+        return preferred
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def listener_on(port: int, host: str = LOOPBACK) -> str | None:
+    """None when a server could listen on host:port now, else who holds it (as far as we can tell).
+
+    The test bind sets SO_REUSEADDR, as every server we start does (uvicorn, Ray): the
+    connections a stopped server leaves in TIME-WAIT must not count, only a live listener.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return _describe_listener(port)
+    return None
+
+
+def _describe_listener(port: int) -> str:
+    """'pid 123 (ray::ProxyActor ...)' for the process listening on `port`, when we may see it."""
+    try:
+        pids = {conn.pid for conn in psutil.net_connections(kind="tcp")
+                if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port}
+    except (psutil.Error, OSError):
+        pids = set()
+    for pid in sorted(pid for pid in pids if pid):
+        try:
+            command = " ".join(psutil.Process(pid).cmdline()) or psutil.Process(pid).name()
+        except psutil.Error:
+            continue
+        if "ProxyActor" in command:
+            return f"a Ray Serve proxy, pid {pid} (another grid-serve or Serve app)"
+        return f"pid {pid} ({command[:60]})"
+    return "another program"
 
 
 def serve_app_spec(serve_config: Path = DEFAULT_SERVE_CONFIG) -> tuple[dict[str, Any], dict[str, Any]]:
