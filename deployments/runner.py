@@ -16,6 +16,12 @@ the same leased worker. The runner only records the end; a reporter sends the ba
 (with run times) at most every `REPORT_SPACING_S` and dispatches the placements the reply
 carries, which refill the lookahead.
 
+A task whose worker or node died is placed again (up to `MAX_ATTEMPTS`): the runner reports
+the lost attempt (its reservation frees) together with the task, queued anew, and the node Ray
+said died, which the Scheduler stops using at once. Ray's own retries are off for these
+tasks: they are pinned hard, so Ray would retry on the dead node. `node_specific` tasks stay
+on their node: they fail, naming it.
+
 Ownership: the runner renews its jobs' leases with the Scheduler every half interval. If the
 Scheduler restarted (a new epoch) or forgot a job (its lease lapsed), the runner registers
 the job again (`adopt`): what runs where, what the job placed per node, what waits.
@@ -35,7 +41,8 @@ from ray.serve.handle import DeploymentHandle
 
 from grid_serve.errors import InvalidRequestError, NotFoundError
 from grid_serve.ledger import Completion
-from grid_serve.models import JobState, JobStatus, JobSubmission, ResourceRequirement, SchedulingDecision, SchedulingRequest, TaskOutcome
+from grid_serve.models import (JobState, JobStatus, JobSubmission, ResourceRequirement, SchedulingDecision, SchedulingRequest,
+                               SchedulingStrategy, TaskOutcome)
 from grid_serve.tasks import TaskType, load_task_modules, run_task
 
 from ._common import call_with_timeout, logger
@@ -47,7 +54,13 @@ FINISHED_JOBS_KEPT = 200
 REPORT_SPACING_S = 0.05  # at most ~20 reports a second per job: the lookahead (100 ms) covers the wait
 CALL_TIMEOUT_S = 30.0
 SCHEDULER_GRACE_S = 60.0  # how long a job rides out an unreachable Scheduler before it fails
+MAX_ATTEMPTS = 3  # runs of one task when its worker or node dies under it
 _run_remote = ray.remote(run_task)
+# Ray's errors for a task whose worker, raylet or node went away (not the task's own error:
+# run_task catches those and returns them in its envelope)
+LOST_WORKER = (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError, ray.exceptions.TaskUnschedulableError,
+               ray.exceptions.LocalRayletDiedError, ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError)
+LOST_NODE = (ray.exceptions.NodeDiedError, ray.exceptions.TaskUnschedulableError)
 
 
 def runner_name(app: str, tag: str) -> str:
@@ -62,11 +75,15 @@ class _Job:
     spec: JobSubmission
     fn_ref: Any  # what dispatch passes as the function: a registered task itself, or an object ref
     task_name: str
+    requirements: ResourceRequirement  # the task type's default, for requests made again
     submitted_at: float = field(default_factory=time.time)
     waiting: dict[str, SchedulingRequest] = field(default_factory=dict)  # not yet placed, by task id
     running: dict[int, tuple[SchedulingDecision, ray.ObjectRef]] = field(default_factory=dict)
     outcomes: dict[int, TaskOutcome] = field(default_factory=dict)
     unreported: list[Completion] = field(default_factory=list)  # ended, not yet told to the Scheduler
+    requeue: list[SchedulingRequest] = field(default_factory=list)  # lost attempts to place again, not yet sent
+    lost_nodes: set[str] = field(default_factory=set)  # node ids Ray said died, not yet told
+    attempts: dict[int, int] = field(default_factory=dict)  # task index -> runs started, when more than one
     placed_per_node: dict[str, int] = field(default_factory=dict)  # node id -> tasks placed there
     cancelled: bool = False
     finished_at: float | None = None
@@ -121,7 +138,9 @@ class _PinnedFunctions:
         if remote is None:
             if len(self._cache) > 4096:
                 self._cache.clear()
-            remote = self._cache[key] = _run_remote.options(**decision.ray_options())
+            # max_retries=0: Ray would retry a lost task on the node it is pinned to, dead or
+            # not; the runner places it again instead (MAX_ATTEMPTS)
+            remote = self._cache[key] = _run_remote.options(**decision.ray_options(), max_retries=0)
         return remote
 
 
@@ -163,7 +182,7 @@ class JobRunner:
             raise InvalidRequestError(placements.rejected[0].reason, field="node" if spec.node else "resources")
         # A registered task travels inline (pickled by reference: a few bytes); a caller's own
         # function goes to the object store once per job rather than once per task.
-        job = _Job(id=job_id, spec=spec, fn_ref=ray.put(fn) if custom else fn, task_name=task_name,
+        job = _Job(id=job_id, spec=spec, fn_ref=ray.put(fn) if custom else fn, task_name=task_name, requirements=default,
                    waiting={request.task_id: request for request in requests})
         self._jobs[job.id] = job
         self._forget_old_jobs()
@@ -247,7 +266,11 @@ class JobRunner:
             ok, error = envelope["ok"], envelope["error"]
         except (ray.exceptions.TaskCancelledError, asyncio.CancelledError):
             envelope, ok, error = None, False, "cancelled"
-        except Exception as exc:  # the worker or its node died: a failed task, not a failed job
+        except LOST_WORKER as exc:
+            if self._place_again(job, index, decision, exc):
+                return
+            envelope, ok, error = None, False, self._lost_reason(job, index, decision, exc)
+        except Exception as exc:  # anything else Ray raised: a failed task, not a failed job
             envelope, ok, error = None, False, f"{type(exc).__name__}: {exc}"
         self._record(job, index, decision, ok, error, envelope)
         # model_construct: these values come from our own envelope, and validating two models per
@@ -255,6 +278,33 @@ class JobRunner:
         job.unreported.append(Completion.model_construct(task_id=decision.task_id, ok=ok,
                                                          duration_s=envelope["duration_s"] if envelope else None))
         job.news.set()
+
+    def _place_again(self, job: _Job, index: int, decision: SchedulingDecision, exc: Exception) -> bool:
+        """Queue a task whose worker or node died for another placement, if its strategy may
+        move and it has attempts left. Its lost attempt is reported (the room frees), and so is
+        the node when Ray says it died, so the Scheduler stops using it before Ray's node table
+        catches up."""
+        if isinstance(exc, LOST_NODE):
+            job.lost_nodes.add(decision.node_id)
+        attempts = job.attempts.get(index, 1)
+        if job.cancelled or job.spec.strategy is SchedulingStrategy.NODE_SPECIFIC or attempts >= MAX_ATTEMPTS:
+            return False
+        logger.warning("job %s task %d: %s on %s; placing it again (attempt %d of %d)", job.id, index,
+                       type(exc).__name__, decision.node_name, attempts + 1, MAX_ATTEMPTS)
+        job.attempts[index] = attempts + 1
+        job.unreported.append(Completion.model_construct(task_id=decision.task_id, ok=False, duration_s=None))
+        request = job.spec.scheduling_request(job.id, index, job.requirements)
+        job.waiting[request.task_id] = request
+        job.requeue.append(request)
+        job.news.set()
+        return True
+
+    @staticmethod
+    def _lost_reason(job: _Job, index: int, decision: SchedulingDecision, exc: Exception) -> str:
+        what = f"{type(exc).__name__} on node {decision.node_name}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if job.spec.strategy is SchedulingStrategy.NODE_SPECIFIC:
+            return f"node {decision.node_name} was lost ({what}); node_specific tasks are not moved"
+        return f"lost {job.attempts.get(index, 1)} time(s), the last: {what}"
 
     def _record(self, job: _Job, index: int, decision: SchedulingDecision | None, ok: bool,
                 error: str | None = None, envelope: dict[str, Any] | None = None) -> None:
@@ -265,6 +315,7 @@ class JobRunner:
             node_name=envelope.get("node_name") or (decision.node_name if decision else "(not placed)"),
             ok=ok, result=envelope.get("result"), error=error,
             started_at=envelope.get("started_at", 0.0), duration_s=envelope.get("duration_s", 0.0),
+            attempts=job.attempts.get(index, 1),
         )
 
     async def _drive(self, job: _Job) -> None:
@@ -274,10 +325,12 @@ class JobRunner:
             while not job.settled:
                 await job.news.wait()
                 job.news.clear()
-                if job.unreported and not job.settled:
+                if (job.unreported or job.requeue) and not job.settled:
                     batch, job.unreported = job.unreported, []
+                    requeue, job.requeue = job.requeue, []
+                    lost, job.lost_nodes = sorted(job.lost_nodes), set()
                     began = time.monotonic()
-                    self._take(job, await self._ask(lambda: self._scheduler.report.remote(job.id, batch)))
+                    self._take(job, await self._ask(lambda: self._scheduler.report.remote(job.id, batch, requeue, lost)))
                     await asyncio.sleep(max(0.0, REPORT_SPACING_S - (time.monotonic() - began)))
         except Exception as exc:  # never leave a job hanging: say what broke
             logger.exception("job %s failed", job.id)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -40,6 +40,7 @@ from .telemetry import SchedulerMetrics
 OWNER_LEASE_INTERVALS = 2.0  # a runner that misses this many intervals of renewals is gone
 MIN_OWNER_LEASE_S = 2.0
 SUBMIT_PUBLISH_TIMEOUT_S = 0.5
+LOST_NODE_S = 30.0  # a node a runner saw die stays out this long unless Ray's table agrees sooner
 PUBLISH_SPACING_S = 0.25  # py-spy: publishing every 20 ms cost the LoadBalancer 22% of a core
 
 
@@ -81,6 +82,7 @@ class Scheduler:
         self._nodes: list[NodeStatus] = []
         self._nodes_at = 0.0
         self._meta: dict[str, _Meta] = {}
+        self._lost_nodes: dict[str, float] = {}  # node id -> until when it stays out (monotonic)
         self._outbox: dict[str, Placements] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._metrics_out = SchedulerMetrics()
@@ -164,7 +166,20 @@ class Scheduler:
     def _view(self) -> ClusterView:
         ledger = self._ledger.snapshot()
         view = view_from(self._nodes, ledger, self._admission, self._nodes_at)
+        view = self._without_lost_nodes(view)
         return fold_allocations(view, self._allocations, ledger.group_loads)
+
+    def _without_lost_nodes(self, view: ClusterView) -> ClusterView:
+        """The view with nodes a runner saw die marked dead: Ray's node table marks a killed
+        raylet dead only after its health checks fail (about 15 s by default)."""
+        now = time.monotonic()
+        for node_id, until in list(self._lost_nodes.items()):
+            node = view.nodes.get(node_id)
+            if until < now or node is None or not node.alive:
+                del self._lost_nodes[node_id]  # expired, or Ray's own table says it now
+            else:
+                view = view.with_node(replace(node, alive=False))
+        return view
 
     async def sharing_changed(self) -> None:
         """An allocation was granted or ended: take the news now and place what it allows."""
@@ -274,14 +289,25 @@ class Scheduler:
             self._owners.renew([group])
         return placements
 
-    async def report(self, group: str, completions: list[Completion]) -> Placements:
+    async def report(self, group: str, completions: list[Completion], requeue: list[SchedulingRequest] | None = None,
+                     lost_nodes: list[str] | None = None) -> Placements:
         """A runner's tasks ended: release them, place waiting tasks in the room, and return the
         group's news at once. Renews the group's lease. Sent in batches, one at a time per job,
-        while Ray already runs the tasks placed ahead (the lookahead): never awaited per task."""
+        while Ray already runs the tasks placed ahead (the lookahead): never awaited per task.
+
+        `requeue`: tasks whose worker or node died, to place again (their lost attempts are
+        among `completions`); `lost_nodes`: nodes Ray said died under a task, left out of
+        decisions from now on (until Ray's node table says so too, or `LOST_NODE_S` passes)."""
         async with self._lock:
             self._owners.renew([group])
             self._release(completions)
-            self._drain_locked()
+            for node_id in lost_nodes or []:
+                logger.warning("node %s lost a task of job %s: no new work goes there", node_id[:12], group)
+                self._lost_nodes[node_id] = time.monotonic() + LOST_NODE_S
+            fresh = [request for request in requeue or [] if request.task_id not in self._meta]
+            for request in fresh:
+                self._meta[request.task_id] = _Meta(request.task_type, group, None)
+            self._drain_locked(fresh)
             return self._collect(group)
 
     async def wait_placed(self, group: str, timeout_s: float = 5.0) -> Placements:

@@ -78,13 +78,17 @@ def _scale(node: NodeConfig, cpu_factor: float, memory_factor: float, head: bool
     )
 
 
-def start_cluster(nodes: list[LocalNode]) -> Any:
-    """Start the raylets (head first) and connect this process to them."""
+def start_cluster(nodes: list[LocalNode], system_config: Mapping[str, Any] | None = None) -> Any:
+    """Start the raylets (head first) and connect this process to them. `system_config`: Ray
+    internals for the whole cluster (tests shorten the health checks that find a dead node)."""
     import ray
     from ray.cluster_utils import Cluster
 
     head = next(node for node in nodes if node.head)
-    cluster = Cluster(initialize_head=True, head_node_args=head.ray_args())
+    head_args = head.ray_args()
+    if system_config:
+        head_args["_system_config"] = dict(system_config)
+    cluster = Cluster(initialize_head=True, head_node_args=head_args)
     for node in nodes:
         if not node.head:
             cluster.add_node(**node.ray_args())

@@ -240,6 +240,7 @@ class TaskOutcome(BaseModel):
     error: str | None = None
     started_at: float = 0.0
     duration_s: float = 0.0
+    attempts: int = 1  # runs started: more than one when a worker or node died under it
 
 
 class JobStatus(BaseModel):

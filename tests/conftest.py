@@ -27,13 +27,18 @@ TEST_NODES = [
     LocalNode("gpu2", num_cpus=2, num_gpus=1, memory_bytes=4 * GiB, head=False),
 ]
 
+# Ray marks a killed raylet dead after its health checks fail: about 15 s by default, ~3 s here
+# (a live but busy raylet still has 3 x 5 s to answer).
+FAST_NODE_DEATH = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 1000,
+                   "health_check_timeout_ms": 5000, "health_check_failure_threshold": 3}
+
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[object]:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    cluster = start_cluster(TEST_NODES)
+    cluster = start_cluster(TEST_NODES, FAST_NODE_DEATH)
     yield cluster
     from ray import serve
 
