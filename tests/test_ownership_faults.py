@@ -1,4 +1,5 @@
-"""Capacity always has a live owner: kill each replica (and a job runner) in the middle of a job.
+"""Capacity always has a live owner: kill each replica (Ingress, Scheduler, LoadBalancer,
+MetricsCollector, SharingManager) and a job runner in the middle of a job.
 
 On the shared cluster (the app runs two Ingress replicas there). After each kill: the app
 answers again, the job succeeds, nothing stays reserved once idle, and a following 99-task
@@ -81,7 +82,7 @@ def start_job(http: httpx.Client, tasks: int = 36, seconds: float = 0.4) -> str:
     return response.json()["job_id"]
 
 
-@pytest.mark.parametrize("deployment", ["Scheduler", "LoadBalancer", "Ingress"])
+@pytest.mark.parametrize("deployment", ["Scheduler", "LoadBalancer", "Ingress", "MetricsCollector", "SharingManager"])
 def test_a_replica_killed_mid_job_loses_nothing(deployment: str, client: GridClient, http: httpx.Client) -> None:
     eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
     job_id = start_job(http)
