@@ -11,6 +11,7 @@ bottom are thin wrappers around them.
 
 
 import asyncio
+import math
 import time
 import uuid
 from typing import Any, Callable
@@ -26,9 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from grid_serve.errors import GridError, InvalidRequestError, NoCapacityError, NotFoundError, describe_error
+from grid_serve.errors import (GridError, InvalidRequestError, NoCapacityError, NotFoundError, describe_error, require_id,
+                               require_number)
 from grid_serve.ledger import Completion
-from grid_serve.models import ClusterStatus, JobStatus, JobSubmission, SchedulingDecision, SchedulingRequest
+from grid_serve.models import ClusterStatus, JobStatus, JobSubmission, SchedulingDecision, SchedulingRequest, non_finite_path
 from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules
 
@@ -41,18 +43,46 @@ API_VERSION = "v1"
 class CompletionReport(BaseModel):
     """Body of `/v1/schedule/{task_id}/complete`: how the externally run task went."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     ok: bool = True
     duration_s: float | None = Field(None, ge=0)
 
 HEALTH_MAX_AGE_S = 0.5
+# /v1/schedule task ids live under this prefix inside the Scheduler, apart from job task ids
+# (`<job id>-<index>`): a caller's id can never address, block or release a job's task
+EXTERNAL_PREFIX = "schedule:"
+MAX_WAIT_S = 3600.0
 _RunnerActor = ray.remote(JobRunner)
+
+
+class FiniteJSONResponse(JSONResponse):
+    """JSON that a task's NaN or infinity cannot turn into a 500: strict JSON has no such
+    numbers, so they go out as null (the common case pays one failed attempt only when they occur)."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except ValueError:
+            if non_finite_path(content) is None:
+                raise
+            return super().render(_finite(content))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 fastapi_app = FastAPI(
     title="grid-serve",
     version="0.1.0",
     description="Task placement for Ray: spread, load_balanced, performance_optimized, node_specific, pack.",
+    default_response_class=FiniteJSONResponse,
 )
 
 
@@ -187,10 +217,11 @@ class Ingress:
         self._runner = self._start_runner()
 
     async def get_job(self, job_id: str, results: bool = False) -> JobStatus:
-        return await grid_call((await self._runner_of(job_id)).get_job.remote(job_id, results))
+        return await grid_call((await self._runner_of(job_id)).get_job.remote(job_id, bool(results)))
 
     async def wait_job(self, job_id: str, timeout_s: float = 600.0, results: bool = True) -> JobStatus:
-        return await grid_call((await self._runner_of(job_id)).wait_job.remote(job_id, timeout_s, results))
+        timeout_s = require_number("timeout_s", timeout_s, 0, MAX_WAIT_S)
+        return await grid_call((await self._runner_of(job_id)).wait_job.remote(job_id, timeout_s, bool(results)))
 
     async def list_jobs(self) -> list[JobStatus]:
         runners = [entry["name"] for entry in ray.util.list_named_actors(all_namespaces=True)
@@ -208,7 +239,7 @@ class Ingress:
 
     async def _runner_of(self, job_id: str) -> ActorHandle:
         """The runner that holds `job_id` (its id starts with the runner's tag)."""
-        tag = job_id[:TAG_LEN]
+        tag = require_id("job_id", job_id)[:TAG_LEN]
         if tag == self._tag:
             return self._runner
         try:
@@ -221,24 +252,29 @@ class Ingress:
                        wait_s: float = 30.0) -> SchedulingDecision:
         """Decide and reserve a node for a task the caller will submit itself. The reservation
         holds until `complete(task_id)` or until the lease runs out. Each such task is its own
-        group (a `job_id` is ignored), so its decision can never be delivered to anyone else."""
+        group (a `job_id` is ignored), so its decision can never be delivered to anyone else,
+        and its id lives apart from jobs' task ids (`EXTERNAL_PREFIX`)."""
         request = request if isinstance(request, SchedulingRequest) else SchedulingRequest.model_validate(request)
-        if request.job_id is not None:  # decisions are delivered per group: never share one with a job
-            request = request.model_copy(update={"job_id": None})
-        placements = await self._scheduler.submit.remote([request], lease_s)
+        lease_s = require_number("lease_s", lease_s, 0, 86400, low_open=True)
+        wait_s = require_number("wait_s", wait_s, 0, 600)
+        inner = request.model_copy(update={"task_id": EXTERNAL_PREFIX + request.task_id, "job_id": None})
+        placements = await self._scheduler.submit.remote([inner], lease_s)
         deadline = time.monotonic() + wait_s
         while not placements.placed and not placements.rejected and time.monotonic() < deadline:
-            placements = await self._scheduler.wait_placed.remote(request.group, min(5.0, wait_s))
+            placements = await self._scheduler.wait_placed.remote(inner.group, min(5.0, wait_s))
         if placements.rejected:
-            reason = placements.rejected[0].reason
+            reason = placements.rejected[0].reason.replace(repr(inner.task_id), repr(request.task_id))
             raise InvalidRequestError(reason, field="task_id" if reason.startswith("task id") else "requirements")
         if not placements.placed:
-            await self._scheduler.finished.remote(request.group)
+            await self._scheduler.finished.remote(inner.group)
             raise NoCapacityError(f"no node had room for task {request.task_id} within {wait_s:g}s; try again later")
-        return placements.placed[0]
+        return placements.placed[0].model_copy(update={"task_id": request.task_id})
 
     async def complete(self, task_id: str, ok: bool = True, duration_s: float | None = None) -> dict[str, Any]:
-        completion = Completion(task_id=task_id, ok=ok, duration_s=duration_s)
+        require_id("task_id", task_id)
+        if duration_s is not None:
+            duration_s = require_number("duration_s", duration_s, 0, 1e9)
+        completion = Completion(task_id=EXTERNAL_PREFIX + task_id, ok=bool(ok), duration_s=duration_s)
         if not await self._scheduler.complete_external.remote(completion):
             raise NotFoundError(f"no /v1/schedule reservation for task {task_id!r} (already released, expired, "
                                 "or a job's task, which its job releases)", field="task_id")
@@ -294,7 +330,7 @@ class Ingress:
     async def http_submit(self, body: JobSubmission) -> JSONResponse:
         status = await self.submit_job(body)
         code = 200 if status.state in ("succeeded", "failed", "cancelled") else 202
-        return JSONResponse(status.model_dump(mode="json", exclude_none=True), status_code=code)
+        return FiniteJSONResponse(status.model_dump(mode="json", exclude_none=True), status_code=code)
 
     @fastapi_app.get(f"/{API_VERSION}/jobs", response_model=list[JobStatus], response_model_exclude_none=True)
     async def http_jobs(self) -> list[JobStatus]:
@@ -326,7 +362,7 @@ class Ingress:
     @fastapi_app.post(f"/{API_VERSION}/sharing", response_model=Allocation)
     async def http_sharing_request(self, body: SharingRequest) -> JSONResponse:
         record = await self.request_resources(body)
-        return JSONResponse(record.model_dump(mode="json"), status_code=201 if record.state == "active" else 202)
+        return FiniteJSONResponse(record.model_dump(mode="json"), status_code=201 if record.state == "active" else 202)
 
     @fastapi_app.get(f"/{API_VERSION}/sharing/{{record_id}}", response_model=Allocation)
     async def http_sharing_get(self, record_id: str) -> Allocation:

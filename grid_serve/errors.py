@@ -6,6 +6,9 @@ the message on one line; handle callers get the exception itself.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 
 class GridError(Exception):
     status = 400
@@ -36,6 +39,30 @@ class NoCapacityError(GridError):
     """Nothing could take the request within the time the caller allowed; retrying may help."""
 
     status = 503
+
+
+def require_number(field: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
+    """`value` if it is a finite number in [low, high] ((low, high] with `low_open`); else the
+    InvalidRequestError HTTP's own validation would give. Handle calls skip FastAPI's checks.
+
+    >>> require_number("lease_s", 0, 0, 86400, low_open=True)
+    Traceback (most recent call last):
+    ...
+    grid_serve.errors.InvalidRequestError: lease_s must be a number above 0 and at most 86400, got 0
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
+        (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bound = f"above {low:g}" if low_open else f"at least {low:g}"
+        raise InvalidRequestError(f"{field} must be a number {bound} and at most {high:g}, got {value!r}", field=field)
+    return float(value)
+
+
+def require_id(field: str, value: Any, max_length: int = 200) -> str:
+    """`value` if it is a non-empty string of at most `max_length` characters."""
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        raise InvalidRequestError(f"{field} must be a string of 1 to {max_length} characters", field=field)
+    return value
 
 
 def describe_error(error: dict) -> tuple[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,12 +100,31 @@ def start_cluster(nodes: list[LocalNode], system_config: Mapping[str, Any] | Non
 
 
 def free_port(preferred: int | None = None) -> int:
-    """`preferred` if nothing listens there on loopback, else any free loopback port."""
+    """`preferred` if nothing listens there on loopback, else a free loopback port.
+
+    Picked below the kernel's ephemeral range (where `bind(0)` and every outgoing connection
+    draw from): a port taken from there can be taken again by a client connection before the
+    server binds it, which made `grid up --local` fail now and then on a busy machine.
+    """
     if preferred and listener_on(preferred) is None:
         return preferred
+    low, high = _below_ephemeral_range()
+    for _ in range(64):
+        port = random.randrange(low, high)
+        if listener_on(port) is None:
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
+
+
+def _below_ephemeral_range() -> tuple[int, int]:
+    """Ports 20000 up to where the kernel starts handing out ephemeral ports."""
+    try:
+        first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768
+    return (20000, first_ephemeral) if first_ephemeral > 21000 else (first_ephemeral // 2, first_ephemeral)
 
 
 def listener_on(port: int, host: str = LOOPBACK) -> str | None:

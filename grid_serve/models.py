@@ -8,12 +8,15 @@ Ray scheduling-strategy object is made by the caller that already has Ray loaded
 from __future__ import annotations
 
 import enum
+import math
+import re
 import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_TASKS_PER_JOB = 100_000
+RESOURCE_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,100}")
 MAX_CPUS = 4096.0
 MAX_GPUS = 1024.0
 MAX_MEMORY_MB = 64 * 1024 * 1024.0  # 64 TiB: anything above is a typo, not a machine
@@ -58,7 +61,39 @@ class TaskPriority(_CaseInsensitiveEnum):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Work that asks for no resources at all still takes a worker process each: it holds one of
+# these per task instead, so a 100,000-task job of 0 CPUs cannot start 100,000 workers at once.
+# Ray never sees it (`ray_options` leaves it out); `/v1/cluster` shows it among the reservations.
+ZERO_RESOURCE_SLOT = "grid.zero_resource_tasks"
+
+
+def zero_resource_slots(total: "dict[str, float] | Any") -> float:
+    """How many zero-resource tasks a node runs at once: twice its CPUs, at least 4."""
+    return max(4.0, 2.0 * float(total.get("CPU", 0.0)))
+
+
+RAY_RESOURCE_UNIT = 0.0001  # Ray refuses fractional amounts finer than this
+
+
+def ray_refuses(amount: float) -> str | None:
+    """Why Ray would refuse this resource amount (checked before anything is reserved)."""
+    if 0 < amount < RAY_RESOURCE_UNIT:
+        return f"{amount:g} is below Ray's smallest unit of a resource ({RAY_RESOURCE_UNIT:g}); use 0 or more"
+    return None
+
+
+def non_finite_path(value: Any, path: str = "") -> str | None:
+    """Where a NaN or infinity sits in a JSON-like value (JSON cannot carry them back), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "value"
+    if isinstance(value, dict):
+        return next((hit for key, item in value.items() if (hit := non_finite_path(item, f"{path}.{key}"))), None)
+    if isinstance(value, (list, tuple)):
+        return next((hit for i, item in enumerate(value) if (hit := non_finite_path(item, f"{path}[{i}]"))), None)
+    return None
 
 
 class ResourceRequirement(_Model):
@@ -76,8 +111,22 @@ class ResourceRequirement(_Model):
         for name, amount in value.items():
             if name in ("CPU", "GPU", "memory"):
                 raise ValueError(f"{name!r} is set with cpu_count/gpu_count/memory_mb, not custom_resources")
+            if not RESOURCE_NAME.fullmatch(name):
+                raise ValueError(f"custom resource name {name[:40]!r} must be 1-100 letters, digits or _.:/- "
+                                 "(a name Ray nodes can carry)")
             if not 0 <= amount <= 1e6:
                 raise ValueError(f"custom resource {name!r} must be between 0 and 1e6, got {amount}")
+            refused = ray_refuses(amount)
+            if refused:
+                raise ValueError(f"custom resource {name!r}: {refused}")
+        return value
+
+    @field_validator("cpu_count", "gpu_count", "memory_mb", "gpu_memory_mb")
+    @classmethod
+    def _amount_ray_accepts(cls, value: float) -> float:
+        refused = ray_refuses(value)
+        if refused:
+            raise ValueError(refused)
         return value
 
     @field_validator("gpu_count")
@@ -99,15 +148,15 @@ class SchedulingRequest(_Model):
     """One task to place. `job_id` groups the tasks that `spread` balances together."""
 
     task_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], min_length=1, max_length=200)
-    task_type: str = "task"
-    job_id: str | None = None
+    task_type: str = Field("task", min_length=1, max_length=200)
+    job_id: str | None = Field(None, min_length=1, max_length=200)
     requirements: ResourceRequirement = Field(default_factory=ResourceRequirement)
     strategy: SchedulingStrategy = SchedulingStrategy.SPREAD
     priority: TaskPriority = TaskPriority.NORMAL
-    target_node: str | None = None
-    affinity_nodes: tuple[str, ...] = ()
-    anti_affinity_nodes: tuple[str, ...] = ()
-    label_selector: dict[str, str] = Field(default_factory=dict)
+    target_node: str | None = Field(None, min_length=1, max_length=200)
+    affinity_nodes: tuple[str, ...] = Field((), max_length=1000)
+    anti_affinity_nodes: tuple[str, ...] = Field((), max_length=1000)
+    label_selector: dict[str, str] = Field(default_factory=dict, max_length=64)
 
     @model_validator(mode="after")
     def _node_specific_names_a_node(self) -> "SchedulingRequest":
@@ -151,7 +200,7 @@ class SchedulingDecision(_Model):
         }
         if self.resources.get("memory"):
             options["memory"] = self.resources["memory"]
-        custom = {k: v for k, v in self.resources.items() if k not in ("CPU", "GPU", "memory")}
+        custom = {k: v for k, v in self.resources.items() if k not in ("CPU", "GPU", "memory", ZERO_RESOURCE_SLOT)}
         if custom:
             options["resources"] = custom
         return options
@@ -175,16 +224,25 @@ class JobSubmission(_Model):
 
     task: str = Field("compute_task", min_length=1, max_length=200)
     count: int | None = Field(None, ge=1, le=MAX_TASKS_PER_JOB)
-    args: list[list[Any] | dict[str, Any]] | None = Field(None, max_length=MAX_TASKS_PER_JOB)
+    args: list[list[Any] | dict[str, Any]] | None = Field(None, min_length=1, max_length=MAX_TASKS_PER_JOB)
     strategy: SchedulingStrategy = SchedulingStrategy.SPREAD
-    node: str | None = Field(None, description="target node for node_specific: name, Ray node id or IP")
+    node: str | None = Field(None, min_length=1, max_length=200,
+                             description="target node for node_specific: name, Ray node id or IP")
     priority: TaskPriority = TaskPriority.NORMAL
     resources: ResourceRequirement | None = Field(None, description="per task; default: the task type's own")
-    label_selector: dict[str, str] = Field(default_factory=dict)
-    affinity_nodes: tuple[str, ...] = ()
-    anti_affinity_nodes: tuple[str, ...] = ()
+    label_selector: dict[str, str] = Field(default_factory=dict, max_length=64)
+    affinity_nodes: tuple[str, ...] = Field((), max_length=1000)
+    anti_affinity_nodes: tuple[str, ...] = Field((), max_length=1000)
     wait: bool = Field(False, description="wait for the results instead of returning a job id at once")
     timeout_s: float = Field(600.0, gt=0, le=24 * 3600)
+
+    @field_validator("args")
+    @classmethod
+    def _args_are_finite(cls, value: list[Any] | None) -> list[Any] | None:
+        where = non_finite_path(value, "args") if value is not None else None
+        if where:
+            raise ValueError(f"{where} is not a finite number (NaN and infinity cannot travel as JSON)")
+        return value
 
     @model_validator(mode="after")
     def _count_or_args(self) -> "JobSubmission":

@@ -94,7 +94,7 @@ def parse_duration(text: str | float | int) -> float:
 class SharingRequest(BaseModel):
     """A node asks to borrow `amount` of one resource for `duration_s`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     node: str = Field(min_length=1, max_length=200, description="the borrowing node: name, Ray node id or IP")
     type: ResourceType = Field(description="cpu, gpu or memory (GB)")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping
 
-from .models import SchedulingDecision, SchedulingRequest, SchedulingStrategy
+from .models import ZERO_RESOURCE_SLOT, SchedulingDecision, SchedulingRequest, SchedulingStrategy
 from .view import ClusterView, NodeLookupError, NodeView
 
 
@@ -83,7 +83,8 @@ def needs_of(request: SchedulingRequest) -> Mapping[str, float]:
     requirements = request.requirements
     memo = _NEEDS_MEMO[0]  # one (requirements, needs) tuple, swapped whole: safe across threads
     if memo[0] is not requirements:
-        memo = _NEEDS_MEMO[0] = (requirements, MappingProxyType(requirements.as_ray_resources()))
+        needs = requirements.as_ray_resources() or {ZERO_RESOURCE_SLOT: 1.0}  # see models.ZERO_RESOURCE_SLOT
+        memo = _NEEDS_MEMO[0] = (requirements, MappingProxyType(needs))
     return memo[1]
 
 
@@ -160,7 +161,8 @@ LASTING_CHECKS: tuple[tuple[str, Check], ...] = (
 
 def check_free_now(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
     for resource, amount in needs_of(request).items():
-        free = node.free(resource, ctx.view.admission)
+        # the zero-resource cap counts worker processes: no lookahead beyond it
+        free = node.free(resource, 1.0 if resource == ZERO_RESOURCE_SLOT else ctx.view.admission)
         if amount > free + 1e-9:
             return f"needs {_amount(resource, amount)} {resource}, {_amount(resource, max(free, 0))} free"
     return None
@@ -508,6 +510,8 @@ def _explain_fastest(request: SchedulingRequest, chosen: NodeView, runner_up: No
 
 
 def _amount(resource: str, value: float) -> str:
+    if resource == ZERO_RESOURCE_SLOT:
+        return f"{value:g} of its"
     if resource == "memory":
         return f"{value / (1024 * 1024):.0f} MB of"
     return f"{value:g}"

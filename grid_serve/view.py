@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Iterable, Mapping
 
+from .models import ZERO_RESOURCE_SLOT, zero_resource_slots
+
 if TYPE_CHECKING:
     from .ledger import LedgerSnapshot
     from .models import GpuInfo, NodeStatus
@@ -163,6 +165,7 @@ def make_node(
     if gpus:
         total["GPU"] = float(gpus)
     total.update(custom or {})
+    total[ZERO_RESOURCE_SLOT] = zero_resource_slots(total)
     return NodeView(
         node_id=node_id or f"id-{name}",
         name=name,
@@ -212,7 +215,7 @@ def view_from(nodes: Iterable["NodeStatus"], ledger: "LedgerSnapshot | None" = N
             ip=node.address,
             alive=node.alive and not node.stale,
             labels=MappingProxyType(dict(node.labels)),
-            total=MappingProxyType(dict(node.resources_total)),
+            total=MappingProxyType(_with_zero_resource_slots(node.resources_total)),
             reserved=MappingProxyType(dict(load.reserved) if load else {}),
             in_flight=load.in_flight if load else 0,
             cpu_utilization=None if node.cpu_percent is None else node.cpu_percent / 100.0,
@@ -222,6 +225,10 @@ def view_from(nodes: Iterable["NodeStatus"], ledger: "LedgerSnapshot | None" = N
         ))
     durations = ledger.durations if ledger else EMPTY
     return ClusterView.of(views, admission=admission, durations=durations, taken_at=taken_at)
+
+
+def _with_zero_resource_slots(total: Mapping[str, float]) -> dict[str, float]:
+    return {**total, ZERO_RESOURCE_SLOT: zero_resource_slots(total)} if total else {}
 
 
 def _gpu_view(gpu: "GpuInfo") -> GpuView:
