@@ -47,6 +47,27 @@ class CompletionReport(BaseModel):
     ok: bool = True
     duration_s: float | None = Field(None, ge=0)
 
+
+class Problem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: what went wrong, and the field it is about when there is one."""
+
+    error: str
+    field: str | None = None
+    problems: list[Problem] | None = Field(None, description="every invalid field, for validation errors")
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in ((400, "bad request"), (404, "no such job, reservation or allocation"),
+                         (422, "invalid request: the body or a parameter, named in `field`"),
+                         (503, "no capacity within the wait, or the app is starting"))
+}
+
 HEALTH_MAX_AGE_S = 0.5
 # /v1/schedule task ids live under this prefix inside the Scheduler, apart from job task ids
 # (`<job id>-<index>`): a caller's id can never address, block or release a job's task
@@ -83,6 +104,7 @@ fastapi_app = FastAPI(
     version="0.1.0",
     description="Task placement for Ray: spread, load_balanced, performance_optimized, node_specific, pack.",
     default_response_class=FiniteJSONResponse,
+    responses=ERROR_RESPONSES,
 )
 
 

@@ -147,7 +147,9 @@ class ResourceRequirement(_Model):
 class SchedulingRequest(_Model):
     """One task to place. `job_id` groups the tasks that `spread` balances together."""
 
-    task_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], min_length=1, max_length=200)
+    task_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], min_length=1, max_length=200,
+                         pattern=r"^[^/\s\x00-\x1f\x7f]+$",
+                         description="no '/', spaces or control characters: it is a path segment of /complete")
     task_type: str = Field("task", min_length=1, max_length=200)
     job_id: str | None = Field(None, min_length=1, max_length=200)
     requirements: ResourceRequirement = Field(default_factory=ResourceRequirement)
