@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
+from grid_serve.access import LOOPBACK_HOSTS
 from grid_serve.config import ClusterConfig, load_cluster_config
 
 from .ingress import Ingress
@@ -45,6 +46,13 @@ class AppArgs(BaseModel):
                     "times its resources")
     ingress_replicas: int = Field(1, ge=1, le=16, description="Ingress replicas; any of them answers for any job")
     task_modules: list[str] = Field(default_factory=lambda: ["grid_serve.tasks"])
+    token_env: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="name of an environment variable (set where Ray runs) holding the API token: then starting, "
+                    "cancelling or releasing work and reading results need `Authorization: Bearer <token>`")
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: list(LOOPBACK_HOSTS), min_length=1,
+        description="host names the HTTP API answers to (the Host header); '*' for any. Loopback by default")
 
 
 def load_config(args: AppArgs) -> ClusterConfig | None:
@@ -62,4 +70,5 @@ def build_app(args: dict) -> Application:
     scheduler = Scheduler.bind(metrics, load_balancer, settings.admission, settings.metrics_interval_s, sharing,
                                settings.lookahead_ms)
     return Ingress.options(num_replicas=settings.ingress_replicas).bind(
-        scheduler, load_balancer, metrics, settings.task_modules, sharing, settings.metrics_interval_s)
+        scheduler, load_balancer, metrics, settings.task_modules, sharing, settings.metrics_interval_s,
+        (settings.token_env, tuple(settings.allowed_hosts)))

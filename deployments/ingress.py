@@ -12,9 +12,11 @@ bottom are thin wrappers around them.
 
 import asyncio
 import math
+import os
 import time
 import uuid
 from typing import Any, Callable
+from urllib.parse import parse_qs
 
 import ray
 from ray.actor import ActorHandle
@@ -27,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from grid_serve.access import LOOPBACK_HOSTS, AccessPolicy
 from grid_serve.errors import (GridError, InvalidRequestError, NoCapacityError, NotFoundError, describe_error, require_id,
                                require_number)
 from grid_serve.ledger import Completion
@@ -130,6 +133,32 @@ class JsonBodiesByDefault:
 fastapi_app.add_middleware(JsonBodiesByDefault)
 
 
+class AccessGuard:
+    """Refuses foreign hosts, cross-site browser requests and missing tokens (grid_serve.access)
+    before any route runs. The policy is the replica's own: its Ingress sets `policy` at start."""
+
+    policy = AccessPolicy()
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+            query = {key: values[-1] for key, values in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+            refusal = AccessGuard.policy.refusal(scope["method"], scope["path"], query, headers)
+            if refusal is not None:
+                extra = {"WWW-Authenticate": "Bearer"} if refusal.status == 401 else None
+                response = JSONResponse({"error": refusal.message, "field": refusal.field}, status_code=refusal.status,
+                                        headers=extra)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+fastapi_app.add_middleware(AccessGuard)  # added last: runs first
+
+
 @fastapi_app.exception_handler(GridError)
 async def _grid_error(request: Request, exc: GridError) -> JSONResponse:
     return JSONResponse(exc.to_json(), status_code=exc.status)
@@ -154,7 +183,16 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 class Ingress:
     def __init__(self, scheduler: DeploymentHandle, load_balancer: DeploymentHandle,
                  metrics: DeploymentHandle, task_modules: list[str] | None = None,
-                 sharing: DeploymentHandle | None = None, interval_s: float = 1.0) -> None:
+                 sharing: DeploymentHandle | None = None, interval_s: float = 1.0,
+                 access: tuple[str | None, tuple[str, ...]] = (None, LOOPBACK_HOSTS)) -> None:
+        """`access`: (name of the environment variable holding the API token, or None; the
+        host names the API answers to)."""
+        token_env, allowed_hosts = access
+        token = os.environ.get(token_env, "") if token_env else None
+        if token_env and not token:
+            raise RuntimeError(f"token_env is {token_env!r} but that environment variable is empty or unset in "
+                               "the Ingress replica's environment; set it where Ray runs, or drop token_env")
+        AccessGuard.policy = AccessPolicy(token=token, allowed_hosts=tuple(allowed_hosts))
         self._scheduler = scheduler
         self._sharing = sharing
         self._lb = load_balancer

@@ -69,7 +69,9 @@ class GridClient:
 
     def __init__(self, address: str | None = None, timeout_s: float = 30.0) -> None:
         self.address = (address or default_address()).rstrip("/")
-        self._http = httpx.Client(base_url=self.address, timeout=timeout_s)
+        token = os.environ.get("GRID_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._http = httpx.Client(base_url=self.address, timeout=timeout_s, headers=headers)
 
     def close(self) -> None:
         self._http.close()

@@ -33,6 +33,10 @@ FAST_NODE_DEATH = {"health_check_initial_delay_ms": 1000, "health_check_period_m
                    "health_check_timeout_ms": 5000, "health_check_failure_threshold": 3}
 
 
+# The token of the second app tests/test_access.py deploys: raylets (and so replicas) inherit it.
+os.environ.setdefault("GRID_TEST_TOKEN", "test-token-0123")
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[object]:
     import ray

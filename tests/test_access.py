@@ -1,0 +1,136 @@
+"""Who may reach the HTTP API: foreign hosts and cross-site browser requests are refused on every
+route, and with a token configured, starting, cancelling or releasing work and reading results
+need it. The policy as a table, then on the shared app and on a second app with a token."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from grid_serve.access import AccessPolicy, needs_token
+
+OWN = {"host": "127.0.0.1:8000"}
+
+
+@pytest.mark.parametrize("headers, status", [
+    (OWN, None),  # curl, the CLI, the clients
+    ({"host": "localhost:8000"}, None),
+    ({"host": "[::1]:8000"}, None),
+    ({**OWN, "origin": "http://127.0.0.1:8000", "sec-fetch-site": "same-origin"}, None),  # our own /ui page
+    ({"host": "evil.example:8000"}, 403),  # DNS rebinding: a foreign name pointed at loopback
+    ({"host": ""}, 403),
+    ({**OWN, "origin": "http://evil.example"}, 403),
+    ({**OWN, "origin": "http://localhost:3000"}, 403),  # another local site is another origin
+    ({**OWN, "origin": "null"}, 403),  # sandboxed frames, file:// pages
+    ({**OWN, "sec-fetch-site": "cross-site"}, 403),
+    ({**OWN, "sec-fetch-site": "same-site"}, 403),
+])
+def test_hosts_and_origins(headers: dict[str, str], status: int | None) -> None:
+    refusal = AccessPolicy().refusal("POST", "/v1/jobs", {}, headers)
+    assert (refusal.status if refusal else None) == status
+
+
+def test_allowed_hosts_extend_the_loopback_default() -> None:
+    policy = AccessPolicy(allowed_hosts=("127.0.0.1", "grid.svc.cluster.local"))
+    assert policy.refusal("GET", "/v1/cluster", {}, {"host": "grid.svc.cluster.local:8000"}) is None
+    assert AccessPolicy(allowed_hosts=("*",)).refusal("GET", "/v1/cluster", {}, {"host": "anything"}) is None
+
+
+@pytest.mark.parametrize("method, path, query, needed", [
+    ("POST", "/v1/jobs", {}, True),
+    ("DELETE", "/v1/jobs/abcd12345678", {}, True),
+    ("POST", "/v1/schedule", {"lease_s": "30"}, True),
+    ("POST", "/v1/schedule/my_task/complete", {}, True),
+    ("POST", "/v1/sharing", {}, True),
+    ("POST", "/v1/sharing/0123abcd/release", {}, True),
+    ("GET", "/v1/jobs/abcd12345678", {"results": "true"}, True),
+    ("GET", "/v1/jobs/abcd12345678", {}, False),  # status without results stays open
+    ("GET", "/v1/jobs", {}, False),
+    ("GET", "/v1/cluster", {}, False),
+    ("GET", "/v1/health", {}, False),
+    ("GET", "/v1/sharing", {}, False),
+])
+def test_what_needs_the_token(method: str, path: str, query: dict[str, str], needed: bool) -> None:
+    assert needs_token(method, path, query) is needed
+    policy = AccessPolicy(token="s3cret")
+    refused = policy.refusal(method, "/prefix" + path, query, OWN)
+    assert (refused is not None and refused.status == 401) is needed
+    assert policy.refusal(method, path, query, {**OWN, "authorization": "Bearer s3cret"}) is None
+    if needed:
+        assert policy.refusal(method, path, query, {**OWN, "authorization": "Bearer wrong"}).status == 401
+
+
+@pytest.mark.cluster
+def test_the_app_refuses_foreign_hosts_and_cross_site_requests(http: httpx.Client) -> None:
+    jobs_before = len(http.get("/v1/jobs").json())
+    spec = {"task": "compute_task", "count": 1}
+    assert http.get("/v1/health", headers={"Host": "evil.example"}).status_code == 403
+    for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        refused = http.post("/v1/jobs", json=spec, headers=headers)
+        assert refused.status_code == 403 and refused.json()["field"] == "headers", refused.text
+        # a form post needs no preflight in a browser: refused all the same
+        assert http.post("/v1/jobs", content="task=compute_task", headers={
+            **headers, "content-type": "application/x-www-form-urlencoded"}).status_code == 403
+    assert len(http.get("/v1/jobs").json()) == jobs_before  # nothing was started
+    own_page = {"Origin": str(http.base_url).rstrip("/"), "Sec-Fetch-Site": "same-origin"}
+    assert http.post("/v1/jobs", json=spec, headers=own_page).status_code in (200, 202)
+
+
+TOKEN = "test-token-0123"
+
+
+@pytest.fixture(scope="module")
+def token_app(base_url: str) -> Iterator[str]:
+    """A second grid app on the cluster, with a token (conftest put it in the raylets' environment)."""
+    from ray import serve
+
+    from deployments.app import build_app
+
+    assert os.environ.get("GRID_TEST_TOKEN") == TOKEN
+    serve.run(build_app({"metrics_interval_s": 0.5, "token_env": "GRID_TEST_TOKEN"}), name="grid-auth",
+              route_prefix="/auth", blocking=False)
+    url = f"{base_url}/auth"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    try:
+        yield url
+    finally:
+        serve.delete("grid-auth")
+
+
+@pytest.mark.cluster
+def test_with_a_token_work_and_results_need_it(token_app: str) -> None:
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=token_app, timeout=60) as http:
+        assert http.get("/v1/cluster").status_code == 200  # status stays open
+        refused = http.post("/v1/jobs", json={"task": "compute_task", "count": 2})
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert refused.json()["field"] == "authorization"
+        job = http.post("/v1/jobs", json={"task": "compute_task", "count": 2, "wait": True}, headers=bearer).json()
+        assert job["state"] == "succeeded", job
+        assert http.get(f"/v1/jobs/{job['job_id']}").status_code == 200
+        assert http.get(f"/v1/jobs/{job['job_id']}", params={"results": "true"}).status_code == 401
+        assert http.get(f"/v1/jobs/{job['job_id']}", params={"results": "true"}, headers=bearer).status_code == 200
+        assert http.post("/v1/schedule", json={"task_id": "t"}).status_code == 401
+
+
+@pytest.mark.cluster
+def test_the_cli_sends_grid_token(token_app: str) -> None:
+    env = {**os.environ, "GRID_ADDRESS": token_app}
+    command = [sys.executable, "-m", "grid_serve.cli", "distribute", "test", "--tasks", "3", "--json"]
+    without = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert without.returncode != 0 and "Authorization: Bearer" in without.stderr, without.stderr
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**env, "GRID_TOKEN": TOKEN})
+    assert done.returncode == 0, done.stderr
