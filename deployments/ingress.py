@@ -232,8 +232,10 @@ class Ingress:
             status = await self._shared_cluster_status()
             self._health_status = (time.monotonic(), status)
         alive = sum(1 for node in status.nodes if node.alive)
-        return {"status": "ok", "nodes_alive": alive, "nodes": len(status.nodes), "queued": status.queued,
-                "jobs_running": status.jobs_running}
+        stale = sum(1 for node in status.nodes if node.alive and node.stale)
+        return {"status": "degraded" if stale else "ok", "nodes_alive": alive, "nodes_stale": stale,
+                "nodes": len(status.nodes), "queued": status.queued, "jobs_running": status.jobs_running,
+                "snapshot_age_s": round(status.snapshot_age_s, 2)}
 
     async def cluster_status(self) -> ClusterStatus:
         return await self._shared_cluster_status()

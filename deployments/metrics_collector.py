@@ -20,7 +20,7 @@ from ray import serve
 from grid_serve.models import NODE_LABEL, NodeStatus
 from grid_serve.probe import with_reading
 
-from ._common import INTERNAL_OPTIONS, every
+from ._common import INTERNAL_OPTIONS, every, logger
 from .probes import ProbeFleet
 from .telemetry import NodeMetrics
 
@@ -63,6 +63,7 @@ class MetricsCollector:
         self._interval = interval_s
         self._fleet = ProbeFleet(stale_after_s or default_stale_after_s(interval_s))
         self._metrics = NodeMetrics()
+        self._reading: asyncio.Future | None = None
         self._ray_nodes: list[NodeStatus] = read_ray_nodes()
         self._nodes: list[NodeStatus] = self._ray_nodes
         self._taken_at = time.time()
@@ -76,7 +77,17 @@ class MetricsCollector:
         self._metrics.record(self._nodes)
 
     async def _read_ray(self) -> None:
-        self._ray_nodes = await asyncio.to_thread(read_ray_nodes)
+        """Read Ray's node table, for at most 5 intervals. A read that hangs is not stacked
+        upon (one in flight); the snapshot keeps its old time, and the Scheduler stops
+        trusting it once it is too old."""
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(asyncio.to_thread(read_ray_nodes))
+        try:
+            self._ray_nodes = await asyncio.wait_for(asyncio.shield(self._reading), 5 * self._interval)
+        except asyncio.TimeoutError:
+            logger.warning("Ray's node table did not answer within %.1f s; the node snapshot is %.0f s old",
+                           5 * self._interval, time.time() - self._taken_at)
+            return
         self._taken_at = time.time()
         self._publish()
 

@@ -40,6 +40,8 @@ from .telemetry import SchedulerMetrics
 OWNER_LEASE_INTERVALS = 2.0  # a runner that misses this many intervals of renewals is gone
 MIN_OWNER_LEASE_S = 2.0
 SUBMIT_PUBLISH_TIMEOUT_S = 0.5
+SNAPSHOT_TRUST_INTERVALS = 5  # a node snapshot older than this many intervals (and 10 s) is not trusted
+MIN_SNAPSHOT_TRUST_S = 10.0
 LOST_NODE_S = 30.0  # a node a runner saw die stays out this long unless Ray's table agrees sooner
 PUBLISH_SPACING_S = 0.25  # py-spy: publishing every 20 ms cost the LoadBalancer 22% of a core
 
@@ -83,6 +85,7 @@ class Scheduler:
         self._nodes_at = 0.0
         self._meta: dict[str, _Meta] = {}
         self._lost_nodes: dict[str, float] = {}  # node id -> until when it stays out (monotonic)
+        self._distrusted = False  # the node snapshot is too old: said once in the log per episode
         self._outbox: dict[str, Placements] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._metrics_out = SchedulerMetrics()
@@ -163,9 +166,25 @@ class Scheduler:
         except Exception:  # the manager's replica is being replaced: keep the last known picture
             return None
 
+    def _trusted_nodes(self) -> list[NodeStatus]:
+        """The MetricsCollector's nodes, every one marked stale when its snapshot is too old to
+        trust (the collector or Ray's state calls stalled): a stale node gets no new work."""
+        age = time.time() - self._nodes_at
+        limit = max(MIN_SNAPSHOT_TRUST_S, SNAPSHOT_TRUST_INTERVALS * self._interval_s)
+        if age <= limit or not self._nodes:
+            if self._distrusted:
+                logger.warning("the node snapshot is fresh again (%.1f s old): placing work again", age)
+            self._distrusted = False
+            return self._nodes
+        if not self._distrusted:
+            logger.warning("the MetricsCollector's node snapshot is %.0f s old (trusted up to %.0f s): every node "
+                           "counts as stale, so no new work is placed until a fresh one arrives", age, limit)
+            self._distrusted = True
+        return [node.model_copy(update={"stale": True}) for node in self._nodes]
+
     def _view(self) -> ClusterView:
         ledger = self._ledger.snapshot()
-        view = view_from(self._nodes, ledger, self._admission, self._nodes_at)
+        view = view_from(self._trusted_nodes(), ledger, self._admission, self._nodes_at)
         view = self._without_lost_nodes(view)
         return fold_allocations(view, self._allocations, ledger.group_loads)
 
@@ -399,7 +418,7 @@ class Scheduler:
             await self._ensure_nodes()
             view = self._view()
             nodes = []
-            for status in self._nodes:
+            for status in self._trusted_nodes():
                 node = view.nodes.get(status.node_id)
                 reserved = dict(node.reserved) if node else {}
                 nodes.append(status.model_copy(update={"reserved": reserved,

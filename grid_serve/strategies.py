@@ -159,6 +159,12 @@ LASTING_CHECKS: tuple[tuple[str, Check], ...] = (
 # ---------------------------------------------------------------- current checks ("not now")
 
 
+def check_fresh(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
+    """Not now: nothing vouches for the node lately (its probe went quiet, or the whole node
+    snapshot is old). It may come back, so work waits rather than failing."""
+    return "node is stale: no fresh measurements" if node.stale else None
+
+
 def check_free_now(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
     for resource, amount in needs_of(request).items():
         # the zero-resource cap counts worker processes: no lookahead beyond it
@@ -348,6 +354,7 @@ def score_target(request: SchedulingRequest, node: NodeView, ctx: PlacementConte
 # ---------------------------------------------------------------- the strategy table
 
 _NOW: tuple[tuple[str, Check], ...] = (
+    ("stale", check_fresh),
     ("busy", check_free_now),
     ("GPU memory busy", check_gpu_memory_free),
 )

@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable
 
 import httpx
+import psutil
 import pytest
 import ray
 
@@ -139,3 +140,30 @@ def test_any_ingress_replica_answers_for_any_job(client: GridClient, http: httpx
     assert all(body["job_id"] in jobs and body["state"] in ("cancelled", "succeeded") for body in cancelled)
     for job_id in jobs:
         assert client.wait_job(job_id, timeout_s=30).state in ("cancelled", "succeeded")
+
+
+def replica_process(deployment: str) -> psutil.Process:
+    """The OS process of this app's live `deployment` replica (frozen and thawed below)."""
+    for process in psutil.process_iter(["cmdline"]):
+        if f"ServeReplica:grid:{deployment}" in " ".join(process.info["cmdline"] or []):
+            return process
+    raise AssertionError(f"no {deployment} process")
+
+
+def test_a_stalled_metrics_collector_is_not_trusted_forever(client: GridClient, http: httpx.Client) -> None:
+    eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
+    collector = replica_process("MetricsCollector")
+    collector.suspend()  # answers nothing, like a Ray state call that hangs
+    try:
+        health = eventually(lambda: (h := http.get("/v1/health").json())["status"] == "degraded" and h,
+                            timeout_s=60, what="the old snapshot distrusted")
+        assert health["nodes_stale"] == 3 and health["snapshot_age_s"] > 10
+        job_id = start_job(http, tasks=3, seconds=0.1)
+        time.sleep(1.0)
+        assert client.get_job(job_id).state == "queued"  # no new work on nodes nobody vouches for
+    finally:
+        collector.resume()
+    final = ended(client, job_id)
+    assert final.state == "succeeded" and final.succeeded == 3
+    assert http.get("/v1/health").json()["status"] == "ok"
+    assert_recovered(client, http)

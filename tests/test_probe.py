@@ -166,20 +166,21 @@ def test_reading_fills_the_live_figures() -> None:
 @pytest.mark.parametrize("alive, stale, sampled, in_decisions", [
     (True, False, True, True),
     (True, False, False, True),   # probe still starting: Ray's word is enough
-    (True, True, True, False),    # probe stopped answering: out
-    (False, False, True, False),  # Ray reports it dead: out, whatever the probe said
+    (True, True, True, False),    # probe stopped answering: out until it answers again
+    (False, False, True, False),  # Ray reports it dead: out for good, whatever the probe said
 ])
 def test_stale_or_dead_nodes_are_out_of_every_decision(alive: bool, stale: bool, sampled: bool,
                                                        in_decisions: bool) -> None:
     sample = Probe(nvml=None).sample() if sampled else None
     nodes = [with_reading(ray_node("a-node", alive), sample, 1.0 if sampled else None, stale), ray_node("b-other")]
     view = view_from(nodes)
-    assert view.nodes["id-a-node"].alive is in_decisions
+    assert (view.nodes["id-a-node"].alive and not view.nodes["id-a-node"].stale) is in_decisions
     for strategy in ("spread", "load_balanced", "performance_optimized", "pack", "node_specific"):
         decision = place(SchedulingRequest(strategy=strategy, target_node="a-node"), view)
         if in_decisions:
             assert isinstance(decision, SchedulingDecision)
-        elif strategy == "node_specific":
-            assert not isinstance(decision, SchedulingDecision) and decision.rejections[0].reason == "node is dead"
+        elif strategy == "node_specific":  # a dead node can never take it; a stale one may come back
+            assert not isinstance(decision, SchedulingDecision) and decision.can_wait is stale
+            assert decision.rejections[0].reason == ("node is stale: no fresh measurements" if stale else "node is dead")
         else:
             assert isinstance(decision, SchedulingDecision) and decision.node_name == "b-other"
