@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
 from grid_serve.access import LOOPBACK_HOSTS
+from grid_serve.limits import Limits
 from grid_serve.config import ClusterConfig, load_cluster_config
 
 from .ingress import Ingress
@@ -50,6 +51,7 @@ class AppArgs(BaseModel):
         None, min_length=1, max_length=200,
         description="name of an environment variable (set where Ray runs) holding the API token: then starting, "
                     "cancelling or releasing work and reading results need `Authorization: Bearer <token>`")
+    limits: Limits = Field(default_factory=Limits, description="bounds on queues, kept jobs and waiting requests")
     allowed_hosts: list[str] = Field(
         default_factory=lambda: list(LOOPBACK_HOSTS), min_length=1,
         description="host names the HTTP API answers to (the Host header); '*' for any. Loopback by default")
@@ -68,7 +70,7 @@ def build_app(args: dict) -> Application:
     load_balancer = LoadBalancer.bind()
     sharing = SharingManager.bind(config, metrics, load_balancer)
     scheduler = Scheduler.bind(metrics, load_balancer, settings.admission, settings.metrics_interval_s, sharing,
-                               settings.lookahead_ms)
+                               settings.lookahead_ms, settings.limits)
     return Ingress.options(num_replicas=settings.ingress_replicas).bind(
         scheduler, load_balancer, metrics, settings.task_modules, sharing, settings.metrics_interval_s,
-        (settings.token_env, tuple(settings.allowed_hosts)))
+        (settings.token_env, tuple(settings.allowed_hosts)), settings.limits)

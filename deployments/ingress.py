@@ -11,11 +11,12 @@ bottom are thin wrappers around them.
 
 
 import asyncio
+import contextlib
 import math
 import os
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs
 
 import ray
@@ -30,9 +31,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from grid_serve.access import LOOPBACK_HOSTS, AccessPolicy
-from grid_serve.errors import (GridError, InvalidRequestError, NoCapacityError, NotFoundError, describe_error, require_id,
-                               require_number)
+from grid_serve.errors import (GridError, InvalidRequestError, NoCapacityError, NotFoundError, TooBusyError, describe_error,
+                               require_id, require_number)
 from grid_serve.ledger import Completion
+from grid_serve.limits import Limits
 from grid_serve.models import ClusterStatus, JobStatus, JobSubmission, SchedulingDecision, SchedulingRequest, non_finite_path
 from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules
@@ -66,8 +68,12 @@ class ErrorBody(BaseModel):
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
-    for status, text in ((400, "bad request"), (404, "no such job, reservation or allocation"),
+    for status, text in ((400, "bad request"), (401, "this route needs the API token (token_env)"),
+                         (403, "a foreign Host header, or a cross-site browser request"),
+                         (404, "no such job, reservation or allocation"),
+                         (410, "a finished job's results were dropped (results_bytes_kept)"),
                          (422, "invalid request: the body or a parameter, named in `field`"),
+                         (429, "the queue or the waiting requests are at their cap: retry after Retry-After seconds"),
                          (503, "no capacity within the wait, or the app is starting"))
 }
 
@@ -161,7 +167,9 @@ fastapi_app.add_middleware(AccessGuard)  # added last: runs first
 
 @fastapi_app.exception_handler(GridError)
 async def _grid_error(request: Request, exc: GridError) -> JSONResponse:
-    return JSONResponse(exc.to_json(), status_code=exc.status)
+    retry_after = getattr(exc, "retry_after_s", None)
+    headers = {"Retry-After": str(retry_after)} if exc.status == 429 and retry_after else None
+    return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
 
 
 @fastapi_app.exception_handler(RequestValidationError)
@@ -184,7 +192,8 @@ class Ingress:
     def __init__(self, scheduler: DeploymentHandle, load_balancer: DeploymentHandle,
                  metrics: DeploymentHandle, task_modules: list[str] | None = None,
                  sharing: DeploymentHandle | None = None, interval_s: float = 1.0,
-                 access: tuple[str | None, tuple[str, ...]] = (None, LOOPBACK_HOSTS)) -> None:
+                 access: tuple[str | None, tuple[str, ...]] = (None, LOOPBACK_HOSTS),
+                 limits: Limits | None = None) -> None:
         """`access`: (name of the environment variable holding the API token, or None; the
         host names the API answers to)."""
         token_env, allowed_hosts = access
@@ -193,6 +202,8 @@ class Ingress:
             raise RuntimeError(f"token_env is {token_env!r} but that environment variable is empty or unset in "
                                "the Ingress replica's environment; set it where Ray runs, or drop token_env")
         AccessGuard.policy = AccessPolicy(token=token, allowed_hosts=tuple(allowed_hosts))
+        self._limits = limits or Limits()
+        self._waiting_requests = 0
         self._scheduler = scheduler
         self._sharing = sharing
         self._lb = load_balancer
@@ -217,7 +228,7 @@ class Ingress:
             get_if_exists=True, num_cpus=0, max_concurrency=10_000,
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
         ).remote(self._scheduler, self._task_modules, runner_name(self._app, self._tag), self._tag,
-                 self._parent, self._interval_s)
+                 self._parent, self._interval_s, self._limits)
 
     # ================================================================== handle API
 
@@ -259,11 +270,29 @@ class Ingress:
         """Start a job. Handle callers may pass their own function `fn` instead of a task name;
         then `spec.task` only labels it. Waits for the results when `spec.wait` is set."""
         spec = spec if isinstance(spec, JobSubmission) else JobSubmission.model_validate(spec)
-        try:  # the runner resolves the task name (an unknown one comes back as its 422)
-            return await grid_call(self._runner.submit_job.remote(spec, fn))
-        except ray.exceptions.RayActorError:  # the runner was killed: start a new one for new jobs
-            self._replace_runner()
-            return await grid_call(self._runner.submit_job.remote(spec, fn))
+        with self._waiting_slot(spec.wait):
+            try:  # the runner resolves the task name (an unknown one comes back as its 422)
+                return await grid_call(self._runner.submit_job.remote(spec, fn))
+            except ray.exceptions.RayActorError:  # the runner was killed: start a new one for new jobs
+                self._replace_runner()
+                return await grid_call(self._runner.submit_job.remote(spec, fn))
+
+    @contextlib.contextmanager
+    def _waiting_slot(self, waits: bool) -> Iterator[None]:
+        """Count a request that waits for a job; past `max_waiting_requests` it is turned away
+        (429), so waiting clients never take every slot the health and status routes need."""
+        if not waits:
+            yield
+            return
+        if self._waiting_requests >= self._limits.max_waiting_requests:
+            raise TooBusyError(f"{self._waiting_requests} requests already wait for jobs on this replica "
+                               f"(max_waiting_requests); ask again, or poll without waiting",
+                               field="wait", retry_after_s=self._limits.retry_after_s)
+        self._waiting_requests += 1
+        try:
+            yield
+        finally:
+            self._waiting_requests -= 1
 
     async def check_health(self) -> None:
         """Serve's periodic health check: a runner that died is replaced, so this replica
@@ -283,9 +312,13 @@ class Ingress:
 
     async def wait_job(self, job_id: str, timeout_s: float = 600.0, results: bool = True) -> JobStatus:
         timeout_s = require_number("timeout_s", timeout_s, 0, MAX_WAIT_S)
-        return await grid_call((await self._runner_of(job_id)).wait_job.remote(job_id, timeout_s, bool(results)))
+        with self._waiting_slot(timeout_s > 0):
+            return await grid_call((await self._runner_of(job_id)).wait_job.remote(job_id, timeout_s, bool(results)))
 
-    async def list_jobs(self) -> list[JobStatus]:
+    async def list_jobs(self, limit: int = 100, offset: int = 0) -> list[JobStatus]:
+        """Jobs of every runner of this app, newest first, `limit` of them from `offset`."""
+        limit = int(require_number("limit", limit, 1, 1000))
+        offset = int(require_number("offset", offset, 0, 10**9))
         runners = [entry["name"] for entry in ray.util.list_named_actors(all_namespaces=True)
                    if entry["namespace"] == self._namespace and entry["name"].startswith(runner_name(self._app, ""))]
         jobs: list[JobStatus] = []
@@ -294,7 +327,8 @@ class Ingress:
                 jobs += await ray.get_actor(name, namespace=self._namespace).list_jobs.remote()
             except (ValueError, ray.exceptions.RayActorError):
                 continue  # a runner that just exited has no jobs left to list
-        return sorted(jobs, key=lambda job: job.submitted_at)
+        jobs.sort(key=lambda job: job.submitted_at, reverse=True)
+        return jobs[offset:offset + limit]
 
     async def cancel_job(self, job_id: str) -> JobStatus:
         return await grid_call((await self._runner_of(job_id)).cancel_job.remote(job_id))
@@ -395,8 +429,9 @@ class Ingress:
         return FiniteJSONResponse(status.model_dump(mode="json", exclude_none=True), status_code=code)
 
     @fastapi_app.get(f"/{API_VERSION}/jobs", response_model=list[JobStatus], response_model_exclude_none=True)
-    async def http_jobs(self) -> list[JobStatus]:
-        return await self.list_jobs()
+    async def http_jobs(self, limit: int = Query(100, ge=1, le=1000),
+                        offset: int = Query(0, ge=0, le=10**9)) -> list[JobStatus]:
+        return await self.list_jobs(limit, offset)
 
     @fastapi_app.get(f"/{API_VERSION}/jobs/{{job_id}}", response_model=JobStatus, response_model_exclude_none=True)
     async def http_job(self, job_id: str, results: bool = Query(False), wait_s: float = Query(0.0, ge=0, le=3600)) -> JobStatus:

@@ -30,6 +30,7 @@ the job again (`adopt`): what runs where, what the job placed per node, what wai
 from __future__ import annotations
 
 import asyncio
+import pickle
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,8 +40,9 @@ from typing import Any, Awaitable, Callable
 import ray
 from ray.serve.handle import DeploymentHandle
 
-from grid_serve.errors import InvalidRequestError, NotFoundError
+from grid_serve.errors import GoneError, GridError, InvalidRequestError, NotFoundError
 from grid_serve.ledger import Completion
+from grid_serve.limits import Limits
 from grid_serve.models import (JobState, JobStatus, JobSubmission, ResourceRequirement, SchedulingDecision, SchedulingRequest,
                                SchedulingStrategy, TaskOutcome)
 from grid_serve.tasks import TaskType, load_task_modules, run_task
@@ -50,7 +52,6 @@ from ._common import call_with_timeout, logger
 RUNNER_PREFIX = "grid-runner-"
 RUNNER_NAMESPACE = "grid-serve"  # runners of every grid app on the cluster, named by app and tag
 TAG_LEN = 4  # a job id starts with its runner's tag
-FINISHED_JOBS_KEPT = 200
 REPORT_SPACING_S = 0.05  # at most ~20 reports a second per job: the lookahead (100 ms) covers the wait
 CALL_TIMEOUT_S = 30.0
 SCHEDULER_GRACE_S = 60.0  # how long a job rides out an unreachable Scheduler before it fails
@@ -61,6 +62,16 @@ _run_remote = ray.remote(run_task)
 LOST_WORKER = (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError, ray.exceptions.TaskUnschedulableError,
                ray.exceptions.LocalRayletDiedError, ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError)
 LOST_NODE = (ray.exceptions.NodeDiedError, ray.exceptions.TaskUnschedulableError)
+
+
+def _size_of(value: Any) -> int:
+    """Bytes a result takes when pickled (what keeping it costs, roughly)."""
+    if value is None or isinstance(value, (int, float, bool)):
+        return 16
+    try:
+        return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:  # not picklable by the standard library: its text form is an estimate
+        return len(repr(value))
 
 
 def runner_name(app: str, tag: str) -> str:
@@ -88,6 +99,8 @@ class _Job:
     cancelled: bool = False
     finished_at: float | None = None
     error: str | None = None
+    result_bytes: int = 0  # pickled size of its results, once finished
+    summary: JobStatus | None = None  # set when its results were dropped (Limits.results_bytes_kept)
     news: asyncio.Event = field(default_factory=asyncio.Event)  # a task ended, or the job was cancelled
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -109,6 +122,11 @@ class _Job:
         return "running" if self.running or self.outcomes else "queued"
 
     def status(self, with_results: bool = False) -> JobStatus:
+        if self.summary is not None:
+            if with_results:
+                raise GoneError(f"the results of job {self.id} were dropped to keep finished jobs' results under "
+                                "results_bytes_kept; its status remains", field="results")
+            return self.summary
         per_node: dict[str, int] = {}
         for outcome in self.outcomes.values():
             per_node[outcome.node_name] = per_node.get(outcome.node_name, 0) + 1
@@ -148,8 +166,9 @@ class JobRunner:
     """Runs the jobs submitted through one Ingress replica (a detached, named async actor)."""
 
     def __init__(self, scheduler: DeploymentHandle, task_modules: list[str], name: str, tag: str,
-                 parent: tuple[str, str] | None, interval_s: float = 1.0) -> None:
+                 parent: tuple[str, str] | None, interval_s: float = 1.0, limits: Limits | None = None) -> None:
         self._scheduler = scheduler
+        self._limits = limits or Limits()
         self._tasks: dict[str, TaskType] = load_task_modules(task_modules)
         self._name = name
         self._tag = tag
@@ -356,7 +375,9 @@ class JobRunner:
             self._record(job, job.index_of(task_id), None, ok=False, error=job.error or "cancelled")
         job.waiting.clear()
         job.finished_at = time.time()
+        job.result_bytes = sum(_size_of(outcome.result) for outcome in job.outcomes.values())
         job.done.set()
+        self._forget_old_jobs()
         batch, job.unreported = job.unreported, []
         try:  # the last ends carry run times worth learning; then everything of the job is released
             await self._ask(lambda: self._scheduler.finished.remote(job.id, None, batch), grace_s=CALL_TIMEOUT_S)
@@ -379,9 +400,8 @@ class JobRunner:
                 return await call_with_timeout(call(), CALL_TIMEOUT_S)
             except Exception as exc:
                 cause = getattr(exc, "cause", None)
-                if isinstance(exc, (InvalidRequestError, NotFoundError, ValueError)) or \
-                        isinstance(cause, (InvalidRequestError, NotFoundError, ValueError)):
-                    raise
+                if isinstance(exc, (GridError, ValueError)) or isinstance(cause, (GridError, ValueError)):
+                    raise  # an answer (a bad request, a full queue), not a Scheduler that is away
                 if time.monotonic() >= deadline:
                     raise RuntimeError(f"the Scheduler did not answer for {grace_s:g} s "
                                        f"({type(exc).__name__}: {exc})") from None
@@ -467,6 +487,17 @@ class JobRunner:
         return job
 
     def _forget_old_jobs(self) -> None:
-        finished = [job_id for job_id, job in self._jobs.items() if job.done.is_set()]
-        for job_id in finished[:-FINISHED_JOBS_KEPT] if len(finished) > FINISHED_JOBS_KEPT else []:
-            del self._jobs[job_id]
+        """Keep finished jobs within Limits: their results under `results_bytes_kept` (the
+        newest kept, the oldest dropped first, their status kept), and at most
+        `finished_jobs_kept` of them at all."""
+        finished = [job for job in self._jobs.values() if job.done.is_set()]  # oldest first
+        kept_bytes = 0
+        for job in reversed(finished):
+            if job.summary is not None:
+                continue
+            kept_bytes += job.result_bytes
+            if kept_bytes > self._limits.results_bytes_kept:
+                job.summary = job.status()
+                job.outcomes = {}
+        for job in finished[:max(0, len(finished) - self._limits.finished_jobs_kept)]:
+            del self._jobs[job.id]

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field, replace
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from grid_serve.errors import InvalidRequestError, TooBusyError
 from grid_serve.ledger import Completion, Ledger, Reservation
+from grid_serve.limits import Limits
 from grid_serve.models import ClusterStatus, NodeStatus, SchedulingDecision, SchedulingRequest
 from grid_serve.owners import Owners
 from grid_serve.scheduling import DrainResult, Rejected, SchedulerCore
@@ -69,8 +71,9 @@ class _Meta:
 class Scheduler:
     def __init__(self, metrics: DeploymentHandle, load_balancer: DeploymentHandle, admission: float | None = None,
                  interval_s: float = 1.0, sharing: DeploymentHandle | None = None,
-                 lookahead_ms: float = 100.0) -> None:
+                 lookahead_ms: float = 100.0, limits: Limits | None = None) -> None:
         self._metrics = metrics
+        self._limits = limits or Limits()
         self._lb = load_balancer
         self._sharing = sharing
         self._allocations: list[Allocation] = []  # held by borrowers: reserved on their donors
@@ -288,6 +291,7 @@ class Scheduler:
         if len(groups) != 1:
             raise ValueError("submit() takes the requests of one job (one group) at a time")
         group = groups.pop()
+        self._check_queue_room(len(requests))
         duplicates = [request for request in requests if request.task_id in self._meta]
         if duplicates:  # a live task id: a second reservation would overwrite the first's
             return Placements(rejected=[Rejected(r.task_id, r.group, f"task id {r.task_id!r} is already reserved "
@@ -307,6 +311,18 @@ class Scheduler:
         if runner is not None:  # the lease runs from when the runner hears it owns the job
             self._owners.renew([group])
         return placements
+
+    def _check_queue_room(self, arriving: int) -> None:
+        """Never an unbounded queue: a job that would pass `max_queued_tasks` is turned away
+        (429, retry later), or refused outright if it alone is larger than the cap."""
+        cap = self._limits.max_queued_tasks
+        if arriving > cap:
+            raise InvalidRequestError(f"a job of {arriving} tasks is larger than the queue may ever hold "
+                                      f"(max_queued_tasks {cap}); split it", field="count")
+        if len(self._core) + arriving > cap:
+            raise TooBusyError(f"the queue holds {len(self._core)} waiting tasks and may hold {cap} "
+                               f"(max_queued_tasks); {arriving} more do not fit now: retry later", field="count",
+                               retry_after_s=self._limits.retry_after_s)
 
     async def report(self, group: str, completions: list[Completion], requeue: list[SchedulingRequest] | None = None,
                      lost_nodes: list[str] | None = None) -> Placements:

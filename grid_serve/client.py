@@ -14,13 +14,13 @@ from typing import Any, Callable
 
 import httpx
 
-from .errors import GridError, InvalidRequestError, NoCapacityError, NotFoundError
+from .errors import GoneError, GridError, InvalidRequestError, NoCapacityError, NotFoundError, TooBusyError
 from .models import ClusterStatus, JobStatus, JobSubmission, SchedulingDecision, SchedulingRequest
 from .sharing import Allocation, SharingRequest, SharingStatus
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8000"
 APP_NAME = "grid"
-_ERRORS_BY_STATUS = {404: NotFoundError, 422: InvalidRequestError, 503: NoCapacityError}
+_ERRORS_BY_STATUS = {404: NotFoundError, 410: GoneError, 422: InvalidRequestError, 429: TooBusyError, 503: NoCapacityError}
 
 
 class AppUnreachableError(GridError):
@@ -127,8 +127,10 @@ class GridClient:
         params = {"results": results, "wait_s": timeout_s}
         return JobStatus.model_validate(self._call("GET", f"/v1/jobs/{job_id}", params=params, timeout_s=timeout_s + 30))
 
-    def list_jobs(self) -> list[JobStatus]:
-        return [JobStatus.model_validate(job) for job in self._call("GET", "/v1/jobs")]
+    def list_jobs(self, limit: int = 100, offset: int = 0) -> list[JobStatus]:
+        """Jobs, newest first: `limit` (at most 1,000) from `offset`."""
+        return [JobStatus.model_validate(job)
+                for job in self._call("GET", "/v1/jobs", params={"limit": limit, "offset": offset})]
 
     def cancel_job(self, job_id: str) -> JobStatus:
         return JobStatus.model_validate(self._call("DELETE", f"/v1/jobs/{job_id}"))

@@ -35,6 +35,22 @@ class NotFoundError(GridError):
     status = 404
 
 
+class TooBusyError(GridError):
+    """The app holds as much as it is allowed to (a queue or waiter cap): retry after a while."""
+
+    status = 429
+
+    def __init__(self, message: str, field: str | None = None, retry_after_s: int = 5) -> None:
+        super().__init__(message, field)
+        self.retry_after_s = retry_after_s
+
+
+class GoneError(GridError):
+    """It existed, but was dropped to stay within a limit (a finished job's results)."""
+
+    status = 410
+
+
 class NoCapacityError(GridError):
     """Nothing could take the request within the time the caller allowed; retrying may help."""
 

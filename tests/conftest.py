@@ -33,6 +33,8 @@ FAST_NODE_DEATH = {"health_check_initial_delay_ms": 1000, "health_check_period_m
                    "health_check_timeout_ms": 5000, "health_check_failure_threshold": 3}
 
 
+# Low enough that tests/test_limits.py reaches each one; no other test comes near them.
+TEST_LIMITS = {"max_queued_tasks": 5000, "max_waiting_requests": 20, "results_bytes_kept": 2_000_000}
 # The token of the second app tests/test_access.py deploys: raylets (and so replicas) inherit it.
 os.environ.setdefault("GRID_TEST_TOKEN", "test-token-0123")
 
@@ -55,7 +57,7 @@ def ray_cluster() -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def base_url(ray_cluster: object) -> str:
-    url = deploy_app(free_port(), {"metrics_interval_s": 0.5, "ingress_replicas": 2})
+    url = deploy_app(free_port(), {"metrics_interval_s": 0.5, "ingress_replicas": 2, "limits": TEST_LIMITS})
     os.environ["GRID_ADDRESS"] = url
     return url
 

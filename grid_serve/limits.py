@@ -1,0 +1,27 @@
+"""Bounds on what the app holds for its callers, set in serve_config (`args: limits:`).
+
+Nothing a caller sends may grow without bound: queued tasks are capped (over the cap, a job is
+answered 429 with Retry-After rather than queued), finished jobs are kept by count and their
+results by total bytes (results go first: a later read says 410), and long polls are capped
+per Ingress replica, so waiting clients cannot take every slot the health route needs.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_queued_tasks: int = Field(
+        1_000_000, ge=1, le=100_000_000,
+        description="tasks waiting in the Scheduler's queue, all jobs together; over it a new job gets 429")
+    finished_jobs_kept: int = Field(200, ge=1, le=1_000_000, description="finished jobs kept per job runner")
+    results_bytes_kept: int = Field(
+        256 * 1024 * 1024, ge=0, le=64 * 1024**3,
+        description="bytes of finished jobs' results kept per job runner; the oldest results go first (410)")
+    max_waiting_requests: int = Field(
+        500, ge=1, le=100_000,
+        description="requests that wait for a job (wait, wait_s) at once per Ingress replica; more get 429")
+    retry_after_s: int = Field(5, ge=1, le=3600, description="the Retry-After a 429 carries")

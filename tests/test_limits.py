@@ -1,0 +1,91 @@
+"""Nothing a caller sends grows without bound (grid_serve.limits): a queue cap answered with 429
+and Retry-After, capped waiting requests (the health route still answers), finished jobs'
+results dropped oldest first (410, the status stays), and a paged job list.
+
+The shared app runs with conftest.TEST_LIMITS: 5,000 queued tasks, 20 waiting requests per
+Ingress replica, 2 MB of results per job runner."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Any
+
+import httpx
+import pytest
+from ray import serve
+
+from grid_serve.client import GridClient
+from tests.test_ownership_faults import TAG_LEN, eventually, idle_and_unreserved
+
+pytestmark = pytest.mark.cluster
+
+
+def test_a_job_that_would_overfill_the_queue_gets_429_with_retry_after(http: httpx.Client, client: GridClient) -> None:
+    too_big = http.post("/v1/jobs", json={"task": "noop", "count": 5001})
+    assert too_big.status_code == 422 and too_big.json()["field"] == "count"
+    filler = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 2.0] for i in range(4900)]}).json()
+    try:
+        refused = http.post("/v1/jobs", json={"task": "noop", "count": 200})
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["retry-after"] == "5" and "max_queued_tasks" in refused.json()["error"]
+        assert http.get("/v1/health").status_code == 200
+    finally:
+        http.delete(f"/v1/jobs/{filler['job_id']}")
+    client.wait_job(filler["job_id"], timeout_s=60, results=False)
+    eventually(lambda: idle_and_unreserved(client), what="the queue emptied")
+    assert http.post("/v1/jobs", json={"task": "noop", "count": 200, "wait": True}).json()["succeeded"] == 200
+
+
+def test_waiting_requests_are_capped_and_the_health_route_still_answers(http: httpx.Client, base_url: str) -> None:
+    job = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[0, 8.0]]}).json()
+    codes: list[int] = []
+    lock = threading.Lock()
+
+    def wait_for_it() -> None:
+        with httpx.Client(base_url=base_url, timeout=60) as own:
+            response = own.get(f"/v1/jobs/{job['job_id']}", params={"wait_s": 30})
+        with lock:
+            codes.append(response.status_code)
+            if response.status_code == 429:
+                assert response.headers["retry-after"] == "5" and response.json()["field"] == "wait"
+
+    waiters = [threading.Thread(target=wait_for_it) for _ in range(60)]  # 2 replicas x 20 may wait
+    for waiter in waiters:
+        waiter.start()
+    eventually(lambda: codes.count(429) >= 20, timeout_s=60, what="waiters past the cap turned away")
+    assert http.get("/v1/health").status_code == 200  # while 40 requests wait
+    for waiter in waiters:
+        waiter.join(timeout=60)
+    assert codes.count(200) >= 1 and set(codes) <= {200, 429} and len(codes) == 60, codes
+
+
+def test_old_results_are_dropped_first_and_say_410(http: httpx.Client, client: GridClient) -> None:
+    handle = serve.get_app_handle("grid")
+
+    def big_result(_: int = 0) -> str:  # nested: pickled by value, the replicas cannot import tests
+        return "x" * 300_000
+
+    by_runner: dict[str, list[str]] = defaultdict(list)
+    for _ in range(3):  # 1.2 MB of results each; two of three share a runner (two Ingress replicas)
+        status = handle.submit_job.remote({"args": [[i] for i in range(4)], "wait": True}, big_result).result()
+        assert status.succeeded == 4
+        by_runner[status.job_id[:TAG_LEN]].append(status.job_id)
+    older, newer = next(jobs for jobs in by_runner.values() if len(jobs) >= 2)[-2:]
+    gone = http.get(f"/v1/jobs/{older}", params={"results": "true"})
+    assert gone.status_code == 410 and gone.json()["field"] == "results", gone.text
+    status = http.get(f"/v1/jobs/{older}").json()  # its status remains
+    assert (status["state"], status["succeeded"]) == ("succeeded", 4)
+    kept = http.get(f"/v1/jobs/{newer}", params={"results": "true"}).json()
+    assert [len(result["result"]) for result in kept["results"]] == [300_000] * 4
+
+
+def test_the_job_list_pages_newest_first(http: httpx.Client) -> None:
+    for _ in range(3):
+        http.post("/v1/jobs", json={"task": "noop", "count": 1, "wait": True})
+    first, second = http.get("/v1/jobs", params={"limit": 2}).json(), http.get("/v1/jobs", params={"limit": 2, "offset": 2}).json()
+    assert len(first) == 2 and len(second) == 2
+    stamps = [job["submitted_at"] for job in first + second]
+    assert stamps == sorted(stamps, reverse=True)
+    assert {job["job_id"] for job in first}.isdisjoint(job["job_id"] for job in second)
+    assert http.get("/v1/jobs", params={"limit": 0}).status_code == 422
