@@ -21,14 +21,16 @@ from ray.serve._private.constants import SERVE_NAMESPACE
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from grid_serve.errors import GridError, InvalidRequestError, NoCapacityError, NotFoundError, describe_error
 from grid_serve.ledger import Completion
-from grid_serve.models import ClusterStatus, JobStatus, JobSubmission, SchedulingDecision, SchedulingRequest
+from grid_serve import ui
+from grid_serve.models import (ClusterStatus, JobStatus, JobSubmission, PlacementHistory, RecentDecisions,
+                               SchedulingDecision, SchedulingRequest)
 from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules
 
@@ -95,6 +97,17 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+
+def _asset_response(name: str) -> Response:
+    """A file of the page, or 404. `no-cache`: a browser revalidates, so an upgraded app never
+    runs yesterday's script against today's API."""
+    try:
+        found = ui.asset(name)
+    except KeyError:
+        raise NotFoundError(f"no page file {name!r}", field="name") from None
+    return Response(found.body, media_type=found.media_type,
+                    headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
 
 @serve.deployment(**COORDINATOR_OPTIONS)
@@ -244,6 +257,13 @@ class Ingress:
                                 "or a job's task, which its job releases)", field="task_id")
         return {"task_id": task_id, "released": True}
 
+    async def recent_decisions(self, limit: int = 50, job_id: str | None = None) -> RecentDecisions:
+        """The Scheduler's latest decisions with their reasons; one job's when `job_id` is given."""
+        return await self._scheduler.recent_decisions.remote(limit, job_id)
+
+    async def placement_history(self, window_s: float = 600.0) -> PlacementHistory:
+        return await self._scheduler.placement_history.remote(window_s)
+
     # ------------------------------------------------------------------ resource sharing
 
     async def sharing_status(self) -> SharingStatus:
@@ -310,6 +330,18 @@ class Ingress:
     async def http_cancel(self, job_id: str) -> JobStatus:
         return await self.cancel_job(job_id)
 
+    @fastapi_app.get(f"/{API_VERSION}/decisions", response_model=RecentDecisions)
+    async def http_decisions(self, limit: int = Query(50, ge=0, le=500),
+                             job_id: str | None = Query(None, description="only this job's (its latest 100)")
+                             ) -> RecentDecisions:
+        """Recent placement decisions, newest first, each with the reasons its node won."""
+        return await self.recent_decisions(limit, job_id)
+
+    @fastapi_app.get(f"/{API_VERSION}/placements", response_model=PlacementHistory)
+    async def http_placements(self, window_s: float = Query(600.0, gt=0, le=900)) -> PlacementHistory:
+        """Tasks placed per node over the last `window_s` seconds, in 10 s buckets."""
+        return await self.placement_history(window_s)
+
     @fastapi_app.post(f"/{API_VERSION}/schedule", response_model=SchedulingDecision)
     async def http_schedule(self, body: SchedulingRequest, lease_s: float = Query(300.0, gt=0, le=86400),
                             wait_s: float = Query(30.0, ge=0, le=600)) -> SchedulingDecision:
@@ -335,3 +367,19 @@ class Ingress:
     @fastapi_app.post(f"/{API_VERSION}/sharing/{{record_id}}/release", response_model=Allocation)
     async def http_sharing_release(self, record_id: str) -> Allocation:
         return await self.release_resources(record_id)
+
+    # ================================================================== the web page
+
+    @fastapi_app.get("/", include_in_schema=False)
+    async def http_root(self, request: Request) -> RedirectResponse:
+        """`/` is the page: people open the bare address in a browser."""
+        return RedirectResponse(f"{request.scope.get('root_path', '')}/ui", status_code=307)
+
+    @fastapi_app.get("/ui", include_in_schema=False)
+    async def http_ui(self) -> Response:
+        return _asset_response("index.html")
+
+    @fastapi_app.get("/ui/{name}", include_in_schema=False)
+    async def http_ui_asset(self, name: str) -> Response:
+        return _asset_response(name)
+
