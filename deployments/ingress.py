@@ -206,15 +206,19 @@ class Ingress:
         return await grid_call((await self._runner_of(job_id)).wait_job.remote(job_id, timeout_s, results))
 
     async def list_jobs(self) -> list[JobStatus]:
-        runners = [entry["name"] for entry in ray.util.list_named_actors(all_namespaces=True)
-                   if entry["namespace"] == self._namespace and entry["name"].startswith(runner_name(self._app, ""))]
-        jobs: list[JobStatus] = []
-        for name in sorted(runners):
-            try:
-                jobs += await ray.get_actor(name, namespace=self._namespace).list_jobs.remote()
-            except (ValueError, ray.exceptions.RayActorError):
-                continue  # a runner that just exited has no jobs left to list
-        return sorted(jobs, key=lambda job: job.submitted_at)
+        """Every runner's jobs, oldest first. The web page asks every second: the GCS lookup of
+        the runners runs off the replica's event loop (it blocks), and the runners answer at once."""
+        actors = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
+        runners = sorted(entry["name"] for entry in actors
+                         if entry["namespace"] == self._namespace and entry["name"].startswith(runner_name(self._app, "")))
+        answers = await asyncio.gather(*(self._jobs_of_runner(name) for name in runners))
+        return sorted((job for jobs in answers for job in jobs), key=lambda job: job.submitted_at)
+
+    async def _jobs_of_runner(self, name: str) -> list[JobStatus]:
+        try:
+            return await ray.get_actor(name, namespace=self._namespace).list_jobs.remote()
+        except (ValueError, ray.exceptions.RayActorError):
+            return []  # a runner that just exited has no jobs left to list
 
     async def cancel_job(self, job_id: str) -> JobStatus:
         return await grid_call((await self._runner_of(job_id)).cancel_job.remote(job_id))

@@ -337,15 +337,20 @@ function updateProgress(td, job) {
   setAttr(td, "title", `${job.succeeded} succeeded, ${job.failed} failed, ${job.cancelled} cancelled, ${job.running} running, ${job.queued} queued`);
 }
 
+const NOT_PLACED = "(not placed)"; // the API's name for tasks that ended without a node (cancelled while waiting)
+
+/** Where a job's tasks ran, node by node; tasks that never got a node come last, apart. */
 function perNodeCell(td, perNode) {
+  const entries = Object.entries(perNode).filter(([node]) => node !== NOT_PLACED);
   const text = Object.entries(perNode).map(([node, count]) => `${node}=${count}`).join(" ");
   if (td.dataset.text === text) return;
   td.dataset.text = text;
   const parts = [];
-  for (const [node, count] of Object.entries(perNode)) {
+  for (const [node, count] of entries) {
     if (parts.length) parts.push(" · ");
     parts.push(el("span", { "data-node": node }, `${node} `, el("b", {}, String(count))));
   }
+  if (perNode[NOT_PLACED]) parts.push(el("span", { class: "muted" }, `${parts.length ? " · " : ""}never placed ${perNode[NOT_PLACED]}`));
   td.replaceChildren(...parts);
   setAttr(td, "title", text || null);
 }
@@ -507,7 +512,7 @@ function whyCell(td, reasons, all) {
 
 /** Horizontal bars, one per node: where a job's tasks ran. */
 function drawNodeBars(target, perNode) {
-  const entries = Object.entries(perNode).sort((a, b) => a[0].localeCompare(b[0]));
+  const entries = Object.entries(perNode).filter(([node]) => node !== NOT_PLACED).sort((a, b) => a[0].localeCompare(b[0]));
   const text = JSON.stringify(entries);
   if (target.dataset.text === text) return;
   target.dataset.text = text;

@@ -1,0 +1,126 @@
+"""Does the web page slow the app? The status route's requests/s with /ui open in a headless
+browser, against the same route with no page open.
+
+    python -m bench.ui_load [--quick]
+
+The load is bench/http_api.py's (`GET /v1/health`, 16 connections, a separate process). Runs
+alternate without and with the page, so drift on a shared machine hits both sides alike. The
+page polls as it does for a user (/v1/cluster, /v1/jobs and /v1/decisions every second,
+/v1/sharing every 2 s, /v1/placements every 5 s), in Debian's chromium on the same machine,
+so the browser's own CPU is part of what is measured: the pessimistic case, since a user's
+browser usually runs elsewhere. A third row sends the page's calls from a script instead, which
+tells the app's share of the cost from the browser's. Needs `apt-get install chromium` (or GRID_CHROMIUM); it is not
+part of run_all for that reason. Target: with the page >= 0.9x without.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from typing import Any, Iterator
+
+import httpx
+
+from .harness import Env, Report, main_for, summarize
+from .http_api import loadgen
+
+TARGET = 0.9
+SETTLE_S = 2.0
+SIDES = {"none": "no page open", "page": "/ui open in headless chromium",
+         "script": "the page's calls from a script (no browser)"}
+CHROMIUM = os.environ.get("GRID_CHROMIUM", "/usr/bin/chromium")
+
+
+@contextlib.contextmanager
+def browser_page() -> Iterator[Any]:
+    """A headless chromium tab (blank until `open_page`)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield browser.new_page(viewport={"width": 1440, "height": 1000})
+        finally:
+            browser.close()
+
+
+def open_page(page: Any, base_url: str) -> None:
+    """Load /ui and wait until it shows live data; from then on it polls by itself."""
+    page.goto(f"{base_url}/ui")
+    page.locator("#live.ok").wait_for(timeout=60_000)
+    page.evaluate("performance.setResourceTimingBufferSize(1000000)")  # count every poll
+
+
+@contextlib.contextmanager
+def script_polling(base_url: str) -> Iterator[list[int]]:
+    """The page's calls on the page's schedule, from a thread and no browser: what the app
+    alone pays for an open page. Yields a one-item list counting the calls made."""
+    calls, stop = [0], threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(base_url=base_url, timeout=30) as client:
+            tick = 0
+            while not stop.is_set():
+                began = time.monotonic()
+                paths = ["/v1/cluster", "/v1/jobs", "/v1/decisions?limit=25"]
+                paths += ["/v1/sharing"] if tick % 2 == 0 else []
+                paths += ["/v1/placements?window_s=600"] if tick % 5 == 0 else []
+                for path in paths:  # the page sends them at once; one after another is close enough here
+                    client.get(path)
+                calls[0] += len(paths)
+                tick += 1
+                stop.wait(max(0.2, 1.0 - (time.monotonic() - began)))
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield calls
+    finally:
+        stop.set()
+        thread.join()
+
+
+def page_requests(page: Any) -> int:
+    """API calls the page has made since it loaded (the browser's own resource timing)."""
+    return page.evaluate("performance.getEntriesByType('resource').filter(e => e.name.includes('/v1/')).length")
+
+
+def run(env: Env) -> Report:
+    seconds = 2.0 if env.quick else 5.0
+    runs = 1 if env.quick else 3
+    url = f"{env.base_url}/v1/health"
+    loadgen(url, 1.0)  # connections, replicas and the status cache warm, unrecorded
+    samples: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
+    calls_per_s: dict[str, list[float]] = {side: [] for side in SIDES}
+    with browser_page() as page:
+        for index in range(runs):
+            order = list(SIDES)
+            for side in order[index % 3:] + order[:index % 3]:  # rotate who goes first
+                page.goto("about:blank")  # the page closed: nothing polls
+                if side == "page":
+                    open_page(page, env.base_url)
+                    time.sleep(SETTLE_S)  # past the first render
+                began, before = time.monotonic(), page_requests(page) if side == "page" else 0
+                with script_polling(env.base_url) if side == "script" else contextlib.nullcontext([0]) as calls:
+                    samples[side].append(loadgen(url, seconds))
+                made = page_requests(page) - before if side == "page" else calls[0]
+                calls_per_s[side].append(made / (time.monotonic() - began))
+    rps = {side: summarize([sample["rps"] for sample in samples[side]]) for side in SIDES}
+    report = Report(f"Status route with the web page open: GET /v1/health, 16 connections, {seconds:g}s per run, "
+                    f"{runs} run(s) per row, rotating; median (min–max)",
+                    ["", "requests/s", "p50 ms", "p99 ms", "errors", "page's API calls/s", "vs no page"])
+    for side in SIDES:
+        report.add(SIDES[side], rps[side].show(), summarize([s["p50_ms"] for s in samples[side]]).show(1),
+                   summarize([s["p99_ms"] for s in samples[side]]).show(1), sum(s["errors"] for s in samples[side]),
+                   summarize(calls_per_s[side]).show(1) if side != "none" else "–",
+                   f"{rps[side].median / rps['none'].median:.2f}×")
+    ratio = rps["page"].median / rps["none"].median
+    report.target(ratio >= TARGET, f"status route with the page open {ratio:.3f}× without (target ≥ {TARGET}×)")
+    report.data = {"samples": samples, "calls_per_s": calls_per_s, "ratio": ratio}
+    return report
+
+
+if __name__ == "__main__":
+    main_for(run, __doc__)
