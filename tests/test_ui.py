@@ -2,7 +2,8 @@
 against the real app on the shared 3-node test cluster.
 
 Every test saves a screenshot under its tmp_path (look at them). With GRID_UI_SCREENSHOT set
-to a path, the first test also writes its screenshot there: that is how docs/ui.png is made.
+to a path, the spread-job test also writes its screenshot there: that is how docs/ui.png is made
+(`GRID_UI_SCREENSHOT=docs/ui.png pytest tests/test_ui.py`).
 The browser comes from the system (`apt-get install chromium`; `.ci/run` installs it), never
 from a download; GRID_CHROMIUM names another executable.
 """
@@ -135,7 +136,7 @@ def test_page_loads_and_lists_the_three_nodes(ui: Any, console: Console, base_ur
     assert ui.url.endswith("/ui")
     ui.locator("#nodes-body tr").nth(2).wait_for()
     ui.locator("#live.ok").wait_for()
-    screenshot(ui, tmp_path, "nodes", publish=True)
+    screenshot(ui, tmp_path, "nodes")
     assert console.unexpected() == []
 
 
@@ -159,7 +160,7 @@ def test_spread_job_from_the_page_shows_10_10_10(ui: Any, console: Console, clie
     assert ui.url.endswith(f"#job={job_id}")
     ui.locator("#decisions-body tr").first.wait_for()
     ui.locator("#placements-chart rect").first.wait_for(timeout=10 * SECONDS)  # drawn every 5 ticks
-    screenshot(ui, tmp_path, "spread-job")
+    screenshot(ui, tmp_path, "spread-job", publish=True)
     assert console.unexpected() == []
 
 
@@ -234,11 +235,12 @@ def test_a_hundred_nodes_stay_usable(page: Any, console: Console, base_url: str,
     template = real["nodes"][0]
     nodes = []
     for i in range(100):
-        nodes.append({**template, "name": f"node{i:03d}", "node_id": f"{i:056x}", "address": f"10.0.{i // 50}.{i % 50}",
+        nodes.append({**template, "name": f"node{i:03d}", "is_head": i == 0, "node_id": f"{i:056x}", "address": f"10.0.{i // 50}.{i % 50}",
                       "alive": i != 7, "stale": i == 8, "cpu_percent": float((i * 37) % 100), "in_flight": i % 5,
                       "labels": {"grid.io/node": f"node{i:03d}", "zone": f"z{i % 4}"}})
     fake = json.dumps({**real, "nodes": nodes})
     page.route(re.compile(r".*/v1/cluster$"), lambda route: route.fulfill(status=200, content_type="application/json", body=fake))
+    page.emulate_media(color_scheme="dark")  # and in the dark palette, which follows the system
     page.goto(f"{base_url}/ui")
     rows = page.locator("#nodes-body tr")
     rows.nth(99).wait_for()
@@ -252,5 +254,7 @@ def test_a_hundred_nodes_stay_usable(page: Any, console: Console, base_url: str,
     page.get_by_label("Sort nodes by").select_option("cpu")
     busiest = next(iter(node_rows(page).values()))
     assert (busiest["name"], busiest["cpu"]) == ("node027", "99%"), busiest  # 27 * 37 % 100 == 99
-    screenshot(page, tmp_path, "hundred-nodes")
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(15, 18, 22)", background
+    screenshot(page, tmp_path, "hundred-nodes-dark")
     assert console.unexpected() == []

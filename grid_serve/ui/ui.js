@@ -322,7 +322,7 @@ const isActive = (job) => job.state === "running" || job.state === "queued";
 function progressCell() {
   const track = el("div", { class: "track" },
     el("div", { class: "done" }), el("div", { class: "failed" }), el("div", { class: "cancelled" }), el("div", { class: "running" }));
-  return el("td", {}, el("div", { class: "progress" }, track, el("span", { class: "val" })));
+  return el("td", {}, el("div", { class: "progress", role: "progressbar", "aria-valuemin": "0" }, track, el("span", { class: "val" })));
 }
 
 function updateProgress(td, job) {
@@ -334,6 +334,9 @@ function updateProgress(td, job) {
   });
   const finished = job.succeeded + job.failed + job.cancelled;
   setText(label, `${finished}/${job.total}`);
+  setAttr(td.firstChild, "aria-valuemax", job.total);
+  setAttr(td.firstChild, "aria-valuenow", finished);
+  setAttr(td.firstChild, "aria-label", `job ${job.job_id}: ${finished} of ${job.total} tasks finished`);
   setAttr(td, "title", `${job.succeeded} succeeded, ${job.failed} failed, ${job.cancelled} cancelled, ${job.running} running, ${job.queued} queued`);
 }
 
@@ -378,7 +381,7 @@ async function armedCancel(button, jobId) {
   try {
     const job = await json(await api(`v1/jobs/${encodeURIComponent(jobId)}`, { method: "DELETE" }));
     mergeJob(job);
-    showFormMessage(`job ${jobId} ${job.state}`);
+    showFormMessage(`job ${jobId}: ${job.state}`);
   } catch (error) {
     showFormError(`cancel ${jobId}: ${error.message}`);
   } finally {
@@ -683,7 +686,7 @@ async function submitJob(event) {
   try {
     const job = await json(await api("v1/jobs", { method: "POST", body: JSON.stringify(formJob()) }));
     byId("f-result").dataset.jobId = job.job_id;
-    showFormMessage(`job ${job.job_id} ${job.state}`);
+    showFormMessage(`submitted job ${job.job_id}`);
     mergeJob(job);
   } catch (error) {
     setText(byId("f-result"), "");
