@@ -107,7 +107,8 @@ def _asset_response(name: str) -> Response:
     except KeyError:
         raise NotFoundError(f"no page file {name!r}", field="name") from None
     return Response(found.body, media_type=found.media_type,
-                    headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+                    headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                             "Content-Security-Policy": ui.CONTENT_SECURITY_POLICY})
 
 
 @serve.deployment(**COORDINATOR_OPTIONS)

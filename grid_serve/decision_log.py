@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass
+from collections import OrderedDict, deque
 from typing import Callable
 
 from .models import DecisionRecord, PlacementHistory, SchedulingDecision, TaskPriority
@@ -30,24 +29,24 @@ BUCKET_S = 10.0
 HISTORY_S = 900.0  # placements per node are kept this far back
 
 
-@dataclass(frozen=True)
-class _Entry:
-    at: float
-    job_id: str
-    task_type: str
-    priority: TaskPriority
-    decision: SchedulingDecision
+# (when, job id, task type, priority, decision): a plain tuple, since building a frozen dataclass
+# per decision cost several times more on the commit path
+_Entry = tuple[float, str, str, TaskPriority, SchedulingDecision]
 
-    def to_record(self) -> DecisionRecord:
-        d = self.decision
-        return DecisionRecord(at=self.at, task_id=d.task_id, job_id=self.job_id, task_type=self.task_type,
-                              node=d.node_name, node_id=d.node_id, strategy=d.strategy, priority=self.priority,
-                              score=d.score, waited_s=d.waited_s, borrowed=d.placement_group_id is not None,
-                              reasons=list(d.reasons))
+
+def _to_record(entry: _Entry) -> DecisionRecord:
+    at, job_id, task_type, priority, d = entry
+    return DecisionRecord(at=at, task_id=d.task_id, job_id=job_id, task_type=task_type, node=d.node_name,
+                          node_id=d.node_id, strategy=d.strategy, priority=priority, score=d.score,
+                          waited_s=d.waited_s, borrowed=d.placement_group_id is not None, reasons=list(d.reasons))
 
 
 class DecisionLog:
-    """Bounded memory of decisions: a shared tail, a tail per job, and counts per time bucket."""
+    """Bounded memory of decisions: a shared tail, a tail per job, and counts per time bucket.
+
+    `record` runs for every decision the Scheduler commits (tens of thousands a second at
+    best), so it remembers the last job's tail and the current bucket instead of looking them
+    up again: a job's decisions come in runs."""
 
     def __init__(self, recent: int = RECENT_KEPT, per_job: int = PER_JOB_KEPT, jobs: int = JOBS_KEPT,
                  bucket_s: float = BUCKET_S, history_s: float = HISTORY_S,
@@ -55,41 +54,48 @@ class DecisionLog:
         self._recent: deque[_Entry] = deque(maxlen=recent)
         self._per_job_kept = per_job
         self._jobs_kept = jobs
-        self._by_job: OrderedDict[str, deque[_Entry]] = OrderedDict()
-        self._placed_in_job: Counter[str] = Counter()  # every decision a kept job got, not only its tail
+        self._by_job: OrderedDict[str, deque[_Entry]] = OrderedDict()  # least recently placed first
+        self._placed_in_job: dict[str, int] = {}  # every decision a kept job got, not only its tail
+        self._last_job: str | None = None
+        self._last_tail: deque[_Entry] = deque()
         self._bucket_s = bucket_s
         self._buckets_kept = max(1, math.ceil(history_s / bucket_s))
-        self._buckets: OrderedDict[int, Counter[str]] = OrderedDict()  # bucket number -> node name -> tasks
+        self._buckets: OrderedDict[int, dict[str, int]] = OrderedDict()  # bucket number -> node name -> tasks
+        self._bucket_number = -1
+        self._bucket_counts: dict[str, int] = {}
         self._clock = clock
 
     def record(self, decision: SchedulingDecision, job_id: str, task_type: str, priority: TaskPriority) -> None:
-        """Remember one decision. On the Scheduler's commit path: keep it to a few dict operations."""
+        """Remember one decision: a few dictionary operations, no copies, no formatting."""
         now = self._clock()
-        entry = _Entry(now, job_id, task_type, priority, decision)
+        entry = (now, job_id, task_type, priority, decision)
         self._recent.append(entry)
-        self._job_tail(job_id).append(entry)
-        self._placed_in_job[job_id] += 1
-        self._bucket(now)[decision.node_name] += 1
+        if job_id != self._last_job:
+            self._last_tail, self._last_job = self._job_tail(job_id), job_id
+        self._last_tail.append(entry)
+        self._placed_in_job[job_id] = self._placed_in_job.get(job_id, 0) + 1
+        if now // self._bucket_s != self._bucket_number:
+            self._start_bucket(now)
+        counts = self._bucket_counts
+        counts[decision.node_name] = counts.get(decision.node_name, 0) + 1
 
     def _job_tail(self, job_id: str) -> deque[_Entry]:
+        """The job's tail, made the most recent one; the least recent job is forgotten past `jobs`."""
         tail = self._by_job.get(job_id)
-        if tail is None:
-            tail = self._by_job[job_id] = deque(maxlen=self._per_job_kept)
-            if len(self._by_job) > self._jobs_kept:
-                forgotten, _ = self._by_job.popitem(last=False)
-                self._placed_in_job.pop(forgotten, None)
-        else:
+        if tail is not None:
             self._by_job.move_to_end(job_id)
+            return tail
+        tail = self._by_job[job_id] = deque(maxlen=self._per_job_kept)
+        if len(self._by_job) > self._jobs_kept:
+            forgotten, _ = self._by_job.popitem(last=False)
+            self._placed_in_job.pop(forgotten, None)
         return tail
 
-    def _bucket(self, now: float) -> Counter[str]:
-        number = int(now // self._bucket_s)
-        counts = self._buckets.get(number)
-        if counts is None:
-            counts = self._buckets[number] = Counter()
-            while len(self._buckets) > self._buckets_kept:
-                self._buckets.popitem(last=False)
-        return counts
+    def _start_bucket(self, now: float) -> None:
+        self._bucket_number = int(now // self._bucket_s)
+        self._bucket_counts = self._buckets.setdefault(self._bucket_number, {})
+        while len(self._buckets) > self._buckets_kept:
+            self._buckets.popitem(last=False)
 
     # ------------------------------------------------------------------ reading
 
@@ -97,7 +103,7 @@ class DecisionLog:
         """The newest `limit` decisions, newest first; only `job_id`'s when given."""
         source = self._recent if job_id is None else self._by_job.get(job_id, ())
         newest = list(reversed(source))[:max(0, limit)]
-        return [entry.to_record() for entry in newest]
+        return [_to_record(entry) for entry in newest]
 
     def placed_in_job(self, job_id: str) -> int:
         """How many decisions the job got in all (its kept tail may be shorter)."""
@@ -111,6 +117,6 @@ class DecisionLog:
         count = max(1, min(self._buckets_kept, math.ceil(window_s / self._bucket_s)))
         numbers = range(last - count + 1, last + 1)
         nodes = sorted({node for number in numbers for node in self._buckets.get(number, ())})
-        per_node = {node: [self._buckets.get(number, Counter()).get(node, 0) for number in numbers] for node in nodes}
+        per_node = {node: [self._buckets.get(number, {}).get(node, 0) for number in numbers] for node in nodes}
         return PlacementHistory(now=now, bucket_s=self._bucket_s, start=numbers[0] * self._bucket_s,
                                 per_node=per_node)

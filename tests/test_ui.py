@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from grid_serve.client import GridClient
-from tests.test_api import wait_idle
+from tests.test_api import submit, wait_idle
 
 pytestmark = pytest.mark.cluster
 
@@ -171,6 +171,8 @@ def test_cancelling_a_running_job_from_the_page(ui: Any, console: Console, clien
     job_id = submitted_job_id(ui)
     row = ui.locator(f'#jobs-body tr[data-job-id="{job_id}"]')
     row.locator(".state.running").wait_for()
+    waiting_low = ui.locator('#queue-body tr[data-key="low"] td').nth(1)
+    waiting_low.filter(has_text=re.compile(r"^[1-9]\d*$")).wait_for()  # the queue shows what waits, by priority
     cancel = row.get_by_role("button", name=f"Cancel job {job_id}")
     cancel.click()
     row.get_by_role("button", name=f"Confirm cancelling job {job_id}").click()  # two clicks: no accidents
@@ -179,6 +181,31 @@ def test_cancelling_a_running_job_from_the_page(ui: Any, console: Console, clien
     assert row.get_by_role("button", name=re.compile("ancel")).is_hidden()  # nothing left to cancel
     screenshot(ui, tmp_path, "cancelled")
     assert console.unexpected() == []
+
+
+def test_the_pages_routes_are_documented_and_answer(http: httpx.Client) -> None:
+    """What the page reads beyond the older routes: decisions with reasons, placements per node."""
+    job_id = submit(http, task="compute_task", count=6, strategy="spread")["job_id"]
+    answer = http.get("/v1/decisions", params={"job_id": job_id, "limit": 100}).json()
+    assert answer["job_placed"] == 6 and len(answer["decisions"]) == 6, answer
+    assert all(d["job_id"] == job_id and d["reasons"][0].startswith("spread: ") for d in answer["decisions"])
+    assert [d["task_id"] for d in answer["decisions"]] == [f"{job_id}-{i}" for i in range(5, -1, -1)]  # newest first
+    assert http.get("/v1/decisions", params={"limit": 1}).json()["decisions"][0]["at"] <= answer["now"]
+    history = http.get("/v1/placements", params={"window_s": 60}).json()
+    assert history["bucket_s"] == 10 and all(len(counts) == 6 for counts in history["per_node"].values()), history
+    assert sum(sum(counts) for counts in history["per_node"].values()) >= 6
+    assert isinstance(http.get("/v1/cluster").json()["queue"], list)
+    paths = http.get("/openapi.json").json()["paths"]
+    assert {"/v1/decisions", "/v1/placements"} <= set(paths) and "/ui" not in paths
+    assert http.get("/v1/decisions", params={"limit": -1}).status_code == 422
+    page = http.get("/ui")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]  # the browser holds the page to it
+    assert "https://" not in page.text and "http://" not in page.text  # nothing from outside
+    assert http.get("/ui/ui.js").headers["content-type"].startswith("text/javascript")
+    assert http.get("/ui/..%2Fpyproject.toml").status_code == 404
+    root = http.get("/", follow_redirects=False)
+    assert root.status_code == 307 and root.headers["location"] == "/ui"
 
 
 @pytest.mark.parametrize("fields, body", [

@@ -21,6 +21,9 @@ MEDIA_TYPES = {
     ".svg": "image/svg+xml",
 }
 ASSETS = ("index.html", "ui.css", "ui.js", "icon.svg")
+# The browser enforces what the page promises: it loads and calls nothing but this app.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                           "connect-src 'self'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ const BASE = location.pathname.replace(/\/ui\/?$/, "/");
 const TICK_MS = 1000;
 const SHARING_EVERY = 2; // ticks
 const PLACEMENTS_EVERY = 5; // ticks
+const IDLE_EVERY = 5; // ticks between looks at jobs and decisions while nothing runs or waits
 const CANCEL_ARM_MS = 4000;
 const SVG_NS = "http://www.w3.org/2000/svg";
 const PALETTE = ["#3b82f6", "#10b981", "#f59e0b", "#8b5cf6", "#ef4444", "#14b8a6", "#ec4899", "#84cc16"];
@@ -22,6 +23,9 @@ const state = {
   filter: "",
   activeOnly: false,
   selectedJob: null,
+  selectedJobSettled: false, // its final state and decisions are shown: no need to ask again
+  decisions: null, // the last answers, drawn again every tick so ages and lease ends keep counting
+  sharing: null,
   serverSkew: 0, // server clock minus ours, seconds (lease ends and ages are server times)
   tick: 0,
   lastOk: 0,
@@ -434,6 +438,7 @@ function renderJobs() {
 function selectJob(jobId) {
   if (location.hash !== `#job=${jobId}`) history.replaceState(null, "", `#job=${encodeURIComponent(jobId)}`);
   state.selectedJob = jobId;
+  state.selectedJobSettled = false;
   byId("job-detail").hidden = false;
   setText(byId("job-title"), jobId);
   byId("job-decisions-body").replaceChildren();
@@ -470,6 +475,7 @@ async function refreshJob() {
   if (state.selectedJob !== jobId) return;
   renderJobFacts(job);
   renderJobDecisions(decisions);
+  state.selectedJobSettled = !isActive(job);
 }
 
 function renderJobFacts(job) {
@@ -542,12 +548,12 @@ function drawNodeBars(target, perNode) {
 // ------------------------------------------------------------------ recent decisions
 
 function renderDecisions(answer) {
-  state.serverSkew = answer.now - Date.now() / 1000;
+  const now = serverNow();
   syncRows(byId("decisions-body"), answer.decisions, (d) => d.task_id,
     () => el("tr", {}, el("td", { class: "num" }), el("td", { class: "mono" }), el("td", {}), el("td", {}),
       el("td", {}, el("span", { class: "prio" })), el("td", { class: "why" })),
     (row, d) => {
-      setText(row.cells[0], duration(answer.now - d.at));
+      setText(row.cells[0], duration(now - d.at));
       setText(row.cells[1], d.task_id);
       setText(row.cells[2], d.node + (d.borrowed ? " (borrowed)" : ""));
       setText(row.cells[3], d.strategy.toLowerCase());
@@ -605,8 +611,11 @@ function drawPlacements(history) {
   const legend = [...named.sort().map((node) => [node, colour(node)])];
   if (Object.keys(history.per_node).length > named.length) legend.push(["other", OTHER_COLOUR]);
   const counts = Object.fromEntries(totals);
-  byId("placements-legend").replaceChildren(...legend.map(([node, fill]) => el("li", {},
-    el("span", { class: "swatch", style: `background:${fill}` }), `${node} ${node === "other" ? "" : counts[node] ?? 0}`)));
+  byId("placements-legend").replaceChildren(...legend.map(([node, fill]) => {
+    const swatch = el("span", { class: "swatch" });
+    swatch.style.background = fill; // through the CSSOM: the page's CSP allows no inline style attribute
+    return el("li", {}, swatch, `${node} ${node === "other" ? "" : counts[node] ?? 0}`);
+  }));
 }
 
 function niceCeiling(value) {
@@ -720,7 +729,19 @@ function showLive() {
   setAttr(live, "title", null);
 }
 
-/** One refresh: the fast routes every tick, sharing and the history chart less often. */
+/** Jobs and recent decisions, fetched together. */
+async function refreshActivity() {
+  const [jobs, decisions] = await Promise.all([get("v1/jobs"), get("v1/decisions?limit=25")]);
+  state.jobs = jobs;
+  state.serverSkew = decisions.now - Date.now() / 1000;
+  state.decisions = decisions;
+  renderJobs();
+}
+
+/** One refresh. The cluster every tick. Jobs and decisions every tick while any job runs or
+ *  work waits (the cluster status says so within a tick, wherever the job came from) or the
+ *  page still shows a job as active, else every IDLE_EVERY ticks: the page costs an idle app
+ *  little. Sharing and the history chart less often; a settled job's view not again. */
 async function refresh() {
   const tick = state.tick;
   state.tick += 1;
@@ -730,14 +751,16 @@ async function refresh() {
       renderSummary(cluster);
       renderNodes();
       renderQueue(cluster);
+      const busy = cluster.jobs_running > 0 || cluster.queued > 0 || state.jobs.some(isActive);
+      return busy || tick % IDLE_EVERY === 0 ? refreshActivity() : null;
     }),
-    get("v1/jobs").then((jobs) => { state.jobs = jobs; renderJobs(); }),
-    get("v1/decisions?limit=25").then(renderDecisions),
   ];
-  if (tick % SHARING_EVERY === 0) calls.push(get("v1/sharing").then(renderSharing));
+  if (tick % SHARING_EVERY === 0) calls.push(get("v1/sharing").then((sharing) => { state.sharing = sharing; }));
   if (tick % PLACEMENTS_EVERY === 0) calls.push(get("v1/placements?window_s=600").then(drawPlacements));
-  if (state.selectedJob) calls.push(refreshJob());
+  if (state.selectedJob && !state.selectedJobSettled) calls.push(refreshJob());
   const results = await Promise.allSettled(calls);
+  if (state.decisions) renderDecisions(state.decisions);
+  if (state.sharing) renderSharing(state.sharing);
   const failed = results.find((r) => r.status === "rejected");
   if (failed) showPollError(failed.reason);
   else showLive();
