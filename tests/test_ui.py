@@ -183,6 +183,25 @@ def test_cancelling_a_running_job_from_the_page(ui: Any, console: Console, clien
     assert console.unexpected() == []
 
 
+def test_a_sharing_allocation_shows_donor_borrower_amount_and_lease(ui: Any, console: Console, http: httpx.Client,
+                                                                   tmp_path: Path) -> None:
+    response = http.post("/v1/sharing", json={"node": "gpu-master", "type": "cpu", "amount": 1, "priority": "high",
+                                              "duration_s": 600})
+    assert response.status_code == 201, response.text
+    record = response.json()
+    try:
+        row = ui.locator("#alloc-body tr").filter(has_text="gpu-master")
+        row.wait_for()
+        cells = row.locator("td").all_inner_texts()
+        assert cells[:5] == ["gpu-master", record["donor"], "1 CPU", "high", "active"], cells
+        assert re.fullmatch(r"(9|10)m \d\ds", cells[5]), cells  # about ten minutes of lease left
+        screenshot(ui, tmp_path, "sharing")
+    finally:
+        http.post(f"/v1/sharing/{record['id']}/release")
+    ui.locator("#alloc-empty").wait_for(timeout=30 * SECONDS)  # drained and gone from the page
+    assert console.unexpected() == []
+
+
 def test_the_pages_routes_are_documented_and_answer(http: httpx.Client) -> None:
     """What the page reads beyond the older routes: decisions with reasons, placements per node."""
     job_id = submit(http, task="compute_task", count=6, strategy="spread")["job_id"]
