@@ -28,7 +28,6 @@ const state = {
   sharing: null,
   serverSkew: 0, // server clock minus ours, seconds (lease ends and ages are server times)
   tick: 0,
-  lastOk: 0,
 };
 
 // ------------------------------------------------------------------ the API, with a token if asked
