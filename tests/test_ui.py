@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -199,6 +200,27 @@ def test_a_sharing_allocation_shows_donor_borrower_amount_and_lease(ui: Any, con
     finally:
         http.post(f"/v1/sharing/{record['id']}/release")
     ui.locator("#alloc-empty").wait_for(timeout=30 * SECONDS)  # drained and gone from the page
+    assert console.unexpected() == []
+
+
+def test_pending_sharing_requests_are_listed_with_their_waits(page: Any, console: Console, base_url: str,
+                                                            http: httpx.Client, tmp_path: Path) -> None:
+    """A request no donor can grant yet, as /v1/sharing would list it (made up: this cluster
+    can always lend what the API accepts, so a real one would not stay pending)."""
+    now = time.time()
+    waiting = {"id": "req1", "borrower": "gpu1", "resource": "MEMORY", "amount": 1.5, "priority": "CRITICAL",
+               "state": "pending", "requested_at": now - 75, "duration_s": 600, "timeout_at": now + 600,
+               "reason": "waiting for a donor"}
+    fake = json.dumps({**http.get("/v1/sharing").json(), "pending": [waiting]})
+    page.route(re.compile(r".*/v1/sharing$"), lambda route: route.fulfill(status=200, content_type="application/json", body=fake))
+    page.goto(f"{base_url}/ui")
+    row = page.locator("#pending-body tr")
+    row.wait_for()
+    cells = row.locator("td").all_inner_texts()
+    assert cells[:3] == ["gpu1", "1.5 GB", "critical"], cells
+    assert re.fullmatch(r"1m [1-5]\ds", cells[3]) and re.fullmatch(r"(9|10)m \d\ds", cells[4]), cells
+    assert page.locator("#pending-empty").is_hidden()
+    screenshot(page, tmp_path, "pending")
     assert console.unexpected() == []
 
 
