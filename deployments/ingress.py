@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from grid_serve import ui
 from grid_serve.errors import GridError, InvalidRequestError, NoCapacityError, NotFoundError, describe_error
 from grid_serve.ledger import Completion
-from grid_serve import ui
 from grid_serve.models import (ClusterStatus, JobStatus, JobSubmission, PlacementHistory, RecentDecisions,
                                SchedulingDecision, SchedulingRequest)
 from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
