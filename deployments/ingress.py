@@ -25,17 +25,19 @@ from ray.serve._private.constants import SERVE_NAMESPACE
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from grid_serve import ui
 from grid_serve.access import LOOPBACK_HOSTS, AccessPolicy
 from grid_serve.errors import (GridError, InvalidRequestError, NoCapacityError, NotFoundError, TooBusyError, describe_error,
                                require_id, require_number)
 from grid_serve.ledger import Completion
 from grid_serve.limits import Limits
-from grid_serve.models import ClusterStatus, JobStatus, JobSubmission, SchedulingDecision, SchedulingRequest, non_finite_path
+from grid_serve.models import (ClusterStatus, JobStatus, JobSubmission, PlacementHistory, RecentDecisions,
+                               SchedulingDecision, SchedulingRequest, non_finite_path)
 from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules
 
@@ -186,6 +188,18 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
 
+def _asset_response(name: str) -> Response:
+    """A file of the page, or 404. `no-cache`: a browser revalidates, so an upgraded app never
+    runs yesterday's script against today's API."""
+    try:
+        found = ui.asset(name)
+    except KeyError:
+        raise NotFoundError(f"no page file {name!r}", field="name") from None
+    return Response(found.body, media_type=found.media_type,
+                    headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                             "Content-Security-Policy": ui.CONTENT_SECURITY_POLICY})
+
+
 @serve.deployment(**COORDINATOR_OPTIONS)
 @serve.ingress(fastapi_app)
 class Ingress:
@@ -316,19 +330,23 @@ class Ingress:
             return await grid_call((await self._runner_of(job_id)).wait_job.remote(job_id, timeout_s, bool(results)))
 
     async def list_jobs(self, limit: int = 100, offset: int = 0) -> list[JobStatus]:
-        """Jobs of every runner of this app, newest first, `limit` of them from `offset`."""
+        """Every runner's jobs, newest first, `limit` of them from `offset`. The web page asks
+        every second: the GCS lookup of the runners runs off the replica's event loop (it
+        blocks), and the runners answer at once."""
         limit = int(require_number("limit", limit, 1, 1000))
         offset = int(require_number("offset", offset, 0, 10**9))
-        runners = [entry["name"] for entry in ray.util.list_named_actors(all_namespaces=True)
-                   if entry["namespace"] == self._namespace and entry["name"].startswith(runner_name(self._app, ""))]
-        jobs: list[JobStatus] = []
-        for name in sorted(runners):
-            try:
-                jobs += await ray.get_actor(name, namespace=self._namespace).list_jobs.remote()
-            except (ValueError, ray.exceptions.RayActorError):
-                continue  # a runner that just exited has no jobs left to list
-        jobs.sort(key=lambda job: job.submitted_at, reverse=True)
+        actors = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
+        runners = sorted(entry["name"] for entry in actors
+                         if entry["namespace"] == self._namespace and entry["name"].startswith(runner_name(self._app, "")))
+        answers = await asyncio.gather(*(self._jobs_of_runner(name) for name in runners))
+        jobs = sorted((job for jobs in answers for job in jobs), key=lambda job: job.submitted_at, reverse=True)
         return jobs[offset:offset + limit]
+
+    async def _jobs_of_runner(self, name: str) -> list[JobStatus]:
+        try:
+            return await ray.get_actor(name, namespace=self._namespace).list_jobs.remote()
+        except (ValueError, ray.exceptions.RayActorError):
+            return []  # a runner that just exited has no jobs left to list
 
     async def cancel_job(self, job_id: str) -> JobStatus:
         return await grid_call((await self._runner_of(job_id)).cancel_job.remote(job_id))
@@ -375,6 +393,13 @@ class Ingress:
             raise NotFoundError(f"no /v1/schedule reservation for task {task_id!r} (already released, expired, "
                                 "or a job's task, which its job releases)", field="task_id")
         return {"task_id": task_id, "released": True}
+
+    async def recent_decisions(self, limit: int = 50, job_id: str | None = None) -> RecentDecisions:
+        """The Scheduler's latest decisions with their reasons; one job's when `job_id` is given."""
+        return await self._scheduler.recent_decisions.remote(limit, job_id)
+
+    async def placement_history(self, window_s: float = 600.0) -> PlacementHistory:
+        return await self._scheduler.placement_history.remote(window_s)
 
     # ------------------------------------------------------------------ resource sharing
 
@@ -443,6 +468,18 @@ class Ingress:
     async def http_cancel(self, job_id: str) -> JobStatus:
         return await self.cancel_job(job_id)
 
+    @fastapi_app.get(f"/{API_VERSION}/decisions", response_model=RecentDecisions)
+    async def http_decisions(self, limit: int = Query(50, ge=0, le=500),
+                             job_id: str | None = Query(None, description="only this job's (its latest 100)")
+                             ) -> RecentDecisions:
+        """Recent placement decisions, newest first, each with the reasons its node won."""
+        return await self.recent_decisions(limit, job_id)
+
+    @fastapi_app.get(f"/{API_VERSION}/placements", response_model=PlacementHistory)
+    async def http_placements(self, window_s: float = Query(600.0, gt=0, le=900)) -> PlacementHistory:
+        """Tasks placed per node over the last `window_s` seconds, in 10 s buckets."""
+        return await self.placement_history(window_s)
+
     @fastapi_app.post(f"/{API_VERSION}/schedule", response_model=SchedulingDecision)
     async def http_schedule(self, body: SchedulingRequest, lease_s: float = Query(300.0, gt=0, le=86400),
                             wait_s: float = Query(30.0, ge=0, le=600)) -> SchedulingDecision:
@@ -468,3 +505,19 @@ class Ingress:
     @fastapi_app.post(f"/{API_VERSION}/sharing/{{record_id}}/release", response_model=Allocation)
     async def http_sharing_release(self, record_id: str) -> Allocation:
         return await self.release_resources(record_id)
+
+    # ================================================================== the web page
+
+    @fastapi_app.get("/", include_in_schema=False)
+    async def http_root(self, request: Request) -> RedirectResponse:
+        """`/` is the page: people open the bare address in a browser."""
+        return RedirectResponse(f"{request.scope.get('root_path', '')}/ui", status_code=307)
+
+    @fastapi_app.get("/ui", include_in_schema=False)
+    async def http_ui(self) -> Response:
+        return _asset_response("index.html")
+
+    @fastapi_app.get("/ui/{name}", include_in_schema=False)
+    async def http_ui_asset(self, name: str) -> Response:
+        return _asset_response(name)
+

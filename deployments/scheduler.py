@@ -29,8 +29,10 @@ from ray.serve.handle import DeploymentHandle
 
 from grid_serve.errors import InvalidRequestError, TooBusyError
 from grid_serve.ledger import Completion, Ledger, Reservation
+from grid_serve.decision_log import DecisionLog
 from grid_serve.limits import Limits
-from grid_serve.models import ClusterStatus, NodeStatus, SchedulingDecision, SchedulingRequest
+from grid_serve.models import (ClusterStatus, NodeStatus, PlacementHistory, QueueLevel, RecentDecisions,
+                               SchedulingDecision, SchedulingRequest, TaskPriority)
 from grid_serve.owners import Owners
 from grid_serve.scheduling import DrainResult, Rejected, SchedulerCore
 from grid_serve.sharing import Allocation, fold_allocations
@@ -65,6 +67,7 @@ class _Meta:
     task_type: str
     group: str
     lease_s: float | None
+    priority: TaskPriority = TaskPriority.NORMAL
 
 
 @serve.deployment(**INTERNAL_OPTIONS)
@@ -92,6 +95,7 @@ class Scheduler:
         self._outbox: dict[str, Placements] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._metrics_out = SchedulerMetrics()
+        self._log = DecisionLog()  # what was decided lately and why: for /v1/decisions and the web page
         self._recovered = False  # learned run times taken back from the LoadBalancer's copy
         self._published = -1  # ledger version the LoadBalancer last got
         self._publisher: asyncio.Task | None = None
@@ -233,6 +237,7 @@ class Scheduler:
             meta = self._meta[decision.task_id]
             self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, meta.task_type, meta.group,
                                  str(decision.strategy), meta.lease_s, decision.placement_group_id)
+            self._log.record(decision, meta.group, meta.task_type, meta.priority)
             self._deliver(meta.group).placed.append(decision)
         for rejection in result.rejected:
             self._deliver(rejection.group).rejected.append(rejection)
@@ -302,7 +307,7 @@ class Scheduler:
             if runner is not None:
                 self._owners.register(group, runner)
             for request in requests:
-                self._meta[request.task_id] = _Meta(request.task_type, request.group, lease_s)
+                self._meta[request.task_id] = _Meta(request.task_type, request.group, lease_s, request.priority)
             self._drain_locked(requests)
             placements = self._collect(group)
         # Once per job, so the copy shows a new job's placements when submit returns; bounded,
@@ -381,7 +386,7 @@ class Scheduler:
                 self._core.group_counts.add(group, node_id, count)
             fresh = [request for request in waiting if request.task_id not in self._meta]
             for request in fresh:
-                self._meta[request.task_id] = _Meta(request.task_type, group, None)
+                self._meta[request.task_id] = _Meta(request.task_type, group, None, request.priority)
             self._drain_locked(fresh)
             return self._collect(group)
 
@@ -439,5 +444,16 @@ class Scheduler:
                 reserved = dict(node.reserved) if node else {}
                 nodes.append(status.model_copy(update={"reserved": reserved,
                                                        "in_flight": node.in_flight if node else 0}))
-            return ClusterStatus(nodes=nodes, queued=len(self._core), jobs_running=len(self._owners),
+            queue = [QueueLevel(priority=priority, tasks=tasks, oldest_wait_s=round(wait, 3))
+                     for priority, tasks, wait in self._core.waiting_by_priority()]
+            return ClusterStatus(nodes=nodes, queued=len(self._core), queue=queue, jobs_running=len(self._owners),
                                  snapshot_age_s=max(0.0, time.time() - self._nodes_at))
+
+    async def recent_decisions(self, limit: int = 50, job_id: str | None = None) -> RecentDecisions:
+        """The latest decisions with their reasons, newest first; one job's when `job_id` is
+        given. No lock: reading the log awaits nothing, so no decision lands halfway through."""
+        return RecentDecisions(now=time.time(), decisions=self._log.recent(limit, job_id),
+                               job_placed=self._log.placed_in_job(job_id) if job_id else None)
+
+    async def placement_history(self, window_s: float = 600.0) -> PlacementHistory:
+        return self._log.placements(window_s)

@@ -86,7 +86,8 @@ def up(
     """
     state = read_state()
     if state:
-        console.print(f"grid-serve is already up at {state['http']} ({state['mode']}); `grid down` stops it.")
+        console.print(f"grid-serve is already up at {state['http']} ({state['mode']}); `grid down` stops it. "
+                      f"Web UI: {state['http']}/ui")
         return
     for path in (config, serve_config):
         if not path.exists():
@@ -103,6 +104,7 @@ def up(
     else:
         state = _deploy_remote(address or os.environ.get("RAY_ADDRESS"), serve_config, port)
     console.print(f"grid-serve is up: HTTP API {state['http']}  (OpenAPI: {state['http']}/docs)")
+    console.print(f"Web UI:       {state['http']}/ui  (open it in a browser)")
     if state.get("dashboard"):
         console.print(f"Ray dashboard: {state['dashboard']}")
     if state.get("ray_address"):

@@ -359,8 +359,49 @@ class NodeStatus(BaseModel):
     stale: bool = Field(False, description="the probe stopped answering: left out of decisions")
 
 
+class QueueLevel(BaseModel):
+    """The tasks waiting at one priority, and how long the oldest of them has waited."""
+
+    priority: TaskPriority
+    tasks: int
+    oldest_wait_s: float
+
+
 class ClusterStatus(BaseModel):
     nodes: list[NodeStatus]
     queued: int
+    queue: list[QueueLevel] = Field(default_factory=list, description="waiting tasks per priority, highest first")
     jobs_running: int = Field(0, description="jobs whose runner holds a live lease with the Scheduler")
     snapshot_age_s: float
+
+
+class DecisionRecord(BaseModel):
+    """One placement as the Scheduler made it, with its reasons (`GET /v1/decisions`)."""
+
+    at: float = Field(description="epoch seconds of the decision")
+    task_id: str
+    job_id: str = Field(description="the job (or, for a /v1/schedule caller, the task itself)")
+    task_type: str
+    node: str
+    node_id: str
+    strategy: SchedulingStrategy
+    priority: TaskPriority
+    score: float
+    waited_s: float
+    borrowed: bool = Field(False, description="placed into capacity its node borrowed (resource sharing)")
+    reasons: list[str]
+
+
+class RecentDecisions(BaseModel):
+    now: float = Field(description="the Scheduler's clock (epoch seconds), to age `at` and lease ends against")
+    decisions: list[DecisionRecord] = Field(description="newest first")
+    job_placed: int | None = Field(None, description="with job_id: decisions the job got in all (the list keeps its latest)")
+
+
+class PlacementHistory(BaseModel):
+    """Tasks placed per node in equal time buckets, oldest first (`GET /v1/placements`)."""
+
+    now: float
+    bucket_s: float
+    start: float = Field(description="epoch seconds where the first bucket begins")
+    per_node: dict[str, list[int]] = Field(description="node name -> tasks placed in each bucket")

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
 from .lookahead import lookahead_admission
-from .models import SchedulingDecision, SchedulingRequest
+from .models import SchedulingDecision, SchedulingRequest, TaskPriority
 from .placement_index import IncrementalPlacer
 from .sharing import allocation_decision, may_fit_allocation
 from .strategies import PlacementError
@@ -45,6 +45,10 @@ class DrainResult:
     view: ClusterView | None = None
 
 
+def _key(item: _Waiting) -> tuple[int, float, int]:
+    return item.key
+
+
 def _signature(request: SchedulingRequest) -> tuple:
     """Requests with equal signatures succeed or wait together; one wait skips the rest."""
     needs = tuple(sorted(request.requirements.as_ray_resources().items()))
@@ -71,6 +75,25 @@ class SchedulerCore:
     def queued_by_group(self) -> Mapping[str, int]:
         """Tasks waiting per group (kept up to date, not counted per call); read-only."""
         return MappingProxyType(self._queued)
+
+    def waiting_by_priority(self) -> list[tuple[TaskPriority, int, float]]:
+        """(priority, tasks waiting, seconds the oldest has waited), highest priority first, for
+        the priorities that have any. The queue is sorted by (-rank, age), so each priority's
+        first item is its oldest and two bisections count it: cheap enough for every status call.
+
+        >>> core = SchedulerCore(clock=lambda: 10.0)
+        >>> core.enqueue([SchedulingRequest(task_id="a", priority="high"), SchedulingRequest(task_id="b")])
+        >>> [(str(p), n, wait) for p, n, wait in core.waiting_by_priority()]
+        [('high', 1, 0.0), ('normal', 1, 0.0)]
+        """
+        levels = []
+        now = self._clock()
+        for priority in sorted(TaskPriority, key=lambda p: -p.rank):
+            first = bisect.bisect_left(self._waiting, (-priority.rank,), key=_key)
+            end = bisect.bisect_left(self._waiting, (-priority.rank + 1,), key=_key)
+            if end > first:
+                levels.append((priority, end - first, max(0.0, now - self._waiting[first].enqueued_at)))
+        return levels
 
     def _keep_only(self, keep: list[_Waiting]) -> None:
         self._waiting = keep

@@ -218,6 +218,7 @@ def test_up_without_local_deploys_onto_the_cluster_ray_address_names(tmp_path: P
         up = grid("up", "--port", str(port), env=env)
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"grid-serve is up: HTTP API http://127.0.0.1:{port}" in up.stdout
+        assert f"Web UI:       http://127.0.0.1:{port}/ui" in up.stdout
         status = json.loads(grid("distribute", "status", "--json", env=env).stdout)  # address from grid up's state
         assert sorted(node["name"] for node in status["nodes"]) == ["head", "worker"]
         down = grid("down", env=env)

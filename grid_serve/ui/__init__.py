@@ -1,0 +1,42 @@
+"""The web page at `/ui`: static files shipped inside the package, read once per process.
+
+Everything the page needs is here (no CDN, no web font: clusters often have no internet), and
+the page itself only calls the `/v1` routes, like any other client. The Ingress serves these
+bytes; it never renders anything per request.
+
+    >>> asset("index.html").media_type
+    'text/html; charset=utf-8'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+ASSETS = ("index.html", "ui.css", "ui.js", "icon.svg")
+# The browser enforces what the page promises: it loads and calls nothing but this app.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                           "connect-src 'self'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    media_type: str
+
+
+@lru_cache(maxsize=None)
+def asset(name: str) -> Asset:
+    """The file `name` of the page. Only the listed names: a request path never reaches the
+    file system as given, so `../` can never read anything else."""
+    if name not in ASSETS:
+        raise KeyError(name)
+    body = resources.files(__package__).joinpath(name).read_bytes()
+    return Asset(body, MEDIA_TYPES[name[name.rindex("."):]])
