@@ -17,7 +17,10 @@ class Limits(BaseModel):
     max_queued_tasks: int = Field(
         1_000_000, ge=1, le=100_000_000,
         description="tasks waiting in the Scheduler's queue, all jobs together; over it a new job gets 429")
-    finished_jobs_kept: int = Field(200, ge=1, le=1_000_000, description="finished jobs kept per job runner")
+    finished_jobs_kept: int = Field(
+        2_000, ge=1, le=1_000_000,
+        description="finished jobs kept per job runner (~12 KB each for small jobs, bench/load.py; results "
+                    "are bounded by bytes apart)")
     results_bytes_kept: int = Field(
         256 * 1024 * 1024, ge=0, le=64 * 1024**3,
         description="bytes of finished jobs' results kept per job runner; the oldest results go first (410)")
