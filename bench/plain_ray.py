@@ -30,6 +30,14 @@ def sleep_for(seconds: float) -> tuple[str, float, float]:
     return ray.get_runtime_context().get_node_id(), started, time.time()
 
 
+@ray.remote
+def slow_on(node: str, slow_s: float, fast_s: float) -> str:
+    """grid's slow_on_node for plain Ray: sleep `slow_s` on the node labelled `node`, else `fast_s`."""
+    here = ray.get_runtime_context().get_node_labels().get("grid.io/node", "")
+    time.sleep(slow_s if here == node else fast_s)
+    return here
+
+
 def options(strategy: str, on_trio: bool = False) -> dict[str, Any]:
     """`.options()` for Ray's named strategies, optionally held to the 3 `trio` nodes."""
     opts: dict[str, Any] = {"scheduling_strategy": strategy}
