@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import math
 from typing import Mapping, MutableMapping
 
 from .models import SchedulingDecision, SchedulingRequest, SchedulingStrategy
@@ -33,6 +34,7 @@ from .strategies import (
     Rejection,
     candidates_for,
     decision_for,
+    finish_floor,
     first_failure,
     score_node,
     spread_level,
@@ -57,6 +59,8 @@ class IncrementalPlacer:
         self._nodes = nodes
         self._counts = group_counts
         self._spread = request.strategy is SchedulingStrategy.SPREAD
+        self._earliest_finish = request.strategy is SchedulingStrategy.PERFORMANCE_OPTIMIZED
+        self._finish_floor = math.inf
         ctx = PlacementContext(view=view, group_counts=group_counts)
         self._lasting: list[Rejection] = []
         self._possible: list[str] = []  # node ids that could ever fit, in candidate order
@@ -81,7 +85,13 @@ class IncrementalPlacer:
     # ------------------------------------------------------------------ state upkeep
 
     def _context(self) -> PlacementContext:
-        return PlacementContext(view=self._view, group_counts=self._counts, spread_floor=self._floor)
+        return PlacementContext(view=self._view, group_counts=self._counts, spread_floor=self._floor,
+                                finish_floor=self._finish_floor)
+
+    def _current_finish_floor(self) -> float:
+        if not self._earliest_finish:
+            return math.inf
+        return finish_floor(self._request, (self._nodes[node_id] for node_id in self._possible), self._view)
 
     def _refresh_all(self) -> None:
         """Levels, floor, checks and scores of every possible node (start, or the floor rose)."""
@@ -89,6 +99,7 @@ class IncrementalPlacer:
         self._levels = [spread_level(self._request, self._nodes[node_id], ctx) for node_id in self._possible]
         self._floor = min(self._levels)
         self._at_floor = sum(1 for level in self._levels if level <= self._floor + 1e-9)
+        self._finish_floor = self._current_finish_floor()
         self._failing, self._failing_order, self._heap, self._parts = {}, [], [], {}
         ctx = self._context()
         for position in range(len(self._possible)):
@@ -117,6 +128,9 @@ class IncrementalPlacer:
             del self._failing_order[bisect.bisect_left(self._failing_order, position)]
         if self._spread and self._floor_rose(position):
             self._refresh_all()
+            return
+        if self._earliest_finish and self._current_finish_floor() != self._finish_floor:
+            self._refresh_all()  # every node's "a busy node finishes sooner" check reads the floor
             return
         self._evaluate(position, self._context())
 

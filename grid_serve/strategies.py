@@ -16,7 +16,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from .models import ZERO_RESOURCE_SLOT, SchedulingDecision, SchedulingRequest, SchedulingStrategy
 from .view import ClusterView, NodeLookupError, NodeView
@@ -30,6 +30,7 @@ class PlacementContext:
     view: ClusterView
     group_counts: Mapping[str, int] = field(default_factory=dict)  # node_id -> this job's tasks
     spread_floor: float = 0.0  # the lowest (count + 1) / weight among nodes that could ever fit
+    finish_floor: float = math.inf  # performance_optimized: the soonest expected finish on any fresh node
 
 
 Check = Callable[[SchedulingRequest, NodeView, PlacementContext], "str | None"]
@@ -270,11 +271,11 @@ class Estimate:
 
     seconds: float
     run_s: float
-    queue_factor: float
+    wait_s: float
     evidence: str
 
     def describe(self) -> str:
-        return f"~{self.seconds:.3f}s = {self.evidence} × queue {self.queue_factor:.2f}"
+        return f"~{self.seconds:.3f}s = wait {self.wait_s:.3f}s + run ({self.evidence})"
 
 
 def gpu_speed(model: str) -> float:
@@ -297,27 +298,49 @@ def hardware_speed(request: SchedulingRequest, node: NodeView) -> tuple[float, s
 
 
 def expected_finish_s(request: SchedulingRequest, node: NodeView, view: ClusterView) -> Estimate:
-    """When this task would finish on `node`, and from what evidence.
+    """When this task would finish on `node`: the wait for a slot there, plus its run time there.
 
-    Best evidence first: the EWMA run time of this task type measured on this node; else what
+    Run time, best evidence first: the EWMA of this task type measured on this node; else what
     other nodes measured, scaled by relative hardware speed; else a nominal run time scaled by
-    hardware speed (GPU model for GPU tasks, CPU count otherwise). Queueing multiplies it:
-    tasks in flight share the node's slots (CPUs, or GPUs for GPU tasks).
+    hardware speed (GPU model for GPU tasks, CPU count otherwise). The wait: none while the
+    node has a free slot (CPUs, or GPUs for GPU tasks); else the tasks ahead of it (in flight
+    beyond the slots, each a run time over the slots) plus half a run for the slot's current
+    task, which is on average half done.
     """
     slots = max(node.gpu_count if request.requirements.gpu_count > 0 else node.total.get("CPU", 1.0), 1.0)
-    queue_factor = 1.0 + node.in_flight / slots
+    run_s, evidence = _run_time(request, node, view)
+    wait_s = 0.0 if node.in_flight < slots else ((node.in_flight - slots) / slots + 0.5) * run_s
+    return Estimate(wait_s + run_s, run_s, wait_s, evidence)
+
+
+def _run_time(request: SchedulingRequest, node: NodeView, view: ClusterView) -> tuple[float, str]:
     measured = view.durations.get((node.node_id, request.task_type))
     if measured is not None:
-        return Estimate(measured * queue_factor, measured, queue_factor, f"measured {measured:.3f}s here")
+        return measured, f"measured {measured:.3f}s here"
     speed, hardware = hardware_speed(request, node)
     elsewhere = measured_elsewhere(request, view)
     if elsewhere is not None:
         work, count = elsewhere
-        run_s = work / speed
-        return Estimate(run_s * queue_factor, run_s, queue_factor,
-                        f"prior from {count} measured node(s) scaled to {hardware}: {run_s:.3f}s")
-    run_s = NOMINAL_RUN_S / speed
-    return Estimate(run_s * queue_factor, run_s, queue_factor, f"hardware prior ({hardware}): {run_s:.3f}s")
+        return work / speed, f"prior from {count} measured node(s) scaled to {hardware}: {work / speed:.3f}s"
+    return NOMINAL_RUN_S / speed, f"hardware prior ({hardware}): {NOMINAL_RUN_S / speed:.3f}s"
+
+
+def finish_floor(request: SchedulingRequest, nodes: Iterable[NodeView], view: ClusterView) -> float:
+    """The soonest expected finish over `nodes` (those that could ever take the task), counting
+    only fresh ones: a stale node may never answer, so nothing is held for it."""
+    return min((expected_finish_s(request, node, view).seconds for node in nodes if not node.stale), default=math.inf)
+
+
+FINISH_SLACK = 0.05  # a node within 5% of the soonest finish counts as soonest: no holding for crumbs
+
+
+def check_soonest_finish(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
+    """Earliest finish: a node with room now still waits its turn when a busy node would
+    finish the task sooner, once it frees a slot (the task is held for it)."""
+    finish = expected_finish_s(request, node, ctx.view).seconds
+    if finish <= ctx.finish_floor * (1 + FINISH_SLACK) + 1e-9:
+        return None
+    return f"would finish in ~{finish:.3f}s; another node would finish it in ~{ctx.finish_floor:.3f}s"
 
 
 def measured_elsewhere(request: SchedulingRequest, view: ClusterView) -> tuple[float, int] | None:
@@ -372,8 +395,10 @@ STRATEGIES: dict[SchedulingStrategy, Strategy] = {
     ),
     SchedulingStrategy.PERFORMANCE_OPTIMIZED: Strategy(
         SchedulingStrategy.PERFORMANCE_OPTIMIZED,
-        current_checks=_NOW,
-        scorers=(("fastest finish", 1.0, score_fastest),),
+        current_checks=(*_NOW, ("a busy node finishes sooner", check_soonest_finish)),
+        # idle breaks ties between nodes that finish as soon: a free slot each is the same finish,
+        # but spreading them also measures nodes nothing has measured yet
+        scorers=(("fastest finish", 1.0, score_fastest), ("idle", 0.1, score_idle)),
     ),
     SchedulingStrategy.NODE_SPECIFIC: Strategy(
         SchedulingStrategy.NODE_SPECIFIC,
@@ -435,6 +460,8 @@ def place(
         view=view,
         group_counts=ctx.group_counts,
         spread_floor=min(spread_level(request, node, ctx) for node in possible),
+        finish_floor=finish_floor(request, possible, view) if strategy.name is SchedulingStrategy.PERFORMANCE_OPTIMIZED
+        else math.inf,
     )
     ready: list[NodeView] = []
     for node in possible:

@@ -18,7 +18,12 @@ def test_decision_speed_harness_returns_sane_structure() -> None:
     }
     for speed in speeds:
         assert speed.seconds > 0 and speed.per_second > 0
-        assert speed.decisions >= 3 if speed.mode == "place" else speed.decisions == 8
+        if speed.mode == "place":
+            assert speed.decisions >= 3
+        elif speed.strategy == "performance_optimized":  # may hold tasks for a busy node that finishes sooner
+            assert 1 <= speed.decisions <= 8
+        else:
+            assert speed.decisions == 8
     table = decisions.report(speeds)
     assert table.columns == ["strategy", "measure", "5 nodes", "20 nodes"]
     assert len(table.rows) == 2 * len(decisions.STRATEGIES)
