@@ -107,6 +107,7 @@ def test_validate_fails_on_a_missing_node(base_url: str, tmp_path: Path) -> None
     assert "1 of 10 checks failed" in one_line_error(done)
 
 
+@pytest.mark.cluster
 def test_up_and_down_a_local_cluster(tmp_path: Path) -> None:
     config = tmp_path / "tiny.yaml"
     config.write_text("nodes:\n"
@@ -207,6 +208,7 @@ sys.stdin.read()  # until the test closes our stdin
 """
 
 
+@pytest.mark.cluster
 def test_up_without_local_deploys_onto_the_cluster_ray_address_names(tmp_path: Path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", CLUSTER_HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)

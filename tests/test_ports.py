@@ -68,6 +68,7 @@ nodes:
 """
 
 
+@pytest.mark.cluster
 def test_down_then_up_local_at_once_comes_up_on_the_same_port(tmp_path: Path) -> None:
     config = tmp_path / "cluster.yaml"
     config.write_text(SMALL_CLUSTER)
