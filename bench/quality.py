@@ -44,14 +44,19 @@ def ray_makespan(work: list[float], strategy: str) -> float:
 
 
 def grid_makespan(env: Env, work: list[float], strategy: str) -> float:
-    spec = {"task": "sleep_task", "args": [[i, seconds] for i, seconds in enumerate(work)], "strategy": strategy,
-            "resources": {"cpu_count": 1.0, "custom_resources": {TRIO: TRIO_SHARE}}, "wait": True,
-            "timeout_s": 600}
+    return grid_job_makespan(env, "sleep_task", [[i, seconds] for i, seconds in enumerate(work)], strategy)
+
+
+def grid_job_makespan(env: Env, task: str, args: list[list], strategy: str) -> float:
+    """Seconds from submitting one grid job (a task per entry of `args`, held to the trio
+    nodes) to its last result; every task must succeed."""
+    spec = {"task": task, "args": args, "strategy": strategy, "wait": True, "timeout_s": 600,
+            "resources": {"cpu_count": 1.0, "custom_resources": {TRIO: TRIO_SHARE}}}
     began = time.perf_counter()
     status = env.handle().submit_job.remote(spec).result(timeout_s=630)
     elapsed = time.perf_counter() - began
-    if status.succeeded != len(work):
-        raise RuntimeError(f"grid job: {status.succeeded}/{len(work)} succeeded ({status.state}, {status.error})")
+    if status.succeeded != len(args):
+        raise RuntimeError(f"grid job: {status.succeeded}/{len(args)} succeeded ({status.state}, {status.error})")
     return elapsed
 
 
@@ -76,15 +81,8 @@ def ray_mixed_makespan(work: list[float], strategy: str) -> float:
 
 
 def grid_mixed_makespan(env: Env, work: list[float], strategy: str) -> float:
-    spec = {"task": "slow_on_node", "args": [[i, SLOW_NODE, seconds * SLOWDOWN, seconds] for i, seconds in enumerate(work)],
-            "strategy": strategy, "resources": {"cpu_count": 1.0, "custom_resources": {TRIO: TRIO_SHARE}},
-            "wait": True, "timeout_s": 600}
-    began = time.perf_counter()
-    status = env.handle().submit_job.remote(spec).result(timeout_s=630)
-    elapsed = time.perf_counter() - began
-    if status.succeeded != len(work):
-        raise RuntimeError(f"grid job: {status.succeeded}/{len(work)} succeeded ({status.state}, {status.error})")
-    return elapsed
+    args = [[i, SLOW_NODE, seconds * SLOWDOWN, seconds] for i, seconds in enumerate(work)]
+    return grid_job_makespan(env, "slow_on_node", args, strategy)
 
 
 def run(env: Env) -> Report:

@@ -204,7 +204,6 @@ class JobRunner:
         job = _Job(id=job_id, spec=spec, fn_ref=ray.put(fn) if custom else fn, task_name=task_name, requirements=default,
                    waiting={request.task_id: request for request in requests})
         self._jobs[job.id] = job
-        self._forget_old_jobs()
         self._epoch = self._epoch or placements.epoch
         self._take(job, placements)
         self._spawn(self._drive(job), f"run job {job.id}")
