@@ -189,7 +189,8 @@ def test_cancelling_a_running_job_from_the_page(ui: Any, console: Console, clien
 
 
 def test_a_sharing_allocation_shows_donor_borrower_amount_and_lease(ui: Any, console: Console, http: httpx.Client,
-                                                                   tmp_path: Path) -> None:
+                                                                   client: GridClient, tmp_path: Path) -> None:
+    wait_idle(client)  # the cancelled job's running sleeps hold every CPU a donor could lend until they end
     response = http.post("/v1/sharing", json={"node": "gpu-master", "type": "cpu", "amount": 1, "priority": "high",
                                               "duration_s": 600})
     assert response.status_code == 201, response.text
