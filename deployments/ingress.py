@@ -207,9 +207,9 @@ class Ingress:
                  metrics: DeploymentHandle, task_modules: list[str] | None = None,
                  sharing: DeploymentHandle | None = None, interval_s: float = 1.0,
                  access: tuple[str | None, tuple[str, ...]] = (None, LOOPBACK_HOSTS),
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, chunk_ms: float = 0.0) -> None:
         """`access`: (name of the environment variable holding the API token, or None; the
-        host names the API answers to)."""
+        host names the API answers to). `chunk_ms`: see AppArgs."""
         token_env, allowed_hosts = access
         token = os.environ.get(token_env, "") if token_env else None
         if token_env and not token:
@@ -225,6 +225,7 @@ class Ingress:
         self._task_modules = task_modules or ["grid_serve.tasks"]
         self._tasks: dict[str, TaskType] = load_task_modules(self._task_modules)
         self._interval_s = interval_s
+        self._chunk_s = chunk_ms / 1000.0
         context = ray.get_runtime_context()
         self._namespace = RUNNER_NAMESPACE
         self._app = serve.get_replica_context().app_name
@@ -242,7 +243,7 @@ class Ingress:
             get_if_exists=True, num_cpus=0, max_concurrency=10_000,
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
         ).remote(self._scheduler, self._task_modules, runner_name(self._app, self._tag), self._tag,
-                 self._parent, self._interval_s, self._limits)
+                 self._parent, self._interval_s, self._limits, self._chunk_s)
 
     # ================================================================== handle API
 

@@ -60,6 +60,7 @@ class Placements:
     queued: int = 0
     epoch: str = ""
     known: bool = True  # False: this Scheduler does not know the group (restarted, or lease lapsed)
+    run_s: dict[str, float] = field(default_factory=dict)  # node id -> learned run time of the placed tasks' type
 
 
 @dataclass
@@ -253,7 +254,17 @@ class Scheduler:
         placements.queued = self._core.queued_by_group().get(group, 0)
         placements.epoch = self._epoch
         placements.known = self._owners.knows(group) or group in self._meta
+        if placements.placed:
+            placements.run_s = self._learned_run_s(placements.placed[0].task_id)
         return placements
+
+    def _learned_run_s(self, task_id: str) -> dict[str, float]:
+        """What tasks of this one's type took per node lately: the runner sizes its chunks by it."""
+        meta = self._meta.get(task_id)
+        if meta is None:
+            return {}
+        return {node_id: seconds for (node_id, kind), seconds in self._ledger.durations.items()
+                if kind == meta.task_type}
 
     def _release(self, completions: list[Completion]) -> list[Reservation]:
         released = self._ledger.release(completions)

@@ -316,6 +316,8 @@ class JobStatus(BaseModel):
     failed: int
     cancelled: int
     per_node: dict[str, int] = Field(default_factory=dict, description="finished tasks per node name")
+    ray_tasks: int = Field(0, description="Ray tasks that carried this job's tasks so far: fewer than its tasks when "
+                                          "very short ones shared Ray tasks (the app's chunk_ms)")
     submitted_at: float
     finished_at: float | None = None
     error: str | None = None
