@@ -184,7 +184,7 @@ class Report:
 def command_line(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (the smoke run)")
-    return parser.parse_args()
+    return parser.parse_known_args()[0]  # a benchmark's own flags (e.g. dispatch's --sleep-only) pass through
 
 
 def main_for(run: Callable[[Env], Report], description: str, with_app: bool = True) -> None:
