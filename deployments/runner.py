@@ -43,7 +43,8 @@ from typing import Any, Awaitable, Callable
 import ray
 from ray.serve.handle import DeploymentHandle
 
-from grid_serve.errors import GoneError, GridError, InvalidRequestError, NotFoundError
+from grid_serve.access import Caller, may_touch, refusal_to_touch
+from grid_serve.errors import ForbiddenError, GoneError, GridError, InvalidRequestError, NotFoundError
 from grid_serve.ledger import Completion
 from grid_serve.limits import Limits
 from grid_serve.lookahead import chunk_sizes
@@ -94,6 +95,7 @@ class _Job:
     fn_ref: Any  # what dispatch passes as the function: a registered task itself, or an object ref
     task_name: str
     requirements: ResourceRequirement  # the task type's default, for requests made again
+    owner: str | None = None  # who may cancel it (grid_serve.access)
     submitted_at: float = field(default_factory=time.time)
     waiting: dict[str, SchedulingRequest] = field(default_factory=dict)  # not yet placed, by task id
     running: dict[int, tuple[SchedulingDecision, ray.ObjectRef]] = field(default_factory=dict)
@@ -207,8 +209,10 @@ class JobRunner:
         self._start()
         return self._name
 
-    async def submit_job(self, spec: JobSubmission, fn: Callable[..., Any] | None = None) -> JobStatus:
-        """Start a job (a caller's own `fn`, or a registered task); waits when `spec.wait`."""
+    async def submit_job(self, spec: JobSubmission, fn: Callable[..., Any] | None = None,
+                         owner: str | None = None) -> JobStatus:
+        """Start a job (a caller's own `fn`, or a registered task); waits when `spec.wait`.
+        Only `owner` may cancel it (`grid_serve.access`)."""
         self._start()
         custom = fn is not None
         task_name, fn, default = self._resolve_task(spec, fn)
@@ -221,7 +225,7 @@ class JobRunner:
         # A registered task travels inline (pickled by reference: a few bytes); a caller's own
         # function goes to the object store once per job rather than once per task.
         job = _Job(id=job_id, spec=spec, fn_ref=ray.put(fn) if custom else fn, task_name=task_name, requirements=default,
-                   waiting={request.task_id: request for request in requests})
+                   owner=owner, waiting={request.task_id: request for request in requests})
         self._jobs[job.id] = job
         self._epoch = self._epoch or placements.epoch
         self._take(job, placements)
@@ -241,8 +245,10 @@ class JobRunner:
     async def list_jobs(self) -> list[JobStatus]:
         return [job.status() for job in self._jobs.values()]
 
-    async def cancel_job(self, job_id: str) -> JobStatus:
+    async def cancel_job(self, job_id: str, caller: Caller | None = None) -> JobStatus:
         job = self._job(job_id)
+        if not may_touch(caller, job.owner):
+            raise ForbiddenError(refusal_to_touch(job.owner, f"job {job_id}"), field="job_id")
         if job.done.is_set():
             return job.status()
         job.cancelled = True

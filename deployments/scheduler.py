@@ -27,8 +27,9 @@ from dataclasses import dataclass, field, replace
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from grid_serve.errors import InvalidRequestError, TooBusyError
-from grid_serve.ledger import Completion, Ledger, Reservation
+from grid_serve.access import Caller, may_touch, refusal_to_touch
+from grid_serve.errors import ForbiddenError, InvalidRequestError, TooBusyError
+from grid_serve.ledger import EXTERNAL_PREFIX, Completion, Ledger, Reservation
 from grid_serve.decision_log import DecisionLog
 from grid_serve.limits import Limits
 from grid_serve.models import (ClusterStatus, NodeStatus, PlacementHistory, QueueLevel, RecentDecisions,
@@ -69,6 +70,7 @@ class _Meta:
     group: str
     lease_s: float | None
     priority: TaskPriority = TaskPriority.NORMAL
+    owner: str | None = None  # who may complete a /v1/schedule reservation (grid_serve.access)
 
 
 @serve.deployment(**INTERNAL_OPTIONS)
@@ -299,10 +301,11 @@ class Scheduler:
     # ------------------------------------------------------------------ the runner's API
 
     async def submit(self, requests: list[SchedulingRequest], lease_s: float | None = None,
-                     runner: str | None = None) -> Placements:
+                     runner: str | None = None, owner: str | None = None) -> Placements:
         """Queue `requests` and place what fits now. Returns the caller's group's news at once;
         later placements come with `report` replies or from `wait_placed`. All requests must
-        share one group. With `runner`, the group is a job that runner owns and renews."""
+        share one group. With `runner`, the group is a job that runner owns and renews; `owner`
+        is who may complete a leased reservation (`complete_external`)."""
         groups = {request.group for request in requests}
         if len(groups) != 1:
             raise ValueError("submit() takes the requests of one job (one group) at a time")
@@ -318,7 +321,7 @@ class Scheduler:
             if runner is not None:
                 self._owners.register(group, runner)
             for request in requests:
-                self._meta[request.task_id] = _Meta(request.task_type, request.group, lease_s, request.priority)
+                self._meta[request.task_id] = _Meta(request.task_type, request.group, lease_s, request.priority, owner)
             self._drain_locked(requests)
             placements = self._collect(group)
         # Once per job, so the copy shows a new job's placements when submit returns; bounded,
@@ -429,12 +432,16 @@ class Scheduler:
             self._drain_locked()
         return len(released)
 
-    async def complete_external(self, completion: Completion) -> int:
+    async def complete_external(self, completion: Completion, caller: Caller | None = None) -> int:
         """A `/v1/schedule` caller reports its task. Only leased reservations qualify: a job's
-        tasks are released by the job's own runner, never by a guess at their ids."""
+        tasks are released by the job's own runner, never by a guess at their ids; and only
+        their owner may report them."""
         meta = self._meta.get(completion.task_id)
         if meta is None or meta.lease_s is None:
             return 0
+        if not may_touch(caller, meta.owner):
+            what = f"reservation {completion.task_id.removeprefix(EXTERNAL_PREFIX)}"
+            raise ForbiddenError(refusal_to_touch(meta.owner, what), field="task_id")
         return await self.complete([completion])
 
     # ------------------------------------------------------------------ status
