@@ -36,6 +36,7 @@ GiB = 1024**3
 DEFAULT_LEASE_S = 30 * 60.0
 MAX_LEASE_S = 7 * 24 * 3600.0
 PLACEMENT_GROUP_PREFIX = "grid-sharing-"
+RECORD_ID = re.compile(r"[0-9a-f]{12}")  # uuid4().hex[:12], what submit() names records
 ENDED_RECORDS_KEPT = 200
 _EPS = 1e-9
 
@@ -118,8 +119,8 @@ class SharingRequest(BaseModel):
         return value
 
 
-AllocationState = Literal["pending", "active", "released", "expired", "preempted", "timed_out"]
-ENDED_STATES = ("released", "expired", "preempted", "timed_out")
+AllocationState = Literal["pending", "active", "released", "expired", "preempted", "timed_out", "lost"]
+ENDED_STATES = ("released", "expired", "preempted", "timed_out", "lost")
 
 
 class Allocation(BaseModel):
@@ -211,6 +212,17 @@ class SharingLedger:
     records: dict[str, Allocation] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
     drain_grace_s: float = 0.0  # an ended allocation keeps its group this long after its last task
+    group_prefix: str = PLACEMENT_GROUP_PREFIX  # one per app: two grid apps on a cluster keep apart
+
+    def owns_group(self, name: str) -> bool:
+        """Whether a placement group of this name is one of this ledger's (its prefix, then a
+        record id and nothing else: app `grid` never claims app `grid-auth`'s groups).
+
+        >>> ledger = SharingLedger(None, group_prefix="grid-sharing-grid-")
+        >>> ledger.owns_group("grid-sharing-grid-0123456789ab"), ledger.owns_group("grid-sharing-grid-auth-0123456789ab")
+        (True, False)
+        """
+        return name.startswith(self.group_prefix) and RECORD_ID.fullmatch(name[len(self.group_prefix):]) is not None
 
     # ------------------------------------------------------------------ capacity
 
@@ -296,7 +308,7 @@ class SharingLedger:
         self.records[record_id] = Allocation(
             id=record_id, borrower=borrower, resource=request.type, amount=request.amount,
             priority=request.priority, state="pending", requested_at=now, duration_s=request.duration_s,
-            timeout_at=now + timeout, requested_donor=donor, placement_group=PLACEMENT_GROUP_PREFIX + record_id,
+            timeout_at=now + timeout, requested_donor=donor, placement_group=self.group_prefix + record_id,
             reason="waiting for a donor", owner=owner,
         )
         changes = self._grant_pending(view, available)
@@ -317,8 +329,14 @@ class SharingLedger:
         """Time passes: end leases, time out waiting requests, grant what now fits, drain."""
         now = self.clock()
         changes = Changes()
+        dead = {node.name for node in view.nodes.values() if not node.alive}
         for record in list(self.records.values()):
-            if record.state == "active" and record.expires_at is not None and record.expires_at <= now:
+            if record.state == "active" and record.donor in dead:
+                lost = self._end(record, "lost", f"donor {record.donor} died: what it lent is gone, and tasks running "
+                                                 "in it were lost (a job places them again)", holding=False)
+                changes.ended.append(lost)
+                changes.remove.append(lost)
+            elif record.state == "active" and record.expires_at is not None and record.expires_at <= now:
                 changes.ended.append(self._end(record, "expired", "lease ended; running tasks may finish", holding=True))
             elif record.state == "pending" and record.timeout_at <= now:
                 changes.ended.append(self._end(record, "timed_out", f"no donor had {record.amount:g} {record.resource.unit} "
@@ -345,6 +363,15 @@ class SharingLedger:
     def forget(self, record_id: str, reason: str) -> None:
         """The record's placement group vanished (while the manager was down, say)."""
         self.records.pop(record_id, None)
+
+    def ungrant(self, record_id: str, reason: str) -> None:
+        """A grant that could not be recorded (its group was never created): pending again,
+        to be granted on a later tick."""
+        record = self.records.get(record_id)
+        if record is not None:
+            self.records[record_id] = record.model_copy(update={
+                "state": "pending", "donor": None, "granted_at": None, "expires_at": None, "holding": False,
+                "placement_group_id": None, "ready": False, "reason": reason})
 
     # ------------------------------------------------------------------ queries
 
@@ -489,7 +516,7 @@ def reconcile(ledger: SharingLedger, groups: Mapping[str, tuple[str, str]]) -> t
             continue
         held.add(record.placement_group)
         ledger.placed(record.id, found[0], ready=found[1] == "CREATED")
-    orphans = sorted(name for name in groups if name.startswith(PLACEMENT_GROUP_PREFIX) and name not in held)
+    orphans = sorted(name for name in groups if ledger.owns_group(name) and name not in held)
     return vanished, orphans
 
 
