@@ -172,8 +172,73 @@ class SchedulingRequest(_Model):
         return self.job_id or self.task_id
 
 
+class PassedOver(_Model):
+    """One node a decision passed over: the check it failed and why, with numbers."""
+
+    node: str
+    check: str = Field(description="the check's name, e.g. 'busy'; nodes are counted per check")
+    reason: str = Field(description="e.g. 'needs 2 CPU, 1 free'")
+
+
+class NodeScores(_Model):
+    """A node's weighted total and each named scorer's score in [0, 1]."""
+
+    node: str
+    score: float
+    scores: dict[str, float]
+
+
+EXPLAINED_NODES = 5  # how many passed-over nodes an explanation names (all of them are counted)
+
+
+class Explanation(_Model):
+    """Why a node won, as data: the strategy's summary of the winner's evidence, the named
+    scores of the winner and the runner-up, the first nodes passed over, and every node
+    passed over counted per check (kube's "2 busy, 1 stale"). `reasons()` renders the text
+    every surface shows."""
+
+    summary: str
+    winner: NodeScores
+    runner_up: NodeScores | None = None
+    passed_over: list[PassedOver] = Field(default_factory=list, description=f"the first {EXPLAINED_NODES}")
+    passed_over_counts: dict[str, int] = Field(default_factory=dict, description="check -> nodes passed over by it")
+    nodes: int = Field(0, description="nodes in the view the decision was made on")
+
+    def reasons(self) -> list[str]:
+        """The summary, the winner's scores, then who was passed over.
+
+        >>> Explanation(summary="pack: b is the fullest node that still fits",
+        ...             winner=NodeScores(node="b", score=0.5, scores={"fullest": 0.5}),
+        ...             passed_over=[PassedOver(node="a", check="busy", reason="needs 1 CPU, 0 free")],
+        ...             passed_over_counts={"busy": 1}, nodes=2).reasons()[1:]
+        ['scores: fullest=0.500', 'passed over 1/2 nodes (1 busy): a (needs 1 CPU, 0 free)']
+        """
+        return reason_lines(self.summary, self.winner.scores, [(p.node, p.reason) for p in self.passed_over],
+                            self.passed_over_counts, self.nodes)
+
+
+def reason_lines(summary: str, scores: dict[str, float], passed_over: list[tuple[str, str]],
+                 counts: dict[str, int], nodes: int) -> list[str]:
+    """`Explanation.reasons()` from its parts: the placer renders them before the model is built."""
+    lines = [summary, "scores: " + ", ".join(f"{name}={value:.3f}" for name, value in scores.items())]
+    if passed_over:
+        lines.append(f"passed over {sum(counts.values())}/{nodes} nodes ({count_text(counts)}): "
+                     + "; ".join(f"{node} ({reason})" for node, reason in passed_over))
+    return lines
+
+
+def count_text(counts: dict[str, int]) -> str:
+    """Counts per reason, most first, the way kube-scheduler words them.
+
+    >>> count_text({"stale": 1, "insufficient GPU": 2})
+    '2 insufficient GPU, 1 stale'
+    """
+    return ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 class SchedulingDecision(_Model):
-    """Where a task runs and why; `ray_options()` pins it there."""
+    """Where a task runs and why; `ray_options()` pins it there. `explanation` is the why as
+    data (None for capacity borrowed through resource sharing); `reasons` is its text."""
 
     task_id: str
     node_id: str
@@ -184,6 +249,7 @@ class SchedulingDecision(_Model):
     reasons: list[str] = Field(default_factory=list)
     waited_s: float = 0.0
     resources: dict[str, float] = Field(default_factory=dict)
+    explanation: Explanation | None = None
     placement_group_id: str | None = None
     bundle_index: int | None = None
 
@@ -390,6 +456,7 @@ class DecisionRecord(BaseModel):
     waited_s: float
     borrowed: bool = Field(False, description="placed into capacity its node borrowed (resource sharing)")
     reasons: list[str]
+    explanation: Explanation | None = Field(None, description="the reasons as data (`grid explain` prints it)")
 
 
 class RecentDecisions(BaseModel):

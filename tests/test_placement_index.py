@@ -67,7 +67,7 @@ def test_incremental_placer_matches_place_decision_by_decision(seed: int, kind: 
     for i in range(25):
         request = make(i)
         expected = place(request, ClusterView.of(nodes.values(), admission=view.admission,
-                                                 durations=view.durations), counts.of("job"))
+                                                 durations=view.durations), group_counts=counts.of("job"))
         got = placer.place(request)
         same(got, expected)
         if not isinstance(got, SchedulingDecision):

@@ -68,11 +68,11 @@ def test_spread_gpu_tasks_spread_over_gpus_not_nodes() -> None:
 def test_spread_waits_for_the_node_furthest_behind() -> None:
     counts = {"id-gpu-master": 2, "id-gpu1": 1, "id-gpu2": 1}
     view = three_nodes(gpu1=make_node("gpu1", cpus=2, gpus=1, reserved={"CPU": 4}))  # gpu1 full (admission 2x)
-    decision = place(request(job_id="j"), view, counts)
+    decision = place(request(job_id="j"), view, group_counts=counts)
     assert isinstance(decision, SchedulingDecision) and decision.node_name == "gpu2"
     full = three_nodes(gpu1=make_node("gpu1", cpus=2, gpus=1, reserved={"CPU": 4}),
                        gpu2=make_node("gpu2", cpus=2, gpus=1, reserved={"CPU": 4}))
-    waiting = place(request(job_id="j"), full, counts)
+    waiting = place(request(job_id="j"), full, group_counts=counts)
     assert isinstance(waiting, NoFit) and waiting.can_wait
     assert {r.check for r in waiting.rejections} == {"spread turn", "busy"}
 
