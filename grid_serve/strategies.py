@@ -95,9 +95,10 @@ class Strategy:
 
 @dataclass(frozen=True)
 class Rejection:
-    node: str
+    node: str  # its name, as explanations show it
     check: str
     reason: str
+    node_id: str = ""
 
 
 def count_checks(rejections: Iterable[Rejection]) -> dict[str, int]:
@@ -393,7 +394,7 @@ def first_failure(checks: tuple[tuple[str, Check], ...], request: SchedulingRequ
     for name, check in checks:
         reason = check(request, node, ctx)
         if reason is not None:
-            return Rejection(node.name, name, reason)
+            return Rejection(node.name, name, reason, node.node_id)
     return None
 
 
