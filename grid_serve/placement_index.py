@@ -32,11 +32,13 @@ from typing import Mapping, MutableMapping
 from .models import EXPLAINED_NODES, SchedulingDecision, SchedulingRequest
 from .strategies import (
     LASTING_CHECKS,
+    PATIENCE_MIN_S,
     NoFit,
     PlacementContext,
     Rejection,
     Strategy,
     decision_for,
+    expected_finish_s,
     first_failure,
     score_node,
     strategy_named,
@@ -183,6 +185,27 @@ class IncrementalPlacer:
         return decision_for(request, self._strategy, chosen, self._parts[position], ready_count,
                             self._rejections(EXPLAINED_NODES), self._rejection_counts(), self._context(),
                             waited_s, runner_up)
+
+    def turn_holders(self) -> list[str]:
+        """The nodes holding the turn while they cannot take the task, when some node passed
+        over only for its turn could take it now; else none. What `SchedulerCore` asks when a
+        task has waited long enough for the holders to give their turn up."""
+        if self._turn is None or self._best() is not None:
+            return []
+        others = tuple(entry for entry in self._strategy.current_checks if entry[0] != self._turn.name)
+        ctx = self._context()
+        waiting = [position for position, rejection in self._failing.items() if rejection.check == self._turn.name]
+        if not any(first_failure(others, self._request, self._nodes[self._possible[p]], ctx) is None for p in waiting):
+            return []
+        return [self._possible[p] for p in self._failing_order if self._failing[p].check != self._turn.name]
+
+    def patience_s(self, node_ids: list[str]) -> float:
+        """How long those nodes may hold the turn: `patience_runs` of the longest expected run
+        there, at least PATIENCE_MIN_S (infinite when the turn is never given up)."""
+        if self._turn is None or self._turn.patience_runs is None or not node_ids:
+            return math.inf
+        runs = max(expected_finish_s(self._request, self._nodes[node_id], self._view).run_s for node_id in node_ids)
+        return max(self._turn.patience_runs * runs, PATIENCE_MIN_S)
 
     def _runner_up(self) -> int | None:
         """The next best ready node after the heap's top (stale entries on the way are dropped)."""

@@ -51,6 +51,11 @@ class Turn:
     Reserving a task only ever raises a node's level, which is what lets the fast path keep
     the floor without rescanning every node per decision. A stale node sets no floor when
     `stale_sets_floor` is False: it may never answer, so nothing is held for it.
+
+    `patience_runs`: how long a node may hold the turn while it cannot take the task (busy,
+    stale) and another node could, in expected run times there (at least PATIENCE_MIN_S);
+    past it the node gives up its turn, which counts as one of the job's tasks on it (see
+    `SchedulerCore`). None: never given up (the level does not read the job's counts).
     """
 
     name: str
@@ -58,6 +63,7 @@ class Turn:
     reason: Callable[[SchedulingRequest, NodeView, PlacementContext, float], str]  # (..., level) -> why not yet
     slack: float = 0.0
     stale_sets_floor: bool = True
+    patience_runs: float | None = None
 
     def floor_level(self, request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:
         """What the node counts toward the floor (infinity when it sets none)."""
@@ -74,6 +80,9 @@ class Turn:
     def check(self, request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
         level = self.level(request, node, ctx)
         return None if self.admits(level, ctx.turn_floor) else self.reason(request, node, ctx, level)
+
+
+PATIENCE_MIN_S = 5.0  # a turn is never given up sooner: a short task's run time is no time to wait
 
 
 def all_nodes(request: SchedulingRequest, view: ClusterView) -> list[NodeView]:

@@ -9,6 +9,8 @@ lows take every freed CPU forever. With `starve_after_s`, once it has waited tha
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from grid_serve.models import ResourceRequirement, SchedulingRequest
@@ -78,3 +80,41 @@ def test_the_hold_leaves_the_node_it_cannot_use_to_the_lows() -> None:
     assert [(d.task_id, d.node_name) for d in result.placed] == [("low-0", "small")]
     assert result.view.nodes["id-big"].reserved == {"CPU": 1.0}  # the hold lasts the drain, never leaks out
     assert len(core) == 2
+
+
+# ---------------------------------------------------------------- spread's turn wait is bounded
+
+
+def spread_with_a_stuck_node(run_s: float, horizon_s: float = 20.0) -> tuple[dict[str, int], dict[str, int]]:
+    """A 30-task spread job on three 1-CPU nodes whose tasks take `run_s`, except that node c's
+    first task never ends. Returns (tasks placed per node, turns given up per node)."""
+    now = [0.0]
+    core = SchedulerCore(clock=lambda: now[0])
+    core.enqueue([SchedulingRequest(task_id=f"job-{i}", job_id="job") for i in range(30)])
+    running: list[tuple[float, str]] = []  # (ends at, node id)
+    placed = {"a": 0, "b": 0, "c": 0}
+    while now[0] <= horizon_s:
+        running = [task for task in running if task[0] > now[0] + 1e-9]
+        nodes = [make_node(name, cpus=1, reserved={"CPU": sum(1.0 for _, n in running if n == f"id-{name}")},
+                           in_flight=sum(1 for _, n in running if n == f"id-{name}")) for name in placed]
+        durations = {(f"id-{name}", "task"): run_s for name in placed}
+        for decision in core.drain(ClusterView.of(nodes, admission=1.0, durations=durations)).placed:
+            placed[decision.node_name] += 1
+            stuck = decision.node_name == "c"
+            running.append((math.inf if stuck else now[0] + run_s, decision.node_id))
+        now[0] += TICK_S
+    given_up = {node_id[3:]: turns for node_id, turns in core.turns_given_up("job").items()}
+    return placed, given_up
+
+
+@pytest.mark.parametrize("run_s, placed, given_up", [
+    # patience is 3 runs, at least 5 s. 1 s tasks: a and b take a round at 0 and 1 s; from 2 s
+    # the turn is c's, which it gives up at 7, 13 and 19 s, a round for a and b each time
+    (1.0, {"a": 5, "b": 5, "c": 1}, {"c": 3}),
+    # 2 s tasks, 6 s of patience: rounds at 0, 2, then c gives up at 10 and 18 s
+    (2.0, {"a": 4, "b": 4, "c": 1}, {"c": 2}),
+    # 10 s tasks, 30 s of patience, past the 20 s simulated: c keeps its turn and the job waits
+    (10.0, {"a": 2, "b": 2, "c": 1}, {}),
+])
+def test_a_stuck_node_gives_up_its_spread_turn(run_s: float, placed: dict[str, int], given_up: dict[str, int]) -> None:
+    assert spread_with_a_stuck_node(run_s) == (placed, given_up)

@@ -1,7 +1,10 @@
 """spread: the node with the fewest of this job's tasks (per GPU for GPU tasks), then the idlest.
 
 Its turn rule makes it exact: only the nodes furthest behind in this job may take its next
-task, so a batch of N tasks over k nodes lands ceil(N/k) or floor(N/k) per node, every time.
+task, so a batch of N tasks over k nodes lands ceil(N/k) or floor(N/k) per node, every time
+its nodes keep up. A node that cannot take the task (busy, stale) for 3 expected run times
+(at least 5 s) while another node could gives up its turn, and the job's count on it goes up
+by one as if it had taken a task: a stuck node slows the job by that much, not forever.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def explain(request: SchedulingRequest, chosen: NodeView, runner_up: NodeView | 
             f"the fewest per {'GPU' if request.requirements.gpu_count else 'node'}")
 
 
-TURN = Turn("spread turn", level, not_its_turn)
+TURN = Turn("spread turn", level, not_its_turn, patience_runs=3.0)
 STRATEGY = Strategy(
     "spread",
     current_checks=((TURN.name, TURN.check), *NOT_NOW),
