@@ -82,6 +82,7 @@ class IncrementalPlacer:
         self._levels: list[float] = []  # each possible node's turn level toward the floor
         self._floor = math.inf
         self._at_floor = 0  # possible nodes whose level is the floor: the turn is theirs
+        self._epoch = self._current_epoch()
         if self._possible:
             self._refresh_all()
 
@@ -132,7 +133,14 @@ class IncrementalPlacer:
         if self._turn is not None and self._floor_moved(position):
             self._refresh_all()  # every node's turn check reads the floor
             return
+        if self._strategy.epoch is not None and self._current_epoch() != self._epoch:
+            self._epoch = self._current_epoch()
+            self._refresh_all()
+            return
         self._evaluate(position, self._context())
+
+    def _current_epoch(self) -> int:
+        return 0 if self._strategy.epoch is None else self._strategy.epoch(self._context())
 
     def _floor_moved(self, position: int) -> bool:
         """Update this node's turn level; True when the floor is no longer the lowest level

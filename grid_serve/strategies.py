@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
@@ -32,6 +33,11 @@ class PlacementContext:
     view: ClusterView
     group_counts: Mapping[str, int] = field(default_factory=dict)  # node_id -> this job's tasks
     turn_floor: float = math.inf  # the strategy's Turn: the lowest level among nodes that could ever fit
+
+    @cached_property
+    def job_placed(self) -> int:
+        """This job's tasks placed so far, on every node (summed once per context, when asked)."""
+        return sum(self.group_counts.values())
 
 
 Check = Callable[[SchedulingRequest, NodeView, PlacementContext], "str | None"]
@@ -100,6 +106,9 @@ class Strategy:
     explain: Explain
     turn: Turn | None = None
     candidates: Candidates = all_nodes
+    # a number that, when it changes, may change any node's checks or scores (not only the node a
+    # decision changed): the fast path then re-reads every node. None: only that node changes.
+    epoch: Callable[[PlacementContext], int] | None = None
 
 
 @dataclass(frozen=True)

@@ -179,3 +179,18 @@ def test_score_fastest(measured_s: float, in_flight: int, expected: float) -> No
 @pytest.mark.parametrize("node", [make_node("a"), make_node("b", cpus=64, reserved={"CPU": 64})])
 def test_score_target_is_flat(node: NodeView) -> None:
     assert run(node_specific.score_target, req(), node) == 1.0
+
+
+@pytest.mark.parametrize("measured, placed, have, expected", [
+    (False, 40, 0, 0.0),  # never measured: the prior and the idle tie-break already try it
+    (True, 19, 0, 0.0),
+    (True, 20, 0, 1.0),   # one trial per 20 of the job's tasks
+    (True, 20, 1, 0.0),   # it had its trial
+    (True, 40, 1, 1.0),
+    (True, 40, 5, 0.0),   # a node the job uses is never due
+])
+def test_score_explore(measured: bool, placed: int, have: int, expected: float) -> None:
+    node = make_node("n")
+    durations = {(node.node_id, "task"): 3.0} if measured else {}
+    counts = {node.node_id: have, "id-other": placed - have}
+    assert run(performance_optimized.score_explore, req(), node, counts=counts, durations=durations) == expected

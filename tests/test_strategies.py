@@ -213,6 +213,18 @@ def test_memory_request_in_mb() -> None:
     assert place(req, view).node_name == "large"
 
 
+def test_performance_optimized_tries_a_node_measured_slow_once_per_20_tasks() -> None:
+    view = ClusterView.of([make_node("fast", cpus=100), make_node("slow", cpus=100)],
+                          durations={("id-fast", "job"): 0.1, ("id-slow", "job"): 1.0})
+    result = SchedulerCore().submit([request("performance_optimized", job_id="j", task_id=f"j-{i}", task_type="job")
+                                     for i in range(60)], view)
+    trials = [(d.task_id, d.node_name) for d in result.placed if d.node_name == "slow"]
+    assert trials == [("j-20", "slow"), ("j-40", "slow")] and len(result.placed) == 60
+    trial = next(d for d in result.placed if d.task_id == "j-20")
+    assert trial.reasons[0].startswith("performance_optimized: trying slow again (~1.000s = wait 0.000s + run (measured")
+    assert trial.explanation.winner.scores["explore"] == 1.0 and trial.explanation.runner_up.node == "fast"
+
+
 def test_decision_reasons_and_resources() -> None:
     decision = place(request("spread", cpus=2), three_nodes())
     assert decision.resources == {"CPU": 2.0}
