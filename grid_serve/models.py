@@ -173,11 +173,15 @@ class SchedulingRequest(_Model):
 
 
 class PassedOver(_Model):
-    """One node a decision passed over: the check it failed and why, with numbers."""
+    """One node a decision passed over (or a no-fit rejected): the check it failed and why.
+
+    Made where the check fails, once per node and check result, so a decision that names it
+    reuses the model instead of building one per task."""
 
     node: str
     check: str = Field(description="the check's name, e.g. 'busy'; nodes are counted per check")
     reason: str = Field(description="e.g. 'needs 2 CPU, 1 free'")
+    node_id: str = ""
 
 
 class NodeScores(_Model):
@@ -213,18 +217,12 @@ class Explanation(_Model):
         ...             passed_over_counts={"busy": 1}, nodes=2).reasons()[1:]
         ['scores: fullest=0.500', 'passed over 1/2 nodes (1 busy): a (needs 1 CPU, 0 free)']
         """
-        return reason_lines(self.summary, self.winner.scores, [(p.node, p.reason) for p in self.passed_over],
-                            self.passed_over_counts, self.nodes)
-
-
-def reason_lines(summary: str, scores: dict[str, float], passed_over: list[tuple[str, str]],
-                 counts: dict[str, int], nodes: int) -> list[str]:
-    """`Explanation.reasons()` from its parts: the placer renders them before the model is built."""
-    lines = [summary, "scores: " + ", ".join(f"{name}={value:.3f}" for name, value in scores.items())]
-    if passed_over:
-        lines.append(f"passed over {sum(counts.values())}/{nodes} nodes ({count_text(counts)}): "
-                     + "; ".join(f"{node} ({reason})" for node, reason in passed_over))
-    return lines
+        lines = [self.summary, "scores: " + ", ".join(f"{name}={value:.3f}" for name, value in self.winner.scores.items())]
+        if self.passed_over:
+            lines.append(f"passed over {sum(self.passed_over_counts.values())}/{self.nodes} nodes "
+                         f"({count_text(self.passed_over_counts)}): "
+                         + "; ".join(f"{p.node} ({p.reason})" for p in self.passed_over))
+        return lines
 
 
 def count_text(counts: dict[str, int]) -> str:
@@ -233,6 +231,9 @@ def count_text(counts: dict[str, int]) -> str:
     >>> count_text({"stale": 1, "insufficient GPU": 2})
     '2 insufficient GPU, 1 stale'
     """
+    if len(counts) == 1:  # the usual case, per decision: no sort
+        (reason, count), = counts.items()
+        return f"{count} {reason}"
     return ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 

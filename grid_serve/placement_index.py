@@ -29,13 +29,12 @@ import math
 from collections import Counter
 from typing import Mapping, MutableMapping
 
-from .models import EXPLAINED_NODES, SchedulingDecision, SchedulingRequest
+from .models import EXPLAINED_NODES, NodeScores, PassedOver, SchedulingDecision, SchedulingRequest
 from .strategies import (
     LASTING_CHECKS,
     PATIENCE_MIN_S,
     NoFit,
     PlacementContext,
-    Rejection,
     Strategy,
     decision_for,
     expected_finish_s,
@@ -63,7 +62,7 @@ class IncrementalPlacer:
         self._nodes = nodes
         self._counts = group_counts
         ctx = PlacementContext(view=view, group_counts=group_counts)
-        self._lasting: list[Rejection] = []
+        self._lasting: list[PassedOver] = []
         self._possible: list[str] = []  # node ids that could ever fit, in candidate order
         for node in self._strategy.candidates(request, view):  # raises PlacementError like place() does
             rejection = first_failure(LASTING_CHECKS, request, nodes[node.node_id], ctx)
@@ -74,10 +73,10 @@ class IncrementalPlacer:
         self._lasting_counts = Counter(rejection.check for rejection in self._lasting)
         self._position = {node_id: i for i, node_id in enumerate(self._possible)}
         self._stamp = [0] * len(self._possible)
-        self._failing: MutableMapping[int, Rejection] = {}
+        self._failing: MutableMapping[int, PassedOver] = {}
         self._failing_order: list[int] = []  # positions of current rejections, ascending
         self._failing_counts: Counter[str] = Counter()
-        self._parts: dict[int, tuple[float, dict[str, float]]] = {}
+        self._parts: dict[int, NodeScores] = {}  # ready nodes' scores
         self._heap: list[tuple[float, str, str, int, int]] = []
         self._levels: list[float] = []  # each possible node's turn level toward the floor
         self._floor = math.inf
@@ -113,8 +112,7 @@ class IncrementalPlacer:
             bisect.insort(self._failing_order, position)
             self._failing_counts[rejection.check] += 1
             return
-        total, parts = score_node(self._strategy, self._request, node, ctx)
-        self._parts[position] = (total, parts)
+        total, self._parts[position] = score_node(self._strategy, self._request, node, ctx)
         heapq.heappush(self._heap, (-total, node.name, node.node_id, self._stamp[position], position))
 
     def node_changed(self, node_id: str) -> None:
@@ -130,25 +128,25 @@ class IncrementalPlacer:
             self._failing_counts[gone.check] -= 1
             if not self._failing_counts[gone.check]:
                 del self._failing_counts[gone.check]
-        if self._turn is not None and self._floor_moved(position):
+        ctx = self._context()
+        if self._turn is not None and self._floor_moved(position, ctx):
             self._refresh_all()  # every node's turn check reads the floor
             return
-        if self._strategy.epoch is not None and self._current_epoch() != self._epoch:
-            self._epoch = self._current_epoch()
+        if self._strategy.epoch is not None and self._strategy.epoch(ctx) != self._epoch:
+            self._epoch = self._strategy.epoch(ctx)
             self._refresh_all()
             return
-        self._evaluate(position, self._context())
+        self._evaluate(position, ctx)
 
     def _current_epoch(self) -> int:
         return 0 if self._strategy.epoch is None else self._strategy.epoch(self._context())
 
-    def _floor_moved(self, position: int) -> bool:
+    def _floor_moved(self, position: int, ctx: PlacementContext) -> bool:
         """Update this node's turn level; True when the floor is no longer the lowest level
         (no node is left at it, or this node fell below it)."""
         assert self._turn is not None
         old = self._levels[position]
-        new = self._levels[position] = self._turn.floor_level(
-            self._request, self._nodes[self._possible[position]], self._context())
+        new = self._levels[position] = self._turn.floor_level(self._request, self._nodes[self._possible[position]], ctx)
         if new < self._floor - 1e-9:
             return True
         self._at_floor += int(new <= self._floor + 1e-9) - int(old <= self._floor + 1e-9)
@@ -156,7 +154,7 @@ class IncrementalPlacer:
 
     # ------------------------------------------------------------------ deciding
 
-    def _rejections(self, limit: int | None = None) -> list[Rejection]:
+    def _rejections(self, limit: int | None = None) -> list[PassedOver]:
         """place()'s rejection list (or its first `limit`): lasting ones, then current ones."""
         order = self._failing_order if limit is None else self._failing_order[:limit]
         rejections = self._lasting + [self._failing[position] for position in order]
@@ -168,11 +166,14 @@ class IncrementalPlacer:
             counts[check] = counts.get(check, 0) + count
         return counts
 
+    def _current(self, entry: tuple[float, str, str, int, int]) -> bool:
+        """Whether a heap entry still describes its node (no change since it was pushed)."""
+        return entry[3] == self._stamp[entry[4]] and entry[4] in self._parts
+
     def _best(self) -> int | None:
         while self._heap:
-            _, _, _, stamp, position = self._heap[0]
-            if stamp == self._stamp[position] and position in self._parts:
-                return position
+            if self._current(self._heap[0]):
+                return self._heap[0][4]
             heapq.heappop(self._heap)
         return None
 
@@ -189,7 +190,7 @@ class IncrementalPlacer:
         chosen = self._nodes[self._possible[position]]
         ready_count = len(self._possible) - len(self._failing_order)
         second = self._runner_up()
-        runner_up = None if second is None else (self._nodes[self._possible[second]], *self._parts[second])
+        runner_up = None if second is None else (self._nodes[self._possible[second]], self._parts[second])
         return decision_for(request, self._strategy, chosen, self._parts[position], ready_count,
                             self._rejections(EXPLAINED_NODES), self._rejection_counts(), self._context(),
                             waited_s, runner_up)
@@ -216,8 +217,17 @@ class IncrementalPlacer:
         return max(self._turn.patience_runs * runs, PATIENCE_MIN_S)
 
     def _runner_up(self) -> int | None:
-        """The next best ready node after the heap's top (stale entries on the way are dropped)."""
-        top = heapq.heappop(self._heap)
-        second = self._best()
-        heapq.heappush(self._heap, top)
-        return second
+        """The next best ready node after the heap's top (which `_best` just found current).
+
+        It is the smaller of the top's two children when that one is current (every other
+        entry sorts after it); otherwise pop the top, find the best, and push the top back,
+        dropping the stale entries on the way."""
+        heap = self._heap
+        if len(heap) > 1:
+            second = heap[1] if len(heap) == 2 or heap[1] < heap[2] else heap[2]
+            if self._current(second):
+                return second[4]
+        top = heapq.heappop(heap)
+        second_position = self._best()
+        heapq.heappush(heap, top)
+        return second_position

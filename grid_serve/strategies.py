@@ -22,7 +22,8 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
-from .models import EXPLAINED_NODES, ZERO_RESOURCE_SLOT, SchedulingDecision, SchedulingRequest, count_text, reason_lines
+from .models import (EXPLAINED_NODES, ZERO_RESOURCE_SLOT, Explanation, NodeScores, PassedOver, SchedulingDecision,
+                     SchedulingRequest, count_text)
 from .view import ClusterView, NodeView
 
 
@@ -110,16 +111,12 @@ class Strategy:
     # decision changed): the fast path then re-reads every node. None: only that node changes.
     epoch: Callable[[PlacementContext], int] | None = None
 
-
-@dataclass(frozen=True)
-class Rejection:
-    node: str  # its name, as explanations show it
-    check: str
-    reason: str
-    node_id: str = ""
+    @cached_property
+    def weight_sum(self) -> float:
+        return sum(weight for _, weight, _ in self.scorers)
 
 
-def count_checks(rejections: Iterable[Rejection]) -> dict[str, int]:
+def count_checks(rejections: Iterable[PassedOver]) -> dict[str, int]:
     """Nodes passed over per check: the numbers behind "2 busy, 1 stale"."""
     return dict(Counter(rejection.check for rejection in rejections))
 
@@ -130,7 +127,7 @@ class NoFit:
 
     task_id: str
     can_wait: bool
-    rejections: tuple[Rejection, ...]
+    rejections: tuple[PassedOver, ...]
     total_nodes: int
 
     @property
@@ -408,11 +405,11 @@ def strategy_named(name: str) -> Strategy:
 
 
 def first_failure(checks: tuple[tuple[str, Check], ...], request: SchedulingRequest, node: NodeView,
-                  ctx: PlacementContext) -> Rejection | None:
+                  ctx: PlacementContext) -> PassedOver | None:
     for name, check in checks:
         reason = check(request, node, ctx)
         if reason is not None:
-            return Rejection(node.name, name, reason, node.node_id)
+            return PassedOver(node=node.name, check=name, reason=reason, node_id=node.node_id)
     return None
 
 
@@ -426,7 +423,7 @@ def place(
     Pure: the same inputs always give the same answer."""
     strategy = strategy or strategy_named(request.strategy)
     ctx = PlacementContext(view=view, group_counts=group_counts or {})
-    rejections: list[Rejection] = []
+    rejections: list[PassedOver] = []
 
     possible: list[NodeView] = []
     for node in strategy.candidates(request, view):
@@ -452,57 +449,55 @@ def place(
 
     scored = sorted(((score_node(strategy, request, node, ctx), node) for node in ready),
                     key=lambda item: (-item[0][0], item[1].name, item[1].node_id))
-    (total, parts), chosen = scored[0]
-    runner_up = (scored[1][1], *scored[1][0]) if len(scored) > 1 else None
-    return decision_for(request, strategy, chosen, (total, parts), len(ready), rejections[:EXPLAINED_NODES],
+    (_, winner), chosen = scored[0]
+    runner_up = (scored[1][1], scored[1][0][1]) if len(scored) > 1 else None
+    return decision_for(request, strategy, chosen, winner, len(ready), rejections[:EXPLAINED_NODES],
                         count_checks(rejections), ctx, runner_up=runner_up)
 
 
-def decision_for(request: SchedulingRequest, strategy: Strategy, chosen: NodeView, scored: tuple[float, dict[str, float]],
-                 ready_count: int, passed_over: list[Rejection], counts: Mapping[str, int], ctx: PlacementContext,
-                 waited_s: float = 0.0,
-                 runner_up: tuple[NodeView, float, dict[str, float]] | None = None) -> SchedulingDecision:
+def decision_for(request: SchedulingRequest, strategy: Strategy, chosen: NodeView, winner: NodeScores,
+                 ready_count: int, passed_over: list[PassedOver], counts: Mapping[str, int], ctx: PlacementContext,
+                 waited_s: float = 0.0, runner_up: tuple[NodeView, NodeScores] | None = None) -> SchedulingDecision:
     """The decision for `chosen` with its explanation as data; shared by `place()` and the
     index. `passed_over` is the first few rejections, `counts` counts all of them per check,
-    `runner_up` is the next best ready node with its total and named scores.
+    `runner_up` is the next best ready node and its scores.
 
-    The explanation goes in as plain data, validated once with the decision: building each
-    part as a model costs twice as much, and this runs per task.
+    The parts arrive as models already (`PassedOver` is made where a check fails, `NodeScores`
+    where a node is scored), so the decision only checks their types: this runs per task, and
+    validating them from dicts cost 5x more.
     """
-    total, parts = scored
-    summary = strategy.explain(request, chosen, runner_up[0] if runner_up else None, ctx, ready_count)
-    passed = [{"node": r.node, "check": r.check, "reason": r.reason} for r in passed_over]
-    nodes = len(ctx.view.nodes)
+    explanation = Explanation(
+        summary=strategy.explain(request, chosen, runner_up[0] if runner_up else None, ctx, ready_count),
+        winner=winner, runner_up=runner_up[1] if runner_up else None, passed_over=passed_over, passed_over_counts=counts,
+        nodes=len(ctx.view.nodes),
+    )
     return SchedulingDecision(
         task_id=request.task_id,
         node_id=chosen.node_id,
         node_name=chosen.name,
         node_ip=chosen.ip,
         strategy=request.strategy,
-        score=round(total, 6),
-        reasons=reason_lines(summary, parts, [(r.node, r.reason) for r in passed_over], counts, nodes),
+        score=winner.score,
+        reasons=explanation.reasons(),
         waited_s=waited_s,
         resources=dict(needs_of(request)),
-        explanation={
-            "summary": summary,
-            "winner": {"node": chosen.name, "score": round(total, 6), "scores": parts},
-            "runner_up": {"node": runner_up[0].name, "score": round(runner_up[1], 6), "scores": runner_up[2]}
-            if runner_up else None,
-            "passed_over": passed, "passed_over_counts": counts, "nodes": nodes,
-        },
+        explanation=explanation,
     )
 
 
-def score_node(strategy: Strategy, request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> tuple[float, dict[str, float]]:
+def score_node(strategy: Strategy, request: SchedulingRequest, node: NodeView,
+               ctx: PlacementContext) -> tuple[float, NodeScores]:
+    """The node's weighted total (unrounded, to rank by) and its named scores."""
     parts: dict[str, float] = {}
-    for name, _, scorer in strategy.scorers:
+    total = 0.0
+    for name, weight, scorer in strategy.scorers:
         value = scorer(request, node, ctx)
         if not (0.0 <= value <= 1.0) or math.isnan(value):
             raise ValueError(f"scorer {name!r} gave {value} for node {node.name}; scores must lie in [0, 1]")
         parts[name] = value
-    weight_sum = sum(weight for _, weight, _ in strategy.scorers)
-    total = sum(weight * parts[name] for name, weight, _ in strategy.scorers) / weight_sum
-    return total, parts
+        total += weight * value
+    total /= strategy.weight_sum
+    return total, NodeScores(node=node.name, score=round(total, 6), scores=parts)
 
 
 def _amount(resource: str, value: float) -> str:
