@@ -39,6 +39,7 @@ from .strategies import (
     decision_for,
     expected_finish_s,
     first_failure,
+    node_scores,
     score_node,
     strategy_named,
 )
@@ -76,7 +77,8 @@ class IncrementalPlacer:
         self._failing: MutableMapping[int, PassedOver] = {}
         self._failing_order: list[int] = []  # positions of current rejections, ascending
         self._failing_counts: Counter[str] = Counter()
-        self._parts: dict[int, NodeScores] = {}  # ready nodes' scores
+        self._parts: dict[int, tuple[float, dict[str, float]]] = {}  # ready nodes' (total, named scores)
+        self._explained: dict[int, NodeScores] = {}  # the same as the explanation shows them, once asked
         self._heap: list[tuple[float, str, str, int, int]] = []
         self._levels: list[float] = []  # each possible node's turn level toward the floor
         self._floor = math.inf
@@ -98,7 +100,7 @@ class IncrementalPlacer:
             self._floor = min(self._levels)
             self._at_floor = sum(1 for level in self._levels if level <= self._floor + 1e-9)
         self._failing, self._failing_order, self._failing_counts = {}, [], Counter()
-        self._heap, self._parts = [], {}
+        self._heap, self._parts, self._explained = [], {}, {}
         ctx = self._context()
         for position in range(len(self._possible)):
             self._stamp[position] += 1
@@ -112,7 +114,8 @@ class IncrementalPlacer:
             bisect.insort(self._failing_order, position)
             self._failing_counts[rejection.check] += 1
             return
-        total, self._parts[position] = score_node(self._strategy, self._request, node, ctx)
+        total, parts = score_node(self._strategy, self._request, node, ctx)
+        self._parts[position] = (total, parts)
         heapq.heappush(self._heap, (-total, node.name, node.node_id, self._stamp[position], position))
 
     def node_changed(self, node_id: str) -> None:
@@ -122,6 +125,7 @@ class IncrementalPlacer:
             return  # it can never fit this request, whatever its load
         self._stamp[position] += 1
         self._parts.pop(position, None)
+        self._explained.pop(position, None)
         gone = self._failing.pop(position, None)
         if gone is not None:
             del self._failing_order[bisect.bisect_left(self._failing_order, position)]
@@ -190,8 +194,8 @@ class IncrementalPlacer:
         chosen = self._nodes[self._possible[position]]
         ready_count = len(self._possible) - len(self._failing_order)
         second = self._runner_up()
-        runner_up = None if second is None else (self._nodes[self._possible[second]], self._parts[second])
-        return decision_for(request, self._strategy, chosen, self._parts[position], ready_count,
+        runner_up = None if second is None else (self._nodes[self._possible[second]], self._node_scores(second))
+        return decision_for(request, self._strategy, chosen, self._node_scores(position), ready_count,
                             self._rejections(EXPLAINED_NODES), self._rejection_counts(), self._context(),
                             waited_s, runner_up)
 
@@ -215,6 +219,14 @@ class IncrementalPlacer:
             return math.inf
         runs = max(expected_finish_s(self._request, self._nodes[node_id], self._view).run_s for node_id in node_ids)
         return max(self._turn.patience_runs * runs, PATIENCE_MIN_S)
+
+    def _node_scores(self, position: int) -> NodeScores:
+        """The node's scores for an explanation, made once per evaluation: the runner-up of one
+        decision is often the next one's winner."""
+        made = self._explained.get(position)
+        if made is None:
+            made = self._explained[position] = node_scores(self._nodes[self._possible[position]], *self._parts[position])
+        return made
 
     def _runner_up(self) -> int | None:
         """The next best ready node after the heap's top (which `_best` just found current).

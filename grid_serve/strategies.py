@@ -449,10 +449,10 @@ def place(
 
     scored = sorted(((score_node(strategy, request, node, ctx), node) for node in ready),
                     key=lambda item: (-item[0][0], item[1].name, item[1].node_id))
-    (_, winner), chosen = scored[0]
-    runner_up = (scored[1][1], scored[1][0][1]) if len(scored) > 1 else None
-    return decision_for(request, strategy, chosen, winner, len(ready), rejections[:EXPLAINED_NODES],
-                        count_checks(rejections), ctx, runner_up=runner_up)
+    (total, parts), chosen = scored[0]
+    runner_up = (scored[1][1], node_scores(scored[1][1], *scored[1][0])) if len(scored) > 1 else None
+    return decision_for(request, strategy, chosen, node_scores(chosen, total, parts), len(ready),
+                        rejections[:EXPLAINED_NODES], count_checks(rejections), ctx, runner_up=runner_up)
 
 
 def decision_for(request: SchedulingRequest, strategy: Strategy, chosen: NodeView, winner: NodeScores,
@@ -462,9 +462,9 @@ def decision_for(request: SchedulingRequest, strategy: Strategy, chosen: NodeVie
     index. `passed_over` is the first few rejections, `counts` counts all of them per check,
     `runner_up` is the next best ready node and its scores.
 
-    The parts arrive as models already (`PassedOver` is made where a check fails, `NodeScores`
-    where a node is scored), so the decision only checks their types: this runs per task, and
-    validating them from dicts cost 5x more.
+    The parts arrive as models already (`PassedOver` is made where a check fails), so the
+    decision only checks their types: this runs per task, and validating them from dicts cost
+    5x more.
     """
     explanation = Explanation(
         summary=strategy.explain(request, chosen, runner_up[0] if runner_up else None, ctx, ready_count),
@@ -486,8 +486,8 @@ def decision_for(request: SchedulingRequest, strategy: Strategy, chosen: NodeVie
 
 
 def score_node(strategy: Strategy, request: SchedulingRequest, node: NodeView,
-               ctx: PlacementContext) -> tuple[float, NodeScores]:
-    """The node's weighted total (unrounded, to rank by) and its named scores."""
+               ctx: PlacementContext) -> tuple[float, dict[str, float]]:
+    """The node's weighted total (unrounded, to rank by) and each named score."""
     parts: dict[str, float] = {}
     total = 0.0
     for name, weight, scorer in strategy.scorers:
@@ -496,8 +496,13 @@ def score_node(strategy: Strategy, request: SchedulingRequest, node: NodeView,
             raise ValueError(f"scorer {name!r} gave {value} for node {node.name}; scores must lie in [0, 1]")
         parts[name] = value
         total += weight * value
-    total /= strategy.weight_sum
-    return total, NodeScores(node=node.name, score=round(total, 6), scores=parts)
+    return total / strategy.weight_sum, parts
+
+
+def node_scores(node: NodeView, total: float, parts: dict[str, float]) -> NodeScores:
+    """`score_node`'s answer as the explanation shows it: made only for the winner and the
+    runner-up, since most nodes scored are neither."""
+    return NodeScores(node=node.name, score=round(total, 6), scores=parts)
 
 
 def _amount(resource: str, value: float) -> str:
