@@ -11,6 +11,7 @@ import enum
 import math
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -172,15 +173,17 @@ class SchedulingRequest(_Model):
         return self.job_id or self.task_id
 
 
-class PassedOver(_Model):
-    """One node a decision passed over (or a no-fit rejected): the check it failed and why.
+@dataclass(frozen=True)
+class PassedOver:
+    """One node a decision passed over (or a no-fit rejected): the check it failed and why,
+    e.g. check 'busy', reason 'needs 2 CPU, 1 free'; nodes are counted per check.
 
-    Made where the check fails, once per node and check result, so a decision that names it
-    reuses the model instead of building one per task."""
+    Made where the check fails, which is the placer's innermost loop, so it is a plain frozen
+    dataclass (half a pydantic model's cost); the models that hold it serialise it all the same."""
 
     node: str
-    check: str = Field(description="the check's name, e.g. 'busy'; nodes are counted per check")
-    reason: str = Field(description="e.g. 'needs 2 CPU, 1 free'")
+    check: str
+    reason: str
     node_id: str = ""
 
 
