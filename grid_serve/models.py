@@ -11,7 +11,7 @@ import enum
 import math
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -187,7 +187,8 @@ class PassedOver:
     node_id: str = ""
 
 
-class NodeScores(_Model):
+@dataclass(frozen=True)
+class NodeScores:
     """A node's weighted total and each named scorer's score in [0, 1]."""
 
     node: str
@@ -198,18 +199,23 @@ class NodeScores(_Model):
 EXPLAINED_NODES = 5  # how many passed-over nodes an explanation names (all of them are counted)
 
 
-class Explanation(_Model):
+@dataclass(frozen=True)
+class Explanation:
     """Why a node won, as data: the strategy's summary of the winner's evidence, the named
-    scores of the winner and the runner-up, the first nodes passed over, and every node
-    passed over counted per check (kube's "2 busy, 1 stale"). `reasons()` renders the text
-    every surface shows."""
+    scores of the winner and the runner-up, the first EXPLAINED_NODES nodes passed over, and
+    every node passed over counted per check (kube's "2 busy, 1 stale"); `nodes` is how many
+    the view had. `reasons()` renders the text every surface shows.
+
+    Plain frozen dataclasses (like `PassedOver`), since one is made per task on the placer's
+    path; pydantic models holding them validate and serialise them like models.
+    """
 
     summary: str
     winner: NodeScores
     runner_up: NodeScores | None = None
-    passed_over: list[PassedOver] = Field(default_factory=list, description=f"the first {EXPLAINED_NODES}")
-    passed_over_counts: dict[str, int] = Field(default_factory=dict, description="check -> nodes passed over by it")
-    nodes: int = Field(0, description="nodes in the view the decision was made on")
+    passed_over: list[PassedOver] = field(default_factory=list)
+    passed_over_counts: dict[str, int] = field(default_factory=dict)  # check -> nodes passed over by it
+    nodes: int = 0
 
     def reasons(self) -> list[str]:
         """The summary, the winner's scores, then who was passed over.
@@ -220,11 +226,11 @@ class Explanation(_Model):
         ...             passed_over_counts={"busy": 1}, nodes=2).reasons()[1:]
         ['scores: fullest=0.500', 'passed over 1/2 nodes (1 busy): a (needs 1 CPU, 0 free)']
         """
-        lines = [self.summary, "scores: " + ", ".join(f"{name}={value:.3f}" for name, value in self.winner.scores.items())]
+        lines = [self.summary, "scores: " + ", ".join([f"{name}={value:.3f}" for name, value in self.winner.scores.items()])]
         if self.passed_over:
-            lines.append(f"passed over {sum(self.passed_over_counts.values())}/{self.nodes} nodes "
-                         f"({count_text(self.passed_over_counts)}): "
-                         + "; ".join(f"{p.node} ({p.reason})" for p in self.passed_over))
+            counts = self.passed_over_counts
+            lines.append(f"passed over {sum(counts.values())}/{self.nodes} nodes ({count_text(counts)}): "
+                         + "; ".join([f"{p.node} ({p.reason})" for p in self.passed_over]))
         return lines
 
 

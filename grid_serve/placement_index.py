@@ -165,6 +165,8 @@ class IncrementalPlacer:
         return rejections if limit is None else rejections[:limit]
 
     def _rejection_counts(self) -> dict[str, int]:
+        if not self._lasting_counts:
+            return dict(self._failing_counts)
         counts = dict(self._lasting_counts)
         for check, count in self._failing_counts.items():
             counts[check] = counts.get(check, 0) + count

@@ -54,7 +54,7 @@ def _key(item: _Waiting) -> tuple[int, float, int]:
 
 def _signature(request: SchedulingRequest) -> tuple:
     """Requests with equal signatures succeed or wait together; one wait skips the rest."""
-    needs = tuple(sorted(needs_of(request).items()))
+    needs = tuple(sorted(request.requirements.as_ray_resources().items()))
     return (request.group, request.strategy, request.task_type, needs, request.requirements.gpu_memory_mb, request.target_node,
             tuple(sorted(request.label_selector.items())), request.affinity_nodes, request.anti_affinity_nodes)
 
