@@ -12,7 +12,7 @@ from typing import Callable
 
 import pytest
 
-from grid_serve.models import ResourceRequirement, SchedulingDecision, SchedulingRequest, SchedulingStrategy
+from grid_serve.models import ResourceRequirement, SchedulingDecision, SchedulingRequest
 from grid_serve.placement import STRATEGIES
 from grid_serve.placement_index import IncrementalPlacer
 from grid_serve.scheduling import SchedulerCore
