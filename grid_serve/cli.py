@@ -1,4 +1,5 @@
-"""The `grid` command: start a local cluster, distribute test jobs, check status, validate.
+"""The `grid` command: start a local cluster, distribute test jobs, check status, explain a
+decision, validate.
 
 Every command talks to the app over HTTP (`--address`, default `$GRID_ADDRESS`, else the app
 `grid up` started, else http://127.0.0.1:8000) except `up`/`down`, which start and stop it. Failures print one line:
