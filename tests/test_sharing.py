@@ -11,11 +11,15 @@ from grid_serve.errors import InvalidRequestError, NotFoundError
 from grid_serve.models import SchedulingRequest, SchedulingStrategy
 from grid_serve.sharing import (
     Allocation,
+    AllocationState,
+    Event,
+    IllegalTransition,
     ResourceType,
     SharingLedger,
     SharingRequest,
     allocation_decision,
     fold_allocations,
+    next_state,
     parse_duration,
     reconcile,
     sharing_status,
@@ -464,3 +468,28 @@ def test_scheduler_core_waits_for_an_allocation_rather_than_rejecting():
     result = core.submit(gpu_tasks, view)
     assert [(d.task_id, d.node_name) for d in result.placed] == [("g0", "gpu1")]
     assert result.rejected == [] and len(core) == 1  # g1 waits for the GPU allocation to free
+
+
+# ---------------------------------------------------------------- the lifecycle table
+
+LIFECYCLE = {  # (state, event) -> (next state, holds capacity); every other pair is illegal
+    ("pending", "grant"): ("active", True),
+    ("pending", "withdraw"): ("released", False),
+    ("pending", "time out"): ("timed_out", False),
+    ("active", "release"): ("released", True),  # drains first: running tasks may finish
+    ("active", "lease end"): ("expired", True),
+    ("active", "preempt"): ("preempted", False),  # gives the capacity back at once
+    ("active", "donor dies"): ("lost", False),  # the capacity went with the node
+    ("active", "ungrant"): ("pending", False),  # the grant could not be recorded: try again later
+}
+
+
+@pytest.mark.parametrize("state", list(AllocationState))
+@pytest.mark.parametrize("event", list(Event))
+def test_every_state_and_event_pair(state: AllocationState, event: Event) -> None:
+    expected = LIFECYCLE.get((str(state), str(event)))
+    if expected is None:
+        with pytest.raises(IllegalTransition, match=f"an allocation that is {state} cannot {event}"):
+            next_state(state, event)
+    else:
+        assert next_state(state, event) == expected
