@@ -15,7 +15,6 @@ from typing import Any
 
 import ray
 from ray import serve
-from ray.experimental import internal_kv
 from ray.serve.handle import DeploymentHandle
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 
@@ -33,20 +32,10 @@ from grid_serve.sharing import (
 )
 from grid_serve.view import ClusterView, view_from
 
-from ._common import INTERNAL_OPTIONS, every, logger
+from ._common import INTERNAL_OPTIONS, every, load_saved, logger, save
 
 KV_KEY = "sharing-ledger"
-KV_NAMESPACE = "grid_serve"
 READY_WAIT_S = 10.0
-
-
-def load_saved() -> dict[str, Any] | None:
-    raw = internal_kv._internal_kv_get(KV_KEY, namespace=KV_NAMESPACE)
-    return json.loads(raw) if raw else None
-
-
-def save(state_json: str) -> None:
-    internal_kv._internal_kv_put(KV_KEY, state_json, overwrite=True, namespace=KV_NAMESPACE)
 
 
 def live_groups() -> dict[str, tuple[str, str]]:
@@ -82,7 +71,7 @@ class SharingManager:
         self._ledger = SharingLedger(config, drain_grace_s=2 * interval + 1.0)
         self._lock = asyncio.Lock()
         self._saved = ""
-        saved = load_saved()
+        saved = load_saved(KV_KEY)
         if saved:
             self._ledger.load_state(saved)
         vanished, orphans = reconcile(self._ledger, live_groups())
@@ -188,5 +177,5 @@ class SharingManager:
     def _save(self) -> None:
         state = json.dumps(self._ledger.to_state(), sort_keys=True)
         if state != self._saved:
-            save(state)
+            save(KV_KEY, state)
             self._saved = state
