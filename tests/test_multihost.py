@@ -185,17 +185,18 @@ def test_a_sharing_grant_holds_its_placement_group_on_the_donor_host(hosts: None
 def test_an_unlabelled_host_added_mid_run_is_named_by_hostname_probed_and_given_work(hosts: None) -> None:
     running = api("POST", "/v1/jobs", {"task": "sleep_task", "args": [[i, 0.3] for i in range(150)],
                                        "strategy": "load_balanced"})
+    adding_at = time.time()
     added = script("add", "4")  # no label, as a pod of a KubeRay worker group comes up
     assert added.returncode == 0, added.stderr
-    joined_at = time.time()
+    added_at = time.time()
     worker = eventually(lambda: nodes().get("worker-4"), "the new host in the app's view")
     assert worker["address"] == f"{NET}.4" and worker["hostname"] == "worker-4" and not worker["labels"].get("grid.io/node")
     eventually(lambda: nodes()["worker-4"]["sampled_at"], "the new host's probe answering")
     status = api("GET", f"/v1/jobs/{running['job_id']}", results=True, wait_s=120)
     assert status["state"] == "succeeded" and status["per_node"].get("worker-4", 0) > 0, status["per_node"]
     first = min(r["started_at"] for r in status["results"] if r["node_name"] == "worker-4")
-    print(f"\nworker-4 took its first task {first - joined_at:.2f}s after its raylet joined "
-          f"({(first - joined_at) / INTERVAL_S:.1f} intervals)")
+    print(f"\nworker-4 started its first task {first - adding_at:.2f}s after `ray start` began on it, "
+          f"{first - added_at:+.2f}s from when it returned (interval {INTERVAL_S:g}s)")
 
     pinned = job(task="compute_task", count=8, strategy="node_specific", node="worker-4")
     assert by_host(pinned) == {"worker-4": 8}
