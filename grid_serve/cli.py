@@ -509,7 +509,8 @@ def _live_node_checks(status: ClusterStatus) -> list[Check]:
         (not unsized, "resources reported", f"{len(live) - len(unsized)}/{len(live)} live nodes report their CPUs"
          + (f"; not {', '.join(unsized)}" if unsized else "")),
         (not repeated, "labels unique", f"{len(labels)} live node(s) labelled {NODE_LABEL}"
-         + (f"; shared by several: {', '.join(repeated)} (those nodes are named by hostname or IP)"
+         + (f"; shared by several: {', '.join(repeated)} (a name goes to one live node at most: the others "
+            "are named by hostname or IP)"
             if repeated else "")),
     ]
 
@@ -540,7 +541,8 @@ def _find(node_config: NodeConfig, nodes: list[NodeStatus]) -> tuple[NodeStatus 
         return max(labelled, key=lambda node: node.alive), ""
     by_host = [node for node in nodes if node.alive and node_config.host in (node.address, node.hostname)]
     if len(by_host) == 1:
-        return by_host[0], f" (no {NODE_LABEL} label; found by host {node_config.host}, named {by_host[0].name})"
+        return by_host[0], (f" (found by host {node_config.host}, named {by_host[0].name}: label it "
+                            f"{NODE_LABEL}={node_config.name} to give it this file's name and sharing limits)")
     if by_host:
         return None, f"host {node_config.host} is shared by nodes {', '.join(n.name for n in by_host)}; " \
                      f"label each with {NODE_LABEL}"

@@ -6,8 +6,8 @@
 # Nothing leaves the machine: the namespaces have no route out. Needs root and iproute2.
 #
 #   scripts/netns_cluster.sh up                  three hosts: gpu-master (head), gpu1, gpu2 (1 GPU each)
-#   scripts/netns_cluster.sh add N [LABEL]       one more host, 198.18.0.N, hostname worker-N; no label
-#                                                unless LABEL is given (as a KubeRay pod comes up)
+#   scripts/netns_cluster.sh add N [LABELS]      one more host, 198.18.0.N, hostname worker-N, 2 CPUs; no
+#                                                labels but LABELS (k=v,...), as a KubeRay pod comes up
 #   scripts/netns_cluster.sh exec HOST CMD...    run CMD on host HOST (1 = the head), RAY_ADDRESS set
 #   scripts/netns_cluster.sh kill-raylet HOST    kill -9 that host's raylet (a machine lost mid-job)
 #   scripts/netns_cluster.sh down                stop every process in the namespaces, remove them
@@ -30,8 +30,10 @@ BRIDGE=$PREFIX-br
 HEAD_IP=$NET.1
 # a killed raylet is marked dead after ~3 s (Ray's default is ~15 s): tests need not wait long
 SYSTEM_CONFIG='{"health_check_initial_delay_ms":1000,"health_check_period_ms":1000,"health_check_timeout_ms":5000,"health_check_failure_threshold":3}'
-# host index -> "label CPUs GPUs"; the head is 1 (198.18.0.1)
-declare -A HOSTS=([1]="gpu-master 2 0" [2]="gpu1 2 1" [3]="gpu2 2 1")
+# host index -> "labels CPUs GPUs"; the head is 1 (198.18.0.1). The GPU hosts also share a group
+# label, as the pods of one KubeRay worker group do.
+declare -A HOSTS=([1]="grid.io/node=gpu-master 2 0" [2]="grid.io/node=gpu1,grid.io/group=gpu-workers 2 1"
+                  [3]="grid.io/node=gpu2,grid.io/group=gpu-workers 2 1")
 
 case "$NET" in 198.18.*|198.19.*) ;; *) echo "GRID_NETNS_NET must lie in 198.18.0.0/15, got $NET" >&2; exit 2 ;; esac
 
@@ -59,7 +61,7 @@ make_host() {
   ip -n "$name" link set eth0 up
   ip -n "$name" link set lo up
   ip netns exec "$name" unshare --pid --fork --mount-proc --uts \
-    sh -c 'hostname "$0" && exec sleep infinity' "$hostname" </dev/null >/dev/null 2>&1 &
+    sh -c 'echo "$0" >/proc/sys/kernel/hostname && exec sleep infinity' "$hostname" </dev/null >/dev/null 2>&1 &
   for _ in $(seq 1 50); do
     pid=$(for p in $(ip netns pids "$name"); do if [ "$(cat "/proc/$p/comm")" = sleep ]; then echo "$p"; fi; done)
     [ -n "$pid" ] && break
@@ -114,15 +116,15 @@ up() {
   mkdir -p "$STATE/tmp"
   ip link add "$BRIDGE" type bridge
   ip link set "$BRIDGE" up
-  local host label cpus gpus
+  local host labels cpus gpus
   for host in 1 2 3; do make_host "$host" "$PREFIX-host$host"; done
-  read -r label cpus gpus <<<"${HOSTS[1]}"
+  read -r labels cpus gpus <<<"${HOSTS[1]}"
   start_ray 1 --head --port 6379 --temp-dir "$STATE/ray" --include-dashboard=false \
-    --num-cpus "$cpus" --num-gpus "$gpus" --labels "grid.io/node=$label" --system-config "$SYSTEM_CONFIG"
+    --num-cpus "$cpus" --num-gpus "$gpus" --labels "$labels" --system-config "$SYSTEM_CONFIG"
   for host in 2 3; do
-    read -r label cpus gpus <<<"${HOSTS[$host]}"
+    read -r labels cpus gpus <<<"${HOSTS[$host]}"
     start_ray "$host" --address "$HEAD_IP:6379" --num-cpus "$cpus" --num-gpus "$gpus" \
-      --labels "grid.io/node=$label"
+      --labels "$labels"
   done
   write_configs
   (cd "$REPO" && on_host 1 serve run --non-blocking "$STATE/serve_config.yaml" >"$STATE/serve.log" 2>&1)
@@ -132,9 +134,9 @@ up() {
 }
 
 add() {
-  local host=$1 label=${2:-}
+  local host=$1 labels=${2:-}
   make_host "$host" "worker-$host"
-  start_ray "$host" --address "$HEAD_IP:6379" --num-cpus 2 ${label:+--labels "grid.io/node=$label"}
+  start_ray "$host" --address "$HEAD_IP:6379" --num-cpus 2 ${labels:+--labels "$labels"}
 }
 
 kill_raylet() {

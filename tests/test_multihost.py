@@ -61,13 +61,17 @@ def grid(*args: str) -> subprocess.CompletedProcess:
     return on_host(1, "grid", *args)
 
 
-def api(method: str, path: str, body: Any = None, **params: Any) -> Any:
-    """One HTTP call to the app, made from the head host; the parsed JSON answer."""
+def api(method: str, path: str, body: Any = None, refused: bool = False, **params: Any) -> Any:
+    """One HTTP call to the app, made from the head host; the parsed JSON answer, which must be a
+    success (a 4xx refusal with `refused`)."""
     code = ("import httpx, json, sys; r = httpx.request(sys.argv[1], 'http://127.0.0.1:8000' + sys.argv[2], "
-            "json=json.loads(sys.argv[3]), params=json.loads(sys.argv[4]), timeout=300); print(r.text)")
+            "json=json.loads(sys.argv[3]), params=json.loads(sys.argv[4]), timeout=300); "
+            "print(r.status_code); print(r.text)")
     done = on_host(1, "python", "-c", code, method, path, json.dumps(body), json.dumps(params))
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    status, text = done.stdout.split("\n", 1)
+    assert (400 <= int(status) < 500) if refused else int(status) < 300, f"HTTP {status}: {text}"
+    return json.loads(text)
 
 
 def job(**spec: Any) -> dict[str, Any]:
@@ -143,6 +147,14 @@ def test_one_gpu_tasks_go_two_and_two_to_the_gpu_hosts(hosts: None) -> None:
     assert all(result["result"]["gpu_ids"] for result in status["results"])
 
 
+def test_a_group_label_spreads_exactly_over_the_group(hosts: None) -> None:
+    status = job(task="compute_task", count=10, strategy="spread", label_selector={"grid.io/group": "gpu-workers"})
+    assert by_host(status) == {HOSTNAMES["gpu1"]: 5, HOSTNAMES["gpu2"]: 5}
+    nobody = api("POST", "/v1/jobs", {"task": "compute_task", "count": 2,
+                                      "label_selector": {"grid.io/group": "tpu-workers"}}, refused=True)
+    assert "0/3 nodes are available: 3 label mismatch (it can never fit)" in nobody["error"], nobody
+
+
 def test_status_shows_each_hosts_own_ip(hosts: None) -> None:
     done = grid("distribute", "status", "--json")
     assert done.returncode == 0, done.stderr
@@ -182,21 +194,29 @@ def test_a_sharing_grant_holds_its_placement_group_on_the_donor_host(hosts: None
     assert grid("resource-sharing", "release", grant["id"]).returncode == 0
 
 
-def test_an_unlabelled_host_added_mid_run_is_named_by_hostname_probed_and_given_work(hosts: None) -> None:
-    running = api("POST", "/v1/jobs", {"task": "sleep_task", "args": [[i, 0.3] for i in range(150)],
+def test_a_host_added_mid_run_without_a_node_label_is_named_by_hostname_probed_and_given_work(hosts: None) -> None:
+    # long enough to be running whenever the host joins; cancelled once the host has taken work
+    running = api("POST", "/v1/jobs", {"task": "sleep_task", "args": [[i, 1.0] for i in range(300)],
                                        "strategy": "load_balanced"})
     adding_at = time.time()
-    added = script("add", "4")  # no label, as a pod of a KubeRay worker group comes up
+    added = script("add", "4", "grid.io/group=cpu-workers")  # a group label only, as a KubeRay pod comes up
     assert added.returncode == 0, added.stderr
     added_at = time.time()
     worker = eventually(lambda: nodes().get("worker-4"), "the new host in the app's view")
-    assert worker["address"] == f"{NET}.4" and worker["hostname"] == "worker-4" and not worker["labels"].get("grid.io/node")
+    assert (worker["address"], worker["hostname"]) == (f"{NET}.4", "worker-4")
+    assert "grid.io/node" not in worker["labels"] and worker["labels"]["grid.io/group"] == "cpu-workers"
     eventually(lambda: nodes()["worker-4"]["sampled_at"], "the new host's probe answering")
+    placed = eventually(lambda: [d["at"] for d in api("GET", "/v1/decisions", job_id=running["job_id"], limit=100)["decisions"]
+                                 if d["node"] == "worker-4"], "the running job placing tasks on worker-4")
+    eventually(lambda: api("GET", f"/v1/jobs/{running['job_id']}")["per_node"].get("worker-4"),
+               "the running job's tasks finishing on worker-4")
+    api("DELETE", f"/v1/jobs/{running['job_id']}")
     status = api("GET", f"/v1/jobs/{running['job_id']}", results=True, wait_s=120)
-    assert status["state"] == "succeeded" and status["per_node"].get("worker-4", 0) > 0, status["per_node"]
-    first = min(r["started_at"] for r in status["results"] if r["node_name"] == "worker-4")
-    print(f"\nworker-4 started its first task {first - adding_at:.2f}s after `ray start` began on it, "
-          f"{first - added_at:+.2f}s from when it returned (interval {INTERVAL_S:g}s)")
+    assert status["state"] == "cancelled" and status["succeeded"] < 300, status["state"]
+    started = min(r["started_at"] for r in status["results"] if r["node_name"] == "worker-4" and r["ok"])
+    print(f"\nworker-4's first placement came {min(placed) - added_at:.2f}s after `ray start` on it returned "
+          f"({min(placed) - adding_at:.2f}s after it began); its first task started "
+          f"{started - added_at:.2f}s after (interval {INTERVAL_S:g}s)")
 
     pinned = job(task="compute_task", count=8, strategy="node_specific", node="worker-4")
     assert by_host(pinned) == {"worker-4": 8}
@@ -223,7 +243,7 @@ def test_a_host_whose_raylet_dies_mid_job_leaves_decisions(hosts: None) -> None:
     moved = [result for result in status["results"] if result["attempts"] > 1]
     assert moved and all(result["node_name"] != "worker-4" for result in moved)
     eventually(lambda: not nodes()["worker-4"]["alive"], "worker-4 marked dead")
-    decisions = api("GET", "/v1/decisions", job_id=running["job_id"])["decisions"]
+    decisions = api("GET", "/v1/decisions", job_id=running["job_id"], limit=100)["decisions"]
     last = max((d["at"] for d in decisions if d["node"] == "worker-4"), default=killed_at)
     print(f"\nlast decision for worker-4 came {last - killed_at:.2f}s after its raylet was killed "
           f"({(last - killed_at) / INTERVAL_S:.1f} intervals)")
