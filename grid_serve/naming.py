@@ -7,7 +7,7 @@ holds as its name already:
 
     its grid.io/node label  ->  its hostname (a pod's name)  ->  its IP  ->  <ip>/<first 6 of its id>
 
-The last one always is (node ids are unique). A name, once given, stays until Ray forgets the
+and, should even that be taken, its whole Ray node id (unique by Ray's own rule). A name, once given, stays until Ray forgets the
 node, even when a newcomer later shares its label or hostname: the newcomer is named by its next
 choice instead. So a name never moves from one live node to another. A dead node keeps its name
 (one first seen dead gets its first choice), and a machine restarted under the same label takes that
@@ -36,9 +36,9 @@ def choices(node: NodeFacts) -> list[str]:
     """The node's possible names, best first.
 
     >>> choices(NodeFacts("f00dfeed0123", "10.0.0.7", hostname="worker-abc"))
-    ['worker-abc', '10.0.0.7', '10.0.0.7/f00dfe']
+    ['worker-abc', '10.0.0.7', '10.0.0.7/f00dfe', 'f00dfeed0123']
     """
-    wanted = [node.label, node.hostname, node.ip, f"{node.ip}/{node.node_id[:6]}"]
+    wanted = [node.label, node.hostname, node.ip, f"{node.ip}/{node.node_id[:6]}", node.node_id]
     return [name for name in dict.fromkeys(wanted) if name]
 
 
@@ -61,7 +61,9 @@ class NodeNamer:
         held = {self._names[node.node_id] for node in live if node.node_id in self._names}
         shared = _shared_facts(live)
         # labelled newcomers first: a chosen name beats a hostname or IP that happens to equal it
-        for node in sorted((n for n in nodes if n.node_id not in self._names), key=lambda n: (n.label is None, n.node_id)):
+        newcomers = sorted((n for n in nodes if n.node_id not in self._names),
+                           key=lambda n: (n.label is None, n.node_id))
+        for node in newcomers:
             if not node.alive:  # seen only after it died: its best name, as it most likely had
                 self._names[node.node_id] = choices(node)[0]
                 continue

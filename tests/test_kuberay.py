@@ -65,13 +65,14 @@ def groups(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
 
 
-def test_the_manifest_satisfies_kuberays_rayservice_schema(manifest: dict[str, Any], schema: dict[str, Any]) -> None:
+def test_the_manifest_satisfies_kuberays_rayservice_schema(manifest: dict[str, Any],
+                                                            schema: dict[str, Any]) -> None:
     assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayService")
     jsonschema.validate(manifest, schema)
     assert list(unknown_fields(manifest, schema)) == []
 
 
-def test_the_schema_check_catches_what_kubernetes_would_refuse(manifest: dict[str, Any], schema: dict[str, Any]) -> None:
+def test_the_schema_check_catches_what_kubernetes_would_refuse(schema: dict[str, Any]) -> None:
     typo = yaml.safe_load(MANIFEST.read_text())
     typo["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replica"] = 2
     assert list(unknown_fields(typo, schema)) == [".spec.rayClusterConfig.workerGroupSpecs[0].replica"]

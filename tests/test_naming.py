@@ -58,6 +58,11 @@ def test_names_survive_a_restart_of_the_namer_and_forget_vanished_nodes() -> Non
     assert again.name_all([node("b2", "10.0.0.2", "workers", "pod-b")]) == {"b2": "pod-b"}
 
 
+def test_a_node_id_is_the_last_resort() -> None:
+    twins = [node("abcdef01", "10.0.0.1"), node("abcdef02", "10.0.0.1")]  # one IP, one id prefix
+    assert NodeNamer().name_all(twins) == {"abcdef01": "10.0.0.1/abcdef", "abcdef02": "abcdef02"}
+
+
 def test_live_names_never_collide() -> None:
     namer = NodeNamer()
     pods = [node(f"id{i:04d}", f"10.0.{i // 3}.1", "workers" if i % 2 else None, f"pod-{i // 2}") for i in range(12)]
