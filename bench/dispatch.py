@@ -1,7 +1,9 @@
 """The dispatch path against plain Ray: tasks/s and the gap between a task ending and the next
 starting on the same node, for no-ops and for 20 ms and 200 ms tasks.
 
-    python -m bench.dispatch [--quick]
+    python -m bench.dispatch [--quick] [--sleep-only]
+
+`--sleep-only`: only the 20 ms and 200 ms cases (where the gap between tasks matters).
 
 Both sides in one run, rounds interleaved. grid-serve: one job through the handle
 (`submit_job` with wait) and, for no-ops, through HTTP `POST /v1/jobs` with wait; no-ops with
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -93,6 +96,8 @@ def run(env: Env) -> Report:
              ("100 x 200 ms", 20 if env.quick else 100, 0.2, False)]
     if not env.quick:
         cases.insert(1, ("10,000 no-ops", 10_000, None, True))
+    if "--sleep-only" in sys.argv:
+        cases = [case for case in cases if case[2] is not None]
     report = Report(f"Dispatch: tasks/s (median, min–max of {runs}) and median gap between tasks on a slot",
                     ["work", "side", "tasks/s", "vs Ray SPREAD", "gap ms"])
     verdicts: list[tuple[bool, str]] = []

@@ -3,7 +3,7 @@ inside an async actor (as an Ingress replica is) run a job when it refills a nod
 moment a task ends, keeping `capacity x (1 + extra)` tasks in flight per node, against plain
 Ray SPREAD from a driver, in one run?
 
-    python -m bench.dispatch_prototype [rounds]
+    python -m bench.dispatch_prototype [rounds] [--noop-only]
 
 No Serve call anywhere: this is the ceiling of each shape. Prints tasks/s and the median gap
 between a task ending and the next starting on the same node (pairing the k-th start with the
@@ -35,6 +35,12 @@ def work(seconds: float) -> tuple[str, float, float]:
     return ray.get_runtime_context().get_node_id(), started, time.time()
 
 
+@ray.remote(num_cpus=1)
+def work_chunk(seconds: float, count: int) -> list[tuple[str, float, float]]:
+    """`count` tasks run back to back in one Ray task (a chunk): one submission, one lease."""
+    return [work._function(seconds) for _ in range(count)]
+
+
 @ray.remote(num_cpus=0)
 class Dispatcher:
     def __init__(self, nodes: list[tuple[str, int]]) -> None:
@@ -50,6 +56,17 @@ class Dispatcher:
             ids = [nid for nid, _ in self.nodes]
             refs = [self.pinned[ids[i % len(ids)]].remote(seconds) for i in range(n)]
         out = await asyncio.gather(*refs)
+        return n / (time.perf_counter() - began), out
+
+    async def chunked(self, n: int, seconds: float, size: int) -> tuple[float, list]:
+        """Exact round-robin, pinned, `size` tasks per Ray task, all at once."""
+        began = time.perf_counter()
+        ids = [nid for nid, _ in self.nodes]
+        pinned = {nid: work_chunk.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False))
+                  for nid in ids}
+        refs = [pinned[ids[c % len(ids)]].remote(seconds, min(size, n - start))
+                for c, start in enumerate(range(0, n, size))]
+        out = [span for chunk in await asyncio.gather(*refs) for span in chunk]
         return n / (time.perf_counter() - began), out
 
     async def refill(self, n: int, seconds: float, extra: int) -> tuple[float, list]:
@@ -105,7 +122,8 @@ def driver_spread(n: int, seconds: float) -> tuple[float, list]:
 
 
 def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    numbers = [a for a in sys.argv[1:] if a.isdigit()]
+    rounds = int(numbers[0]) if numbers else 3
     nodes = [LocalNode(f"n{i}", num_cpus=CPUS, num_gpus=0, memory_bytes=2 * 1024**3, head=i == 0) for i in range(3)]
     cluster = start_cluster(nodes)
     try:
@@ -119,8 +137,13 @@ def main() -> None:
             "actor refill, capacity": lambda n, s: ray.get(disp.refill.remote(n, s, 0)),
             "actor refill, capacity x2": lambda n, s: ray.get(disp.refill.remote(n, s, 1)),
             "actor refill, capacity x4": lambda n, s: ray.get(disp.refill.remote(n, s, 3)),
+            "actor pinned, chunks of 8": lambda n, s: ray.get(disp.chunked.remote(n, s, 8)),
+            "actor pinned, chunks of 32": lambda n, s: ray.get(disp.chunked.remote(n, s, 32)),
         }
-        for n, seconds in [(1000, 0.0), (300, 0.02), (100, 0.2)]:
+        if "--noop-only" in sys.argv:
+            shapes = {k: v for k, v in shapes.items() if "refill" not in k}
+        works = [(1000, 0.0)] if "--noop-only" in sys.argv else [(1000, 0.0), (300, 0.02), (100, 0.2)]
+        for n, seconds in works:
             rates: dict[str, list[float]] = collections.defaultdict(list)
             gaps: dict[str, list[float]] = collections.defaultdict(list)
             for shape in shapes.values():

@@ -93,13 +93,15 @@ def bench_env(quick: bool, with_app: bool = True) -> Iterator[Env]:
 
 
 def app_args() -> dict[str, Any]:
-    """The grid app's args; GRID_BENCH_ADMISSION and GRID_BENCH_LOOKAHEAD_MS override
-    `admission` and `lookahead_ms` (to show their effect)."""
+    """The grid app's args; GRID_BENCH_ADMISSION, GRID_BENCH_LOOKAHEAD_MS and
+    GRID_BENCH_CHUNK_MS override `admission`, `lookahead_ms` and `chunk_ms` (to show their effect)."""
     args: dict[str, Any] = {"metrics_interval_s": 1.0}
     if os.environ.get("GRID_BENCH_ADMISSION"):
         args["admission"] = float(os.environ["GRID_BENCH_ADMISSION"])
     if os.environ.get("GRID_BENCH_LOOKAHEAD_MS"):
         args["lookahead_ms"] = float(os.environ["GRID_BENCH_LOOKAHEAD_MS"])
+    if os.environ.get("GRID_BENCH_CHUNK_MS"):
+        args["chunk_ms"] = float(os.environ["GRID_BENCH_CHUNK_MS"])
     return args
 
 
@@ -182,7 +184,7 @@ class Report:
 def command_line(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (the smoke run)")
-    return parser.parse_args()
+    return parser.parse_known_args()[0]  # a benchmark's own flags (e.g. dispatch's --sleep-only) pass through
 
 
 def main_for(run: Callable[[Env], Report], description: str, with_app: bool = True) -> None:

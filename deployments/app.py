@@ -41,6 +41,11 @@ class AppArgs(BaseModel):
         100.0, ge=0, le=10_000,
         description="work handed to Ray ahead of free capacity, per slot, in expected run time (always at "
                     "least one task; 0 = none: strict priorities, lower throughput). See grid_serve/lookahead.py")
+    chunk_ms: float = Field(
+        2.0, ge=0, le=100,
+        description="tasks learned to run far shorter than this go to Ray several to one Ray task, up to this "
+                    "much expected run time each (Ray's own cost per task is then paid once per chunk); each "
+                    "task keeps its own decision and result. 0 = one Ray task per task. See grid_serve/lookahead.py")
     admission: float | None = Field(
         None, ge=1.0, le=16.0,
         description="fixed admission instead of the lookahead: a node takes reservations up to this many "
@@ -49,8 +54,14 @@ class AppArgs(BaseModel):
     task_modules: list[str] = Field(default_factory=lambda: ["grid_serve.tasks"])
     token_env: str | None = Field(
         None, min_length=1, max_length=200,
-        description="name of an environment variable (set where Ray runs) holding the API token: then starting, "
-                    "cancelling or releasing work and reading results need `Authorization: Bearer <token>`")
+        description="name of an environment variable (set where Ray runs) holding the API token, or "
+                    "`name=token` pairs separated by commas (one identity each): then starting, cancelling or "
+                    "releasing work and reading results need `Authorization: Bearer <token>`, and only the "
+                    "identity that made a job, reservation or allocation may cancel, complete or release it")
+    critical_callers: list[str] | None = Field(
+        None, min_length=1,
+        description="token identities (token_env's `name=token` pairs) that may use `critical` priority over HTTP; "
+                    "default: anyone. Handle calls may always")
     limits: Limits = Field(default_factory=Limits, description="bounds on queues, kept jobs and waiting requests")
     allowed_hosts: list[str] = Field(
         default_factory=lambda: list(LOOPBACK_HOSTS), min_length=1,
@@ -73,4 +84,5 @@ def build_app(args: dict) -> Application:
                                settings.lookahead_ms, settings.limits)
     return Ingress.options(num_replicas=settings.ingress_replicas).bind(
         scheduler, load_balancer, metrics, settings.task_modules, sharing, settings.metrics_interval_s,
-        (settings.token_env, tuple(settings.allowed_hosts)), settings.limits)
+        (settings.token_env, tuple(settings.allowed_hosts),
+         tuple(settings.critical_callers) if settings.critical_callers else None), settings.limits, settings.chunk_ms)

@@ -31,13 +31,13 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from grid_serve import ui
-from grid_serve.access import LOOPBACK_HOSTS, AccessPolicy
-from grid_serve.errors import (GridError, InvalidRequestError, NoCapacityError, NotFoundError, TooBusyError, describe_error,
+from grid_serve.access import CLUSTER_OWNER, LOOPBACK_HOSTS, AccessPolicy, Caller, parse_tokens
+from grid_serve.errors import (ForbiddenError, GridError, InvalidRequestError, NoCapacityError, NotFoundError, TooBusyError, describe_error,
                                require_id, require_number)
-from grid_serve.ledger import Completion
+from grid_serve.ledger import EXTERNAL_PREFIX, Completion
 from grid_serve.limits import Limits
 from grid_serve.models import (ClusterStatus, JobStatus, JobSubmission, PlacementHistory, RecentDecisions,
-                               SchedulingDecision, SchedulingRequest, non_finite_path)
+                               SchedulingDecision, SchedulingRequest, TaskPriority, non_finite_path)
 from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules
 
@@ -71,7 +71,8 @@ class ErrorBody(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in ((400, "bad request"), (401, "this route needs the API token (token_env)"),
-                         (403, "a foreign Host header, or a cross-site browser request"),
+                         (403, "a foreign Host header, a cross-site browser request, another caller's job, "
+                               "reservation or allocation, or critical priority not allowed to this caller"),
                          (404, "no such job, reservation or allocation"),
                          (410, "a finished job's results were dropped (results_bytes_kept)"),
                          (422, "invalid request: the body or a parameter, named in `field`"),
@@ -80,11 +81,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 HEALTH_MAX_AGE_S = 0.5
-# /v1/schedule task ids live under this prefix inside the Scheduler, apart from job task ids
-# (`<job id>-<index>`): a caller's id can never address, block or release a job's task
-EXTERNAL_PREFIX = "schedule:"
 MAX_WAIT_S = 3600.0
 _RunnerActor = ray.remote(JobRunner)
+
+
+def _caller(request: Request) -> Caller:
+    """Who sent this HTTP request, as the replica's access policy sees it."""
+    return AccessGuard.policy.caller(request.headers)
 
 
 class FiniteJSONResponse(JSONResponse):
@@ -206,16 +209,18 @@ class Ingress:
     def __init__(self, scheduler: DeploymentHandle, load_balancer: DeploymentHandle,
                  metrics: DeploymentHandle, task_modules: list[str] | None = None,
                  sharing: DeploymentHandle | None = None, interval_s: float = 1.0,
-                 access: tuple[str | None, tuple[str, ...]] = (None, LOOPBACK_HOSTS),
-                 limits: Limits | None = None) -> None:
-        """`access`: (name of the environment variable holding the API token, or None; the
-        host names the API answers to)."""
-        token_env, allowed_hosts = access
+                 access: tuple[str | None, tuple[str, ...], tuple[str, ...] | None] = (None, LOOPBACK_HOSTS, None),
+                 limits: Limits | None = None, chunk_ms: float = 0.0) -> None:
+        """`access`: (name of the environment variable holding the API token(s), or None; the
+        host names the API answers to; the identities that may use `critical`, or None for
+        anyone). `chunk_ms`: see AppArgs."""
+        token_env, allowed_hosts, critical_callers = access
         token = os.environ.get(token_env, "") if token_env else None
         if token_env and not token:
             raise RuntimeError(f"token_env is {token_env!r} but that environment variable is empty or unset in "
                                "the Ingress replica's environment; set it where Ray runs, or drop token_env")
-        AccessGuard.policy = AccessPolicy(token=token, allowed_hosts=tuple(allowed_hosts))
+        AccessGuard.policy = AccessPolicy(tokens=parse_tokens(token), allowed_hosts=tuple(allowed_hosts),
+                                          critical_callers=tuple(critical_callers) if critical_callers else None)
         self._limits = limits or Limits()
         self._waiting_requests = 0
         self._scheduler = scheduler
@@ -225,6 +230,7 @@ class Ingress:
         self._task_modules = task_modules or ["grid_serve.tasks"]
         self._tasks: dict[str, TaskType] = load_task_modules(self._task_modules)
         self._interval_s = interval_s
+        self._chunk_s = chunk_ms / 1000.0
         context = ray.get_runtime_context()
         self._namespace = RUNNER_NAMESPACE
         self._app = serve.get_replica_context().app_name
@@ -242,7 +248,7 @@ class Ingress:
             get_if_exists=True, num_cpus=0, max_concurrency=10_000,
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
         ).remote(self._scheduler, self._task_modules, runner_name(self._app, self._tag), self._tag,
-                 self._parent, self._interval_s, self._limits)
+                 self._parent, self._interval_s, self._limits, self._chunk_s)
 
     # ================================================================== handle API
 
@@ -283,13 +289,34 @@ class Ingress:
     async def submit_job(self, spec: JobSubmission | dict[str, Any], fn: Callable[..., Any] | None = None) -> JobStatus:
         """Start a job. Handle callers may pass their own function `fn` instead of a task name;
         then `spec.task` only labels it. Waits for the results when `spec.wait` is set."""
+        return await self._submit(spec, fn, None)
+
+    async def _submit(self, spec: JobSubmission | dict[str, Any], fn: Callable[..., Any] | None,
+                      caller: Caller | None) -> JobStatus:
+        """`caller`: who sent it over HTTP (None: a handle call, trusted inside the cluster)."""
         spec = spec if isinstance(spec, JobSubmission) else JobSubmission.model_validate(spec)
+        self._check_priority(spec.priority, caller)
+        owner, key = self._claim(caller)
         with self._waiting_slot(spec.wait):
             try:  # the runner resolves the task name (an unknown one comes back as its 422)
-                return await grid_call(self._runner.submit_job.remote(spec, fn))
+                status = await grid_call(self._runner.submit_job.remote(spec, fn, owner))
             except ray.exceptions.RayActorError:  # the runner was killed: start a new one for new jobs
                 self._replace_runner()
-                return await grid_call(self._runner.submit_job.remote(spec, fn))
+                status = await grid_call(self._runner.submit_job.remote(spec, fn, owner))
+        return status.model_copy(update={"owner_key": key}) if key else status
+
+    @staticmethod
+    def _claim(caller: Caller | None) -> tuple[str, str | None]:
+        """Who owns what this call makes, and the owner key to hand back, if any."""
+        return caller.claim() if caller is not None else (CLUSTER_OWNER, None)
+
+    @staticmethod
+    def _check_priority(priority: TaskPriority, caller: Caller | None) -> None:
+        policy = AccessGuard.policy
+        if priority is TaskPriority.CRITICAL and not policy.may_use_critical(caller):
+            allowed = ", ".join(policy.critical_callers or ())
+            raise ForbiddenError(f"critical priority is limited to {allowed} (critical_callers in serve_config); "
+                                 "use high, or send one of their tokens", field="priority")
 
     @contextlib.contextmanager
     def _waiting_slot(self, waits: bool) -> Iterator[None]:
@@ -348,8 +375,9 @@ class Ingress:
         except (ValueError, ray.exceptions.RayActorError):
             return []  # a runner that just exited has no jobs left to list
 
-    async def cancel_job(self, job_id: str) -> JobStatus:
-        return await grid_call((await self._runner_of(job_id)).cancel_job.remote(job_id))
+    async def cancel_job(self, job_id: str, caller: Caller | None = None) -> JobStatus:
+        """`caller` (HTTP only) must own the job; handle calls may cancel any job."""
+        return await grid_call((await self._runner_of(job_id)).cancel_job.remote(job_id, caller))
 
     async def _runner_of(self, job_id: str) -> ActorHandle:
         """The runner that holds `job_id` (its id starts with the runner's tag)."""
@@ -363,16 +391,19 @@ class Ingress:
             raise NotFoundError(f"no job {job_id!r}" + (f": {fate}" if fate else ""), field="job_id") from None
 
     async def schedule(self, request: SchedulingRequest | dict[str, Any], lease_s: float = 300.0,
-                       wait_s: float = 30.0) -> SchedulingDecision:
+                       wait_s: float = 30.0, caller: Caller | None = None) -> SchedulingDecision:
         """Decide and reserve a node for a task the caller will submit itself. The reservation
         holds until `complete(task_id)` or until the lease runs out. Each such task is its own
         group (a `job_id` is ignored), so its decision can never be delivered to anyone else,
-        and its id lives apart from jobs' task ids (`EXTERNAL_PREFIX`)."""
+        and its id lives apart from jobs' task ids (`EXTERNAL_PREFIX`). Only `caller` (who sent
+        it over HTTP) may complete it; a handle call's belongs to the cluster."""
         request = request if isinstance(request, SchedulingRequest) else SchedulingRequest.model_validate(request)
         lease_s = require_number("lease_s", lease_s, 0, 86400, low_open=True)
         wait_s = require_number("wait_s", wait_s, 0, 600)
+        self._check_priority(request.priority, caller)
+        owner, key = self._claim(caller)
         inner = request.model_copy(update={"task_id": EXTERNAL_PREFIX + request.task_id, "job_id": None})
-        placements = await self._scheduler.submit.remote([inner], lease_s)
+        placements = await self._scheduler.submit.remote([inner], lease_s, None, owner)
         deadline = time.monotonic() + wait_s
         while not placements.placed and not placements.rejected and time.monotonic() < deadline:
             placements = await self._scheduler.wait_placed.remote(inner.group, min(5.0, wait_s))
@@ -382,14 +413,15 @@ class Ingress:
         if not placements.placed:
             await self._scheduler.finished.remote(inner.group)
             raise NoCapacityError(f"no node had room for task {request.task_id} within {wait_s:g}s; try again later")
-        return placements.placed[0].model_copy(update={"task_id": request.task_id})
+        return placements.placed[0].model_copy(update={"task_id": request.task_id, "owner_key": key})
 
-    async def complete(self, task_id: str, ok: bool = True, duration_s: float | None = None) -> dict[str, Any]:
+    async def complete(self, task_id: str, ok: bool = True, duration_s: float | None = None,
+                       caller: Caller | None = None) -> dict[str, Any]:
         require_id("task_id", task_id)
         if duration_s is not None:
             duration_s = require_number("duration_s", duration_s, 0, 1e9)
         completion = Completion(task_id=EXTERNAL_PREFIX + task_id, ok=bool(ok), duration_s=duration_s)
-        if not await self._scheduler.complete_external.remote(completion):
+        if not await grid_call(self._scheduler.complete_external.remote(completion, caller)):
             raise NotFoundError(f"no /v1/schedule reservation for task {task_id!r} (already released, expired, "
                                 "or a job's task, which its job releases)", field="task_id")
         return {"task_id": task_id, "released": True}
@@ -407,24 +439,27 @@ class Ingress:
         """Allocations, pending requests, shareable capacity and use per node."""
         return await self._call_sharing("status")
 
-    async def request_resources(self, body: SharingRequest | dict[str, Any]) -> Allocation:
-        """A node borrows capacity: granted on a donor now, or queued (see its `state`)."""
+    async def request_resources(self, body: SharingRequest | dict[str, Any], caller: Caller | None = None) -> Allocation:
+        """A node borrows capacity: granted on a donor now, or queued (see its `state`). Only
+        `caller` (who sent it over HTTP) may release it; a handle call's belongs to the cluster."""
         if not isinstance(body, SharingRequest):
             try:
                 body = SharingRequest.model_validate(body)
             except ValidationError as exc:
                 field, message = describe_error(exc.errors()[0])
                 raise InvalidRequestError(f"invalid sharing request: {field}: {message}", field=field) from None
-        record = await self._call_sharing("request", body)
+        self._check_priority(body.priority, caller)
+        owner, key = self._claim(caller)
+        record = await self._call_sharing("request", body, owner)
         await self._scheduler.sharing_changed.remote()
-        return record
+        return record.model_copy(update={"owner_key": key}) if key else record
 
     async def get_sharing(self, record_id: str) -> Allocation:
         return await self._call_sharing("get", record_id)
 
-    async def release_resources(self, record_id: str) -> Allocation:
+    async def release_resources(self, record_id: str, caller: Caller | None = None) -> Allocation:
         """End an allocation (running tasks finish first) or withdraw a pending request."""
-        record = await self._call_sharing("release", record_id)
+        record = await self._call_sharing("release", record_id, caller)
         await self._scheduler.sharing_changed.remote()
         return record
 
@@ -448,8 +483,8 @@ class Ingress:
         return await self.list_tasks()
 
     @fastapi_app.post(f"/{API_VERSION}/jobs", response_model=JobStatus, response_model_exclude_none=True)
-    async def http_submit(self, body: JobSubmission) -> JSONResponse:
-        status = await self.submit_job(body)
+    async def http_submit(self, body: JobSubmission, request: Request) -> JSONResponse:
+        status = await self._submit(body, None, _caller(request))
         code = 200 if status.state in ("succeeded", "failed", "cancelled") else 202
         return FiniteJSONResponse(status.model_dump(mode="json", exclude_none=True), status_code=code)
 
@@ -465,8 +500,9 @@ class Ingress:
         return await self.get_job(job_id, results)
 
     @fastapi_app.delete(f"/{API_VERSION}/jobs/{{job_id}}", response_model=JobStatus, response_model_exclude_none=True)
-    async def http_cancel(self, job_id: str) -> JobStatus:
-        return await self.cancel_job(job_id)
+    async def http_cancel(self, job_id: str, request: Request) -> JobStatus:
+        """Only whoever made the job may cancel it: its token identity, or its owner key."""
+        return await self.cancel_job(job_id, _caller(request))
 
     @fastapi_app.get(f"/{API_VERSION}/decisions", response_model=RecentDecisions)
     async def http_decisions(self, limit: int = Query(50, ge=0, le=500),
@@ -482,20 +518,22 @@ class Ingress:
 
     @fastapi_app.post(f"/{API_VERSION}/schedule", response_model=SchedulingDecision)
     async def http_schedule(self, body: SchedulingRequest, lease_s: float = Query(300.0, gt=0, le=86400),
-                            wait_s: float = Query(30.0, ge=0, le=600)) -> SchedulingDecision:
-        return await self.schedule(body, lease_s, wait_s)
+                            wait_s: float = Query(30.0, ge=0, le=600), request: Request = None) -> SchedulingDecision:
+        return await self.schedule(body, lease_s, wait_s, _caller(request))
 
     @fastapi_app.post(f"/{API_VERSION}/schedule/{{task_id}}/complete")
-    async def http_complete(self, task_id: str, body: CompletionReport | None = None) -> dict[str, Any]:
-        return await self.complete(task_id, body.ok if body else True, body.duration_s if body else None)
+    async def http_complete(self, task_id: str, request: Request, body: CompletionReport | None = None) -> dict[str, Any]:
+        """Only whoever made the reservation may complete it: its token identity, or its owner key."""
+        return await self.complete(task_id, body.ok if body else True, body.duration_s if body else None,
+                                   _caller(request))
 
     @fastapi_app.get(f"/{API_VERSION}/sharing", response_model=SharingStatus)
     async def http_sharing_status(self) -> SharingStatus:
         return await self.sharing_status()
 
     @fastapi_app.post(f"/{API_VERSION}/sharing", response_model=Allocation)
-    async def http_sharing_request(self, body: SharingRequest) -> JSONResponse:
-        record = await self.request_resources(body)
+    async def http_sharing_request(self, body: SharingRequest, request: Request) -> JSONResponse:
+        record = await self.request_resources(body, _caller(request))
         return FiniteJSONResponse(record.model_dump(mode="json"), status_code=201 if record.state == "active" else 202)
 
     @fastapi_app.get(f"/{API_VERSION}/sharing/{{record_id}}", response_model=Allocation)
@@ -503,8 +541,9 @@ class Ingress:
         return await self.get_sharing(record_id)
 
     @fastapi_app.post(f"/{API_VERSION}/sharing/{{record_id}}/release", response_model=Allocation)
-    async def http_sharing_release(self, record_id: str) -> Allocation:
-        return await self.release_resources(record_id)
+    async def http_sharing_release(self, record_id: str, request: Request) -> Allocation:
+        """Only whoever made the allocation may release it: its token identity, or its owner key."""
+        return await self.release_resources(record_id, _caller(request))
 
     # ================================================================== the web page
 

@@ -14,7 +14,9 @@ The hot path never waits for a Serve call: the Scheduler places tasks ahead of f
 (the lookahead), so when a task ends Ray already holds the slot's next task and starts it on
 the same leased worker. The runner only records the end; a reporter sends the batch of ends
 (with run times) at most every `REPORT_SPACING_S` and dispatches the placements the reply
-carries, which refill the lookahead.
+carries, which refill the lookahead. Tasks learned to run far under a millisecond go to Ray
+several to one Ray task (`chunk_sizes`, `run_chunk`): Ray's own cost per task is then paid
+once per chunk. Each keeps its own decision, outcome and report.
 
 A task whose worker or node died is placed again (up to `MAX_ATTEMPTS`): the runner reports
 the lost attempt (its reservation frees) together with the task, queued anew, and the node Ray
@@ -30,6 +32,7 @@ the job again (`adopt`): what runs where, what the job placed per node, what wai
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import pickle
 import time
 import uuid
@@ -40,12 +43,14 @@ from typing import Any, Awaitable, Callable
 import ray
 from ray.serve.handle import DeploymentHandle
 
-from grid_serve.errors import GoneError, GridError, InvalidRequestError, NotFoundError
+from grid_serve.access import Caller, may_touch, refusal_to_touch
+from grid_serve.errors import ForbiddenError, GoneError, GridError, InvalidRequestError, NotFoundError
 from grid_serve.ledger import Completion
 from grid_serve.limits import Limits
+from grid_serve.lookahead import chunk_sizes
 from grid_serve.models import (JobState, JobStatus, JobSubmission, ResourceRequirement, SchedulingDecision, SchedulingRequest,
                                SchedulingStrategy, TaskOutcome)
-from grid_serve.tasks import TaskType, load_task_modules, run_task
+from grid_serve.tasks import TaskType, load_task_modules, run_chunk, run_task
 
 from ._common import call_with_timeout, logger
 
@@ -56,12 +61,15 @@ REPORT_SPACING_S = 0.05  # at most ~20 reports a second per job: the lookahead (
 CALL_TIMEOUT_S = 30.0
 SCHEDULER_GRACE_S = 60.0  # how long a job rides out an unreachable Scheduler before it fails
 MAX_ATTEMPTS = 3  # runs of one task when its worker or node dies under it
+CHUNK_OVERRUN = 2.0  # a chunk hands back its rest once it has run this many times its budget
 _run_remote = ray.remote(run_task)
+_run_chunk_remote = ray.remote(run_chunk)
 # Ray's errors for a task whose worker, raylet or node went away (not the task's own error:
 # run_task catches those and returns them in its envelope)
 LOST_WORKER = (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError, ray.exceptions.TaskUnschedulableError,
                ray.exceptions.LocalRayletDiedError, ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError)
 LOST_NODE = (ray.exceptions.NodeDiedError, ray.exceptions.TaskUnschedulableError)
+CANCELLED = (ray.exceptions.TaskCancelledError, asyncio.CancelledError, concurrent.futures.CancelledError)
 
 
 def _size_of(value: Any) -> int:
@@ -87,6 +95,7 @@ class _Job:
     fn_ref: Any  # what dispatch passes as the function: a registered task itself, or an object ref
     task_name: str
     requirements: ResourceRequirement  # the task type's default, for requests made again
+    owner: str | None = None  # who may cancel it (grid_serve.access)
     submitted_at: float = field(default_factory=time.time)
     waiting: dict[str, SchedulingRequest] = field(default_factory=dict)  # not yet placed, by task id
     running: dict[int, tuple[SchedulingDecision, ray.ObjectRef]] = field(default_factory=dict)
@@ -96,6 +105,8 @@ class _Job:
     lost_nodes: set[str] = field(default_factory=set)  # node ids Ray said died, not yet told
     attempts: dict[int, int] = field(default_factory=dict)  # task index -> runs started, when more than one
     placed_per_node: dict[str, int] = field(default_factory=dict)  # node id -> tasks placed there
+    run_s: dict[str, float] = field(default_factory=dict)  # node id -> learned run time (the Scheduler's)
+    ray_tasks: int = 0  # Ray tasks submitted for it (a chunk counts once)
     cancelled: bool = False
     finished_at: float | None = None
     error: str | None = None
@@ -137,7 +148,7 @@ class _Job:
             job_id=self.id, task=self.task_name, strategy=self.spec.strategy, priority=self.spec.priority,
             state=self.state, total=self.spec.task_count, queued=len(self.waiting), running=len(self.running),
             succeeded=sum(1 for o in self.outcomes.values() if o.ok), failed=failed, cancelled=cancelled,
-            per_node=dict(sorted(per_node.items())), submitted_at=self.submitted_at,
+            per_node=dict(sorted(per_node.items())), ray_tasks=self.ray_tasks, submitted_at=self.submitted_at,
             finished_at=self.finished_at, error=self.error, results=results,
         )
 
@@ -149,16 +160,22 @@ class _PinnedFunctions:
     def __init__(self) -> None:
         self._cache: dict[tuple, Any] = {}
 
-    def for_decision(self, decision: SchedulingDecision) -> Any:
-        key = (decision.node_id, decision.placement_group_id, decision.bundle_index,
-               tuple(sorted(decision.resources.items())))
+    @staticmethod
+    def key_of(decision: SchedulingDecision) -> tuple:
+        """Decisions with equal keys run alike: the same node, bundle and resources."""
+        return (decision.node_id, decision.placement_group_id, decision.bundle_index,
+                tuple(sorted(decision.resources.items())))
+
+    def for_decision(self, decision: SchedulingDecision, chunk: bool = False) -> Any:
+        key = (self.key_of(decision), chunk)
         remote = self._cache.get(key)
         if remote is None:
             if len(self._cache) > 4096:
                 self._cache.clear()
             # max_retries=0: Ray would retry a lost task on the node it is pinned to, dead or
             # not; the runner places it again instead (MAX_ATTEMPTS)
-            remote = self._cache[key] = _run_remote.options(**decision.ray_options(), max_retries=0)
+            remote = self._cache[key] = (_run_chunk_remote if chunk else _run_remote).options(
+                **decision.ray_options(), max_retries=0)
         return remote
 
 
@@ -166,8 +183,12 @@ class JobRunner:
     """Runs the jobs submitted through one Ingress replica (a detached, named async actor)."""
 
     def __init__(self, scheduler: DeploymentHandle, task_modules: list[str], name: str, tag: str,
-                 parent: tuple[str, str] | None, interval_s: float = 1.0, limits: Limits | None = None) -> None:
+                 parent: tuple[str, str] | None, interval_s: float = 1.0, limits: Limits | None = None,
+                 chunk_s: float = 0.0) -> None:
+        """`chunk_s`: learned run time a Ray task may carry when very short tasks share one
+        (the app's `chunk_ms`); 0 runs every task as its own Ray task."""
         self._scheduler = scheduler
+        self._chunk_s = chunk_s
         self._limits = limits or Limits()
         self._tasks: dict[str, TaskType] = load_task_modules(task_modules)
         self._name = name
@@ -188,8 +209,10 @@ class JobRunner:
         self._start()
         return self._name
 
-    async def submit_job(self, spec: JobSubmission, fn: Callable[..., Any] | None = None) -> JobStatus:
-        """Start a job (a caller's own `fn`, or a registered task); waits when `spec.wait`."""
+    async def submit_job(self, spec: JobSubmission, fn: Callable[..., Any] | None = None,
+                         owner: str | None = None) -> JobStatus:
+        """Start a job (a caller's own `fn`, or a registered task); waits when `spec.wait`.
+        Only `owner` may cancel it (`grid_serve.access`)."""
         self._start()
         custom = fn is not None
         task_name, fn, default = self._resolve_task(spec, fn)
@@ -202,7 +225,7 @@ class JobRunner:
         # A registered task travels inline (pickled by reference: a few bytes); a caller's own
         # function goes to the object store once per job rather than once per task.
         job = _Job(id=job_id, spec=spec, fn_ref=ray.put(fn) if custom else fn, task_name=task_name, requirements=default,
-                   waiting={request.task_id: request for request in requests})
+                   owner=owner, waiting={request.task_id: request for request in requests})
         self._jobs[job.id] = job
         self._epoch = self._epoch or placements.epoch
         self._take(job, placements)
@@ -222,16 +245,17 @@ class JobRunner:
     async def list_jobs(self) -> list[JobStatus]:
         return [job.status() for job in self._jobs.values()]
 
-    async def cancel_job(self, job_id: str) -> JobStatus:
+    async def cancel_job(self, job_id: str, caller: Caller | None = None) -> JobStatus:
         job = self._job(job_id)
+        if not may_touch(caller, job.owner):
+            raise ForbiddenError(refusal_to_touch(job.owner, f"job {job_id}"), field="job_id")
         if job.done.is_set():
             return job.status()
         job.cancelled = True
         for task_id in await self._ask(lambda: self._scheduler.cancel.remote(job.id)):
             if job.waiting.pop(task_id, None) is not None:
                 self._record(job, job.index_of(task_id), None, ok=False, error="cancelled")
-        for _, ref in list(job.running.values()):
-            ray.cancel(ref, force=False)
+        self._cancel_running(job)
         job.news.set()
         return job.status()
 
@@ -252,6 +276,8 @@ class JobRunner:
         cancelled job never run; they are reported back as ended so their room frees."""
         if not placements.known and not job.done.is_set():
             self._spawn(self._adopt(job), f"register job {job.id} again")
+        job.run_s.update(placements.run_s)
+        alike: dict[tuple, list[tuple[int, SchedulingDecision]]] = {}  # pinned alike: may share a Ray task
         for decision in placements.placed:
             if job.waiting.pop(decision.task_id, None) is None:
                 continue  # already placed (a duplicate after a re-registration)
@@ -261,35 +287,76 @@ class JobRunner:
                 self._record(job, index, decision, ok=False, error="cancelled")
                 job.unreported.append(Completion(task_id=decision.task_id, ok=False))
                 continue
-            args, kwargs = job.spec.call_args(index)
-            ref = self._pinned.for_decision(decision).remote(job.fn_ref, args, kwargs)
-            job.running[index] = (decision, ref)
-            ref.future().add_done_callback(partial(self._from_ray_thread, asyncio.get_running_loop(), job, index))
+            alike.setdefault(_PinnedFunctions.key_of(decision), []).append((index, decision))
+        for tasks in alike.values():
+            self._dispatch(job, tasks)
         for rejection in placements.rejected:
             if job.waiting.pop(rejection.task_id, None) is not None:
                 self._record(job, job.index_of(rejection.task_id), None, ok=False, error=rejection.reason)
         job.news.set()
 
-    def _from_ray_thread(self, loop: asyncio.AbstractEventLoop, job: _Job, index: int, future: Any) -> None:
-        loop.call_soon_threadsafe(self._ended, job, index, future)
+    def _dispatch(self, job: _Job, tasks: list[tuple[int, SchedulingDecision]]) -> None:
+        """Hand Ray tasks placed alike: one Ray task each, or several per Ray task when they are
+        learned to be very short. A task placed again after a lost attempt runs alone, so a
+        task that kills its worker cannot take others down with it twice."""
+        loop = asyncio.get_running_loop()
+        first = tasks[0][1]
+        sizes = chunk_sizes(len(tasks), job.run_s.get(first.node_id), self._chunk_s)
+        start = 0
+        for size in sizes:
+            chunk = tasks[start:start + size]
+            start += size
+            if size > 1 and any(index in job.attempts for index, _ in chunk):
+                for task in chunk:
+                    self._dispatch(job, [task])
+                continue
+            calls = [job.spec.call_args(index) for index, _ in chunk]
+            if size == 1:
+                args, kwargs = calls[0]
+                ref = self._pinned.for_decision(first).remote(job.fn_ref, args, kwargs)
+            else:
+                ref = self._pinned.for_decision(first, chunk=True).remote(job.fn_ref, calls,
+                                                                          CHUNK_OVERRUN * self._chunk_s)
+            job.ray_tasks += 1
+            indices = [index for index, _ in chunk]
+            for index, decision in chunk:
+                job.running[index] = (decision, ref)
+            ref.future().add_done_callback(partial(self._from_ray_thread, loop, job, indices))
 
-    def _ended(self, job: _Job, index: int, future: Any) -> None:
-        """A task finished (Ray already started the slot's next one): record it, nothing more."""
+    def _from_ray_thread(self, loop: asyncio.AbstractEventLoop, job: _Job, indices: list[int], future: Any) -> None:
+        loop.call_soon_threadsafe(self._ended, job, indices, future)
+
+    def _ended(self, job: _Job, indices: list[int], future: Any) -> None:
+        """A Ray task finished (Ray already started the slot's next one): record its tasks,
+        nothing more. A chunk that stopped early hands back the tasks it did not run: they go
+        to Ray again on their own, on the node they were placed on."""
+        try:
+            value, failure = future.result(), None
+        except (Exception, asyncio.CancelledError) as exc:  # Ray's error for the whole Ray task: each of its tasks gets it
+            value, failure = None, exc
+        envelopes = value if isinstance(value, list) else [value] * len(indices)
+        for index, envelope in zip(indices, envelopes):
+            self._task_ended(job, index, envelope, failure)
+        leftover = [(index, job.running[index][0]) for index in indices[len(envelopes):] if index in job.running]
+        for task in leftover:
+            self._dispatch(job, [task])
+
+    def _task_ended(self, job: _Job, index: int, envelope: dict[str, Any] | None,
+                    failure: BaseException | None) -> None:
         entry = job.running.pop(index, None)
         if entry is None:
             return
         decision, _ = entry
-        try:
-            envelope = future.result()
+        if failure is None:
             ok, error = envelope["ok"], envelope["error"]
-        except (ray.exceptions.TaskCancelledError, asyncio.CancelledError):
+        elif isinstance(failure, CANCELLED):
             envelope, ok, error = None, False, "cancelled"
-        except LOST_WORKER as exc:
-            if self._place_again(job, index, decision, exc):
+        elif isinstance(failure, LOST_WORKER):
+            if self._place_again(job, index, decision, failure):
                 return
-            envelope, ok, error = None, False, self._lost_reason(job, index, decision, exc)
-        except Exception as exc:  # anything else Ray raised: a failed task, not a failed job
-            envelope, ok, error = None, False, f"{type(exc).__name__}: {exc}"
+            envelope, ok, error = None, False, self._lost_reason(job, index, decision, failure)
+        else:  # anything else Ray raised: a failed task, not a failed job
+            envelope, ok, error = None, False, f"{type(failure).__name__}: {failure}"
         self._record(job, index, decision, ok, error, envelope)
         # model_construct: these values come from our own envelope, and validating two models per
         # task was a visible share of the runner's CPU on the no-op path (py-spy)
@@ -367,8 +434,8 @@ class JobRunner:
                 await asyncio.sleep(self._interval_s / 2)
 
     async def _end(self, job: _Job) -> None:
-        for index, (decision, ref) in list(job.running.items()):  # only after a failure: stop what runs
-            ray.cancel(ref, force=False)
+        self._cancel_running(job)  # only after a failure: stop what runs
+        for index, (decision, _) in list(job.running.items()):
             self._record(job, index, decision, ok=False, error=job.error or "cancelled")
         job.running.clear()
         for task_id in list(job.waiting):
@@ -383,6 +450,12 @@ class JobRunner:
             await self._ask(lambda: self._scheduler.finished.remote(job.id, None, batch), grace_s=CALL_TIMEOUT_S)
         except Exception:  # its lease lapses and the Scheduler reclaims it anyway
             logger.warning("could not tell the Scheduler that job %s finished; its lease will lapse", job.id)
+
+    @staticmethod
+    def _cancel_running(job: _Job) -> None:
+        """Ask Ray to stop what the job has running (a chunk once, however many tasks it holds)."""
+        for ref in {ref for _, ref in job.running.values()}:
+            ray.cancel(ref, force=False)
 
     async def _wait(self, job: _Job, timeout_s: float) -> None:
         try:

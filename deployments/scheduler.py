@@ -27,8 +27,9 @@ from dataclasses import dataclass, field, replace
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from grid_serve.errors import InvalidRequestError, TooBusyError
-from grid_serve.ledger import Completion, Ledger, Reservation
+from grid_serve.access import Caller, may_touch, refusal_to_touch
+from grid_serve.errors import ForbiddenError, InvalidRequestError, TooBusyError
+from grid_serve.ledger import EXTERNAL_PREFIX, Completion, Ledger, Reservation
 from grid_serve.decision_log import DecisionLog
 from grid_serve.limits import Limits
 from grid_serve.models import (ClusterStatus, NodeStatus, PlacementHistory, QueueLevel, RecentDecisions,
@@ -60,6 +61,7 @@ class Placements:
     queued: int = 0
     epoch: str = ""
     known: bool = True  # False: this Scheduler does not know the group (restarted, or lease lapsed)
+    run_s: dict[str, float] = field(default_factory=dict)  # node id -> learned run time of the placed tasks' type
 
 
 @dataclass
@@ -68,6 +70,7 @@ class _Meta:
     group: str
     lease_s: float | None
     priority: TaskPriority = TaskPriority.NORMAL
+    owner: str | None = None  # who may complete a /v1/schedule reservation (grid_serve.access)
 
 
 @serve.deployment(**INTERNAL_OPTIONS)
@@ -253,7 +256,17 @@ class Scheduler:
         placements.queued = self._core.queued_by_group().get(group, 0)
         placements.epoch = self._epoch
         placements.known = self._owners.knows(group) or group in self._meta
+        if placements.placed:
+            placements.run_s = self._learned_run_s(placements.placed[0].task_id)
         return placements
+
+    def _learned_run_s(self, task_id: str) -> dict[str, float]:
+        """What tasks of this one's type took per node lately: the runner sizes its chunks by it."""
+        meta = self._meta.get(task_id)
+        if meta is None:
+            return {}
+        return {node_id: seconds for (node_id, kind), seconds in self._ledger.durations.items()
+                if kind == meta.task_type}
 
     def _release(self, completions: list[Completion]) -> list[Reservation]:
         released = self._ledger.release(completions)
@@ -288,10 +301,11 @@ class Scheduler:
     # ------------------------------------------------------------------ the runner's API
 
     async def submit(self, requests: list[SchedulingRequest], lease_s: float | None = None,
-                     runner: str | None = None) -> Placements:
+                     runner: str | None = None, owner: str | None = None) -> Placements:
         """Queue `requests` and place what fits now. Returns the caller's group's news at once;
         later placements come with `report` replies or from `wait_placed`. All requests must
-        share one group. With `runner`, the group is a job that runner owns and renews."""
+        share one group. With `runner`, the group is a job that runner owns and renews; `owner`
+        is who may complete a leased reservation (`complete_external`)."""
         groups = {request.group for request in requests}
         if len(groups) != 1:
             raise ValueError("submit() takes the requests of one job (one group) at a time")
@@ -307,7 +321,7 @@ class Scheduler:
             if runner is not None:
                 self._owners.register(group, runner)
             for request in requests:
-                self._meta[request.task_id] = _Meta(request.task_type, request.group, lease_s, request.priority)
+                self._meta[request.task_id] = _Meta(request.task_type, request.group, lease_s, request.priority, owner)
             self._drain_locked(requests)
             placements = self._collect(group)
         # Once per job, so the copy shows a new job's placements when submit returns; bounded,
@@ -418,12 +432,16 @@ class Scheduler:
             self._drain_locked()
         return len(released)
 
-    async def complete_external(self, completion: Completion) -> int:
+    async def complete_external(self, completion: Completion, caller: Caller | None = None) -> int:
         """A `/v1/schedule` caller reports its task. Only leased reservations qualify: a job's
-        tasks are released by the job's own runner, never by a guess at their ids."""
+        tasks are released by the job's own runner, never by a guess at their ids; and only
+        their owner may report them."""
         meta = self._meta.get(completion.task_id)
         if meta is None or meta.lease_s is None:
             return 0
+        if not may_touch(caller, meta.owner):
+            what = f"reservation {completion.task_id.removeprefix(EXTERNAL_PREFIX)}"
+            raise ForbiddenError(refusal_to_touch(meta.owner, what), field="task_id")
         return await self.complete([completion])
 
     # ------------------------------------------------------------------ status

@@ -18,7 +18,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 
+from grid_serve.access import Caller, may_touch, refusal_to_touch
 from grid_serve.config import ClusterConfig
+from grid_serve.errors import ForbiddenError
 from grid_serve.models import NODE_LABEL
 from grid_serve.sharing import (
     PLACEMENT_GROUP_PREFIX,
@@ -87,13 +89,14 @@ class SharingManager:
 
     # ------------------------------------------------------------------ API
 
-    async def request(self, body: SharingRequest | dict[str, Any]) -> Allocation:
-        """Grant now (preempting if the priority allows), or queue until a donor has room."""
+    async def request(self, body: SharingRequest | dict[str, Any], owner: str | None = None) -> Allocation:
+        """Grant now (preempting if the priority allows), or queue until a donor has room.
+        Only `owner` may release it (a handle call may release anything)."""
         request = body if isinstance(body, SharingRequest) else SharingRequest.model_validate(body)
         view, available, in_flight = await self._observe()
         async with self._lock:
             self._ledger.set_in_flight(in_flight)
-            record, changes = self._ledger.submit(request, view, available)
+            record, changes = self._ledger.submit(request, view, available, owner)
             self._apply(changes)
         if record.state == "active":
             await self._wait_ready(record.id)
@@ -102,8 +105,11 @@ class SharingManager:
     async def get(self, record_id: str) -> Allocation:
         return self._ledger.get(record_id)
 
-    async def release(self, record_id: str) -> Allocation:
+    async def release(self, record_id: str, caller: Caller | None = None) -> Allocation:
         """End it: no new tasks go in; the group goes once its running tasks finish."""
+        owner = self._ledger.get(record_id).owner
+        if not may_touch(caller, owner):
+            raise ForbiddenError(refusal_to_touch(owner, f"allocation {record_id}"), field="id")
         async with self._lock:
             record, changes = self._ledger.release(record_id)
             self._apply(changes)

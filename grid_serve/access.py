@@ -10,13 +10,22 @@ Three rules, checked on every request before any route runs:
   - with a token configured, what starts, cancels or releases work, or reads results, needs
     `Authorization: Bearer <token>` (401 otherwise). Status reads stay open.
 Handle calls never come through here: they run inside the cluster under Ray's trust model.
+
+Ownership (`Caller`): a job, a `/v1/schedule` reservation or a sharing allocation made over
+HTTP can be cancelled, completed or released only by whoever made it: the same token identity
+when tokens are configured (`token_env` holding `name=token,name=token`, or one bare token),
+else the holder of the owner key returned when it was made (`owner_key` in the answer, sent
+back in the `X-Grid-Owner-Key` header). What a handle call made belongs to the cluster: only
+handle calls touch it. `critical_callers` limits `critical` priority to named identities.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import urlsplit
 
@@ -42,10 +51,92 @@ class Refusal:
     field: str = "headers"
 
 
+OWNER_KEY_HEADER = "x-grid-owner-key"
+CLUSTER_OWNER = "cluster"  # made by a handle call inside the cluster
+SINGLE_TOKEN_IDENTITY = "token"  # who holds the one token, when token_env holds a bare token
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent an HTTP request: the identity of its token, and the owner key it showed."""
+
+    identity: str | None = None
+    key: str | None = None
+
+    def claim(self) -> tuple[str, str | None]:
+        """The owner of what this caller makes now, and the key to hand back (a fresh one
+        when the caller has no identity: only its holder may touch what it made)."""
+        if self.identity is not None:
+            return f"id:{self.identity}", None
+        key = secrets.token_urlsafe(18)
+        return key_owner(key), key
+
+
+def key_owner(key: str) -> str:
+    """An owner key as stored: its hash, so no listing or log ever shows a usable key."""
+    return "key:" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def may_touch(caller: Caller | None, owner: str | None) -> bool:
+    """Whether `caller` may cancel, complete or release what `owner` made. A handle call
+    (`caller` None) may touch anything; nothing made over HTTP is the cluster's.
+
+    >>> owner, key = Caller().claim()
+    >>> may_touch(Caller(key=key), owner), may_touch(Caller(key="guess"), owner), may_touch(Caller(), owner)
+    (True, False, False)
+    >>> may_touch(Caller(identity="ana"), "id:ana"), may_touch(Caller(identity="bo"), "id:ana")
+    (True, False)
+    >>> may_touch(None, CLUSTER_OWNER), may_touch(Caller(identity="ana"), CLUSTER_OWNER)
+    (True, False)
+    """
+    if caller is None or owner is None:
+        return True
+    if owner.startswith("id:"):
+        return caller.identity is not None and hmac.compare_digest(owner, f"id:{caller.identity}")
+    if owner.startswith("key:"):
+        return caller.key is not None and hmac.compare_digest(owner, key_owner(caller.key))
+    return False
+
+
+def refusal_to_touch(owner: str | None, what: str) -> str:
+    """Why a caller may not touch `what`: said the same way for jobs, reservations and allocations."""
+    if owner == CLUSTER_OWNER:
+        return f"{what} was made by a handle call inside the cluster; cancel or release it through the handle"
+    if owner is not None and owner.startswith("id:"):
+        return f"{what} belongs to {owner[3:]!r}; only that token may cancel, complete or release it"
+    return (f"{what} belongs to whoever made it: send its owner_key (returned when it was made) in the "
+            "X-Grid-Owner-Key header")
+
+
+def parse_tokens(value: str | None) -> dict[str, str]:
+    """`token_env`'s value: `name=token` pairs separated by commas, or one bare token.
+
+    >>> parse_tokens("ana=s3cret, bo=0ther"), parse_tokens("s3cret"), parse_tokens(None)
+    ({'ana': 's3cret', 'bo': '0ther'}, {'token': 's3cret'}, {})
+    """
+    if not value or not value.strip():
+        return {}
+    if "=" not in value:
+        return {SINGLE_TOKEN_IDENTITY: value.strip()}
+    tokens: dict[str, str] = {}
+    for pair in value.split(","):
+        name, _, token = pair.strip().partition("=")
+        if not name.strip() or not token.strip():
+            raise ValueError("token_env must hold `name=token` pairs separated by commas, or one bare token")
+        tokens[name.strip()] = token.strip()
+    return tokens
+
+
 @dataclass(frozen=True)
 class AccessPolicy:
-    token: str | None = None
+    tokens: Mapping[str, str] = field(default_factory=dict)  # identity -> token
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    critical_callers: tuple[str, ...] | None = None  # identities that may use `critical`; None: anyone
+
+    @property
+    def token(self) -> bool:
+        """Whether any token is configured (routes that change work then need one)."""
+        return bool(self.tokens)
 
     def refusal(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str]) -> Refusal | None:
         """Why this request may not go on, or None. `headers` keys are lower-case."""
@@ -66,8 +157,24 @@ class AccessPolicy:
         return ANY_HOST in self.allowed_hosts or name in self.allowed_hosts
 
     def _has_token(self, headers: Mapping[str, str]) -> bool:
+        return self.identity_of(headers) is not None
+
+    def identity_of(self, headers: Mapping[str, str]) -> str | None:
+        """The identity whose token the request carries, if any (every token is compared)."""
         scheme, _, given = headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), (self.token or "").encode())
+        if scheme.lower() != "bearer":
+            return None
+        found = None
+        for identity, token in self.tokens.items():
+            if hmac.compare_digest(given.strip().encode(), token.encode()):
+                found = identity
+        return found
+
+    def caller(self, headers: Mapping[str, str]) -> Caller:
+        return Caller(identity=self.identity_of(headers), key=headers.get(OWNER_KEY_HEADER) or None)
+
+    def may_use_critical(self, caller: Caller | None) -> bool:
+        return caller is None or self.critical_callers is None or caller.identity in self.critical_callers
 
 
 def host_name(host: str) -> str:

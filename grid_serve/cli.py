@@ -23,10 +23,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .client import AppUnreachableError, GridClient, default_address
+from .client import AppUnreachableError, GridClient, OwnerKeys, default_address
 from .config import ClusterConfig, ConfigError, NodeConfig, load_cluster_config
 from .errors import GridError, InvalidRequestError, NotFoundError, describe_error
-from .local_cluster import DEFAULT_CONFIG, DEFAULT_SERVE_CONFIG, LOOPBACK, listener_on, log_file, read_state, state_file
+from .local_cluster import (DEFAULT_CONFIG, DEFAULT_SERVE_CONFIG, LOOPBACK, listener_on, log_file, read_state, state_dir,
+                           state_file)
 from .sharing import Allocation, ResourceType, SharingRequest, config_capacity_rows, parse_duration, status_tables
 from .models import (NODE_LABEL, ClusterStatus, JobStatus, JobSubmission, NodeStatus, ResourceRequirement,
                      SchedulingStrategy, TaskPriority)
@@ -65,7 +66,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def connect(address: str | None) -> GridClient:
-    return GridClient(address or default_address(), timeout_s=60.0)
+    """A client that keeps owner keys in $GRID_HOME: `release` finds what an earlier `request` made."""
+    return GridClient(address or default_address(), timeout_s=60.0, owner_keys=OwnerKeys(state_dir() / "owner-keys.json"))
 
 
 # ================================================================== up / down

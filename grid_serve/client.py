@@ -9,18 +9,21 @@ between them. `IntelligentScheduler` is the user guide's name for the handle-sid
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 import httpx
 
-from .errors import GoneError, GridError, InvalidRequestError, NoCapacityError, NotFoundError, TooBusyError
+from .access import OWNER_KEY_HEADER
+from .errors import ForbiddenError, GoneError, GridError, InvalidRequestError, NoCapacityError, NotFoundError, TooBusyError
 from .models import ClusterStatus, JobStatus, JobSubmission, SchedulingDecision, SchedulingRequest
 from .sharing import Allocation, SharingRequest, SharingStatus
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8000"
 APP_NAME = "grid"
-_ERRORS_BY_STATUS = {404: NotFoundError, 410: GoneError, 422: InvalidRequestError, 429: TooBusyError, 503: NoCapacityError}
+_ERRORS_BY_STATUS = {403: ForbiddenError, 404: NotFoundError, 410: GoneError, 422: InvalidRequestError, 429: TooBusyError, 503: NoCapacityError}
 
 
 class AppUnreachableError(GridError):
@@ -64,14 +67,53 @@ def connect_ray() -> None:
         ray.init(address=ray_address(), log_to_driver=False)
 
 
-class GridClient:
-    """The HTTP API, typed. `GridClient()` talks to `$GRID_ADDRESS` or http://127.0.0.1:8000."""
+class OwnerKeys:
+    """The owner keys of what a client made (without a token, only their holder may cancel,
+    complete or release it): kept in memory, or in a file when given one (the CLI keeps
+    them in `$GRID_HOME/owner-keys.json`, so `release` in one command finds what `request`
+    made in another). The newest `KEPT` are kept."""
 
-    def __init__(self, address: str | None = None, timeout_s: float = 30.0) -> None:
+    KEPT = 1000
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._path = path
+        self._keys: dict[str, str] = self._load()
+
+    def _load(self) -> dict[str, str]:
+        try:
+            data = json.loads(self._path.read_text()) if self._path else {}
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def remember(self, what: str, key: str | None) -> None:
+        if not key:
+            return
+        self._keys[what] = key
+        while len(self._keys) > self.KEPT:
+            del self._keys[next(iter(self._keys))]
+        if self._path:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._path.write_text(json.dumps(self._keys))
+            self._path.chmod(0o600)  # a key lets its holder cancel what it made
+
+    def headers(self, what: str) -> dict[str, str]:
+        key = self._keys.get(what)
+        return {OWNER_KEY_HEADER: key} if key else {}
+
+
+class GridClient:
+    """The HTTP API, typed. `GridClient()` talks to `$GRID_ADDRESS` or http://127.0.0.1:8000.
+
+    Sends `$GRID_TOKEN` when set; remembers the owner key of each job, reservation and
+    allocation it makes and sends it back to cancel, complete or release them."""
+
+    def __init__(self, address: str | None = None, timeout_s: float = 30.0, owner_keys: OwnerKeys | None = None) -> None:
         self.address = (address or default_address()).rstrip("/")
         token = os.environ.get("GRID_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else None
         self._http = httpx.Client(base_url=self.address, timeout=timeout_s, headers=headers)
+        self.owner_keys = owner_keys or OwnerKeys()
 
     def close(self) -> None:
         self._http.close()
@@ -118,7 +160,9 @@ class GridClient:
         spec = spec if isinstance(spec, JobSubmission) else JobSubmission.model_validate(spec)
         body = spec.model_dump(mode="json", exclude_none=True)
         timeout = spec.timeout_s + 30 if spec.wait else None
-        return JobStatus.model_validate(self._call("POST", "/v1/jobs", json=body, timeout_s=timeout))
+        status = JobStatus.model_validate(self._call("POST", "/v1/jobs", json=body, timeout_s=timeout))
+        self.owner_keys.remember(f"job/{status.job_id}", status.owner_key)
+        return status
 
     def get_job(self, job_id: str, results: bool = False) -> JobStatus:
         return JobStatus.model_validate(self._call("GET", f"/v1/jobs/{job_id}", params={"results": results}))
@@ -133,16 +177,20 @@ class GridClient:
                 for job in self._call("GET", "/v1/jobs", params={"limit": limit, "offset": offset})]
 
     def cancel_job(self, job_id: str) -> JobStatus:
-        return JobStatus.model_validate(self._call("DELETE", f"/v1/jobs/{job_id}"))
+        return JobStatus.model_validate(self._call("DELETE", f"/v1/jobs/{job_id}",
+                                                   headers=self.owner_keys.headers(f"job/{job_id}")))
 
     def schedule(self, request: SchedulingRequest, lease_s: float = 300.0, wait_s: float = 30.0) -> SchedulingDecision:
         body = request.model_dump(mode="json")
         data = self._call("POST", "/v1/schedule", json=body, params={"lease_s": lease_s, "wait_s": wait_s},
                           timeout_s=wait_s + 30)
-        return SchedulingDecision.model_validate(data)
+        decision = SchedulingDecision.model_validate(data)
+        self.owner_keys.remember(f"schedule/{decision.task_id}", decision.owner_key)
+        return decision
 
     def complete(self, task_id: str, ok: bool = True, duration_s: float | None = None) -> dict[str, Any]:
-        return self._call("POST", f"/v1/schedule/{task_id}/complete", json={"ok": ok, "duration_s": duration_s})
+        return self._call("POST", f"/v1/schedule/{task_id}/complete", json={"ok": ok, "duration_s": duration_s},
+                          headers=self.owner_keys.headers(f"schedule/{task_id}"))
 
     def sharing_status(self) -> SharingStatus:
         return SharingStatus.model_validate(self._call("GET", "/v1/sharing"))
@@ -150,13 +198,16 @@ class GridClient:
     def request_resources(self, request: SharingRequest | dict[str, Any]) -> Allocation:
         """Borrow capacity for a node: `{"node": "gpu-master", "type": "cpu", "amount": 2, "priority": "high"}`."""
         body = request.model_dump(mode="json", exclude_none=True) if isinstance(request, SharingRequest) else request
-        return Allocation.model_validate(self._call("POST", "/v1/sharing", json=body))
+        record = Allocation.model_validate(self._call("POST", "/v1/sharing", json=body))
+        self.owner_keys.remember(f"sharing/{record.id}", record.owner_key)
+        return record
 
     def get_sharing(self, record_id: str) -> Allocation:
         return Allocation.model_validate(self._call("GET", f"/v1/sharing/{record_id}"))
 
     def release_resources(self, record_id: str) -> Allocation:
-        return Allocation.model_validate(self._call("POST", f"/v1/sharing/{record_id}/release"))
+        return Allocation.model_validate(self._call("POST", f"/v1/sharing/{record_id}/release",
+                                                    headers=self.owner_keys.headers(f"sharing/{record_id}")))
 
 
 class HandleClient:

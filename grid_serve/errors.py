@@ -35,6 +35,12 @@ class NotFoundError(GridError):
     status = 404
 
 
+class ForbiddenError(GridError):
+    """The caller may not touch this: another caller made it, or it asks for what it may not use."""
+
+    status = 403
+
+
 class TooBusyError(GridError):
     """The app holds as much as it is allowed to (a queue or waiter cap): retry after a while."""
 

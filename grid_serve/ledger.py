@@ -20,6 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 EWMA_ALPHA = 0.3
 
+# /v1/schedule task ids live under this prefix inside the Scheduler, apart from job task ids
+# (`<job id>-<index>`): a caller's id can never address, block or release a job's task
+EXTERNAL_PREFIX = "schedule:"
+
 
 class Completion(BaseModel):
     """A task ended: reported by the Ingress, or by an external submitter for `/v1/schedule`."""

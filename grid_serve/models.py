@@ -186,6 +186,8 @@ class SchedulingDecision(_Model):
     resources: dict[str, float] = Field(default_factory=dict)
     placement_group_id: str | None = None
     bundle_index: int | None = None
+    owner_key: str | None = Field(None, description="only in a /v1/schedule answer made without a token: send it "
+                                                    "as X-Grid-Owner-Key to complete the task")
 
     def ray_options(self) -> dict[str, Any]:
         """`.options(**decision.ray_options())` for a Ray remote function.
@@ -316,6 +318,10 @@ class JobStatus(BaseModel):
     failed: int
     cancelled: int
     per_node: dict[str, int] = Field(default_factory=dict, description="finished tasks per node name")
+    owner_key: str | None = Field(None, description="only in the answer that made the job over HTTP without a token: "
+                                                    "send it as X-Grid-Owner-Key to cancel the job")
+    ray_tasks: int = Field(0, description="Ray tasks that carried this job's tasks so far: fewer than its tasks when "
+                                          "very short ones shared Ray tasks (the app's chunk_ms)")
     submitted_at: float
     finished_at: float | None = None
     error: str | None = None

@@ -151,6 +151,10 @@ class Allocation(BaseModel):
     ready: bool = False
     in_flight: int = 0
     reason: str = ""
+    owner: str | None = Field(None, description="who made it: `id:<token identity>`, `key:<hash of its owner key>`, "
+                                                "or `cluster` (a handle call); only they may release it")
+    owner_key: str | None = Field(None, description="only in the answer that made it over HTTP without a token: "
+                                                    "send it as X-Grid-Owner-Key to release it")
 
     @property
     def ray_bundle(self) -> dict[str, float]:
@@ -280,8 +284,10 @@ class SharingLedger:
     # ------------------------------------------------------------------ transitions
 
     def submit(self, request: SharingRequest, view: ClusterView,
-               available: Mapping[str, Mapping[str, float]] | None = None) -> tuple[Allocation, Changes]:
-        """Record a request and grant it now if it can be (by preemption if it must)."""
+               available: Mapping[str, Mapping[str, float]] | None = None,
+               owner: str | None = None) -> tuple[Allocation, Changes]:
+        """Record a request and grant it now if it can be (by preemption if it must); `owner`
+        alone may release it (`grid_serve.access`)."""
         borrower, donor = self.validate(request, view)
         now = self.clock()
         timeout = request.timeout_s or (self.config.resource_sharing.allocation_timeout_minutes * 60.0
@@ -291,7 +297,7 @@ class SharingLedger:
             id=record_id, borrower=borrower, resource=request.type, amount=request.amount,
             priority=request.priority, state="pending", requested_at=now, duration_s=request.duration_s,
             timeout_at=now + timeout, requested_donor=donor, placement_group=PLACEMENT_GROUP_PREFIX + record_id,
-            reason="waiting for a donor",
+            reason="waiting for a donor", owner=owner,
         )
         changes = self._grant_pending(view, available)
         return self.records[record_id], changes

@@ -155,3 +155,18 @@ def run_task(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) ->
         "ok": ok, "result": result, "error": error, "node_id": here["node_id"], "node_name": here["node"],
         "started_at": started, "duration_s": time.perf_counter() - began,
     }
+
+
+def run_chunk(fn: Callable[..., Any], calls: list[tuple[list[Any], dict[str, Any]]],
+              stop_after_s: float) -> list[dict[str, Any]]:
+    """Run several tasks of one job back to back in one Ray task (very short ones: see
+    `grid_serve.lookahead.chunk_sizes`), one envelope each. Once `stop_after_s` has passed
+    it stops, having run at least one: the caller dispatches the rest on their own, so a task
+    that runs far longer than learned holds back no other task behind it."""
+    began = time.perf_counter()
+    envelopes = []
+    for args, kwargs in calls:
+        if envelopes and time.perf_counter() - began > stop_after_s:
+            break
+        envelopes.append(run_task(fn, args, kwargs))
+    return envelopes

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from grid_serve.access import AccessPolicy, needs_token
+from tests.test_api import owned
 
 OWN = {"host": "127.0.0.1:8000"}
 
@@ -58,7 +59,7 @@ def test_allowed_hosts_extend_the_loopback_default() -> None:
 ])
 def test_what_needs_the_token(method: str, path: str, query: dict[str, str], needed: bool) -> None:
     assert needs_token(method, path, query) is needed
-    policy = AccessPolicy(token="s3cret")
+    policy = AccessPolicy(tokens={"token": "s3cret"})
     refused = policy.refusal(method, "/prefix" + path, query, OWN)
     assert (refused is not None and refused.status == 401) is needed
     assert policy.refusal(method, path, query, {**OWN, "authorization": "Bearer s3cret"}) is None
@@ -82,7 +83,8 @@ def test_the_app_refuses_foreign_hosts_and_cross_site_requests(http: httpx.Clien
     assert http.post("/v1/jobs", json=spec, headers=own_page).status_code in (200, 202)
 
 
-TOKEN = "test-token-0123"
+TOKEN = "test-token-0123"  # alice's
+BOB = "test-token-4567"
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +94,9 @@ def token_app(base_url: str) -> Iterator[str]:
 
     from deployments.app import build_app
 
-    assert os.environ.get("GRID_TEST_TOKEN") == TOKEN
-    serve.run(build_app({"metrics_interval_s": 0.5, "token_env": "GRID_TEST_TOKEN"}), name="grid-auth",
+    assert os.environ.get("GRID_TEST_TOKEN") == f"alice={TOKEN},bob={BOB}"
+    serve.run(build_app({"metrics_interval_s": 0.5, "token_env": "GRID_TEST_TOKEN", "critical_callers": ["alice"]}),
+              name="grid-auth",
               route_prefix="/auth", blocking=False)
     url = f"{base_url}/auth"
     deadline = time.monotonic() + 120
@@ -134,3 +137,53 @@ def test_the_cli_sends_grid_token(token_app: str) -> None:
     assert without.returncode != 0 and "Authorization: Bearer" in without.stderr, without.stderr
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**env, "GRID_TOKEN": TOKEN})
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.cluster
+def test_only_the_maker_of_a_job_reservation_or_allocation_touches_it(http: httpx.Client) -> None:
+    job = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[0, 5.0]]}).json()
+    for headers in ({}, {"X-Grid-Owner-Key": "a-guess"}):
+        refused = http.delete(f"/v1/jobs/{job['job_id']}", headers=headers)
+        assert refused.status_code == 403 and refused.json()["field"] == "job_id", refused.text
+        assert "X-Grid-Owner-Key" in refused.json()["error"]
+    assert http.get(f"/v1/jobs/{job['job_id']}").json()["state"] in ("queued", "running")  # untouched
+    assert http.delete(f"/v1/jobs/{job['job_id']}", headers=owned(job)).json()["state"] == "cancelled"
+
+    decision = http.post("/v1/schedule", json={"task_id": "owned-1"}).json()
+    refused = http.post("/v1/schedule/owned-1/complete")
+    assert refused.status_code == 403 and refused.json()["field"] == "task_id", refused.text
+    assert http.post("/v1/schedule/owned-1/complete", headers=owned(decision)).json()["released"] is True
+
+    record = http.post("/v1/sharing", json={"node": "gpu1", "type": "memory", "amount": 0.5}).json()
+    refused = http.post(f"/v1/sharing/{record['id']}/release")
+    assert refused.status_code == 403 and refused.json()["field"] == "id", refused.text
+    assert http.get(f"/v1/sharing/{record['id']}").json()["state"] in ("active", "pending")
+    assert http.post(f"/v1/sharing/{record['id']}/release", headers=owned(record)).json()["state"] == "released"
+    assert record["owner"].startswith("key:") and record["owner_key"] not in record["owner"]  # only its hash is kept
+
+
+@pytest.mark.cluster
+def test_what_a_handle_call_made_only_handle_calls_touch(http: httpx.Client) -> None:
+    from ray import serve
+
+    handle = serve.get_app_handle("grid")
+    job = handle.submit_job.remote({"task": "sleep_task", "args": [[0, 5.0]]}).result()
+    assert job.owner_key is None  # inside the cluster: Ray's trust model, no key to keep
+    refused = http.delete(f"/v1/jobs/{job.job_id}")
+    assert refused.status_code == 403 and "handle call" in refused.json()["error"], refused.text
+    assert handle.cancel_job.remote(job.job_id).result().state == "cancelled"
+
+
+@pytest.mark.cluster
+def test_with_tokens_each_identity_owns_its_work_and_critical_is_alice_s(token_app: str) -> None:
+    alice, bob = ({"Authorization": f"Bearer {token}"} for token in (TOKEN, BOB))
+    with httpx.Client(base_url=token_app, timeout=60) as http:
+        job = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[0, 5.0]]}, headers=alice).json()
+        assert "owner_key" not in job  # the token is the identity: no key to keep
+        refused = http.delete(f"/v1/jobs/{job['job_id']}", headers=bob)
+        assert refused.status_code == 403 and "'alice'" in refused.json()["error"], refused.text
+        assert http.delete(f"/v1/jobs/{job['job_id']}", headers=alice).json()["state"] == "cancelled"
+        critical = {"task": "compute_task", "count": 1, "priority": "critical", "wait": True}
+        refused = http.post("/v1/jobs", json=critical, headers=bob)
+        assert refused.status_code == 403 and refused.json()["field"] == "priority", refused.text
+        assert http.post("/v1/jobs", json=critical, headers=alice).json()["state"] == "succeeded"

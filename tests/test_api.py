@@ -37,6 +37,12 @@ def submit(http: httpx.Client, **body) -> dict:
     return status
 
 
+def owned(body: dict[str, Any]) -> dict[str, str]:
+    """The header that shows the owner key an HTTP answer handed back (only its holder may
+    cancel, complete or release what it made)."""
+    return {"X-Grid-Owner-Key": body["owner_key"]}
+
+
 def wait_idle(client: GridClient, timeout_s: float = 60) -> None:
     """Let the previous test's tasks drain so each test starts on an idle cluster."""
     deadline = time.monotonic() + timeout_s
@@ -215,10 +221,11 @@ def test_schedule_reserves_until_completed(http: httpx.Client, client: GridClien
     assert decision["node_name"] == "gpu2" and decision["resources"] == {"CPU": 2.0}
     nodes = {node.name: node for node in client.cluster_status().nodes}
     assert nodes["gpu2"].reserved == {"CPU": 2.0} and nodes["gpu2"].in_flight == 1
-    assert http.post("/v1/schedule/external-1/complete", json={"ok": True, "duration_s": 0.5}).status_code == 200
+    assert http.post("/v1/schedule/external-1/complete", json={"ok": True, "duration_s": 0.5},
+                     headers=owned(decision)).status_code == 200
     nodes = {node.name: node for node in client.cluster_status().nodes}
     assert nodes["gpu2"].in_flight == 0
-    again = http.post("/v1/schedule/external-1/complete")
+    again = http.post("/v1/schedule/external-1/complete", headers=owned(decision))
     assert again.status_code == 404 and again.json()["field"] == "task_id"
 
 
@@ -285,7 +292,7 @@ def test_schedule_refuses_a_task_id_already_reserved(http: httpx.Client, client:
     again = http.post("/v1/schedule", json=body)
     assert again.status_code == 422 and again.json()["field"] == "task_id"
     assert "already reserved" in again.json()["error"]
-    assert http.post("/v1/schedule/external-dup/complete").status_code == 200
+    assert http.post("/v1/schedule/external-dup/complete", headers=owned(first.json())).status_code == 200
     wait_idle(client)
 
 

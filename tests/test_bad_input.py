@@ -15,6 +15,7 @@ from grid_serve.models import ZERO_RESOURCE_SLOT, ResourceRequirement, Schedulin
 from grid_serve.scheduling import SchedulerCore
 from grid_serve.view import ClusterView, make_node
 from tests.test_ownership_faults import eventually, idle_and_unreserved
+from tests.test_api import owned
 
 RAW_JSON = {"content-type": "application/json"}
 
@@ -62,7 +63,8 @@ def test_schedule_bodies_and_completions_are_bounded_and_finite(http: httpx.Clie
     assert decision["task_id"] == "finite-check"
     refused(http.post("/v1/schedule/finite-check/complete", content='{"duration_s": NaN}', headers=RAW_JSON),
             "duration_s")
-    assert http.post("/v1/schedule/finite-check/complete", json={"duration_s": 0.5}).json()["released"] is True
+    assert http.post("/v1/schedule/finite-check/complete", json={"duration_s": 0.5},
+                     headers=owned(decision)).json()["released"] is True
 
 
 @pytest.mark.cluster
@@ -89,12 +91,15 @@ def test_a_schedule_caller_cannot_address_or_block_a_job_s_tasks(http: httpx.Cli
     job = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[0, 2.0], [1, 2.0]]}).json()
     job_task = f"{job['job_id']}-1"
     # the job's own task id, and its job id (a lone decision's group), taken by an outside caller
+    keys = {}
     for task_id in (job_task, job["job_id"]):
         decision = http.post("/v1/schedule", json={"task_id": task_id}, params={"lease_s": 30})
         assert decision.status_code == 200 and decision.json()["task_id"] == task_id, decision.text
-    assert http.post(f"/v1/schedule/{job_task}/complete").json()["released"] is True  # its own, not the job's
-    assert http.post(f"/v1/schedule/{job_task}/complete").status_code == 404
-    assert http.post(f"/v1/schedule/{job['job_id']}/complete").json()["released"] is True
+        keys[task_id] = owned(decision.json())
+    released = http.post(f"/v1/schedule/{job_task}/complete", headers=keys[job_task])
+    assert released.json()["released"] is True  # its own, not the job's
+    assert http.post(f"/v1/schedule/{job_task}/complete", headers=keys[job_task]).status_code == 404
+    assert http.post(f"/v1/schedule/{job['job_id']}/complete", headers=keys[job["job_id"]]).json()["released"] is True
     final = client.wait_job(job["job_id"], timeout_s=60)
     assert (final.state, final.succeeded) == ("succeeded", 2)
     eventually(lambda: idle_and_unreserved(client), what="nothing reserved")

@@ -17,6 +17,7 @@ from ray import serve
 
 from grid_serve.client import GridClient
 from tests.test_ownership_faults import TAG_LEN, eventually, idle_and_unreserved
+from tests.test_api import owned
 
 pytestmark = pytest.mark.cluster
 
@@ -31,7 +32,7 @@ def test_a_job_that_would_overfill_the_queue_gets_429_with_retry_after(http: htt
         assert refused.headers["retry-after"] == "5" and "max_queued_tasks" in refused.json()["error"]
         assert http.get("/v1/health").status_code == 200
     finally:
-        http.delete(f"/v1/jobs/{filler['job_id']}")
+        http.delete(f"/v1/jobs/{filler['job_id']}", headers=owned(filler))
     client.wait_job(filler["job_id"], timeout_s=60, results=False)
     eventually(lambda: idle_and_unreserved(client), what="the queue emptied")
     assert http.post("/v1/jobs", json={"task": "noop", "count": 200, "wait": True}).json()["succeeded"] == 200

@@ -19,6 +19,7 @@ import ray
 
 from grid_serve.client import GridClient
 from grid_serve.errors import GridError
+from tests.test_api import owned
 
 pytestmark = pytest.mark.cluster
 
@@ -114,6 +115,7 @@ def test_a_dead_runner_s_capacity_is_reclaimed_and_its_job_explains(client: Grid
 def test_any_ingress_replica_answers_for_any_job(client: GridClient, http: httpx.Client, base_url: str) -> None:
     eventually(lambda: len(runner_actors()) >= 2, what="two runners (one per Ingress replica)")
     jobs: list[str] = []
+    keys: dict[str, dict[str, str]] = {}
     lock = threading.Lock()
 
     def submit() -> None:
@@ -121,6 +123,7 @@ def test_any_ingress_replica_answers_for_any_job(client: GridClient, http: httpx
             body = own.post("/v1/jobs", json={"task": "sleep_task", "args": [[0, 0.5]]}).json()
         with lock:
             jobs.append(body["job_id"])
+            keys[body["job_id"]] = owned(body)
 
     for _ in range(10):  # until both replicas took some: requests spread over the replicas
         threads = [threading.Thread(target=submit) for _ in range(4)]
@@ -136,7 +139,7 @@ def test_any_ingress_replica_answers_for_any_job(client: GridClient, http: httpx
             response = http.get(f"/v1/jobs/{job_id}")
             assert response.status_code == 200 and response.json()["job_id"] == job_id
     assert {job["job_id"] for job in http.get("/v1/jobs").json()} >= set(jobs)
-    cancelled = [http.delete(f"/v1/jobs/{job_id}").json() for job_id in jobs]
+    cancelled = [http.delete(f"/v1/jobs/{job_id}", headers=keys[job_id]).json() for job_id in jobs]
     assert all(body["job_id"] in jobs and body["state"] in ("cancelled", "succeeded") for body in cancelled)
     for job_id in jobs:
         assert client.wait_job(job_id, timeout_s=30).state in ("cancelled", "succeeded")

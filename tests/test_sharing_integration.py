@@ -19,6 +19,7 @@ from ray.util.state import list_actors
 
 from grid_serve.client import GridClient, HandleClient
 from grid_serve.errors import InvalidRequestError
+from tests.test_api import owned
 
 pytestmark = pytest.mark.cluster
 
@@ -59,21 +60,21 @@ def all_spare(http) -> bool:
 def sharing(http) -> Iterator[Callable[..., dict]]:
     """`sharing(node=..., type=..., amount=...)` posts a request and returns the record;
     everything requested is released afterwards and the cluster left without sharing groups."""
-    created: list[str] = []
+    created: dict[str, dict[str, str]] = {}  # id -> its owner key header
 
     def request(expect: int | None = None, **body) -> dict:
         response = http.post("/v1/sharing", json=body)
         assert response.status_code in (201, 202), response.text
         if expect is not None:
             assert response.status_code == expect, response.text
-        created.append(response.json()["id"])
+        created[response.json()["id"]] = owned(response.json())
         return response.json()
 
     eventually(no_live_groups, "no sharing groups left by earlier tests")
     eventually(lambda: all_spare(http), "all sharing capacity spare")
     yield request
-    for record_id in created:
-        http.post(f"/v1/sharing/{record_id}/release")
+    for record_id, key in created.items():
+        http.post(f"/v1/sharing/{record_id}/release", headers=key)
     eventually(lambda: not http.get("/v1/sharing").json()["allocations"], "allocations drained")
     eventually(no_live_groups, "placement groups removed")
     eventually(lambda: all_spare(http), "all sharing capacity spare again")
@@ -96,7 +97,7 @@ def test_grant_puts_the_placement_group_on_the_donor(http, sharing):
     nodes = {n["name"]: n for n in http.get("/v1/cluster").json()["nodes"]}
     assert nodes["gpu2"]["reserved"].get("CPU") == 1
 
-    released = http.post(f"/v1/sharing/{record['id']}/release").json()
+    released = http.post(f"/v1/sharing/{record['id']}/release", headers=owned(record)).json()
     assert released["state"] == "released"
     eventually(lambda: group_of(record).get("state") == "REMOVED", "group removed after release")
 
@@ -114,7 +115,7 @@ def test_task_for_a_full_borrower_runs_inside_its_allocation_on_the_donor(http, 
         assert (borrowed["node_name"], borrowed["placement_group_id"], borrowed["bundle_index"]) == \
             ("gpu2", record["placement_group_id"], 0)
         assert borrowed["reasons"][0] == f"ran in allocation {record['id']} on donor gpu2, borrowed by gpu-master"
-        http.post("/v1/schedule/borrowed-1/complete", json={"ok": True})
+        http.post("/v1/schedule/borrowed-1/complete", json={"ok": True}, headers=owned(borrowed))
 
         # a real job: the task itself reports where it ran
         job = client.submit_job({"task": "compute_task", "count": 1, "strategy": "node_specific",
@@ -123,7 +124,7 @@ def test_task_for_a_full_borrower_runs_inside_its_allocation_on_the_donor(http, 
         assert job.per_node == {"gpu2": 1}
         assert job.results[0].result["node"] == "gpu2"
     finally:
-        http.post("/v1/schedule/fill-master/complete", json={"ok": True})
+        http.post("/v1/schedule/fill-master/complete", json={"ok": True}, headers=owned(full))
 
 
 def fill_all_cpus(sharing, priority: str) -> dict[str, dict]:
@@ -162,7 +163,7 @@ def test_normal_request_does_not_preempt_a_high_one_and_waits_its_turn(http, sha
     assert all(http.get(f"/v1/sharing/{r['id']}").json()["state"] == "active" for r in highs.values())
     assert [p["id"] for p in http.get("/v1/sharing").json()["pending"]] == [waiting["id"]]
     # capacity frees: the queued request is granted on the donor that freed
-    http.post(f"/v1/sharing/{highs['gpu2']['id']}/release")
+    http.post(f"/v1/sharing/{highs['gpu2']['id']}/release", headers=owned(highs["gpu2"]))
     granted = eventually(lambda: (lambda r: r if r["state"] == "active" and r["ready"] else None)(
         http.get(f"/v1/sharing/{waiting['id']}").json()), "queued request granted")
     assert granted["donor"] == "gpu2"

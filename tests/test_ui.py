@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from grid_serve.client import GridClient
-from tests.test_api import submit, wait_idle
+from tests.test_api import owned, submit, wait_idle
 
 pytestmark = pytest.mark.cluster
 
@@ -203,7 +203,7 @@ def test_a_sharing_allocation_shows_donor_borrower_amount_and_lease(ui: Any, con
         assert re.fullmatch(r"(9|10)m \d\ds", cells[5]), cells  # about ten minutes of lease left
         screenshot(ui, tmp_path, "sharing")
     finally:
-        http.post(f"/v1/sharing/{record['id']}/release")
+        http.post(f"/v1/sharing/{record['id']}/release", headers=owned(record))
     ui.locator("#alloc-empty").wait_for(timeout=30 * SECONDS)  # drained and gone from the page
     assert console.unexpected() == []
 

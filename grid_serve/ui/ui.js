@@ -44,6 +44,19 @@ const auth = {
   asking: null, // one prompt, however many requests got 401 at once
 };
 
+/** Owner keys of the jobs this tab submitted: without a token, only their holder may cancel them. */
+const ownerKeys = {
+  all() { return JSON.parse(sessionStorage.getItem("grid-owner-keys") || "{}"); },
+  remember(jobId, key) {
+    if (!key) return;
+    sessionStorage.setItem("grid-owner-keys", JSON.stringify({ ...this.all(), [jobId]: key }));
+  },
+  headers(jobId) {
+    const key = this.all()[jobId];
+    return key ? { "X-Grid-Owner-Key": key } : {};
+  },
+};
+
 /** Ask for the token once; a second ask says the first one was refused. */
 function askForToken(refused) {
   if (!auth.asking) {
@@ -382,7 +395,8 @@ async function armedCancel(button, jobId) {
   }
   button.disabled = true;
   try {
-    const job = await json(await api(`v1/jobs/${encodeURIComponent(jobId)}`, { method: "DELETE" }));
+    const job = await json(await api(`v1/jobs/${encodeURIComponent(jobId)}`,
+                                     { method: "DELETE", headers: ownerKeys.headers(jobId) }));
     mergeJob(job);
     showFormMessage(`job ${jobId}: ${job.state}`);
   } catch (error) {
@@ -693,6 +707,7 @@ async function submitJob(event) {
   setText(byId("f-result"), "submitting…");
   try {
     const job = await json(await api("v1/jobs", { method: "POST", body: JSON.stringify(formJob()) }));
+    ownerKeys.remember(job.job_id, job.owner_key);
     byId("f-result").dataset.jobId = job.job_id;
     showFormMessage(`submitted job ${job.job_id}`);
     mergeJob(job);
