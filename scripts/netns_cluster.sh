@@ -30,6 +30,9 @@ BRIDGE=$PREFIX-br
 HEAD_IP=$NET.1
 # a killed raylet is marked dead after ~3 s (Ray's default is ~15 s): tests need not wait long
 SYSTEM_CONFIG='{"health_check_initial_delay_ms":1000,"health_check_period_ms":1000,"health_check_timeout_ms":5000,"health_check_failure_threshold":3}'
+# Ray turns token auth on for `ray start --head` and drivers where ~/.ray/auth_token exists, but a
+# joining raylet must be told: so every process here gets the same mode, token where a token exists.
+AUTH_MODE=${RAY_AUTH_MODE:-$([ -f "$HOME/.ray/auth_token" ] && echo token || echo disabled)}
 # host index -> "labels CPUs GPUs"; the head is 1 (198.18.0.1). The GPU hosts also share a group
 # label, as the pods of one KubeRay worker group do.
 declare -A HOSTS=([1]="grid.io/node=gpu-master 2 0" [2]="grid.io/node=gpu1,grid.io/group=gpu-workers 2 1"
@@ -39,12 +42,12 @@ case "$NET" in 198.18.*|198.19.*) ;; *) echo "GRID_NETNS_NET must lie in 198.18.
 
 ns() { echo "$PREFIX-h$1"; }
 
-# Run a command on host $1, inside all its namespaces, with what Ray needs there (token auth, our
+# Run a command on host $1, inside all its namespaces, with what Ray needs there (the auth mode, our
 # own temp dirs, the head's address).
 on_host() {
   local host=$1; shift
   nsenter --target "$(cat "$STATE/h$host.pid")" --net --pid --uts --mount --wd="$PWD" \
-    env RAY_AUTH_MODE=token RAY_TMPDIR="$STATE/tmp" RAY_USAGE_STATS_ENABLED=0 RAY_ADDRESS="$HEAD_IP:6379" \
+    env RAY_AUTH_MODE="$AUTH_MODE" RAY_TMPDIR="$STATE/tmp" RAY_USAGE_STATS_ENABLED=0 RAY_ADDRESS="$HEAD_IP:6379" \
     PATH="$BIN:$PATH" "$@"
 }
 

@@ -61,13 +61,15 @@ def grid(*args: str) -> subprocess.CompletedProcess:
     return on_host(1, "grid", *args)
 
 
-def api(method: str, path: str, body: Any = None, refused: bool = False, **params: Any) -> Any:
+def api(method: str, path: str, body: Any = None, refused: bool = False, headers: dict[str, str] | None = None,
+        **params: Any) -> Any:
     """One HTTP call to the app, made from the head host; the parsed JSON answer, which must be a
     success (a 4xx refusal with `refused`)."""
     code = ("import httpx, json, sys; r = httpx.request(sys.argv[1], 'http://127.0.0.1:8000' + sys.argv[2], "
-            "json=json.loads(sys.argv[3]), params=json.loads(sys.argv[4]), timeout=300); "
-            "print(r.status_code); print(r.text)")
-    done = on_host(1, "python", "-c", code, method, path, json.dumps(body), json.dumps(params))
+            "json=json.loads(sys.argv[3]), params=json.loads(sys.argv[4]), headers=json.loads(sys.argv[5]), "
+            "timeout=300); print(r.status_code); print(r.text)")
+    arguments = [json.dumps(value) for value in (body, params, headers or {})]
+    done = on_host(1, "python", "-c", code, method, path, *arguments)
     assert done.returncode == 0, done.stderr
     status, text = done.stdout.split("\n", 1)
     assert (400 <= int(status) < 500) if refused else int(status) < 300, f"HTTP {status}: {text}"
@@ -215,7 +217,7 @@ def test_a_host_added_mid_run_without_a_node_label_is_named_by_hostname_probed_a
                         "the running job placing tasks on worker-4")
     eventually(lambda: api("GET", f"/v1/jobs/{running['job_id']}")["per_node"].get("worker-4"),
                "the running job's tasks finishing on worker-4")
-    api("DELETE", f"/v1/jobs/{running['job_id']}")
+    api("DELETE", f"/v1/jobs/{running['job_id']}", headers={"X-Grid-Owner-Key": running["owner_key"]})
     status = api("GET", f"/v1/jobs/{running['job_id']}", results=True, wait_s=120)
     assert status["state"] == "cancelled" and status["succeeded"] < 300, status["state"]
     started = min(r["started_at"] for r in status["results"] if r["node_name"] == "worker-4" and r["ok"])
