@@ -27,7 +27,7 @@ from .harness import Env, Report, main_for
 KINDS = [("JobRunner", "ray::JobRunner"), ("Scheduler", "ServeReplica:grid:Scheduler"),
          ("LoadBalancer", "ServeReplica:grid:LoadBalancer"), ("Ingress", "ServeReplica:grid:Ingress"),
          ("other Serve", "ServeReplica|ServeController|ProxyActor"), ("raylet", "raylet"),
-         ("gcs", "gcs_server"), ("task workers", r"ray::(IDLE|run_task|noop)"), ("dashboard/agents", "dashboard|agent|log_monitor|monitor.py")]
+         ("gcs", "gcs_server"), ("task workers", r"ray::(IDLE|run_task|run_chunk|noop)"), ("dashboard/agents", "dashboard|agent|log_monitor|monitor.py")]
 
 
 def kind_of(process: psutil.Process) -> str:

@@ -72,7 +72,7 @@ def place_speed(view: ClusterView, strategy: SchedulingStrategy, budget_s: float
     task = request(strategy, "job", 0)
     done, began = 0, time.process_time()
     while done < 3 or time.process_time() - began < budget_s:
-        place(task, view, counts)
+        place(task, view, group_counts=counts)
         done += 1
     return Speed(len(view.nodes), str(strategy), "place", done, time.process_time() - began)
 

@@ -46,10 +46,11 @@ from ray.serve.handle import DeploymentHandle
 from grid_serve.access import Caller, may_touch, refusal_to_touch
 from grid_serve.errors import ForbiddenError, GoneError, GridError, InvalidRequestError, NotFoundError
 from grid_serve.ledger import Completion
+from grid_serve.outcomes import OutcomeTable
 from grid_serve.limits import Limits
 from grid_serve.lookahead import chunk_sizes
 from grid_serve.models import (JobState, JobStatus, JobSubmission, ResourceRequirement, SchedulingDecision, SchedulingRequest,
-                               SchedulingStrategy, TaskOutcome)
+                               SchedulingStrategy)
 from grid_serve.tasks import TaskType, load_task_modules, run_chunk, run_task
 
 from ._common import call_with_timeout, logger
@@ -62,6 +63,7 @@ CALL_TIMEOUT_S = 30.0
 SCHEDULER_GRACE_S = 60.0  # how long a job rides out an unreachable Scheduler before it fails
 MAX_ATTEMPTS = 3  # runs of one task when its worker or node dies under it
 CHUNK_OVERRUN = 2.0  # a chunk hands back its rest once it has run this many times its budget
+MIN_WINDOW = 2048  # tasks of one job the Scheduler holds at most (or twice what runs, when more)
 _run_remote = ray.remote(run_task)
 _run_chunk_remote = ray.remote(run_chunk)
 # Ray's errors for a task whose worker, raylet or node went away (not the task's own error:
@@ -99,25 +101,38 @@ class _Job:
     submitted_at: float = field(default_factory=time.time)
     waiting: dict[str, SchedulingRequest] = field(default_factory=dict)  # not yet placed, by task id
     running: dict[int, tuple[SchedulingDecision, ray.ObjectRef]] = field(default_factory=dict)
-    outcomes: dict[int, TaskOutcome] = field(default_factory=dict)
+    outcomes: OutcomeTable = field(default_factory=lambda: OutcomeTable("", 0))  # sized at submission
     unreported: list[Completion] = field(default_factory=list)  # ended, not yet told to the Scheduler
     requeue: list[SchedulingRequest] = field(default_factory=list)  # lost attempts to place again, not yet sent
     lost_nodes: set[str] = field(default_factory=set)  # node ids Ray said died, not yet told
     attempts: dict[int, int] = field(default_factory=dict)  # task index -> runs started, when more than one
     placed_per_node: dict[str, int] = field(default_factory=dict)  # node id -> tasks placed there
+    next_index: int = 0  # tasks 0..next_index-1 have been handed to the Scheduler (the window)
     run_s: dict[str, float] = field(default_factory=dict)  # node id -> learned run time (the Scheduler's)
     ray_tasks: int = 0  # Ray tasks submitted for it (a chunk counts once)
     cancelled: bool = False
     finished_at: float | None = None
     error: str | None = None
     result_bytes: int = 0  # pickled size of its results, once finished
-    summary: JobStatus | None = None  # set when its results were dropped (Limits.results_bytes_kept)
     news: asyncio.Event = field(default_factory=asyncio.Event)  # a task ended, or the job was cancelled
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     @staticmethod
     def index_of(task_id: str) -> int:
         return int(task_id.rsplit("-", 1)[1])
+
+    @property
+    def unsent(self) -> int:
+        """Tasks not yet handed to the Scheduler (beyond its window)."""
+        return self.spec.task_count - self.next_index
+
+    def next_requests(self, count: int) -> list[SchedulingRequest]:
+        """The job's next `count` tasks as requests, waiting from now on."""
+        end = min(self.spec.task_count, self.next_index + count)
+        requests = [self.spec.scheduling_request(self.id, i, self.requirements) for i in range(self.next_index, end)]
+        self.next_index = end
+        self.waiting.update((request.task_id, request) for request in requests)
+        return requests
 
     @property
     def settled(self) -> bool:
@@ -129,27 +144,20 @@ class _Job:
         if self.cancelled:
             return "cancelled"
         if self.done.is_set():
-            return "failed" if self.error or any(not o.ok for o in self.outcomes.values()) else "succeeded"
-        return "running" if self.running or self.outcomes else "queued"
+            return "failed" if self.error or self.outcomes.failed or self.outcomes.cancelled else "succeeded"
+        return "running" if self.running or len(self.outcomes) else "queued"
 
     def status(self, with_results: bool = False) -> JobStatus:
-        if self.summary is not None:
-            if with_results:
-                raise GoneError(f"the results of job {self.id} were dropped to keep finished jobs' results under "
-                                "results_bytes_kept; its status remains", field="results")
-            return self.summary
-        per_node: dict[str, int] = {}
-        for outcome in self.outcomes.values():
-            per_node[outcome.node_name] = per_node.get(outcome.node_name, 0) + 1
-        failed = sum(1 for o in self.outcomes.values() if not o.ok and o.error != "cancelled")
-        cancelled = sum(1 for o in self.outcomes.values() if o.error == "cancelled")
-        results = [self.outcomes[i] for i in sorted(self.outcomes)] if with_results else None
+        """O(nodes), not O(tasks), unless `with_results`."""
+        if with_results and self.outcomes.results_dropped:
+            raise GoneError(f"the results of job {self.id} were dropped to keep finished jobs' results under "
+                            "results_bytes_kept; its status remains", field="results")
         return JobStatus(
             job_id=self.id, task=self.task_name, strategy=self.spec.strategy, priority=self.spec.priority,
-            state=self.state, total=self.spec.task_count, queued=len(self.waiting), running=len(self.running),
-            succeeded=sum(1 for o in self.outcomes.values() if o.ok), failed=failed, cancelled=cancelled,
-            per_node=dict(sorted(per_node.items())), ray_tasks=self.ray_tasks, submitted_at=self.submitted_at,
-            finished_at=self.finished_at, error=self.error, results=results,
+            state=self.state, total=self.spec.task_count, queued=len(self.waiting) + self.unsent, running=len(self.running),
+            succeeded=self.outcomes.succeeded, failed=self.outcomes.failed, cancelled=self.outcomes.cancelled,
+            per_node=self.outcomes.per_node(), ray_tasks=self.ray_tasks, submitted_at=self.submitted_at,
+            finished_at=self.finished_at, error=self.error, results=self.outcomes.all() if with_results else None,
         )
 
 
@@ -217,15 +225,18 @@ class JobRunner:
         custom = fn is not None
         task_name, fn, default = self._resolve_task(spec, fn)
         job_id = self._tag + uuid.uuid4().hex[:12 - TAG_LEN]
-        requests = [spec.scheduling_request(job_id, i, default) for i in range(spec.task_count)]
-        placements = await self._ask(lambda: self._scheduler.submit.remote(requests, None, self._name))
-        if len(placements.rejected) == spec.task_count:
-            await self._ask(lambda: self._scheduler.finished.remote(job_id))
-            raise InvalidRequestError(placements.rejected[0].reason, field="node" if spec.node else "resources")
         # A registered task travels inline (pickled by reference: a few bytes); a caller's own
         # function goes to the object store once per job rather than once per task.
-        job = _Job(id=job_id, spec=spec, fn_ref=ray.put(fn) if custom else fn, task_name=task_name, requirements=default,
-                   owner=owner, waiting={request.task_id: request for request in requests})
+        job = _Job(id=job_id, spec=spec, fn_ref=fn, task_name=task_name, requirements=default, owner=owner,
+                   outcomes=OutcomeTable(job_id, spec.task_count))
+        # The Scheduler holds a window of the job, not all of it: a 100,000-task job costs it
+        # (and this runner) a request per task only for what may be placed soon.
+        requests = job.next_requests(MIN_WINDOW)
+        placements = await self._ask(lambda: self._scheduler.submit.remote(requests, None, self._name, None, job.unsent))
+        if placements.rejected and len(placements.rejected) == len(requests):  # every task is of one kind
+            await self._ask(lambda: self._scheduler.finished.remote(job_id))
+            raise InvalidRequestError(placements.rejected[0].reason, field="node" if spec.node else "resources")
+        job.fn_ref = ray.put(fn) if custom else fn
         self._jobs[job.id] = job
         self._epoch = self._epoch or placements.epoch
         self._take(job, placements)
@@ -255,6 +266,7 @@ class JobRunner:
         for task_id in await self._ask(lambda: self._scheduler.cancel.remote(job.id)):
             if job.waiting.pop(task_id, None) is not None:
                 self._record(job, job.index_of(task_id), None, ok=False, error="cancelled")
+        self._record_unsent(job, "cancelled")
         self._cancel_running(job)
         job.news.set()
         return job.status()
@@ -293,7 +305,22 @@ class JobRunner:
         for rejection in placements.rejected:
             if job.waiting.pop(rejection.task_id, None) is not None:
                 self._record(job, job.index_of(rejection.task_id), None, ok=False, error=rejection.reason)
+        self._top_up(job)
         job.news.set()
+
+    @staticmethod
+    def _top_up(job: _Job) -> None:
+        """Hand the Scheduler more of the job once half its window was placed: it keeps enough
+        to fill the cluster (twice what runs), never the whole job."""
+        window = max(MIN_WINDOW, 2 * len(job.running))
+        if job.unsent and not job.cancelled and len(job.waiting) < window // 2:
+            job.requeue.extend(job.next_requests(window - len(job.waiting)))
+
+    def _record_unsent(self, job: _Job, error: str) -> None:
+        """Tasks never handed to the Scheduler end with `error` (the job was cancelled or failed)."""
+        for index in range(job.next_index, job.spec.task_count):
+            self._record(job, index, None, ok=False, error=error)
+        job.next_index = job.spec.task_count
 
     def _dispatch(self, job: _Job, tasks: list[tuple[int, SchedulingDecision]]) -> None:
         """Hand Ray tasks placed alike: one Ray task each, or several per Ray task when they are
@@ -394,9 +421,8 @@ class JobRunner:
     def _record(self, job: _Job, index: int, decision: SchedulingDecision | None, ok: bool,
                 error: str | None = None, envelope: dict[str, Any] | None = None) -> None:
         envelope = envelope or {}
-        job.outcomes[index] = TaskOutcome.model_construct(
-            task_id=f"{job.id}-{index}", index=index,
-            node_id=envelope.get("node_id") or (decision.node_id if decision else ""),
+        job.outcomes.record(
+            index, node_id=envelope.get("node_id") or (decision.node_id if decision else ""),
             # the app's name for the node: a task sees only its labels and IP, not how the app named it
             node_name=decision.node_name if decision else envelope.get("node_name") or "(not placed)",
             ok=ok, result=envelope.get("result"), error=error,
@@ -416,7 +442,8 @@ class JobRunner:
                     requeue, job.requeue = job.requeue, []
                     lost, job.lost_nodes = sorted(job.lost_nodes), set()
                     began = time.monotonic()
-                    self._take(job, await self._ask(lambda: self._scheduler.report.remote(job.id, batch, requeue, lost)))
+                    self._take(job, await self._ask(lambda: self._scheduler.report.remote(job.id, batch, requeue, lost,
+                                                                                          job.unsent)))
                     await asyncio.sleep(max(0.0, REPORT_SPACING_S - (time.monotonic() - began)))
         except Exception as exc:  # never leave a job hanging: say what broke
             logger.exception("job %s failed", job.id)
@@ -441,8 +468,9 @@ class JobRunner:
         for task_id in list(job.waiting):
             self._record(job, job.index_of(task_id), None, ok=False, error=job.error or "cancelled")
         job.waiting.clear()
+        self._record_unsent(job, job.error or "cancelled")
         job.finished_at = time.time()
-        job.result_bytes = sum(_size_of(outcome.result) for outcome in job.outcomes.values())
+        job.result_bytes = job.outcomes.result_bytes(_size_of)
         job.done.set()
         self._forget_old_jobs()
         batch, job.unreported = job.unreported, []
@@ -511,7 +539,7 @@ class JobRunner:
         try:
             running = [(decision, job.task_name) for decision, _ in job.running.values()]
             placements = await self._ask(lambda: self._scheduler.adopt.remote(
-                self._name, job.id, running, list(job.waiting.values()), dict(job.placed_per_node)))
+                self._name, job.id, running, list(job.waiting.values()), dict(job.placed_per_node), job.unsent))
             self._epoch = placements.epoch
             placements.known = True
             self._take(job, placements)
@@ -566,11 +594,10 @@ class JobRunner:
         finished = [job for job in self._jobs.values() if job.done.is_set()]  # oldest first
         kept_bytes = 0
         for job in reversed(finished):
-            if job.summary is not None:
+            if job.outcomes.results_dropped:
                 continue
             kept_bytes += job.result_bytes
             if kept_bytes > self._limits.results_bytes_kept:
-                job.summary = job.status()
-                job.outcomes = {}
+                job.outcomes.drop_results()
         for job in finished[:max(0, len(finished) - self._limits.finished_jobs_kept)]:
             del self._jobs[job.id]

@@ -93,6 +93,7 @@ class Scheduler:
         self._nodes: list[NodeStatus] = []
         self._nodes_at = 0.0
         self._meta: dict[str, _Meta] = {}
+        self._unsent: dict[str, tuple[int, TaskPriority]] = {}  # group -> tasks its runner holds back (its window)
         self._lost_nodes: dict[str, float] = {}  # node id -> until when it stays out (monotonic)
         self._distrusted = False  # the node snapshot is too old: said once in the log per episode
         self._outbox: dict[str, Placements] = {}
@@ -295,22 +296,25 @@ class Scheduler:
         for reservation in self._ledger.release_group(group):
             self._meta.pop(reservation.task_id, None)
         self._core.forget_group(group)
+        self._unsent.pop(group, None)
         self._outbox.pop(group, None)
         self._wakeups.pop(group, None)
 
     # ------------------------------------------------------------------ the runner's API
 
     async def submit(self, requests: list[SchedulingRequest], lease_s: float | None = None,
-                     runner: str | None = None, owner: str | None = None) -> Placements:
+                     runner: str | None = None, owner: str | None = None, unsent: int = 0) -> Placements:
         """Queue `requests` and place what fits now. Returns the caller's group's news at once;
         later placements come with `report` replies or from `wait_placed`. All requests must
         share one group. With `runner`, the group is a job that runner owns and renews; `owner`
-        is who may complete a leased reservation (`complete_external`)."""
+        is who may complete a leased reservation (`complete_external`); `unsent`, how many more
+        tasks of the job its runner holds back until the window has room (they count toward
+        the queue and its cap all the same)."""
         groups = {request.group for request in requests}
         if len(groups) != 1:
             raise ValueError("submit() takes the requests of one job (one group) at a time")
         group = groups.pop()
-        self._check_queue_room(len(requests))
+        self._check_queue_room(len(requests) + unsent)
         duplicates = [request for request in requests if request.task_id in self._meta]
         if duplicates:  # a live task id: a second reservation would overwrite the first's
             return Placements(rejected=[Rejected(r.task_id, r.group, f"task id {r.task_id!r} is already reserved "
@@ -320,6 +324,7 @@ class Scheduler:
             await self._ensure_nodes()
             if runner is not None:
                 self._owners.register(group, runner)
+            self._hold_back(group, unsent, requests[0].priority)
             for request in requests:
                 self._meta[request.task_id] = _Meta(request.task_type, request.group, lease_s, request.priority, owner)
             self._drain_locked(requests)
@@ -338,29 +343,45 @@ class Scheduler:
         if arriving > cap:
             raise InvalidRequestError(f"a job of {arriving} tasks is larger than the queue may ever hold "
                                       f"(max_queued_tasks {cap}); split it", field="count")
-        if len(self._core) + arriving > cap:
-            raise TooBusyError(f"the queue holds {len(self._core)} waiting tasks and may hold {cap} "
+        queued = self._queued_total()
+        if queued + arriving > cap:
+            raise TooBusyError(f"the queue holds {queued} waiting tasks and may hold {cap} "
                                f"(max_queued_tasks); {arriving} more do not fit now: retry later", field="count",
                                retry_after_s=self._limits.retry_after_s)
 
+    def _queued_total(self) -> int:
+        """Tasks waiting: in the queue, and held back by runners beyond their windows."""
+        return len(self._core) + sum(count for count, _ in self._unsent.values())
+
+    def _hold_back(self, group: str, unsent: int | None, priority: TaskPriority) -> None:
+        if unsent:
+            self._unsent[group] = (unsent, priority)
+        elif unsent is not None:
+            self._unsent.pop(group, None)
+
     async def report(self, group: str, completions: list[Completion], requeue: list[SchedulingRequest] | None = None,
-                     lost_nodes: list[str] | None = None) -> Placements:
+                     lost_nodes: list[str] | None = None, unsent: int | None = None) -> Placements:
         """A runner's tasks ended: release them, place waiting tasks in the room, and return the
         group's news at once. Renews the group's lease. Sent in batches, one at a time per job,
         while Ray already runs the tasks placed ahead (the lookahead): never awaited per task.
 
         `requeue`: tasks whose worker or node died, to place again (their lost attempts are
         among `completions`); `lost_nodes`: nodes Ray said died under a task, left out of
-        decisions from now on (until Ray's node table says so too, or `LOST_NODE_S` passes)."""
+        decisions from now on (until Ray's node table says so too, or `LOST_NODE_S` passes);
+        `unsent`: how many tasks the runner still holds back (`requeue` carries the next ones)."""
         async with self._lock:
             self._owners.renew([group])
+            if requeue:
+                self._hold_back(group, unsent, requeue[0].priority)
+            elif unsent is not None:
+                self._hold_back(group, unsent, self._unsent.get(group, (0, TaskPriority.NORMAL))[1])
             self._release(completions)
             for node_id in lost_nodes or []:
                 logger.warning("node %s lost a task of job %s: no new work goes there", node_id[:12], group)
                 self._lost_nodes[node_id] = time.monotonic() + LOST_NODE_S
             fresh = [request for request in requeue or [] if request.task_id not in self._meta]
             for request in fresh:
-                self._meta[request.task_id] = _Meta(request.task_type, group, None)
+                self._meta[request.task_id] = _Meta(request.task_type, group, None, request.priority)
             self._drain_locked(fresh)
             return self._collect(group)
 
@@ -384,7 +405,7 @@ class Scheduler:
         return self._epoch, self._owners.renew(groups)
 
     async def adopt(self, runner: str, group: str, running: list[tuple[SchedulingDecision, str]],
-                    waiting: list[SchedulingRequest], placed_per_node: dict[str, int]) -> Placements:
+                    waiting: list[SchedulingRequest], placed_per_node: dict[str, int], unsent: int = 0) -> Placements:
         """A runner registers a job this Scheduler does not know (it restarted, or the job's
         lease lapsed): reserve what runs (decision, task type) where it runs, count what the
         job already placed per node (spread stays exact), and queue what waits."""
@@ -392,6 +413,7 @@ class Scheduler:
             await self._ensure_nodes()
             self._drop_group(group)
             self._owners.register(group, runner)
+            self._hold_back(group, unsent, waiting[0].priority if waiting else TaskPriority.NORMAL)
             for decision, task_type in running:
                 self._meta[decision.task_id] = _Meta(task_type, group, None)
                 self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, task_type, group,
@@ -407,6 +429,7 @@ class Scheduler:
     async def cancel(self, group: str) -> list[str]:
         """Drop the group's waiting tasks; running ones are the caller's to cancel."""
         async with self._lock:
+            self._unsent.pop(group, None)
             return self._drop_waiting(group)
 
     async def finished(self, group: str, reason: str | None = None, completions: list[Completion] | None = None) -> None:
@@ -462,10 +485,18 @@ class Scheduler:
                 reserved = dict(node.reserved) if node else {}
                 nodes.append(status.model_copy(update={"reserved": reserved,
                                                        "in_flight": node.in_flight if node else 0}))
-            queue = [QueueLevel(priority=priority, tasks=tasks, oldest_wait_s=round(wait, 3))
-                     for priority, tasks, wait in self._core.waiting_by_priority()]
-            return ClusterStatus(nodes=nodes, queued=len(self._core), queue=queue, jobs_running=len(self._owners),
+            queue = self._queue_levels()
+            return ClusterStatus(nodes=nodes, queued=self._queued_total(), queue=queue, jobs_running=len(self._owners),
                                  snapshot_age_s=max(0.0, time.time() - self._nodes_at))
+
+    def _queue_levels(self) -> list[QueueLevel]:
+        """Waiting tasks per priority, highest first, counting what runners hold back beyond
+        their windows (it waits as much as what the queue holds; the oldest wait is the queue's)."""
+        levels = {priority: [tasks, wait] for priority, tasks, wait in self._core.waiting_by_priority()}
+        for count, priority in self._unsent.values():
+            levels.setdefault(priority, [0, 0.0])[0] += count
+        return [QueueLevel(priority=priority, tasks=tasks, oldest_wait_s=round(wait, 3))
+                for priority, (tasks, wait) in sorted(levels.items(), key=lambda item: -item[0].rank)]
 
     async def recent_decisions(self, limit: int = 50, job_id: str | None = None) -> RecentDecisions:
         """The latest decisions with their reasons, newest first; one job's when `job_id` is

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray import serve
+from ray.experimental import internal_kv
 from ray.serve.handle import DeploymentHandle
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 
 from grid_serve.access import Caller, may_touch, refusal_to_touch
 from grid_serve.config import ClusterConfig
-from grid_serve.errors import ForbiddenError
+from grid_serve.errors import ForbiddenError, NoCapacityError
 from grid_serve.models import NODE_LABEL
 from grid_serve.sharing import (
     PLACEMENT_GROUP_PREFIX,
@@ -34,17 +35,29 @@ from grid_serve.sharing import (
 )
 from grid_serve.view import ClusterView, view_from
 
-from ._common import INTERNAL_OPTIONS, every, load_saved, logger, save
+from ._common import INTERNAL_OPTIONS, every, load_saved, logger
+from ._common import save as save_in_gcs
 
-KV_KEY = "sharing-ledger"
+KV_KEY = "sharing-ledger"  # one per app: `sharing-ledger:<app>`
 READY_WAIT_S = 10.0
+SWEEP_EVERY_TICKS = 5  # how often the manager looks for groups of its own that no record holds
+# Fault injection for tests: while this KV key (namespace FAULTS_NAMESPACE) holds "fail", saving
+# the ledger fails, as it would when the GCS's KV store does.
+FAULTS_NAMESPACE = "grid_serve_faults"
+FAIL_SAVE_KEY = "sharing-save"
 
 
-def live_groups() -> dict[str, tuple[str, str]]:
-    """Every grid-sharing placement group Ray still has: name -> (id hex, state)."""
+def save(key: str, state_json: str) -> None:
+    if internal_kv._internal_kv_get(FAIL_SAVE_KEY, namespace=FAULTS_NAMESPACE) == b"fail":
+        raise ConnectionError("GCS KV put failed (injected fault)")
+    save_in_gcs(key, state_json)
+
+
+def live_groups(owns: Callable[[str], bool]) -> dict[str, tuple[str, str]]:
+    """Every live placement group of this app's sharing ledger: name -> (id hex, state)."""
     groups = {}
     for group_id, info in placement_group_table().items():
-        if info.get("name", "").startswith(PLACEMENT_GROUP_PREFIX) and info.get("state") != "REMOVED":
+        if owns(info.get("name", "")) and info.get("state") != "REMOVED":
             groups[info["name"]] = (group_id, info["state"])
     return groups
 
@@ -70,19 +83,21 @@ class SharingManager:
         interval = interval_s or (config.resource_sharing.monitoring_interval_seconds if config else 1.0)
         # an ended allocation keeps its group a little past its last task: the Scheduler may
         # still be placing into it from a view up to one interval old
-        self._ledger = SharingLedger(config, drain_grace_s=2 * interval + 1.0)
+        app = serve.get_replica_context().app_name
+        self._kv_key = f"{KV_KEY}:{app}"
+        self._ledger = SharingLedger(config, drain_grace_s=2 * interval + 1.0,
+                                     group_prefix=f"{PLACEMENT_GROUP_PREFIX}{app}-")
         self._lock = asyncio.Lock()
         self._saved = ""
-        saved = load_saved(KV_KEY)
+        self._ticks = 0
+        saved = load_saved(self._kv_key)
         if saved:
             self._ledger.load_state(saved)
-        vanished, orphans = reconcile(self._ledger, live_groups())
+        vanished, _ = reconcile(self._ledger, live_groups(self._ledger.owns_group))
         for record_id in vanished:
             logger.warning("sharing: allocation %s lost its placement group while the manager was down", record_id)
-        groups = live_groups()
-        for name in orphans:  # created just before a crash, never recorded: give the capacity back
-            remove_placement_group(_group(groups[name][0]))
-        self._save()
+        self._sweep_orphans()  # created just before a crash, never recorded: give the capacity back
+        self._save_or_log()
         logger.info("sharing: %d allocation(s), %d pending request(s) restored", len(self._ledger.holding()),
                     len(self._ledger.pending()))
         self._loop = every(interval, self._tick, "sharing-tick")
@@ -91,13 +106,14 @@ class SharingManager:
 
     async def request(self, body: SharingRequest | dict[str, Any], owner: str | None = None) -> Allocation:
         """Grant now (preempting if the priority allows), or queue until a donor has room.
-        Only `owner` may release it (a handle call may release anything)."""
+        Only `owner` may release it (a handle call may release anything). When the request
+        cannot be recorded (the GCS's KV store fails), nothing of it stays: 503, retry."""
         request = body if isinstance(body, SharingRequest) else SharingRequest.model_validate(body)
         view, available, in_flight = await self._observe()
         async with self._lock:
             self._ledger.set_in_flight(in_flight)
             record, changes = self._ledger.submit(request, view, available, owner)
-            self._apply(changes)
+            self._apply(changes, fresh=record.id)
         if record.state == "active":
             await self._wait_ready(record.id)
         return self._ledger.get(record.id)
@@ -132,7 +148,13 @@ class SharingManager:
         async with self._lock:
             self._ledger.set_in_flight(in_flight)
             self._note_ready()
-            self._apply(self._ledger.tick(view, available, in_flight))
+            try:
+                self._apply(self._ledger.tick(view, available, in_flight))
+            except NoCapacityError as exc:  # the grants went back to pending; the next tick tries again
+                logger.warning("sharing: %s", exc)
+            self._ticks += 1
+            if self._ticks % SWEEP_EVERY_TICKS == 0:
+                self._sweep_orphans()
 
     async def _observe(self) -> tuple[ClusterView, dict[str, dict[str, float]], dict[str, int]]:
         """Nodes and task reservations now, Ray's own free resources, and tasks per allocation."""
@@ -144,18 +166,52 @@ class SharingManager:
         in_flight = {by_group[group]: load.in_flight for group, load in ledger.group_loads.items() if group in by_group}
         return view, available, in_flight
 
-    def _apply(self, changes: Changes) -> None:
-        """Remove first (preempted and drained groups), then create, then save."""
+    def _apply(self, changes: Changes, fresh: str | None = None) -> None:
+        """Record, then remove (preempted and drained groups), then create, then record again.
+
+        Write-ahead: a grant is saved (its group's name is known) before its group exists, so
+        a crash in between leaves a record whose group vanished (forgotten on restart), never
+        a group no record knows. If that save fails, nothing is created: the grants go back to
+        pending, or, for `fresh` (the request being answered), the record is dropped and the
+        caller hears 503, so a retry cannot make a second grant. A removal that fails is
+        retried by the orphan sweep."""
+        if changes.granted:
+            try:
+                self._save()
+            except Exception as exc:
+                why = f"could not record the grant in Ray's GCS ({type(exc).__name__}: {exc}); nothing was granted"
+                for record in changes.granted:
+                    if record.id == fresh:
+                        self._ledger.forget(record.id, why)
+                    else:
+                        self._ledger.ungrant(record.id, f"waiting: {why}; trying again")
+                raise NoCapacityError(f"{why}: retry", field="resource_sharing") from None
         for record in changes.remove:
-            group_id = record.placement_group_id or live_groups().get(record.placement_group, ("", ""))[0]
-            if group_id:
-                remove_placement_group(_group(group_id))
-            logger.info("sharing: removed group of %s allocation %s", record.state, record.id)
+            self._remove_group(record.placement_group, record.placement_group_id)
         for record in changes.granted:
             group = create_group(record)
             self._ledger.placed(record.id, group.id.hex())
             logger.info("sharing: %s", record.reason)
-        self._save()
+        self._save_or_log()
+
+    def _remove_group(self, name: str, group_id: str | None) -> None:
+        group_id = group_id or live_groups(self._ledger.owns_group).get(name, ("", ""))[0]
+        if not group_id:
+            return
+        try:
+            remove_placement_group(_group(group_id))
+            logger.info("sharing: removed group %s", name)
+        except Exception as exc:  # its record has ended: the orphan sweep removes it later
+            logger.warning("sharing: could not remove group %s (%s: %s); retrying", name, type(exc).__name__, exc)
+
+    def _sweep_orphans(self) -> None:
+        """Remove this app's groups that no holding record knows: a removal that failed, or a
+        group created just before a crash. Another app's groups are never this ledger's."""
+        held = {record.placement_group for record in self._ledger.holding()}
+        for name, (group_id, _) in live_groups(self._ledger.owns_group).items():
+            if name not in held:
+                logger.warning("sharing: group %s is held by no allocation; removing it", name)
+                self._remove_group(name, group_id)
 
     def _note_ready(self) -> None:
         unready = [r for r in self._ledger.holding() if not r.ready and r.placement_group_id]
@@ -178,10 +234,17 @@ class SharingManager:
         async with self._lock:
             if self._ledger.get(record_id).holding:
                 self._ledger.placed(record_id, record.placement_group_id, ready=True)
-                self._save()
+                self._save_or_log()
 
     def _save(self) -> None:
         state = json.dumps(self._ledger.to_state(), sort_keys=True)
         if state != self._saved:
-            save(KV_KEY, state)
+            save(self._kv_key, state)
             self._saved = state
+
+    def _save_or_log(self) -> None:
+        """Save; a failure is retried on the next change or tick (the state differs from the saved one)."""
+        try:
+            self._save()
+        except Exception as exc:
+            logger.warning("sharing: could not save the ledger (%s: %s); retrying", type(exc).__name__, exc)

@@ -1,4 +1,5 @@
-"""The `grid` command: start a local cluster, distribute test jobs, check status, validate.
+"""The `grid` command: start a local cluster, distribute test jobs, check status, explain a
+decision, validate.
 
 Every command talks to the app over HTTP (`--address`, default `$GRID_ADDRESS`, else the app
 `grid up` started, else http://127.0.0.1:8000) except `up`/`down`, which start and stop it. Failures print one line:
@@ -29,8 +30,8 @@ from .errors import GridError, InvalidRequestError, NotFoundError, describe_erro
 from .local_cluster import (DEFAULT_CONFIG, DEFAULT_SERVE_CONFIG, LOOPBACK, listener_on, log_file, read_state, state_dir,
                            state_file)
 from .sharing import Allocation, ResourceType, SharingRequest, config_capacity_rows, parse_duration, status_tables
-from .models import (NODE_LABEL, ClusterStatus, JobStatus, JobSubmission, NodeStatus, ResourceRequirement,
-                     SchedulingStrategy, TaskPriority)
+from .models import (NODE_LABEL, ClusterStatus, DecisionRecord, JobStatus, JobSubmission, NodeStatus,
+                     ResourceRequirement, SchedulingStrategy, TaskPriority, count_text)
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 StrategyName = enum.Enum("StrategyName", {str(s): str(s) for s in SchedulingStrategy}, type=str)  # type: ignore[misc]
@@ -315,6 +316,78 @@ def _status_table(status: ClusterStatus) -> Table:
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+# ================================================================== explain
+
+
+@app.command()
+def explain(
+    job_id: str = typer.Argument(..., help="The job, as `grid distribute test` or POST /v1/jobs named it."),
+    task_index: Optional[int] = typer.Argument(None, min=0, help="Which task of the job [default: its latest decision]."),
+    as_json: bool = JsonOption,
+    address: Optional[str] = AddressOption,
+) -> None:
+    """Why one task of a job runs where it does: its decision in full.
+
+    \b
+    Example: grid explain 3f2a9c1e07b4 0
+    """
+    with connect(address) as client:
+        client.get_job(job_id)  # an unknown job is a usage error naming it
+        kept = client.recent_decisions(limit=500, job_id=job_id).decisions
+    record = _decision_of(job_id, task_index, kept)
+    if as_json:
+        print(json.dumps(record.model_dump(mode="json"), indent=2))
+        return
+    _print_decision(record)
+
+
+def _decision_of(job_id: str, task_index: int | None, kept: list[DecisionRecord]) -> DecisionRecord:
+    """The kept decision of task `task_index` (the latest one when None), or a usage error."""
+    if not kept:
+        fail(f"job {job_id} has no decision kept: nothing placed yet, or the job is too old", 2)
+    if task_index is None:
+        return kept[0]
+    wanted = f"{job_id}-{task_index}"
+    found = next((record for record in kept if record.task_id == wanted), None)
+    if found is None:
+        indexes = sorted(int(record.task_id.rsplit("-", 1)[1]) for record in kept)
+        fail(f"task {task_index} of job {job_id} has no decision kept (kept: tasks {indexes[0]}-{indexes[-1]}, "
+             f"{len(indexes)} of them; each job keeps its latest 100)", 2)
+    return found
+
+
+def _print_decision(record: DecisionRecord) -> None:
+    console.print(f"[bold]{record.task_id}[/bold] ({record.task_type}, {record.priority} priority) -> "
+                  f"[bold]{record.node}[/bold] by {record.strategy}, score {record.score:.3f}, "
+                  f"waited {record.waited_s:.3f}s" + (", in borrowed capacity" if record.borrowed else ""))
+    explanation = record.explanation
+    if explanation is None:  # borrowed capacity: its reasons are all there is
+        for line in record.reasons:
+            console.print(f"  {line}", markup=False)
+        return
+    console.print(f"  {explanation.summary}", markup=False)
+    nodes = [explanation.winner] + ([explanation.runner_up] if explanation.runner_up else [])
+    table = Table(title="scores (each in [0, 1])", title_justify="left")
+    table.add_column("scorer")
+    for scores, role in zip(nodes, ("winner", "runner-up")):
+        table.add_column(f"{scores.node} ({role})", justify="right")
+    for name in explanation.winner.scores:
+        table.add_row(name, *[f"{scores.scores.get(name, 0.0):.3f}" for scores in nodes])
+    table.add_section()
+    table.add_row("total", *[f"{scores.score:.3f}" for scores in nodes])
+    console.print(table)
+    passed = sum(explanation.passed_over_counts.values())
+    if not passed:
+        console.print(f"passed over 0/{explanation.nodes} nodes")
+        return
+    console.print(f"passed over {passed}/{explanation.nodes} nodes: {count_text(explanation.passed_over_counts)}",
+                  markup=False)
+    for node in explanation.passed_over:
+        console.print(f"  {node.node}: {node.check}: {node.reason}", markup=False)
+    if passed > len(explanation.passed_over):
+        console.print(f"  ... and {passed - len(explanation.passed_over)} more")
 
 
 # ================================================================== resource sharing

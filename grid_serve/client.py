@@ -18,7 +18,7 @@ import httpx
 
 from .access import OWNER_KEY_HEADER
 from .errors import ForbiddenError, GoneError, GridError, InvalidRequestError, NoCapacityError, NotFoundError, TooBusyError
-from .models import ClusterStatus, JobStatus, JobSubmission, SchedulingDecision, SchedulingRequest
+from .models import ClusterStatus, JobStatus, JobSubmission, RecentDecisions, SchedulingDecision, SchedulingRequest
 from .sharing import Allocation, SharingRequest, SharingStatus
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8000"
@@ -179,6 +179,11 @@ class GridClient:
     def cancel_job(self, job_id: str) -> JobStatus:
         return JobStatus.model_validate(self._call("DELETE", f"/v1/jobs/{job_id}",
                                                    headers=self.owner_keys.headers(f"job/{job_id}")))
+
+    def recent_decisions(self, limit: int = 50, job_id: str | None = None) -> RecentDecisions:
+        """Placement decisions, newest first (at most 500); one job's latest 100 with `job_id`."""
+        params: dict[str, Any] = {"limit": limit} | ({"job_id": job_id} if job_id else {})
+        return RecentDecisions.model_validate(self._call("GET", "/v1/decisions", params=params))
 
     def schedule(self, request: SchedulingRequest, lease_s: float = 300.0, wait_s: float = 30.0) -> SchedulingDecision:
         body = request.model_dump(mode="json")

@@ -38,7 +38,8 @@ def _to_record(entry: _Entry) -> DecisionRecord:
     at, job_id, task_type, priority, d = entry
     return DecisionRecord(at=at, task_id=d.task_id, job_id=job_id, task_type=task_type, node=d.node_name,
                           node_id=d.node_id, strategy=d.strategy, priority=priority, score=d.score,
-                          waited_s=d.waited_s, borrowed=d.placement_group_id is not None, reasons=list(d.reasons))
+                          waited_s=d.waited_s, borrowed=d.placement_group_id is not None, reasons=list(d.reasons),
+                          explanation=d.explanation)
 
 
 class DecisionLog:

@@ -11,6 +11,7 @@ import enum
 import math
 import re
 import uuid
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -172,8 +173,82 @@ class SchedulingRequest(_Model):
         return self.job_id or self.task_id
 
 
+@dataclass(frozen=True)
+class PassedOver:
+    """One node a decision passed over (or a no-fit rejected): the check it failed and why,
+    e.g. check 'busy', reason 'needs 2 CPU, 1 free'; nodes are counted per check.
+
+    Made where the check fails, which is the placer's innermost loop, so it is a plain frozen
+    dataclass (half a pydantic model's cost); the models that hold it serialise it all the same."""
+
+    node: str
+    check: str
+    reason: str
+    node_id: str = ""
+
+
+@dataclass(frozen=True)
+class NodeScores:
+    """A node's weighted total and each named scorer's score in [0, 1]."""
+
+    node: str
+    score: float
+    scores: dict[str, float]
+
+
+EXPLAINED_NODES = 5  # how many passed-over nodes an explanation names (all of them are counted)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a node won, as data: the strategy's summary of the winner's evidence, the named
+    scores of the winner and the runner-up, the first EXPLAINED_NODES nodes passed over, and
+    every node passed over counted per check (kube's "2 busy, 1 stale"); `nodes` is how many
+    the view had. `reasons()` renders the text every surface shows.
+
+    Plain frozen dataclasses (like `PassedOver`), since one is made per task on the placer's
+    path; pydantic models holding them validate and serialise them like models.
+    """
+
+    summary: str
+    winner: NodeScores
+    runner_up: NodeScores | None = None
+    passed_over: list[PassedOver] = field(default_factory=list)
+    passed_over_counts: dict[str, int] = field(default_factory=dict)  # check -> nodes passed over by it
+    nodes: int = 0
+
+    def reasons(self) -> list[str]:
+        """The summary, the winner's scores, then who was passed over.
+
+        >>> Explanation(summary="pack: b is the fullest node that still fits",
+        ...             winner=NodeScores(node="b", score=0.5, scores={"fullest": 0.5}),
+        ...             passed_over=[PassedOver(node="a", check="busy", reason="needs 1 CPU, 0 free")],
+        ...             passed_over_counts={"busy": 1}, nodes=2).reasons()[1:]
+        ['scores: fullest=0.500', 'passed over 1/2 nodes (1 busy): a (needs 1 CPU, 0 free)']
+        """
+        lines = [self.summary, "scores: " + ", ".join([f"{name}={value:.3f}" for name, value in self.winner.scores.items()])]
+        if self.passed_over:
+            counts = self.passed_over_counts
+            lines.append(f"passed over {sum(counts.values())}/{self.nodes} nodes ({count_text(counts)}): "
+                         + "; ".join([f"{p.node} ({p.reason})" for p in self.passed_over]))
+        return lines
+
+
+def count_text(counts: dict[str, int]) -> str:
+    """Counts per reason, most first, the way kube-scheduler words them.
+
+    >>> count_text({"stale": 1, "insufficient GPU": 2})
+    '2 insufficient GPU, 1 stale'
+    """
+    if len(counts) == 1:  # the usual case, per decision: no sort
+        (reason, count), = counts.items()
+        return f"{count} {reason}"
+    return ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 class SchedulingDecision(_Model):
-    """Where a task runs and why; `ray_options()` pins it there."""
+    """Where a task runs and why; `ray_options()` pins it there. `explanation` is the why as
+    data (None for capacity borrowed through resource sharing); `reasons` is its text."""
 
     task_id: str
     node_id: str
@@ -184,6 +259,7 @@ class SchedulingDecision(_Model):
     reasons: list[str] = Field(default_factory=list)
     waited_s: float = 0.0
     resources: dict[str, float] = Field(default_factory=dict)
+    explanation: Explanation | None = None
     placement_group_id: str | None = None
     bundle_index: int | None = None
     owner_key: str | None = Field(None, description="only in a /v1/schedule answer made without a token: send it "
@@ -397,6 +473,7 @@ class DecisionRecord(BaseModel):
     waited_s: float
     borrowed: bool = Field(False, description="placed into capacity its node borrowed (resource sharing)")
     reasons: list[str]
+    explanation: Explanation | None = Field(None, description="the reasons as data (`grid explain` prints it)")
 
 
 class RecentDecisions(BaseModel):

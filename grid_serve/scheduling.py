@@ -19,8 +19,11 @@ from .lookahead import lookahead_admission
 from .models import SchedulingDecision, SchedulingRequest, TaskPriority
 from .placement_index import IncrementalPlacer
 from .sharing import allocation_decision, may_fit_allocation
-from .strategies import PlacementError
+from .strategies import NoFit, PlacementError, needs_of
 from .view import ClusterView, GroupCounts, NodeView
+
+
+STARVE_AFTER_S = 30.0  # a task waiting this long gets a node held for it (see SchedulerCore._hold)
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,17 @@ def _signature(request: SchedulingRequest) -> tuple:
 class SchedulerCore:
     """Queue + group counts. Not thread-safe: the deployment serialises calls with a lock."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, lookahead_s: float | None = None) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, lookahead_s: float | None = None,
+                 starve_after_s: float | None = STARVE_AFTER_S) -> None:
         """`lookahead_s`: each kind of request is admitted up to its lookahead admission
-        (`grid_serve.lookahead`); None keeps the view's own fixed `admission`."""
+        (`grid_serve.lookahead`); None keeps the view's own fixed `admission`.
+        `starve_after_s`: how long a task may wait before a node is held for it (None: never)."""
         self._clock = clock
         self._lookahead_s = lookahead_s
+        self._starve_after_s = starve_after_s
+        self._held: dict[str, str] = {}  # task id -> the node held for it (it has waited too long)
+        self._turns_given_up: dict[str, dict[str, int]] = {}  # group -> node id -> turns given up
+        self._turn_blocked_since: dict[str, float] = {}  # group -> when its turn holders began to block it
         self._waiting: list[_Waiting] = []
         self._seq = itertools.count()
         self._queued: dict[str, int] = {}  # group -> tasks waiting
@@ -126,6 +135,7 @@ class SchedulerCore:
         placers: dict[tuple, IncrementalPlacer | str] = {}
         blocked: set[tuple] = set()
         keep: list[_Waiting] = []
+        holds: list[tuple[str, Mapping[str, float]]] = []  # (node id, needs) held for starving tasks
         for item in self._waiting:
             request = item.request
             if item.signature in blocked:
@@ -139,6 +149,10 @@ class SchedulerCore:
                 continue
             waited = round(max(0.0, self._clock() - item.enqueued_at), 6)
             outcome = placer.place(request, waited_s=waited)
+            if isinstance(outcome, NoFit) and outcome.can_wait and self._give_up_turns(request, placer, placers):
+                outcome = placer.place(request, waited_s=waited)
+            elif self._turn_blocked_since and isinstance(outcome, SchedulingDecision):
+                self._turn_blocked_since.pop(request.group, None)  # the turn moved: a later wait starts afresh
             current = replace(view, nodes=MappingProxyType(nodes), allocations=MappingProxyType(allocations)) \
                 if allocations else None
             borrowed = allocation_decision(request, current, outcome) if current else None
@@ -157,15 +171,75 @@ class SchedulerCore:
             elif outcome.can_wait or (current is not None and may_fit_allocation(request, current)):
                 blocked.add(item.signature)
                 keep.append(item)
+                if isinstance(outcome, NoFit) and outcome.can_wait and self._starving(item):
+                    held = self._hold(request, outcome, nodes)
+                    if held is not None:
+                        holds.append(held)
+                        self._changed(placers, held[0])
             else:
                 result.rejected.append(Rejected(request.task_id, request.group, outcome.message))
         self._keep_only(keep)
+        for node_id, needs in holds:  # a hold lasts one drain: the next one holds again if still needed
+            nodes[node_id] = nodes[node_id].reserve({name: -amount for name, amount in needs.items()}, tasks=0)
+        if self._held:  # forget the holds of tasks no longer waiting
+            waiting = {item.request.task_id for item in keep}
+            self._held = {task_id: node_id for task_id, node_id in self._held.items() if task_id in waiting}
         for signature in placers:  # a group that got nothing needs no (empty) counts kept
             if not self.group_counts.of(signature[0]):
                 self.group_counts.forget(signature[0])
         if result.placed:
             result.view = replace(view, nodes=MappingProxyType(nodes), allocations=MappingProxyType(allocations))
         return result
+
+    def _give_up_turns(self, request: SchedulingRequest, placer: IncrementalPlacer,
+                       placers: Mapping[tuple, IncrementalPlacer | str]) -> bool:
+        """A job whose next task has waited only for its turn (some node could take it, the
+        nodes whose turn it is cannot) for longer than the turn's patience: every node holding
+        the turn gives it up. That counts as one of the job's tasks there (so the turn moves
+        on), and `turns_given_up` says so. True if any did."""
+        holders = placer.turn_holders()
+        if not holders:
+            self._turn_blocked_since.pop(request.group, None)
+            return False
+        now = self._clock()
+        since = self._turn_blocked_since.setdefault(request.group, now)
+        if now - since < placer.patience_s(holders):
+            return False
+        del self._turn_blocked_since[request.group]
+        given_up = self._turns_given_up.setdefault(request.group, {})
+        for node_id in holders:
+            self.group_counts.add(request.group, node_id)
+            given_up[node_id] = given_up.get(node_id, 0) + 1
+            self._changed(placers, node_id)
+        return True
+
+    def turns_given_up(self, group: str) -> Mapping[str, int]:
+        """Node id -> turns the node gave up in this group's spread (each also counted as a task)."""
+        return MappingProxyType(self._turns_given_up.get(group, {}))
+
+    def _starving(self, item: _Waiting) -> bool:
+        return self._starve_after_s is not None and self._clock() - item.enqueued_at >= self._starve_after_s
+
+    def _hold(self, request: SchedulingRequest, outcome: NoFit,
+              nodes: dict[str, NodeView]) -> tuple[str, Mapping[str, float]] | None:
+        """Hold a node for a task that waited too long (Slurm's backfill idea): reserve its needs
+        there for the rest of this drain, so the tasks queued behind it (lower priority, or
+        younger) may only take what the node has beyond it, and what frees there goes to it.
+
+        The node it waits for is, among those it is only too busy for (its turn, freshness and
+        lasting checks pass), the one closest to fitting it: the smallest shortfall in any
+        resource it needs, then the name; the same node from drain to drain while it qualifies,
+        so what frees there is not handed to the queue behind it again. None when it is not only
+        waiting for capacity."""
+        needs = needs_of(request)
+        busy = [nodes[r.node_id] for r in outcome.rejections if r.check == "busy"]
+        if not busy:
+            return None
+        shortfall = lambda node: max(amount - node.free(name) for name, amount in needs.items())  # noqa: E731
+        node = min(busy, key=lambda node: (node.node_id != self._held.get(request.task_id), shortfall(node), node.name))
+        self._held[request.task_id] = node.node_id
+        nodes[node.node_id] = node.reserve(needs, tasks=0)
+        return node.node_id, needs
 
     @staticmethod
     def _changed(placers: Mapping[tuple, IncrementalPlacer | str], node_id: str) -> None:
@@ -197,3 +271,5 @@ class SchedulerCore:
         """A finished job's counts are no longer needed for spreading."""
         if not any(item.request.group == group for item in self._waiting):
             self.group_counts.forget(group)
+            self._turns_given_up.pop(group, None)
+            self._turn_blocked_since.pop(group, None)

@@ -64,7 +64,12 @@ class NodeView:
         reserved = dict(self.reserved)
         for name, amount in resources.items():
             reserved[name] = max(0.0, reserved.get(name, 0.0) + amount * (1 if tasks >= 0 else -1))
-        return replace(self, reserved=MappingProxyType(reserved), in_flight=max(0, self.in_flight + tasks))
+        # a copy of the fields with two changed: `dataclasses.replace` re-runs __init__ over all of
+        # them (4.6 us), a tenth of a whole decision, and the Scheduler reserves once per task
+        clone = object.__new__(NodeView)
+        object.__setattr__(clone, "__dict__", {**self.__dict__, "reserved": MappingProxyType(reserved),
+                                               "in_flight": max(0, self.in_flight + tasks)})
+        return clone
 
     @property
     def gpu_count(self) -> float:

@@ -7,6 +7,7 @@ not from the decisions.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -70,7 +71,7 @@ def hold_job(count: int, seconds: float, priority: str = "normal") -> Any:
     spec = {"task": f"hold-{uuid.uuid4().hex[:8]}", "args": [[i, seconds] for i in range(count)],
             "strategy": "load_balanced", "priority": priority}
     runner = min((entry["name"], entry["namespace"]) for entry in ray.util.list_named_actors(all_namespaces=True)
-                 if entry["name"].startswith("grid-runner-grid-"))
+                 if re.fullmatch(r"grid-runner-grid-[0-9a-f]{4}", entry["name"]))  # app "grid"'s, not "grid-auth"'s
     return ray.get(ray.get_actor(*runner).submit_job.remote(JobSubmission.model_validate(spec), hold), timeout=60)
 
 
@@ -130,7 +131,7 @@ def test_priority_high_tasks_start_before_earlier_low_ones_once_the_lookahead_is
     wait_idle(client)
     # 12 blockers: one running and one queued inside Ray on each of the 6 CPUs (the lookahead),
     # so everything after them must wait in grid-serve, where priorities order it.
-    blockers = hold_job(12, 2.0)
+    blockers = hold_job(12, 4.0)  # long enough that low and high are both queued before any ends, even on a busy machine
     assert blockers.queued == 0
     low = hold_job(6, 1.0, "low")
     high = hold_job(6, 1.0, "high")

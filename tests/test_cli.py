@@ -68,6 +68,42 @@ def test_unknown_node_is_usage_error_naming_the_valid_ones(base_url: str) -> Non
     assert "unknown node 'gpu9'; known nodes: gpu-master, gpu1, gpu2" in one_line_error(done)
 
 
+@pytest.mark.cluster
+def test_explain_prints_one_tasks_decision_in_full(base_url: str) -> None:
+    ran = grid("distribute", "test", "--strategy", "node_specific", "--node", "gpu1", "--tasks", "3", "--json",
+               address=base_url)
+    job_id = json.loads(ran.stdout)["job_id"]
+    done = grid("explain", job_id, "1", address=base_url)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"{job_id}-1 (compute_task, normal priority) -> gpu1 by node_specific, score 1.000")
+    assert lines[1].startswith("  node_specific: 'gpu1' is gpu1 (")
+    assert any(line.split() == ["│", "named", "node", "│", "1.000", "│"] for line in lines), done.stdout
+    record = json.loads(grid("explain", job_id, "1", "--json", address=base_url).stdout)
+    assert record["task_id"] == f"{job_id}-1" and record["node"] == "gpu1"
+    assert record["explanation"]["winner"] == {"node": "gpu1", "score": 1.0, "scores": {"named node": 1.0}}
+    assert record["explanation"]["runner_up"] is None and record["explanation"]["passed_over"] == []
+    assert record["reasons"][0] == record["explanation"]["summary"]
+    latest = json.loads(grid("explain", job_id, "--json", address=base_url).stdout)
+    assert latest["task_id"].startswith(f"{job_id}-")
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("args, words", [
+    (("nosuchjob",), "nosuchjob"),
+    (("{job}", "7"), "task 7 of job {job} has no decision kept (kept: tasks 0-2, 3 of them"),
+    (("{job}", "-1"), "-1"),
+    (("{job}", "one"), "Invalid value for 'task_index'"),
+])
+def test_explain_bad_input_is_one_line_and_exit_2(base_url: str, args: tuple[str, ...], words: str) -> None:
+    ran = grid("distribute", "test", "--strategy", "node_specific", "--node", "gpu2", "--tasks", "3", "--json",
+               address=base_url)
+    job_id = json.loads(ran.stdout)["job_id"]
+    done = grid("explain", *[arg.format(job=job_id) for arg in args], address=base_url)
+    assert done.returncode == 2
+    assert words.format(job=job_id) in one_line_error(done)
+
+
 def test_unknown_strategy_is_usage_error_naming_the_choices() -> None:
     done = grid("distribute", "test", "--strategy", "fastest")
     assert done.returncode == 2

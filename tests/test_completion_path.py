@@ -43,3 +43,20 @@ def test_an_external_decision_is_released_once(client: GridClient) -> None:
 def test_health_reports_the_cluster(client: GridClient) -> None:
     health = client.health()
     assert health["status"] == "ok" and health["nodes"] == 3 and health["nodes_alive"] == 3
+
+
+def test_a_job_larger_than_the_schedulers_window_is_handed_over_in_windows(client: GridClient) -> None:
+    """The Scheduler holds 2,048 of a job's tasks at a time; the rest follow as room frees,
+    spread stays exact, and the queue counts what is held back."""
+    status = client.submit_job({"task": "noop", "count": 4500, "strategy": "spread", "wait": True, "timeout_s": 300})
+    assert status.state == "succeeded" and status.succeeded == 4500, status.error
+    assert status.per_node == {"gpu-master": 1500, "gpu1": 1500, "gpu2": 1500}
+    assert [o.result for o in status.results or []] == list(range(4500))
+    slow = client.submit_job({"task": "sleep_task", "args": [[i, 0.3] for i in range(4000)], "priority": "low"})
+    cluster = client.cluster_status()
+    assert cluster.queued >= 4000 - 12 - 4 and [str(level.priority) for level in cluster.queue] == ["low"]  # held back too
+    cancelled = client.cancel_job(slow.job_id)
+    assert cancelled.state == "cancelled" and cancelled.queued == 0
+    final = client.wait_job(slow.job_id, timeout_s=60, results=False)
+    assert final.cancelled + final.succeeded + final.failed == 4000 and final.cancelled >= 4000 - 30
+    assert client.cluster_status().queued == 0

@@ -43,7 +43,8 @@ def clean_up(base_url: str, case: Any, response: Any) -> None:
     if response.status_code >= 300:
         return
     body = response.json()
-    with httpx.Client(base_url=base_url, timeout=60, headers={"X-Grid-Owner-Key": body.get("owner_key") or ""}) as http:
+    key = body.get("owner_key") if isinstance(body, dict) else None
+    with httpx.Client(base_url=base_url, timeout=60, headers={"X-Grid-Owner-Key": key} if key else None) as http:
         if case.path == "/v1/jobs" and case.method.upper() == "POST":
             http.delete(f"/v1/jobs/{body['job_id']}")
         elif case.path == "/v1/schedule":

@@ -53,7 +53,7 @@ def test_one_gpu_tasks_spread_per_gpu(gpu_counts: dict[str, int], tasks: int, ex
 
 def test_spread_reason_says_per_gpu() -> None:
     view = ClusterView.of([make_node("big", cpus=8, gpus=2), make_node("small", cpus=8, gpus=1)])
-    decision = place(request(gpus=1, job_id="job"), view, {"id-big": 2, "id-small": 0})
+    decision = place(request(gpus=1, job_id="job"), view, group_counts={"id-big": 2, "id-small": 0})
     assert isinstance(decision, SchedulingDecision) and decision.node_name == "small"
     assert "fewest per GPU" in decision.reasons[0]
 

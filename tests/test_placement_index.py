@@ -8,14 +8,16 @@ the view that has every earlier decision reserved.
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 import pytest
 
-from grid_serve.models import ResourceRequirement, SchedulingDecision, SchedulingRequest, SchedulingStrategy
+from grid_serve.models import ResourceRequirement, SchedulingDecision, SchedulingRequest
+from grid_serve.placement import STRATEGIES
 from grid_serve.placement_index import IncrementalPlacer
 from grid_serve.scheduling import SchedulerCore
-from grid_serve.strategies import NoFit, PlacementError, place
-from grid_serve.view import ClusterView, GroupCounts, GpuView, make_node
+from grid_serve.strategies import NOT_NOW, NoFit, PlacementContext, PlacementError, Strategy, place, strategy_named
+from grid_serve.view import ClusterView, GroupCounts, GpuView, NodeView, make_node
 
 
 def random_view(seed: int, size: int) -> ClusterView:
@@ -56,25 +58,72 @@ def same(a: SchedulingDecision | NoFit, b: SchedulingDecision | NoFit) -> None:
         assert a.model_dump() == b.model_dump()
 
 
-@pytest.mark.parametrize("seed", range(12))
-@pytest.mark.parametrize("kind", range(len(KINDS)))
-def test_incremental_placer_matches_place_decision_by_decision(seed: int, kind: int) -> None:
-    view = random_view(seed, size=3 + seed % 7)
-    make = lambda i: SchedulingRequest(task_id=f"job-{i}", job_id="job", **KINDS[kind])  # noqa: E731
+def replay(view: ClusterView, make: Callable[[int], SchedulingRequest], strategy: Strategy | None = None,
+           tasks: int = 25) -> list[str]:
+    """Place `tasks` requests one by one with the placer and with place() on the view that has
+    every earlier decision reserved; they must agree field by field. Returns the nodes chosen."""
     nodes = dict(view.nodes)
     counts = GroupCounts()
-    placer = IncrementalPlacer(make(0), view, nodes, counts.live("job"))
-    for i in range(25):
+    placer = IncrementalPlacer(make(0), view, nodes, counts.live("job"), strategy)
+    chosen = []
+    for i in range(tasks):
         request = make(i)
         expected = place(request, ClusterView.of(nodes.values(), admission=view.admission,
-                                                 durations=view.durations), counts.of("job"))
+                                                 durations=view.durations), strategy, counts.of("job"))
         got = placer.place(request)
         same(got, expected)
         if not isinstance(got, SchedulingDecision):
             break
+        chosen.append(got.node_name)
         nodes[got.node_id] = nodes[got.node_id].reserve(got.resources)
         counts.add("job", got.node_id)
         placer.node_changed(got.node_id)
+    return chosen
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("kind", range(len(KINDS)))
+def test_incremental_placer_matches_place_decision_by_decision(seed: int, kind: int) -> None:
+    replay(random_view(seed, size=3 + seed % 7),
+           lambda i: SchedulingRequest(task_id=f"job-{i}", job_id="job", **KINDS[kind]))
+
+
+REQUIREMENTS = [ResourceRequirement(), ResourceRequirement(cpu_count=2), ResourceRequirement(cpu_count=1, gpu_count=1)]
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_registered_strategy_matches_place_by_itself(name: str, seed: int) -> None:
+    """Whatever the table holds, passed as the strategy itself (the request names a node for
+    any strategy that wants one)."""
+    requirements = REQUIREMENTS[seed % len(REQUIREMENTS)]
+    replay(random_view(100 + seed, size=4 + seed),
+           lambda i: SchedulingRequest(task_id=f"job-{i}", job_id="job", target_node="n01", requirements=requirements),
+           STRATEGIES[name])
+
+
+def score_name_order(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:
+    """Later names first: a rule no built-in strategy has."""
+    return sum(ord(char) for char in node.name) % 100 / 100
+
+
+THROWAWAY = Strategy(
+    "last_name_first",
+    current_checks=NOT_NOW,
+    scorers=(("name order", 1.0, score_name_order),),
+    explain=lambda request, chosen, runner_up, ctx, ready: f"last_name_first: {chosen.name} sorts last",
+)
+
+
+def test_a_strategy_registered_in_one_place_runs_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(STRATEGIES, THROWAWAY.name, THROWAWAY)  # the one place a strategy is registered
+    strategy = strategy_named("last_name_first")
+    view = ClusterView.of([make_node(name, cpus=1) for name in ("a", "c", "b")], admission=1.0)
+    decision = place(SchedulingRequest(job_id="job"), view, strategy)
+    assert isinstance(decision, SchedulingDecision) and decision.node_name == "c"
+    assert decision.explanation.summary == "last_name_first: c sorts last" and decision.reasons[0] == decision.explanation.summary
+    assert decision.explanation.runner_up.node == "b"
+    assert replay(view, lambda i: SchedulingRequest(task_id=f"job-{i}", job_id="job"), strategy) == ["c", "b", "a"]
 
 
 def test_unknown_target_node_is_a_placement_error_like_place() -> None:

@@ -11,11 +11,15 @@ from grid_serve.errors import InvalidRequestError, NotFoundError
 from grid_serve.models import SchedulingRequest, SchedulingStrategy
 from grid_serve.sharing import (
     Allocation,
+    AllocationState,
+    Event,
+    IllegalTransition,
     ResourceType,
     SharingLedger,
     SharingRequest,
     allocation_decision,
     fold_allocations,
+    next_state,
     parse_duration,
     reconcile,
     sharing_status,
@@ -295,6 +299,30 @@ def test_release_grace_keeps_the_group_briefly_even_when_idle():
     assert [r.id for r in book.tick(view).remove] == [record.id]
 
 
+def test_an_allocation_on_a_dead_donor_ends_lost_and_its_group_goes_at_once():
+    book, _ = ledger()
+    record, _ = book.submit(ask(amount=1), cluster())
+    assert record.donor == "gpu2"
+    view = cluster()
+    gpu2 = next(node for node in view.nodes.values() if node.name == "gpu2")
+    dead = view.with_node(dataclasses.replace(gpu2, alive=False))
+    changes = book.tick(dead, in_flight={record.id: 1})  # its tasks died with the node: nothing to drain
+    assert [r.id for r in changes.ended] == [record.id] and [r.id for r in changes.remove] == [record.id]
+    lost = book.get(record.id)
+    assert (lost.state, lost.holding) == ("lost", False) and lost.reason.startswith("donor gpu2 died")
+    assert book.lent("gpu2", ResourceType.CPU) == 0
+
+
+def test_a_grant_that_could_not_be_recorded_goes_back_to_pending():
+    book, _ = ledger()
+    record, changes = book.submit(ask(amount=1), cluster())
+    assert [r.id for r in changes.granted] == [record.id]
+    book.ungrant(record.id, "waiting: could not record the grant")
+    again = book.get(record.id)
+    assert (again.state, again.donor, again.holding, again.placement_group_id) == ("pending", None, False, None)
+    assert [r.id for r in book.tick(cluster()).granted] == [record.id]  # granted on a later tick
+
+
 def test_release_of_pending_withdraws_and_unknown_ids_are_404():
     book, _ = ledger()
     view = cluster()
@@ -316,10 +344,11 @@ def test_state_round_trips_and_reconcile_forgets_vanished_groups():
     restored = SharingLedger(config())
     restored.load_state(book.to_state())
     assert restored.records == book.records
-    groups = {kept.placement_group: ("ab" * 14, "CREATED"), "grid-sharing-stray": ("cd" * 14, "CREATED")}
+    stray, other_app = "grid-sharing-0123456789ab", "grid-sharing-other-0123456789ab"  # ours, and another app's
+    groups = {kept.placement_group: ("ab" * 14, "CREATED"), stray: ("cd" * 14, "CREATED"), other_app: ("cd" * 14, "CREATED")}
     groups.update({r.placement_group: ("ef" * 14, "PENDING") for r in book.holding() if r.id not in (kept.id, lost.id)})
     vanished, orphans = reconcile(restored, groups)
-    assert vanished == [lost.id] and orphans == ["grid-sharing-stray"]
+    assert vanished == [lost.id] and orphans == [stray]
     assert restored.get(kept.id).placement_group_id == "ab" * 14 and restored.get(kept.id).ready
     assert restored.get(waiting.id).state == "pending"
 
@@ -439,3 +468,28 @@ def test_scheduler_core_waits_for_an_allocation_rather_than_rejecting():
     result = core.submit(gpu_tasks, view)
     assert [(d.task_id, d.node_name) for d in result.placed] == [("g0", "gpu1")]
     assert result.rejected == [] and len(core) == 1  # g1 waits for the GPU allocation to free
+
+
+# ---------------------------------------------------------------- the lifecycle table
+
+LIFECYCLE = {  # (state, event) -> (next state, holds capacity); every other pair is illegal
+    ("pending", "grant"): ("active", True),
+    ("pending", "withdraw"): ("released", False),
+    ("pending", "time out"): ("timed_out", False),
+    ("active", "release"): ("released", True),  # drains first: running tasks may finish
+    ("active", "lease end"): ("expired", True),
+    ("active", "preempt"): ("preempted", False),  # gives the capacity back at once
+    ("active", "donor dies"): ("lost", False),  # the capacity went with the node
+    ("active", "ungrant"): ("pending", False),  # the grant could not be recorded: try again later
+}
+
+
+@pytest.mark.parametrize("state", list(AllocationState))
+@pytest.mark.parametrize("event", list(Event))
+def test_every_state_and_event_pair(state: AllocationState, event: Event) -> None:
+    expected = LIFECYCLE.get((str(state), str(event)))
+    if expected is None:
+        with pytest.raises(IllegalTransition, match=f"an allocation that is {state} cannot {event}"):
+            next_state(state, event)
+    else:
+        assert next_state(state, event) == expected

@@ -17,6 +17,7 @@ import ray
 from ray.util import placement_group_table
 from ray.util.state import list_actors
 
+from deployments.sharing_manager import FAIL_SAVE_KEY, FAULTS_NAMESPACE
 from grid_serve.client import GridClient, HandleClient
 from grid_serve.errors import InvalidRequestError
 from tests.test_api import owned
@@ -84,7 +85,7 @@ def test_grant_puts_the_placement_group_on_the_donor(http, sharing):
     record = sharing(expect=201, node="gpu-master", type="cpu", amount=1, priority="normal")
     # gpu1 and gpu2 both have all 2 of 2 CPUs spare; gpu2's sharing priority (0.9) beats gpu1's (0.8)
     assert (record["state"], record["donor"], record["borrower"]) == ("active", "gpu2", "gpu-master")
-    assert record["ready"] and record["placement_group"] == f"grid-sharing-{record['id']}"
+    assert record["ready"] and record["placement_group"] == f"grid-sharing-grid-{record['id']}"  # app grid's
     group = group_of(record)
     assert group["state"] == "CREATED" and group["bundles"] == {0: {"CPU": 1.0}}
     assert list(group["bundles_to_node_id"].values()) == [node_ids()["gpu2"]]
@@ -238,3 +239,41 @@ def test_handle_client_speaks_the_same_api(base_url):
     assert error.value.field == "amount"
     status = asyncio.run(client.sharing_status())
     assert status.enabled and {row.node for row in status.capacity} == {"gpu-master", "gpu1", "gpu2"}
+
+
+def test_a_grant_that_cannot_be_recorded_grants_nothing_and_a_retry_grants_once(http, sharing):
+    """Saving the ledger fails (GCS KV): the request answers 503 and leaves no record and no
+    placement group; once saving works, the same request is granted once."""
+    from ray.experimental import internal_kv
+
+    body = {"node": "gpu-master", "type": "cpu", "amount": 1}
+    internal_kv._internal_kv_put(FAIL_SAVE_KEY, "fail", namespace=FAULTS_NAMESPACE)
+    try:
+        refused = http.post("/v1/sharing", json=body)
+        assert refused.status_code == 503 and "nothing was granted" in refused.json()["error"], refused.text
+        status = http.get("/v1/sharing").json()
+        assert status["allocations"] == [] and status["pending"] == []
+        assert no_live_groups()
+    finally:
+        internal_kv._internal_kv_del(FAIL_SAVE_KEY, namespace=FAULTS_NAMESPACE)
+    record = sharing(expect=201, **body)
+    assert [a["id"] for a in http.get("/v1/sharing").json()["allocations"]] == [record["id"]]
+    assert len([g for g in placement_group_table().values()
+                if g["name"].startswith("grid-sharing-") and g["state"] != "REMOVED"]) == 1
+
+
+def test_the_sweep_removes_this_apps_stray_groups_and_never_another_apps(http):
+    """A group named as this app's but held by no allocation (a removal that failed, a crash
+    between create and save) is removed; one named as another app's (`grid-auth`) is not."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    ours = placement_group([{"CPU": 0.01}], name="grid-sharing-grid-0123456789ab", lifetime="detached")
+    theirs = placement_group([{"CPU": 0.01}], name="grid-sharing-grid-auth-0123456789ab", lifetime="detached")
+    try:
+        eventually(lambda: placement_group_table(ours)["state"] == "REMOVED", "this app's stray group swept")
+        assert placement_group_table(theirs)["state"] != "REMOVED"
+    finally:
+        for group in (ours, theirs):
+            if placement_group_table(group)["state"] != "REMOVED":
+                remove_placement_group(group)
+    eventually(no_live_groups, "test groups removed")

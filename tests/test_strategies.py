@@ -68,11 +68,11 @@ def test_spread_gpu_tasks_spread_over_gpus_not_nodes() -> None:
 def test_spread_waits_for_the_node_furthest_behind() -> None:
     counts = {"id-gpu-master": 2, "id-gpu1": 1, "id-gpu2": 1}
     view = three_nodes(gpu1=make_node("gpu1", cpus=2, gpus=1, reserved={"CPU": 4}))  # gpu1 full (admission 2x)
-    decision = place(request(job_id="j"), view, counts)
+    decision = place(request(job_id="j"), view, group_counts=counts)
     assert isinstance(decision, SchedulingDecision) and decision.node_name == "gpu2"
     full = three_nodes(gpu1=make_node("gpu1", cpus=2, gpus=1, reserved={"CPU": 4}),
                        gpu2=make_node("gpu2", cpus=2, gpus=1, reserved={"CPU": 4}))
-    waiting = place(request(job_id="j"), full, counts)
+    waiting = place(request(job_id="j"), full, group_counts=counts)
     assert isinstance(waiting, NoFit) and waiting.can_wait
     assert {r.check for r in waiting.rejections} == {"spread turn", "busy"}
 
@@ -211,6 +211,18 @@ def test_memory_request_in_mb() -> None:
     view = ClusterView.of([make_node("small", cpus=2, memory_mb=1024), make_node("large", cpus=2, memory_mb=8192)])
     req = SchedulingRequest(requirements=ResourceRequirement(memory_mb=4096), strategy="spread")
     assert place(req, view).node_name == "large"
+
+
+def test_performance_optimized_tries_a_node_measured_slow_once_per_20_tasks() -> None:
+    view = ClusterView.of([make_node("fast", cpus=100), make_node("slow", cpus=100)],
+                          durations={("id-fast", "job"): 0.1, ("id-slow", "job"): 1.0})
+    result = SchedulerCore().submit([request("performance_optimized", job_id="j", task_id=f"j-{i}", task_type="job")
+                                     for i in range(60)], view)
+    trials = [(d.task_id, d.node_name) for d in result.placed if d.node_name == "slow"]
+    assert trials == [("j-20", "slow"), ("j-40", "slow")] and len(result.placed) == 60
+    trial = next(d for d in result.placed if d.task_id == "j-20")
+    assert trial.reasons[0].startswith("performance_optimized: trying slow again (~1.000s = wait 0.000s + run (measured")
+    assert trial.explanation.winner.scores["explore"] == 1.0 and trial.explanation.runner_up.node == "fast"
 
 
 def test_decision_reasons_and_resources() -> None:

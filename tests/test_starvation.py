@@ -1,0 +1,120 @@
+"""No starvation: a large task is not passed forever by smaller lower-priority ones.
+
+Pure, on a simulated clock: a 2-CPU node and a 1-CPU node, kept full by 1-CPU low-priority
+tasks that arrive faster than they finish and end one at a time, so a CPU frees every half
+second but never two at once. A 2-CPU critical task then fits nowhere; without a hold the
+lows take every freed CPU forever. With `starve_after_s`, once it has waited that long the
+2-CPU node is held for it, and it starts when the lows already running there end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from grid_serve.models import ResourceRequirement, SchedulingRequest
+from grid_serve.scheduling import SchedulerCore
+from grid_serve.view import ClusterView, make_node
+
+TICK_S = 0.5
+CAPACITY = {"id-big": 2.0, "id-small": 1.0}
+
+
+def low(i: int) -> SchedulingRequest:
+    return SchedulingRequest(task_id=f"low-{i}", job_id=f"low-{i}", priority="low", strategy="load_balanced")
+
+
+def critical() -> SchedulingRequest:
+    return SchedulingRequest(task_id="critical", priority="critical", strategy="load_balanced",
+                             requirements=ResourceRequirement(cpu_count=2))
+
+
+def start_of_critical(starve_after_s: float | None, low_run_s: float, horizon_s: float = 30.0) -> float | None:
+    """When the critical task is placed (simulated seconds), or None if not within `horizon_s`."""
+    now = [0.0]
+    core = SchedulerCore(clock=lambda: now[0], starve_after_s=starve_after_s)
+    # (ends at, node id, CPUs): full at the start, the big node's two lows staggered by a tick
+    running = [(TICK_S, "id-big", 1.0), (2 * TICK_S, "id-big", 1.0), (TICK_S, "id-small", 1.0)]
+    core.enqueue([critical()])
+    arrived = 0
+    while now[0] <= horizon_s:
+        running = [task for task in running if task[0] > now[0] + 1e-9]
+        core.enqueue([low(arrived), low(arrived + 1)])  # 4 a second; the cluster finishes at most 3/low_run_s
+        arrived += 2
+        nodes = [make_node(node_id[3:], cpus=int(cpus), reserved={"CPU": sum(c for _, n, c in running if n == node_id)},
+                           in_flight=sum(1 for _, n, _ in running if n == node_id))
+                 for node_id, cpus in CAPACITY.items()]
+        for decision in core.drain(ClusterView.of(nodes, admission=1.0)).placed:
+            if decision.task_id == "critical":
+                return now[0]
+            running.append((now[0] + low_run_s, decision.node_id, 1.0))
+        now[0] += TICK_S
+    return None
+
+
+@pytest.mark.parametrize("starve_after_s, low_run_s, starts_at", [
+    (None, 1.0, None),  # no hold: passed by the lows for the whole 30 s
+    (2.0, 1.0, 2.5),    # held at 2.0 as one CPU frees there; the other low ends at 2.5
+    (2.0, 2.5, 3.5),    # longer lows: the one still running at 2.0 ends at 3.5
+    (5.0, 1.0, 5.5),
+    (0.0, 1.0, 1.0),    # held at once: it starts when the lows it found there end
+    (2.0, 0.5, 1.0),    # lows that end together free both CPUs at once: no hold needed
+])
+def test_a_large_critical_task_starts_within_the_bound(starve_after_s: float | None, low_run_s: float,
+                                                       starts_at: float | None) -> None:
+    start = start_of_critical(starve_after_s, low_run_s)
+    assert start == starts_at
+    if starve_after_s is not None:
+        assert start <= starve_after_s + low_run_s  # the bound: the wait, then the longest run already there
+
+
+def test_the_hold_leaves_the_node_it_cannot_use_to_the_lows() -> None:
+    """The 1-CPU node can never take the critical task: lows keep running there while it waits."""
+    now = [10.0]
+    core = SchedulerCore(clock=lambda: now[0], starve_after_s=0.0)
+    core.enqueue([critical(), low(0), low(1)])
+    view = ClusterView.of([make_node("big", cpus=2, reserved={"CPU": 1.0}, in_flight=1), make_node("small", cpus=1)],
+                          admission=1.0)
+    result = core.drain(view)
+    assert [(d.task_id, d.node_name) for d in result.placed] == [("low-0", "small")]
+    assert result.view.nodes["id-big"].reserved == {"CPU": 1.0}  # the hold lasts the drain, never leaks out
+    assert len(core) == 2
+
+
+# ---------------------------------------------------------------- spread's turn wait is bounded
+
+
+def spread_with_a_stuck_node(run_s: float, horizon_s: float = 20.0) -> tuple[dict[str, int], dict[str, int]]:
+    """A 30-task spread job on three 1-CPU nodes whose tasks take `run_s`, except that node c's
+    first task never ends. Returns (tasks placed per node, turns given up per node)."""
+    now = [0.0]
+    core = SchedulerCore(clock=lambda: now[0])
+    core.enqueue([SchedulingRequest(task_id=f"job-{i}", job_id="job") for i in range(30)])
+    running: list[tuple[float, str]] = []  # (ends at, node id)
+    placed = {"a": 0, "b": 0, "c": 0}
+    while now[0] <= horizon_s:
+        running = [task for task in running if task[0] > now[0] + 1e-9]
+        nodes = [make_node(name, cpus=1, reserved={"CPU": sum(1.0 for _, n in running if n == f"id-{name}")},
+                           in_flight=sum(1 for _, n in running if n == f"id-{name}")) for name in placed]
+        durations = {(f"id-{name}", "task"): run_s for name in placed}
+        for decision in core.drain(ClusterView.of(nodes, admission=1.0, durations=durations)).placed:
+            placed[decision.node_name] += 1
+            stuck = decision.node_name == "c"
+            running.append((math.inf if stuck else now[0] + run_s, decision.node_id))
+        now[0] += TICK_S
+    given_up = {node_id[3:]: turns for node_id, turns in core.turns_given_up("job").items()}
+    return placed, given_up
+
+
+@pytest.mark.parametrize("run_s, placed, given_up", [
+    # patience is 3 runs, at least 5 s. 1 s tasks: a and b take a round at 0 and 1 s; from 2 s
+    # the turn is c's, which it gives up at 7, 13 and 19 s, a round for a and b each time
+    (1.0, {"a": 5, "b": 5, "c": 1}, {"c": 3}),
+    # 2 s tasks, 6 s of patience: rounds at 0, 2, then c gives up at 10 and 18 s
+    (2.0, {"a": 4, "b": 4, "c": 1}, {"c": 2}),
+    # 10 s tasks, 30 s of patience, past the 20 s simulated: c keeps its turn and the job waits
+    (10.0, {"a": 2, "b": 2, "c": 1}, {}),
+])
+def test_a_stuck_node_gives_up_its_spread_turn(run_s: float, placed: dict[str, int], given_up: dict[str, int]) -> None:
+    assert spread_with_a_stuck_node(run_s) == (placed, given_up)
