@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -rfE
 
 test-quick: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not cluster"
+	$(BIN)/python -m pytest -q -m "not cluster and not multihost"
 
 bench-quick: $(STAMP)
 	$(BIN)/python bench/run_all.py --quick

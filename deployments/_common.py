@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import json
 from typing import Any, Awaitable, Callable
 
 logger = logging.getLogger("ray.serve")
@@ -13,6 +14,23 @@ COORDINATOR_OPTIONS = {"ray_actor_options": {"num_cpus": 0}, "max_ongoing_reques
 # Deployments only other deployments call, several times per batch of tasks: an access-log line
 # per call took ~4% of the Scheduler's CPU in a 1,000-task job (py-spy) and no user reads it.
 INTERNAL_OPTIONS = {**COORDINATOR_OPTIONS, "logging_config": {"enable_access_log": False}}
+
+
+KV_NAMESPACE = "grid_serve"
+
+
+def load_saved(key: str) -> Any:
+    """What `save(key, ...)` last stored in Ray's GCS (it outlives any replica), or None."""
+    from ray.experimental import internal_kv
+
+    raw = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
+    return json.loads(raw) if raw else None
+
+
+def save(key: str, state_json: str) -> None:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(key, state_json, overwrite=True, namespace=KV_NAMESPACE)
 
 
 def every(interval_s: float, step: Callable[[], Awaitable[None]], name: str) -> asyncio.Task:

@@ -423,7 +423,8 @@ class JobRunner:
         envelope = envelope or {}
         job.outcomes.record(
             index, node_id=envelope.get("node_id") or (decision.node_id if decision else ""),
-            node_name=envelope.get("node_name") or (decision.node_name if decision else "(not placed)"),
+            # the app's name for the node: a task sees only its labels and IP, not how the app named it
+            node_name=decision.node_name if decision else envelope.get("node_name") or "(not placed)",
             ok=ok, result=envelope.get("result"), error=error,
             started_at=envelope.get("started_at", 0.0), duration_s=envelope.get("duration_s", 0.0),
             attempts=job.attempts.get(index, 1),

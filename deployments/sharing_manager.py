@@ -35,10 +35,10 @@ from grid_serve.sharing import (
 )
 from grid_serve.view import ClusterView, view_from
 
-from ._common import INTERNAL_OPTIONS, every, logger
+from ._common import INTERNAL_OPTIONS, every, load_saved, logger
+from ._common import save as save_in_gcs
 
 KV_KEY = "sharing-ledger"  # one per app: `sharing-ledger:<app>`
-KV_NAMESPACE = "grid_serve"
 READY_WAIT_S = 10.0
 SWEEP_EVERY_TICKS = 5  # how often the manager looks for groups of its own that no record holds
 # Fault injection for tests: while this KV key (namespace FAULTS_NAMESPACE) holds "fail", saving
@@ -47,15 +47,10 @@ FAULTS_NAMESPACE = "grid_serve_faults"
 FAIL_SAVE_KEY = "sharing-save"
 
 
-def load_saved(key: str) -> dict[str, Any] | None:
-    raw = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
-    return json.loads(raw) if raw else None
-
-
 def save(key: str, state_json: str) -> None:
     if internal_kv._internal_kv_get(FAIL_SAVE_KEY, namespace=FAULTS_NAMESPACE) == b"fail":
         raise ConnectionError("GCS KV put failed (injected fault)")
-    internal_kv._internal_kv_put(key, state_json, overwrite=True, namespace=KV_NAMESPACE)
+    save_in_gcs(key, state_json)
 
 
 def live_groups(owns: Callable[[str], bool]) -> dict[str, tuple[str, str]]:

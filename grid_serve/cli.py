@@ -25,13 +25,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .client import AppUnreachableError, GridClient, OwnerKeys, default_address
-from .config import ConfigError, load_cluster_config
+from .config import ClusterConfig, ConfigError, NodeConfig, load_cluster_config
 from .errors import GridError, InvalidRequestError, NotFoundError, describe_error
 from .local_cluster import (DEFAULT_CONFIG, DEFAULT_SERVE_CONFIG, LOOPBACK, listener_on, log_file, read_state, state_dir,
                            state_file)
 from .sharing import Allocation, ResourceType, SharingRequest, config_capacity_rows, parse_duration, status_tables
-from .models import (ClusterStatus, DecisionRecord, JobStatus, JobSubmission, ResourceRequirement, SchedulingStrategy,
-                     TaskPriority, count_text)
+from .models import (NODE_LABEL, ClusterStatus, DecisionRecord, JobStatus, JobSubmission, NodeStatus,
+                     ResourceRequirement, SchedulingStrategy, TaskPriority, count_text)
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 StrategyName = enum.Enum("StrategyName", {str(s): str(s) for s in SchedulingStrategy}, type=str)  # type: ignore[misc]
@@ -208,7 +208,7 @@ def down() -> None:
 def distribute_test(
     strategy: StrategyName = typer.Option("spread", "--strategy", "-s", case_sensitive=False, help="How to place the tasks."),
     tasks: int = typer.Option(100, "--tasks", "-n", min=1, max=100_000, help="How many tasks."),
-    node: Optional[str] = typer.Option(None, "--node", help="Target node for node_specific: name, Ray node id or IP."),
+    node: Optional[str] = typer.Option(None, "--node", help="Target node for node_specific: name, Ray node id, IP or hostname."),
     priority: PriorityName = typer.Option("normal", "--priority", "-p", case_sensitive=False, help="Queue order when nodes are full."),
     cpus: Optional[float] = typer.Option(None, "--cpus", min=0, help="CPUs per task [default: the task's own, 1]."),
     gpus: Optional[float] = typer.Option(None, "--gpus", min=0, help="GPUs per task [default: the task's own, 0]."),
@@ -447,7 +447,7 @@ def _print_rows(title: str, headers: list[str], rows: list[list[str]]) -> None:
 
 @sharing_cli.command("request")
 def sharing_request(
-    node: str = typer.Option(..., "--node", help="The node that borrows: name, Ray node id or IP."),
+    node: str = typer.Option(..., "--node", help="The node that borrows: name, Ray node id, IP or hostname."),
     resource: ResourceName = typer.Option(..., "--type", case_sensitive=False, help="What to borrow (memory in GB)."),
     amount: float = typer.Option(..., "--amount", help="How much (CPUs, GPUs or GB)."),
     priority: PriorityName = typer.Option("normal", "--priority", "-p", case_sensitive=False,
@@ -513,16 +513,20 @@ def _first_error(exc: ValueError) -> str:
 
 @app.command()
 def validate(
-    config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Cluster config the cluster should match."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c",
+        help="Cluster config the cluster should match [default: the one `grid up --local` started, else none: "
+             "check only what needs no config]."),
     address: Optional[str] = AddressOption,
 ) -> None:
-    """Check the cluster against its config: reachable, every node alive and labelled,
-    resources as configured, the app answering. Exits 1 if any check fails.
+    """Check the cluster: the app answering, every live node probed, reporting resources and
+    uniquely labelled; with a cluster config also every config node alive, found (by its label,
+    else its host's IP or hostname) and sized as configured. Exits 1 if any check fails.
 
     \b
     Example: grid validate --config config/cluster.yaml
     """
-    checks = run_validation(config, address)
+    checks = run_validation(config or _local_config(), address)
     for ok, name, detail in checks:
         mark = "[green]PASS[/green]" if ok else "[red]FAIL[/red]"
         console.print(f"{mark}  {name}" + (f": {detail}" if detail else ""))
@@ -532,14 +536,25 @@ def validate(
     console.print(f"all {len(checks)} checks passed")
 
 
-def run_validation(config_path: Path, address: str | None) -> list[tuple[bool, str, str]]:
+Check = tuple[bool, str, str]
+
+
+def _local_config() -> Path | None:
+    """The cluster file of the local cluster `grid up --local` started, if one is up."""
+    state = read_state()
+    return Path(state["config"]) if state and state.get("mode") == "local" and state.get("config") else None
+
+
+def run_validation(config_path: Path | None, address: str | None) -> list[Check]:
     """(passed, check, detail) for each check; shared with scripts/validate_ray_cluster.py."""
-    checks: list[tuple[bool, str, str]] = []
-    try:
-        config = load_cluster_config(config_path)
-        checks.append((True, "cluster config", f"{config_path}: {len(config.nodes)} nodes"))
-    except ConfigError as exc:
-        return [(False, "cluster config", str(exc))]
+    checks: list[Check] = []
+    config = None
+    if config_path is not None:
+        try:
+            config = load_cluster_config(config_path)
+            checks.append((True, "cluster config", f"{config_path}: {len(config.nodes)} nodes"))
+        except ConfigError as exc:
+            return [(False, "cluster config", str(exc))]
     client = connect(address)
     try:
         health = client.health()
@@ -550,14 +565,41 @@ def run_validation(config_path: Path, address: str | None) -> list[tuple[bool, s
     finally:
         client.close()
     checks.append((bool(status.nodes), "Ray cluster reachable", f"{len(status.nodes)} Ray node(s)"))
+    checks += _live_node_checks(status)
+    if config is not None and config_path is not None:
+        checks += _config_checks(config, config_path, status)
+    return checks
+
+
+def _live_node_checks(status: ClusterStatus) -> list[Check]:
+    """What holds on any cluster, config or not: probes answer, totals reported, labels unique."""
+    live = [node for node in status.nodes if node.alive]
+    unprobed = [node.name for node in live if node.sampled_at is None or node.stale]
+    unsized = [node.name for node in live if node.resources_total.get("CPU") is None]
+    labels = [node.labels[NODE_LABEL] for node in live if NODE_LABEL in node.labels]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    return [
+        (not unprobed, "probes", f"{len(live) - len(unprobed)}/{len(live)} live nodes report measurements"
+         + (f"; none from {', '.join(unprobed)}" if unprobed else "")),
+        (not unsized, "resources reported", f"{len(live) - len(unsized)}/{len(live)} live nodes report their CPUs"
+         + (f"; not {', '.join(unsized)}" if unsized else "")),
+        (not repeated, "labels unique", f"{len(labels)} live node(s) labelled {NODE_LABEL}"
+         + (f"; shared by several: {', '.join(repeated)} (a name goes to one live node at most: the others "
+            "are named by hostname or IP)"
+            if repeated else "")),
+    ]
+
+
+def _config_checks(config: ClusterConfig, config_path: Path, status: ClusterStatus) -> list[Check]:
+    """Every config node found, alive and sized as the config says."""
+    checks: list[Check] = []
     expected = _expected_sizes(config, config_path)
-    by_name = {node.name: node for node in status.nodes}
     for node_config in config.nodes:
-        node = by_name.get(node_config.name)
+        node, how = _find(node_config, status.nodes)
         if node is None:
-            checks.append((False, f"node {node_config.name}", "no Ray node has the label grid.io/node=" + node_config.name))
+            checks.append((False, f"node {node_config.name}", how))
             continue
-        checks.append((node.alive, f"node {node_config.name} alive", f"{node.node_id[:8]} at {node.address}"))
+        checks.append((node.alive, f"node {node_config.name} alive", f"{node.node_id[:8]} at {node.address}{how}"))
         cpus, gpus, note = expected[node_config.name]
         have_cpus, have_gpus = node.resources_total.get("CPU", 0.0), node.resources_total.get("GPU", 0.0)
         matches = have_cpus == cpus and have_gpus == gpus
@@ -566,7 +608,23 @@ def run_validation(config_path: Path, address: str | None) -> list[tuple[bool, s
     return checks
 
 
-def _expected_sizes(config: Any, config_path: Path) -> dict[str, tuple[float, float, str]]:
+def _find(node_config: NodeConfig, nodes: list[NodeStatus]) -> tuple[NodeStatus | None, str]:
+    """The Ray node a config node means: the live one labelled with its name, else the one
+    node whose IP or hostname is its host. The text says how it was found, or why not."""
+    labelled = [node for node in nodes if node.labels.get(NODE_LABEL) == node_config.name]
+    if labelled:
+        return max(labelled, key=lambda node: node.alive), ""
+    by_host = [node for node in nodes if node.alive and node_config.host in (node.address, node.hostname)]
+    if len(by_host) == 1:
+        return by_host[0], (f" (found by host {node_config.host}, named {by_host[0].name}: label it "
+                            f"{NODE_LABEL}={node_config.name} to give it this file's name and sharing limits)")
+    if by_host:
+        return None, f"host {node_config.host} is shared by nodes {', '.join(n.name for n in by_host)}; " \
+                     f"label each with {NODE_LABEL}"
+    return None, f"no Ray node has the label {NODE_LABEL}={node_config.name}, nor the host {node_config.host}"
+
+
+def _expected_sizes(config: ClusterConfig, config_path: Path) -> dict[str, tuple[float, float, str]]:
     """Config sizes, or the scaled sizes `grid up --local` actually started for this config."""
     state = read_state()
     if state and state.get("mode") == "local" and state.get("config") == str(config_path.resolve()):

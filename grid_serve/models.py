@@ -164,7 +164,7 @@ class SchedulingRequest(_Model):
     @model_validator(mode="after")
     def _node_specific_names_a_node(self) -> "SchedulingRequest":
         if self.strategy is SchedulingStrategy.NODE_SPECIFIC and not self.target_node:
-            raise ValueError("strategy node_specific needs target_node (a node name, Ray node id or IP)")
+            raise ValueError("strategy node_specific needs target_node (a node name, Ray node id, IP or hostname)")
         return self
 
     @property
@@ -307,7 +307,7 @@ class JobSubmission(_Model):
     args: list[list[Any] | dict[str, Any]] | None = Field(None, min_length=1, max_length=MAX_TASKS_PER_JOB)
     strategy: SchedulingStrategy = SchedulingStrategy.SPREAD
     node: str | None = Field(None, min_length=1, max_length=200,
-                             description="target node for node_specific: name, Ray node id or IP")
+                             description="target node for node_specific: name, Ray node id, IP or hostname")
     priority: TaskPriority = TaskPriority.NORMAL
     resources: ResourceRequirement | None = Field(None, description="per task; default: the task type's own")
     label_selector: dict[str, str] = Field(default_factory=dict, max_length=64)
@@ -329,7 +329,7 @@ class JobSubmission(_Model):
         if self.count is not None and self.args is not None:
             raise ValueError("give either count or args, not both")
         if self.strategy is SchedulingStrategy.NODE_SPECIFIC and not self.node:
-            raise ValueError("strategy node_specific needs node (a node name, Ray node id or IP)")
+            raise ValueError("strategy node_specific needs node (a node name, Ray node id, IP or hostname)")
         if self.node and self.strategy is not SchedulingStrategy.NODE_SPECIFIC:
             raise ValueError(f"node is only used with strategy node_specific (got {self.strategy}); "
                              "use affinity_nodes to prefer nodes with other strategies")
@@ -421,6 +421,7 @@ class NodeStatus(BaseModel):
     node_id: str
     address: str
     alive: bool
+    hostname: str | None = Field(None, description="as Ray reports it; names an unlabelled node when unique")
     is_head: bool = False
     labels: dict[str, str] = Field(default_factory=dict)
     resources_total: dict[str, float] = Field(default_factory=dict)

@@ -177,7 +177,7 @@ def check_labels(request: SchedulingRequest, node: NodeView, ctx: PlacementConte
 
 
 def _named(node: NodeView, references: tuple[str, ...]) -> bool:
-    return any(ref in (node.name, node.node_id, node.ip) for ref in references)
+    return any(node.answers_to(ref) for ref in references)
 
 
 def check_affinity(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -54,7 +55,8 @@ def load_task_modules(modules: list[str]) -> dict[str, TaskType]:
 
 
 def where_am_i() -> dict[str, str]:
-    """The node this code runs on, as seen from inside: its grid name, Ray node id and IP."""
+    """The node this code runs on, as seen from inside: its grid name, Ray node id, IP and hostname
+    (the machine's own, from the process: what shows which host really ran it)."""
     return dict(_this_node())
 
 
@@ -68,12 +70,12 @@ def _this_node() -> tuple[tuple[str, str], ...]:
     node_id = context.get_node_id()
     labels = context.get_node_labels()
     ip = ray.util.get_node_ip_address()
-    return (("node", labels.get(NODE_LABEL) or ip), ("node_id", node_id), ("ip", ip))
+    return (("node", labels.get(NODE_LABEL) or ip), ("node_id", node_id), ("ip", ip), ("hostname", socket.gethostname()))
 
 
 @task()
 def compute_task(task_id: int = 0) -> dict[str, Any]:
-    """Report where the task ran: task id, node name, node id, IP."""
+    """Report where the task ran: task id, node name, node id, IP, hostname."""
     return {"task_id": task_id, **where_am_i()}
 
 

@@ -21,7 +21,7 @@ EMPTY: Mapping[str, float] = MappingProxyType({})
 
 
 class NodeLookupError(LookupError):
-    """A node reference (name, Ray node id or IP) matched no node, or more than one."""
+    """A node reference (name, Ray node id, IP or hostname) matched no node, or more than one."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,11 @@ class NodeView:
     memory_utilization: float | None = None  # measured, 0..1, None until a probe reports
     gpus: tuple[GpuView, ...] = ()
     stale: bool = False
+    hostname: str | None = None
+
+    def answers_to(self, reference: str) -> bool:
+        """Whether `reference` is this node's name, Ray node id, IP or hostname."""
+        return reference in (self.name, self.node_id, self.ip, self.hostname)
 
     def free(self, resource: str, admission: float = 1.0) -> float:
         """What is left of `resource` for new reservations, allowing `admission`× the total."""
@@ -125,22 +130,23 @@ class ClusterView:
         return replace(self, allocations=MappingProxyType(allocations))
 
     def resolve(self, reference: str) -> NodeView:
-        """The node a user means by a name, a Ray node id (or its unique prefix) or an IP.
+        """The node a user means by a name, a Ray node id (or its unique prefix), an IP or a hostname.
 
-        Several nodes may share an IP (a local cluster does), so an IP that matches more
-        than one node is an error rather than a guess.
+        Several nodes may share an IP or a hostname (a local cluster's nodes share both), so one
+        that matches more than one node is an error rather than a guess.
         """
         by_name = [node for node in self.nodes.values() if node.name == reference]
         if by_name:  # a restarted machine leaves its dead entry behind: the live one is meant
             return max(by_name, key=lambda node: node.alive)
         if reference in self.nodes:
             return self.nodes[reference]
-        by_ip = [node for node in self.nodes.values() if node.ip == reference]
-        if len(by_ip) == 1:
-            return by_ip[0]
-        if len(by_ip) > 1:
-            names = ", ".join(node.name for node in by_ip)
-            raise NodeLookupError(f"IP {reference} is shared by nodes {names}; name one of them instead")
+        for kind, matches in (("IP", [n for n in self.nodes.values() if n.ip == reference]),
+                              ("hostname", [n for n in self.nodes.values() if n.hostname == reference])):
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                names = ", ".join(node.name for node in matches)
+                raise NodeLookupError(f"{kind} {reference} is shared by nodes {names}; name one of them instead")
         if len(reference) >= 6:
             by_prefix = [node for node in self.nodes.values() if node.node_id.startswith(reference)]
             if len(by_prefix) == 1:
@@ -164,8 +170,11 @@ def make_node(
     memory_utilization: float | None = None,
     gpu_views: tuple[GpuView, ...] = (),
     custom: Mapping[str, float] | None = None,
+    hostname: str | None = None,
+    labelled: bool = True,
 ) -> NodeView:
-    """A node for tests, benchmarks and examples: `make_node("gpu1", cpus=4, gpus=1)`."""
+    """A node for tests, benchmarks and examples: `make_node("gpu1", cpus=4, gpus=1)`.
+    It carries the label grid.io/node=`name` unless `labelled=False` (a node named otherwise)."""
     total = {"CPU": float(cpus), "memory": memory_mb * 1024 * 1024}
     if gpus:
         total["GPU"] = float(gpus)
@@ -176,13 +185,14 @@ def make_node(
         name=name,
         ip=ip,
         alive=alive,
-        labels=MappingProxyType({"grid.io/node": name, **(labels or {})}),
+        labels=MappingProxyType({**({"grid.io/node": name} if labelled else {}), **(labels or {})}),
         total=MappingProxyType(total),
         reserved=MappingProxyType(dict(reserved or {})),
         in_flight=in_flight,
         cpu_utilization=cpu_utilization,
         memory_utilization=memory_utilization,
         gpus=gpu_views,
+        hostname=hostname,
     )
 
 
@@ -227,6 +237,7 @@ def view_from(nodes: Iterable["NodeStatus"], ledger: "LedgerSnapshot | None" = N
             memory_utilization=None if node.memory_percent is None else node.memory_percent / 100.0,
             gpus=tuple(_gpu_view(gpu) for gpu in node.gpus),
             stale=node.stale,
+            hostname=node.hostname,
         ))
     durations = ledger.durations if ledger else EMPTY
     return ClusterView.of(views, admission=admission, durations=durations, taken_at=taken_at)

@@ -130,7 +130,7 @@ def test_validate_passes_against_the_test_cluster(base_url: str, tmp_path: Path)
     config.write_text(TEST_CLUSTER_YAML)
     done = grid("validate", "--config", str(config), address=base_url)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("PASS") == 9 and "all 9 checks passed" in done.stdout
+    assert done.stdout.count("PASS") == 12 and "all 12 checks passed" in done.stdout
 
 
 @pytest.mark.cluster
@@ -140,7 +140,7 @@ def test_validate_fails_on_a_missing_node(base_url: str, tmp_path: Path) -> None
     done = grid("validate", "--config", str(config), address=base_url)
     assert done.returncode == 1
     assert "FAIL  node gpu3: no Ray node has the label grid.io/node=gpu3" in done.stdout
-    assert "1 of 10 checks failed" in one_line_error(done)
+    assert "1 of 13 checks failed" in one_line_error(done)
 
 
 @pytest.mark.cluster

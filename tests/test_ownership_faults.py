@@ -8,6 +8,7 @@ spread job lands 33/33/33. A killed runner's job is reported gone, with the reas
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Callable
@@ -146,9 +147,11 @@ def test_any_ingress_replica_answers_for_any_job(client: GridClient, http: httpx
 
 
 def replica_process(deployment: str) -> psutil.Process:
-    """The OS process of this app's live `deployment` replica (frozen and thawed below)."""
-    for process in psutil.process_iter(["cmdline"]):
-        if f"ServeReplica:grid:{deployment}" in " ".join(process.info["cmdline"] or []):
+    """The OS process of this app's live `deployment` replica (frozen and thawed below). Other
+    checkouts may run grid apps on the same machine: their workers run in their own directory."""
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        if f"ServeReplica:grid:{deployment}" in " ".join(process.info["cmdline"] or []) \
+                and process.info["cwd"] == os.getcwd():
             return process
     raise AssertionError(f"no {deployment} process")
 

@@ -286,3 +286,39 @@ def test_waited_time_is_reported() -> None:
 def test_priority_enum_rank_order() -> None:
     assert [p.rank for p in (TaskPriority.LOW, TaskPriority.NORMAL, TaskPriority.HIGH, TaskPriority.CRITICAL)] == [0, 1, 2, 3]
     assert SchedulingStrategy("load-balanced") is SchedulingStrategy.LOAD_BALANCED
+
+
+# ---------------------------------------------------------------- nodes named otherwise (KubeRay pods)
+
+
+def pods() -> ClusterView:
+    """A head and a worker group of three pods with no grid.io/node label: named by hostname."""
+    group = {"ray.io/node-group": "gpu-workers"}
+    return ClusterView.of([make_node("head-pod", cpus=2, labelled=False, hostname="head-pod", ip="10.1.0.1"),
+                           *(make_node(f"workers-{i}", cpus=2, gpus=1, labelled=False, hostname=f"workers-{i}",
+                                       ip=f"10.1.0.{i + 2}", labels=group) for i in range(3))])
+
+
+@pytest.mark.parametrize("reference", ["workers-1", "id-workers-1", "10.1.0.3"])
+def test_node_specific_by_hostname_id_or_ip_of_an_unlabelled_node(reference: str) -> None:
+    assert place(request("node_specific", target_node=reference), pods()).node_name == "workers-1"
+
+
+def test_node_specific_by_a_hostname_several_nodes_share_is_an_error() -> None:
+    view = ClusterView.of([make_node("a", hostname="vm"), make_node("b", hostname="vm")])
+    with pytest.raises(PlacementError, match="hostname vm is shared by nodes a, b"):
+        place(request("node_specific", target_node="vm"), view)
+
+
+def test_a_group_label_spreads_a_job_exactly_over_the_group() -> None:
+    jobs = [request("spread", job_id="j", label_selector={"ray.io/node-group": "gpu-workers"}) for _ in range(10)]
+    assert sorted(run_batch(pods(), jobs).items()) == [("workers-0", 4), ("workers-1", 3), ("workers-2", 3)]
+    gpu_jobs = [request("spread", gpus=1, job_id="g", label_selector={"ray.io/node-group": "gpu-workers"})
+                for _ in range(6)]
+    assert sorted(run_batch(pods(), gpu_jobs).values()) == [2, 2, 2]
+
+
+def test_a_group_label_no_node_carries_can_never_fit() -> None:
+    outcome = place(request("spread", label_selector={"ray.io/node-group": "tpu-workers"}), pods())
+    assert isinstance(outcome, NoFit) and not outcome.can_wait
+    assert outcome.message.startswith("0/4 nodes are available: 4 label mismatch (it can never fit)")

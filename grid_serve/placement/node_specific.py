@@ -1,4 +1,4 @@
-"""node_specific: exactly the named node (config name, Ray node id or IP); an unknown name is
+"""node_specific: exactly the named node (its name, Ray node id, IP or hostname); an unknown name is
 an error, a dead node a clear no-fit, never a silent fallback."""
 
 from __future__ import annotations

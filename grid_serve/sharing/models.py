@@ -75,7 +75,7 @@ class SharingRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    node: str = Field(min_length=1, max_length=200, description="the borrowing node: name, Ray node id or IP")
+    node: str = Field(min_length=1, max_length=200, description="the borrowing node: name, Ray node id, IP or hostname")
     type: ResourceType = Field(description="cpu, gpu or memory (GB)")
     amount: float = Field(gt=0, le=1e6)
     priority: TaskPriority = TaskPriority.NORMAL
