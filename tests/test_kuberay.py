@@ -1,5 +1,5 @@
 """deploy/kuberay/rayservice.yaml against KubeRay's own RayService CRD schema (copied unchanged in
-../shared/kuberay, see its README), and its serveConfigV2 against serve_config.yaml. No Kubernetes
+tests/data/kuberay, see its README), and its serveConfigV2 against serve_config.yaml. No Kubernetes
 here: the schema is what `kubectl apply` would check, and the application is the one the other
 tests run."""
 
@@ -20,7 +20,7 @@ from deployments.app import AppArgs
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = REPO / "deploy" / "kuberay" / "rayservice.yaml"
 DOCKERFILE = REPO / "deploy" / "kuberay" / "Dockerfile"
-CRD = Path(os.environ.get("GRID_KUBERAY_CRD", REPO.parent / "shared" / "kuberay" / "ray.io_rayservices.yaml"))
+CRD = Path(os.environ.get("GRID_KUBERAY_CRD", REPO / "tests" / "data" / "kuberay" / "ray.io_rayservices.yaml"))
 # where the manifest's application may differ from serve_config.yaml's, and why: no cluster file on
 # Kubernetes (names from labels and hostnames, capacities from Ray), a token from a Secret, and the
 # Service's name among the hosts the API answers to
