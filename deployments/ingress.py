@@ -517,8 +517,9 @@ class Ingress:
         return await self.placement_history(window_s)
 
     @fastapi_app.post(f"/{API_VERSION}/schedule", response_model=SchedulingDecision)
-    async def http_schedule(self, body: SchedulingRequest, lease_s: float = Query(300.0, gt=0, le=86400),
-                            wait_s: float = Query(30.0, ge=0, le=600), request: Request = None) -> SchedulingDecision:
+    async def http_schedule(self, body: SchedulingRequest, request: Request,
+                            lease_s: float = Query(300.0, gt=0, le=86400),
+                            wait_s: float = Query(30.0, ge=0, le=600)) -> SchedulingDecision:
         return await self.schedule(body, lease_s, wait_s, _caller(request))
 
     @fastapi_app.post(f"/{API_VERSION}/schedule/{{task_id}}/complete")

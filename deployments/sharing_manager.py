@@ -93,10 +93,11 @@ class SharingManager:
         saved = load_saved(self._kv_key)
         if saved:
             self._ledger.load_state(saved)
-        vanished, _ = reconcile(self._ledger, live_groups(self._ledger.owns_group))
+        groups = live_groups(self._ledger.owns_group)
+        vanished, orphans = reconcile(self._ledger, groups)
         for record_id in vanished:
             logger.warning("sharing: allocation %s lost its placement group while the manager was down", record_id)
-        self._sweep_orphans()  # created just before a crash, never recorded: give the capacity back
+        self._remove_orphans(orphans, groups)  # created just before a crash, never recorded: give the capacity back
         self._save_or_log()
         logger.info("sharing: %d allocation(s), %d pending request(s) restored", len(self._ledger.holding()),
                     len(self._ledger.pending()))
@@ -207,11 +208,13 @@ class SharingManager:
     def _sweep_orphans(self) -> None:
         """Remove this app's groups that no holding record knows: a removal that failed, or a
         group created just before a crash. Another app's groups are never this ledger's."""
-        held = {record.placement_group for record in self._ledger.holding()}
-        for name, (group_id, _) in live_groups(self._ledger.owns_group).items():
-            if name not in held:
-                logger.warning("sharing: group %s is held by no allocation; removing it", name)
-                self._remove_group(name, group_id)
+        groups = live_groups(self._ledger.owns_group)
+        self._remove_orphans(self._ledger.orphans(groups), groups)
+
+    def _remove_orphans(self, orphans: list[str], groups: dict[str, tuple[str, str]]) -> None:
+        for name in orphans:
+            logger.warning("sharing: group %s is held by no allocation; removing it", name)
+            self._remove_group(name, groups[name][0])
 
     def _note_ready(self) -> None:
         unready = [r for r in self._ledger.holding() if not r.ready and r.placement_group_id]

@@ -133,10 +133,6 @@ class AccessPolicy:
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     critical_callers: tuple[str, ...] | None = None  # identities that may use `critical`; None: anyone
 
-    @property
-    def token(self) -> bool:
-        """Whether any token is configured (routes that change work then need one)."""
-        return bool(self.tokens)
 
     def refusal(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str]) -> Refusal | None:
         """Why this request may not go on, or None. `headers` keys are lower-case."""
@@ -148,7 +144,7 @@ class AccessPolicy:
         if cross_site:
             return Refusal(403, f"cross-site request refused ({cross_site}): the API takes requests from "
                                 "its own page, curl, the CLI and clients, not from other web pages")
-        if self.token and needs_token(method, api_path(path), query) and not self._has_token(headers):
+        if self.tokens and needs_token(method, api_path(path), query) and not self._has_token(headers):
             return Refusal(401, "this route needs `Authorization: Bearer <token>` (the CLI and clients send "
                                 "$GRID_TOKEN)", field="authorization")
         return None

@@ -83,6 +83,12 @@ class SharingLedger:
         """
         return name.startswith(self.group_prefix) and RECORD_ID.fullmatch(name[len(self.group_prefix):]) is not None
 
+    def orphans(self, groups: Iterable[str]) -> list[str]:
+        """Names among live `groups` that are this ledger's but no holding record's: a group
+        made just before a crash, or one whose removal failed. The adapter removes them."""
+        held = {record.placement_group for record in self.holding()}
+        return sorted(name for name in groups if self.owns_group(name) and name not in held)
+
     # ------------------------------------------------------------------ capacity
 
     @property
@@ -370,16 +376,13 @@ def reconcile(ledger: SharingLedger, groups: Mapping[str, tuple[str, str]]) -> t
     record holds (orphans the adapter should remove).
     """
     vanished = []
-    held = set()
     for record in ledger.holding():
         found = groups.get(record.placement_group)
         if found is None:
             vanished.append(record.id)
             ledger.forget(record.id, "placement group vanished")
             continue
-        held.add(record.placement_group)
         ledger.placed(record.id, found[0], ready=found[1] == "CREATED")
-    orphans = sorted(name for name in groups if ledger.owns_group(name) and name not in held)
-    return vanished, orphans
+    return vanished, ledger.orphans(groups)
 
 
