@@ -1,13 +1,15 @@
 """Where the CPU of one task goes, per process kind, plain Ray against grid-serve.
 
-    python -m bench.cpu_per_task [--quick] [--tasks 5000]
+    python -m bench.cpu_per_task [--quick] [--sleep-ms MS]
 
 On a 2-core machine no-op throughput is bound by CPU: every process that touches a task (the
 submitter, raylets, GCS, workers, and grid-serve's replicas) shares the same cores. This
 bench takes the CPU time of every process this run started (and of itself) before and after
 one job of no-ops, for plain Ray (driver, SPREAD) and grid-serve (handle `submit_job` with
 wait), and prints CPU milliseconds per task for each kind of process. The difference between
-the two columns is what grid-serve costs per task and where.
+the two columns is what grid-serve costs per task and where. `--sleep-ms MS`: tasks that
+sleep that long instead (1,000 of them, grid `load_balanced` as in `bench.dispatch`), where
+what grid-serve costs competes with Ray's own processes for the same two cores.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import sys
 import time
 from typing import Callable
 
@@ -71,17 +74,27 @@ def cost_per_task(job: Callable[[], object], tasks: int) -> tuple[float, dict[st
     return tasks / elapsed, {kind: 1000 * seconds / tasks for kind, seconds in per_kind.items()}, started
 
 
+def sleep_seconds() -> float | None:
+    """`--sleep-ms MS` on the command line, in seconds; None for no-ops."""
+    if "--sleep-ms" not in sys.argv:
+        return None
+    return float(sys.argv[sys.argv.index("--sleep-ms") + 1]) / 1000.0
+
+
 def run(env: Env) -> Report:
-    tasks = 1000 if env.quick else 5000
+    seconds = sleep_seconds()
+    tasks = 1000 if env.quick or seconds else 5000
     pinned = plain_ray.pinned([node["NodeID"] for node in ray.nodes() if node["Alive"]])
-    sides = {"Ray SPREAD (driver)": lambda: dispatch.ray_run(tasks, None),
-             "Ray pinned per node (driver)": lambda: ray.get([pinned[i % len(pinned)].remote(i) for i in range(tasks)]),
-             "grid handle": lambda: dispatch.grid_handle(env, tasks, None)}
+    sides = {"Ray SPREAD (driver)": lambda: dispatch.ray_run(tasks, seconds),
+             "grid handle": lambda: dispatch.grid_handle(env, tasks, seconds)}
+    if seconds is None:
+        sides["Ray pinned per node (driver)"] = lambda: ray.get([pinned[i % len(pinned)].remote(i) for i in range(tasks)])
     results = {}
     for name, job in sides.items():
         job()  # warm-up
         results[name] = cost_per_task(job, tasks)
-    report = Report(f"CPU ms per task, {tasks} no-ops in one job, by process kind",
+    work = f"tasks of {seconds * 1000:g} ms" if seconds else "no-ops"
+    report = Report(f"CPU ms per task, {tasks} {work} in one job, by process kind",
                     ["process kind", *[f"{name} ms/task" for name in sides]])
     kinds = sorted({kind for _, costs, _ in results.values() for kind in costs},
                    key=lambda kind: -max(costs.get(kind, 0.0) for _, costs, _ in results.values()))

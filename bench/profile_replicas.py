@@ -1,12 +1,13 @@
 """Where the throughput path spends its CPU: py-spy on the grid app's replicas during jobs.
 
     pip install py-spy
-    python -m bench.profile_replicas [--seconds 8] [--tasks 1000] [--out /tmp/grid-profile]
+    python -m bench.profile_replicas [--seconds 8] [--tasks 1000] [--sleep-ms MS] [--out /tmp/grid-profile]
 
 Starts the quick benchmark cluster, finds this cluster's `ServeReplica:grid:{Ingress,
 Scheduler,LoadBalancer}` processes and the `JobRunner` actor (descendants of this process only: other clusters on the
 machine are left alone), records each with py-spy while 1,000-no-op jobs run through the
-handle, then prints each replica's on-CPU share and its most frequent frames.
+handle (or `--sleep-ms`: jobs of tasks sleeping that long, load_balanced, as in
+`bench.dispatch`), then prints each replica's on-CPU share and its most frequent frames.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import psutil
 
 from .harness import bench_env
+from . import dispatch
 from .throughput import grid_handle
 
 # process name -> what its command line shows (the JobRunner is a plain actor beside the Ingress)
@@ -61,18 +63,25 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--out", default="/tmp/grid-profile")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--sleep-ms", type=float, default=0.0)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with bench_env(quick=True) as env:
-        grid_handle(env, 200)  # warm-up
+        def job() -> None:
+            if args.sleep_ms:
+                dispatch.grid_handle(env, args.tasks, args.sleep_ms / 1000.0)
+            else:
+                grid_handle(env, args.tasks)
+
+        job()  # warm-up
         recorders = [subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", str(RATE_HZ), "--nonblocking",
                                        "-f", "raw", "-o", str(out / f"{name}.txt"), "-d", str(int(args.seconds))],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for name, pid in replica_pids().items()]
         began, done = time.monotonic(), 0
         while time.monotonic() - began < args.seconds - 1:
-            grid_handle(env, args.tasks)
+            job()
             done += args.tasks
         print(f"{done / (time.monotonic() - began):.0f} tasks/s while profiled")
         for recorder in recorders:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import pickle
 import time
 import uuid
@@ -115,6 +116,7 @@ class _Job:
     error: str | None = None
     result_bytes: int = 0  # pickled size of its results, once finished
     news: asyncio.Event = field(default_factory=asyncio.Event)  # a task ended, or the job was cancelled
+    last_ended: asyncio.Event = field(default_factory=asyncio.Event)  # every task has an outcome
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     @staticmethod
@@ -429,6 +431,8 @@ class JobRunner:
             started_at=envelope.get("started_at", 0.0), duration_s=envelope.get("duration_s", 0.0),
             attempts=job.attempts.get(index, 1),
         )
+        if len(job.outcomes) >= job.spec.task_count:
+            job.last_ended.set()
 
     async def _drive(self, job: _Job) -> None:
         """Report ends and collect placements until every task has an outcome; then release."""
@@ -444,13 +448,21 @@ class JobRunner:
                     began = time.monotonic()
                     self._take(job, await self._ask(lambda: self._scheduler.report.remote(job.id, batch, requeue, lost,
                                                                                           job.unsent)))
-                    await asyncio.sleep(max(0.0, REPORT_SPACING_S - (time.monotonic() - began)))
+                    await self._space_reports(job, REPORT_SPACING_S - (time.monotonic() - began))
         except Exception as exc:  # never leave a job hanging: say what broke
             logger.exception("job %s failed", job.id)
             job.error = f"{type(exc).__name__}: {exc}"
         finally:
             poller.cancel()
             await self._end(job)
+
+    @staticmethod
+    async def _space_reports(job: _Job, seconds: float) -> None:
+        """Wait before the next report, but not past the job's last task: the job ends (and
+        a waiting caller gets its answer) as soon as every task has an outcome."""
+        if seconds > 0 and not job.last_ended.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(job.last_ended.wait(), seconds)
 
     async def _poll(self, job: _Job) -> None:
         """Long-poll for placements made as other jobs free capacity."""
