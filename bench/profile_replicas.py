@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/grid-profile")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--sleep-ms", type=float, default=0.0)
+    parser.add_argument("--gil", action="store_true", help="sample only the thread holding the GIL (Python CPU, "
+                        "without event loops idling in C counted as busy)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +78,8 @@ def main() -> None:
 
         job()  # warm-up
         recorders = [subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", str(RATE_HZ), "--nonblocking",
-                                       "-f", "raw", "-o", str(out / f"{name}.txt"), "-d", str(int(args.seconds))],
+                                       "-f", "raw", "-o", str(out / f"{name}.txt"), "-d", str(int(args.seconds)),
+                                       *(["--gil"] if args.gil else [])],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for name, pid in replica_pids().items()]
         began, done = time.monotonic(), 0

@@ -234,7 +234,8 @@ class JobRunner:
         # The Scheduler holds a window of the job, not all of it: a 100,000-task job costs it
         # (and this runner) a request per task only for what may be placed soon.
         requests = job.next_requests(MIN_WINDOW)
-        placements = await self._ask(lambda: self._scheduler.submit.remote(requests, None, self._name, None, job.unsent))
+        placements = await self._ask(lambda: self._scheduler.submit.remote(requests, None, self._name, None, job.unsent,
+                                                                                   publish=not spec.wait))
         if placements.rejected and len(placements.rejected) == len(requests):  # every task is of one kind
             await self._ask(lambda: self._scheduler.finished.remote(job_id))
             raise InvalidRequestError(placements.rejected[0].reason, field="node" if spec.node else "resources")
@@ -482,14 +483,14 @@ class JobRunner:
         job.waiting.clear()
         self._record_unsent(job, job.error or "cancelled")
         job.finished_at = time.time()
-        job.result_bytes = job.outcomes.result_bytes(_size_of)
-        job.done.set()
-        self._forget_old_jobs()
+        job.done.set()  # a waiting caller gets its answer while the upkeep below goes on
         batch, job.unreported = job.unreported, []
         try:  # the last ends carry run times worth learning; then everything of the job is released
             await self._ask(lambda: self._scheduler.finished.remote(job.id, None, batch), grace_s=CALL_TIMEOUT_S)
         except Exception:  # its lease lapses and the Scheduler reclaims it anyway
             logger.warning("could not tell the Scheduler that job %s finished; its lease will lapse", job.id)
+        job.result_bytes = job.outcomes.result_bytes(_size_of)
+        self._forget_old_jobs()
 
     @staticmethod
     def _cancel_running(job: _Job) -> None:

@@ -71,6 +71,7 @@ class _Meta:
     lease_s: float | None
     priority: TaskPriority = TaskPriority.NORMAL
     owner: str | None = None  # who may complete a /v1/schedule reservation (grid_serve.access)
+    runner: bool = False  # a job runner's task (not a /v1/schedule caller's)
 
 
 @serve.deployment(**INTERNAL_OPTIONS)
@@ -242,7 +243,8 @@ class Scheduler:
             self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, meta.task_type, meta.group,
                                  str(decision.strategy), meta.lease_s, decision.placement_group_id)
             self._log.record(decision, meta.group, meta.task_type, meta.priority)
-            self._deliver(meta.group).placed.append(decision)
+            # a job runner only runs the task; a /v1/schedule caller is shown why
+            self._deliver(meta.group).placed.append(decision.to_run() if meta.runner else decision)
         for rejection in result.rejected:
             self._deliver(rejection.group).rejected.append(rejection)
             self._meta.pop(rejection.task_id, None)
@@ -303,13 +305,16 @@ class Scheduler:
     # ------------------------------------------------------------------ the runner's API
 
     async def submit(self, requests: list[SchedulingRequest], lease_s: float | None = None,
-                     runner: str | None = None, owner: str | None = None, unsent: int = 0) -> Placements:
+                     runner: str | None = None, owner: str | None = None, unsent: int = 0,
+                     publish: bool = True) -> Placements:
         """Queue `requests` and place what fits now. Returns the caller's group's news at once;
         later placements come with `report` replies or from `wait_placed`. All requests must
         share one group. With `runner`, the group is a job that runner owns and renews; `owner`
         is who may complete a leased reservation (`complete_external`); `unsent`, how many more
         tasks of the job its runner holds back until the window has room (they count toward
-        the queue and its cap all the same)."""
+        the queue and its cap all the same); `publish`, whether the LoadBalancer's copy must
+        show the new placements before this returns (a caller that waits for the job's end
+        does not read it meanwhile, and the publish cost it 4-7 ms before its first task)."""
         groups = {request.group for request in requests}
         if len(groups) != 1:
             raise ValueError("submit() takes the requests of one job (one group) at a time")
@@ -326,12 +331,14 @@ class Scheduler:
                 self._owners.register(group, runner)
             self._hold_back(group, unsent, requests[0].priority)
             for request in requests:
-                self._meta[request.task_id] = _Meta(request.task_type, request.group, lease_s, request.priority, owner)
+                self._meta[request.task_id] = _Meta(request.task_type, request.group, lease_s, request.priority, owner,
+                                                    runner=runner is not None)
             self._drain_locked(requests)
             placements = self._collect(group)
         # Once per job, so the copy shows a new job's placements when submit returns; bounded,
         # so a LoadBalancer being replaced delays a submission by a moment at most.
-        await self._publish(SUBMIT_PUBLISH_TIMEOUT_S)
+        if publish:
+            await self._publish(SUBMIT_PUBLISH_TIMEOUT_S)
         if runner is not None:  # the lease runs from when the runner hears it owns the job
             self._owners.renew([group])
         return placements
@@ -381,7 +388,7 @@ class Scheduler:
                 self._lost_nodes[node_id] = time.monotonic() + LOST_NODE_S
             fresh = [request for request in requeue or [] if request.task_id not in self._meta]
             for request in fresh:
-                self._meta[request.task_id] = _Meta(request.task_type, group, None, request.priority)
+                self._meta[request.task_id] = _Meta(request.task_type, group, None, request.priority, runner=True)
             self._drain_locked(fresh)
             return self._collect(group)
 
@@ -415,14 +422,14 @@ class Scheduler:
             self._owners.register(group, runner)
             self._hold_back(group, unsent, waiting[0].priority if waiting else TaskPriority.NORMAL)
             for decision, task_type in running:
-                self._meta[decision.task_id] = _Meta(task_type, group, None)
+                self._meta[decision.task_id] = _Meta(task_type, group, None, runner=True)
                 self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, task_type, group,
                                      str(decision.strategy), None, decision.placement_group_id)
             for node_id, count in placed_per_node.items():
                 self._core.group_counts.add(group, node_id, count)
             fresh = [request for request in waiting if request.task_id not in self._meta]
             for request in fresh:
-                self._meta[request.task_id] = _Meta(request.task_type, group, None, request.priority)
+                self._meta[request.task_id] = _Meta(request.task_type, group, None, request.priority, runner=True)
             self._drain_locked(fresh)
             return self._collect(group)
 

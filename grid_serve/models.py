@@ -265,6 +265,14 @@ class SchedulingDecision(_Model):
     owner_key: str | None = Field(None, description="only in a /v1/schedule answer made without a token: send it "
                                                     "as X-Grid-Owner-Key to complete the task")
 
+    def to_run(self) -> "SchedulingDecision":
+        """This decision without its why (`explanation`, `reasons`): what a job runner needs to
+        run the task. Sent per task on the dispatch path, where the why cost more to pickle and
+        unpickle than the rest of the decision; the Scheduler's decision log keeps it for
+        `/v1/decisions` and `grid explain`."""
+        fields = dict(self.__dict__, explanation=None, reasons=[])
+        return SchedulingDecision.model_construct(self.model_fields_set, **fields)
+
     def ray_options(self) -> dict[str, Any]:
         """`.options(**decision.ray_options())` for a Ray remote function.
 
