@@ -12,7 +12,8 @@ job exactly even, so on nodes of 1, 2 and 4 CPUs it waits for the small ones by 
 Plain Ray: the same tasks from the driver, all submitted at once with SPREAD.
 
 The gap is taken from timestamps inside the tasks: on a node with c slots, the k-th task start
-is paired with the (k - c)-th task end. Targets (issue 9): no-ops >= 0.9x, 20 ms and 200 ms
+is paired with the (k - c)-th task end. `start ms`: from the call to the job's first task
+starting; `tail ms`: from its last task ending to the answer (medians). Targets (issue 9): no-ops >= 0.9x, 20 ms and 200 ms
 >= 0.95x, gap median within 2 ms of plain Ray's.
 """
 
@@ -47,6 +48,12 @@ def gap_ms(spans: list[tuple[str, float, float]], capacity: dict[str, int]) -> f
         ends = sorted(end for _, end in pairs)
         gaps += [(starts[k] - ends[k - slots]) * 1000 for k in range(slots, len(starts))]
     return statistics.median(gaps) if gaps else float("nan")
+
+
+def start_and_tail_ms(spans: list[tuple[str, float, float]], began: float, answered: float) -> tuple[float, float]:
+    """What a job pays outside its tasks: ms from the call to its first task starting, and
+    from its last task ending to the answer (epoch clocks, one machine)."""
+    return (min(start for _, start, _ in spans) - began) * 1000, (answered - max(end for _, _, end in spans)) * 1000
 
 
 def ray_run(tasks: int, seconds: float | None) -> tuple[float, list[tuple[str, float, float]]]:
@@ -99,7 +106,7 @@ def run(env: Env) -> Report:
     if "--sleep-only" in sys.argv:
         cases = [case for case in cases if case[2] is not None]
     report = Report(f"Dispatch: tasks/s (median, min–max of {runs}) and median gap between tasks on a slot",
-                    ["work", "side", "tasks/s", "vs Ray SPREAD", "gap ms"])
+                    ["work", "side", "tasks/s", "vs Ray SPREAD", "gap ms", "start ms", "tail ms"])
     verdicts: list[tuple[bool, str]] = []
     for label, tasks, seconds, with_http in cases:
         sides = {"Ray SPREAD (driver)": lambda: ray_run(tasks, seconds),
@@ -110,18 +117,23 @@ def run(env: Env) -> Report:
             measure()
         rates: dict[str, list[float]] = {name: [] for name in sides}
         gaps: dict[str, list[float]] = {name: [] for name in sides}
+        edges: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
         for _ in range(runs):
             for name, measure in sides.items():
+                began = time.time()
                 rate, spans = measure()
                 rates[name].append(rate)
                 if spans:
                     gaps[name].append(gap_ms(spans, capacity))
+                    edges[name].append(start_and_tail_ms(spans, began, time.time()))
         base = statistics.median(rates["Ray SPREAD (driver)"])
         base_gap = statistics.median(gaps["Ray SPREAD (driver)"]) if gaps["Ray SPREAD (driver)"] else None
         for name in sides:
             summary = summarize(rates[name])
             gap = f"{statistics.median(gaps[name]):.2f}" if gaps[name] else "-"
-            report.add(label, name, summary.show(), f"{summary.median / base:.2f}×", gap)
+            start, tail = (f"{statistics.median(edge[i] for edge in edges[name]):.1f}" if edges[name] else "-"
+                           for i in (0, 1))
+            report.add(label, name, summary.show(), f"{summary.median / base:.2f}×", gap, start, tail)
             if name != "Ray SPREAD (driver)":
                 target = NOOP_TARGET if seconds is None else SLEEP_TARGET
                 verdicts.append((summary.median / base >= target,

@@ -34,12 +34,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import pickle
 import time
 import uuid
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 import ray
 from ray.serve.handle import DeploymentHandle
@@ -65,6 +66,7 @@ SCHEDULER_GRACE_S = 60.0  # how long a job rides out an unreachable Scheduler be
 MAX_ATTEMPTS = 3  # runs of one task when its worker or node dies under it
 CHUNK_OVERRUN = 2.0  # a chunk hands back its rest once it has run this many times its budget
 MIN_WINDOW = 2048  # tasks of one job the Scheduler holds at most (or twice what runs, when more)
+FIRST_WINDOW = 128  # tasks sent with the submission; the rest of the window follows with the first report
 _run_remote = ray.remote(run_task)
 _run_chunk_remote = ray.remote(run_chunk)
 # Ray's errors for a task whose worker, raylet or node went away (not the task's own error:
@@ -83,6 +85,16 @@ def _size_of(value: Any) -> int:
         return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
     except Exception:  # not picklable by the standard library: its text form is an estimate
         return len(repr(value))
+
+
+def _round_robin(queues: list[list[Any]]) -> Iterator[Any]:
+    """The first item of each queue, then the second of each, and so on.
+
+    >>> list(_round_robin([[1, 2, 3], [4], [5, 6]]))
+    [1, 4, 5, 2, 6, 3]
+    """
+    for row in itertools.zip_longest(*queues, fillvalue=_round_robin):
+        yield from (item for item in row if item is not _round_robin)
 
 
 def runner_name(app: str, tag: str) -> str:
@@ -232,8 +244,10 @@ class JobRunner:
         job = _Job(id=job_id, spec=spec, fn_ref=fn, task_name=task_name, requirements=default, owner=owner,
                    outcomes=OutcomeTable(job_id, spec.task_count))
         # The Scheduler holds a window of the job, not all of it: a 100,000-task job costs it
-        # (and this runner) a request per task only for what may be placed soon.
-        requests = job.next_requests(MIN_WINDOW)
+        # (and this runner) a request per task only for what may be placed soon. The first
+        # part is small, since the job's first task waits for it (sending and queueing 300
+        # requests cost ~10 ms); the next report, while the first tasks run, fills the window.
+        requests = job.next_requests(FIRST_WINDOW)
         placements = await self._ask(lambda: self._scheduler.submit.remote(requests, None, self._name, None, job.unsent,
                                                                                    publish=not spec.wait))
         if placements.rejected and len(placements.rejected) == len(requests):  # every task is of one kind
@@ -303,8 +317,10 @@ class JobRunner:
                 job.unreported.append(Completion(task_id=decision.task_id, ok=False))
                 continue
             alike.setdefault(_PinnedFunctions.key_of(decision), []).append((index, decision))
-        for tasks in alike.values():
-            self._dispatch(job, tasks)
+        # every node's first tasks go to Ray before any node's later ones: submitting a Ray task
+        # costs ~0.3 ms here, so node by node the last node's first task waited for all the rest
+        for chunk in _round_robin([self._chunks(job, tasks) for tasks in alike.values()]):
+            self._send(job, chunk)
         for rejection in placements.rejected:
             if job.waiting.pop(rejection.task_id, None) is not None:
                 self._record(job, job.index_of(rejection.task_id), None, ok=False, error=rejection.reason)
@@ -325,33 +341,36 @@ class JobRunner:
             self._record(job, index, None, ok=False, error=error)
         job.next_index = job.spec.task_count
 
-    def _dispatch(self, job: _Job, tasks: list[tuple[int, SchedulingDecision]]) -> None:
-        """Hand Ray tasks placed alike: one Ray task each, or several per Ray task when they are
-        learned to be very short. A task placed again after a lost attempt runs alone, so a
-        task that kills its worker cannot take others down with it twice."""
-        loop = asyncio.get_running_loop()
-        first = tasks[0][1]
-        sizes = chunk_sizes(len(tasks), job.run_s.get(first.node_id), self._chunk_s)
+    def _chunks(self, job: _Job, tasks: list[tuple[int, SchedulingDecision]]) -> list[list[tuple[int, SchedulingDecision]]]:
+        """Tasks placed alike, grouped as they go to Ray: one Ray task each, or several per Ray
+        task when they are learned to be very short. A task placed again after a lost attempt
+        runs alone, so a task that kills its worker cannot take others down with it twice."""
+        sizes = chunk_sizes(len(tasks), job.run_s.get(tasks[0][1].node_id), self._chunk_s)
+        chunks: list[list[tuple[int, SchedulingDecision]]] = []
         start = 0
         for size in sizes:
             chunk = tasks[start:start + size]
             start += size
             if size > 1 and any(index in job.attempts for index, _ in chunk):
-                for task in chunk:
-                    self._dispatch(job, [task])
-                continue
-            calls = [job.spec.call_args(index) for index, _ in chunk]
-            if size == 1:
-                args, kwargs = calls[0]
-                ref = self._pinned.for_decision(first).remote(job.fn_ref, args, kwargs)
+                chunks += [[task] for task in chunk]
             else:
-                ref = self._pinned.for_decision(first, chunk=True).remote(job.fn_ref, calls,
-                                                                          CHUNK_OVERRUN * self._chunk_s)
-            job.ray_tasks += 1
-            indices = [index for index, _ in chunk]
-            for index, decision in chunk:
-                job.running[index] = (decision, ref)
-            ref.future().add_done_callback(partial(self._from_ray_thread, loop, job, indices))
+                chunks.append(chunk)
+        return chunks
+
+    def _send(self, job: _Job, chunk: list[tuple[int, SchedulingDecision]]) -> None:
+        """Hand Ray one chunk of tasks placed alike, as one Ray task."""
+        first = chunk[0][1]
+        if len(chunk) == 1:
+            args, kwargs = job.spec.call_args(chunk[0][0])
+            ref = self._pinned.for_decision(first).remote(job.fn_ref, args, kwargs)
+        else:
+            calls = [job.spec.call_args(index) for index, _ in chunk]
+            ref = self._pinned.for_decision(first, chunk=True).remote(job.fn_ref, calls, CHUNK_OVERRUN * self._chunk_s)
+        job.ray_tasks += 1
+        indices = [index for index, _ in chunk]
+        for index, decision in chunk:
+            job.running[index] = (decision, ref)
+        ref.future().add_done_callback(partial(self._from_ray_thread, asyncio.get_running_loop(), job, indices))
 
     def _from_ray_thread(self, loop: asyncio.AbstractEventLoop, job: _Job, indices: list[int], future: Any) -> None:
         loop.call_soon_threadsafe(self._ended, job, indices, future)
@@ -369,7 +388,7 @@ class JobRunner:
             self._task_ended(job, index, envelope, failure)
         leftover = [(index, job.running[index][0]) for index in indices[len(envelopes):] if index in job.running]
         for task in leftover:
-            self._dispatch(job, [task])
+            self._send(job, [task])
 
     def _task_ended(self, job: _Job, index: int, envelope: dict[str, Any] | None,
                     failure: BaseException | None) -> None:
