@@ -1,6 +1,6 @@
 """Memory a job's bookkeeping takes per task, in the process that keeps it (the JobRunner).
 
-    python -m bench.memory [--quick] [--tasks 100000]
+    python -m bench.memory [--quick] [--tasks 100000] [--no-results]
 
 A job of no-op tasks (each result a small int) runs to the end through the handle; the
 runner's resident memory (RSS) is read before and after, while the finished job and its
@@ -8,12 +8,16 @@ results are still kept. (RSS after - RSS before) / tasks is what one task's stat
 bookkeeping and outcome cost beyond its result (an int: 16 bytes of it). Allocators keep freed
 memory, so this is an upper bound on what the job holds; the job's own results are the same
 whoever keeps them. Target (issue 10): under 300 bytes per task beyond its result.
+`--no-results`: the job is submitted without `wait` and waited for without its results, so
+the runner never builds the answer that carries all of them (one TaskOutcome model per
+task, pickled): what it keeps, without that passing peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import time
 
 import psutil
@@ -46,7 +50,11 @@ def run(env: Env) -> Report:
     time.sleep(2)
     pid, before = runner_rss()
     began = time.perf_counter()
-    status = handle.submit_job.remote({**spec, "count": tasks, "wait": True}).result(timeout_s=1800)
+    if "--no-results" in sys.argv:  # what the runner keeps, without the answer that carries every result
+        job = handle.submit_job.remote({**spec, "count": tasks, "wait": False}).result(timeout_s=60)
+        status = handle.wait_job.remote(job.job_id, 1800, False).result(timeout_s=1830)
+    else:
+        status = handle.submit_job.remote({**spec, "count": tasks, "wait": True}).result(timeout_s=1800)
     elapsed = time.perf_counter() - began
     time.sleep(2)
     pid_after, after = runner_rss()
