@@ -385,7 +385,7 @@ def _print_decision(record: DecisionRecord) -> None:
     console.print(f"passed over {passed}/{explanation.nodes} nodes: {count_text(explanation.passed_over_counts)}",
                   markup=False)
     for node in explanation.passed_over:
-        console.print(f"  {node.node}: {node.check}: {node.reason}", markup=False)
+        console.print(f"  {node.node}: {node.cause}: {node.reason}", markup=False)
     if passed > len(explanation.passed_over):
         console.print(f"  ... and {passed - len(explanation.passed_over)} more")
 

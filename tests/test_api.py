@@ -163,7 +163,7 @@ def test_request_larger_than_every_node_is_rejected_at_once(http: httpx.Client) 
     response = http.post("/v1/jobs", json={"task": "compute_task", "count": 3, "resources": {"cpu_count": 16}})
     assert response.status_code == 422
     body = response.json()
-    assert body["error"].startswith("0/3 nodes are available: 3 insufficient resources (it can never fit)")
+    assert body["error"].startswith("0/3 nodes are available: 3 insufficient CPU (it can never fit)")
     assert "needs 16 CPU, has 2" in body["error"]
 
 
