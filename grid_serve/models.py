@@ -402,6 +402,9 @@ class JobStatus(BaseModel):
                                                     "send it as X-Grid-Owner-Key to cancel the job")
     ray_tasks: int = Field(0, description="Ray tasks that carried this job's tasks so far: fewer than its tasks when "
                                           "very short ones shared Ray tasks (the app's chunk_ms)")
+    turns_given_up: dict[str, int] = Field(default_factory=dict, description="spread: node name -> turns the node "
+                                           "gave up, busy or stale past its patience while another node could take the "
+                                           "task; each counts as one of the job's tasks there, so the rest spread on")
     submitted_at: float
     finished_at: float | None = None
     error: str | None = None

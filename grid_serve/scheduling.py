@@ -46,6 +46,8 @@ class DrainResult:
     placed: list[SchedulingDecision] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     view: ClusterView | None = None
+    # group -> node name -> spread turns the node gave up in this drain (news for the job's counts)
+    turns_given_up: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def _key(item: _Waiting) -> tuple[int, float, int]:
@@ -71,7 +73,6 @@ class SchedulerCore:
         self._lookahead_s = lookahead_s
         self._starve_after_s = starve_after_s
         self._held: dict[str, str] = {}  # task id -> the node held for it (it has waited too long)
-        self._turns_given_up: dict[str, dict[str, int]] = {}  # group -> node id -> turns given up
         self._turn_blocked_since: dict[str, float] = {}  # group -> when its turn holders began to block it
         self._waiting: list[_Waiting] = []
         self._seq = itertools.count()
@@ -149,7 +150,7 @@ class SchedulerCore:
                 continue
             waited = round(max(0.0, self._clock() - item.enqueued_at), 6)
             outcome = placer.place(request, waited_s=waited)
-            if isinstance(outcome, NoFit) and outcome.can_wait and self._give_up_turns(request, placer, placers):
+            if isinstance(outcome, NoFit) and outcome.can_wait and self._give_up_turns(request, placer, placers, nodes, result):
                 outcome = placer.place(request, waited_s=waited)
             elif self._turn_blocked_since and isinstance(outcome, SchedulingDecision):
                 self._turn_blocked_since.pop(request.group, None)  # the turn moved: a later wait starts afresh
@@ -192,11 +193,12 @@ class SchedulerCore:
         return result
 
     def _give_up_turns(self, request: SchedulingRequest, placer: IncrementalPlacer,
-                       placers: Mapping[tuple, IncrementalPlacer | str]) -> bool:
+                       placers: Mapping[tuple, IncrementalPlacer | str], nodes: Mapping[str, NodeView],
+                       result: DrainResult) -> bool:
         """A job whose next task has waited only for its turn (some node could take it, the
         nodes whose turn it is cannot) for longer than the turn's patience: every node holding
         the turn gives it up. That counts as one of the job's tasks there (so the turn moves
-        on), and `turns_given_up` says so. True if any did."""
+        on), and the drain's `turns_given_up` says so, for the job's counts. True if any did."""
         holders = placer.turn_holders()
         if not holders:
             self._turn_blocked_since.pop(request.group, None)
@@ -206,16 +208,13 @@ class SchedulerCore:
         if now - since < placer.patience_s(holders):
             return False
         del self._turn_blocked_since[request.group]
-        given_up = self._turns_given_up.setdefault(request.group, {})
+        given_up = result.turns_given_up.setdefault(request.group, {})
         for node_id in holders:
             self.group_counts.add(request.group, node_id)
-            given_up[node_id] = given_up.get(node_id, 0) + 1
+            name = nodes[node_id].name
+            given_up[name] = given_up.get(name, 0) + 1
             self._changed(placers, node_id)
         return True
-
-    def turns_given_up(self, group: str) -> Mapping[str, int]:
-        """Node id -> turns the node gave up in this group's spread (each also counted as a task)."""
-        return MappingProxyType(self._turns_given_up.get(group, {}))
 
     def _starving(self, item: _Waiting) -> bool:
         return self._starve_after_s is not None and self._clock() - item.enqueued_at >= self._starve_after_s
@@ -271,5 +270,4 @@ class SchedulerCore:
         """A finished job's counts are no longer needed for spreading."""
         if not any(item.request.group == group for item in self._waiting):
             self.group_counts.forget(group)
-            self._turns_given_up.pop(group, None)
             self._turn_blocked_since.pop(group, None)

@@ -87,23 +87,27 @@ def test_the_hold_leaves_the_node_it_cannot_use_to_the_lows() -> None:
 
 def spread_with_a_stuck_node(run_s: float, horizon_s: float = 20.0) -> tuple[dict[str, int], dict[str, int]]:
     """A 30-task spread job on three 1-CPU nodes whose tasks take `run_s`, except that node c's
-    first task never ends. Returns (tasks placed per node, turns given up per node)."""
+    first task never ends. Returns (tasks placed per node, turns given up per node, summed over
+    the drains as the job's counts sum them)."""
     now = [0.0]
     core = SchedulerCore(clock=lambda: now[0])
     core.enqueue([SchedulingRequest(task_id=f"job-{i}", job_id="job") for i in range(30)])
     running: list[tuple[float, str]] = []  # (ends at, node id)
     placed = {"a": 0, "b": 0, "c": 0}
+    given_up: dict[str, int] = {}
     while now[0] <= horizon_s:
         running = [task for task in running if task[0] > now[0] + 1e-9]
         nodes = [make_node(name, cpus=1, reserved={"CPU": sum(1.0 for _, n in running if n == f"id-{name}")},
                            in_flight=sum(1 for _, n in running if n == f"id-{name}")) for name in placed]
         durations = {(f"id-{name}", "task"): run_s for name in placed}
-        for decision in core.drain(ClusterView.of(nodes, admission=1.0, durations=durations)).placed:
+        result = core.drain(ClusterView.of(nodes, admission=1.0, durations=durations))
+        for name, turns in result.turns_given_up.get("job", {}).items():
+            given_up[name] = given_up.get(name, 0) + turns
+        for decision in result.placed:
             placed[decision.node_name] += 1
             stuck = decision.node_name == "c"
             running.append((math.inf if stuck else now[0] + run_s, decision.node_id))
         now[0] += TICK_S
-    given_up = {node_id[3:]: turns for node_id, turns in core.turns_given_up("job").items()}
     return placed, given_up
 
 
