@@ -198,7 +198,7 @@ class Scheduler:
         ledger = self._ledger.snapshot()
         view = view_from(self._trusted_nodes(), ledger, self._admission, self._nodes_at)
         view = self._without_lost_nodes(view)
-        return fold_allocations(view, self._allocations, ledger.group_loads)
+        return replace(fold_allocations(view, self._allocations, ledger.group_loads), running=self._ledger.running_on)
 
     def _without_lost_nodes(self, view: ClusterView) -> ClusterView:
         """The view with nodes a runner saw die marked dead: Ray's node table marks a killed
