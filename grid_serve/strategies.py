@@ -7,9 +7,9 @@ Read `place()` top to bottom, like Nomad's stack.go:
 
 A check is `(request, node, ctx) -> str | None`: None means the node passes, a string is the
 reason with numbers ("needs 2 GPU, 1 free"). Nodes passed over are counted per cause: the
-check's name, or per resource for a `Shortfall` ("insufficient GPU", "CPU busy"). A scorer is `(request, node, ctx) -> float` in
-[0, 1]. A `Strategy` is a frozen table of both, with an optional `Turn` rule and the sentence
-that explains its winner. Ties break on `(-score, node name)`, so the same view and request
+check's name, or per resource for a `Shortfall` ("insufficient GPU", "CPU busy"). A scorer
+is `(request, node, ctx) -> float` in [0, 1]. A `Strategy` is a frozen table of both, with an
+optional `Turn` rule and the sentence that explains its winner. Ties break on `(-score, node name)`, so the same view and request
 always give the same node. The decision carries its explanation as data (`Explanation`).
 Nothing here imports Ray.
 """
