@@ -19,7 +19,7 @@ from .lookahead import lookahead_admission
 from .models import SchedulingDecision, SchedulingRequest, TaskPriority
 from .placement_index import IncrementalPlacer
 from .sharing import allocation_decision, may_fit_allocation
-from .strategies import NoFit, PlacementError, needs_of, place
+from .strategies import NoFit, PlacementContext, PlacementError, check_free_now, needs_of, place
 from .view import ClusterView, GroupCounts, NodeView, Running
 
 
@@ -313,13 +313,16 @@ class SchedulerCore:
         to start, so it never delays it. The request's own strategy decides, on the view with
         that hold lifted. A task never measured there, or a hold whose start is unknown, gets
         nothing: the hold stays strict. `outcome` when no hold takes it."""
+        strict = replace(view, admission=1.0)
         for hold in holds:
             run_s = view.durations.get((hold.node_id, request.task_type))
             window_s = _backfill_window_s(holds, hold.node_id)
             if run_s is None or window_s is None or run_s > window_s + 1e-9:
                 continue
-            trial = replace(view, nodes=MappingProxyType({**nodes, hold.node_id: _unheld(nodes[hold.node_id], hold)}),
-                            admission=1.0)
+            unheld = _unheld(nodes[hold.node_id], hold)
+            if check_free_now(request, unheld, PlacementContext(view=strict)) is not None:
+                continue  # no room there now: spare the whole pipeline's pass over every node
+            trial = replace(strict, nodes=MappingProxyType({**nodes, hold.node_id: unheld}))
             decision = place(request, trial, group_counts=self.group_counts.of(request.group))
             if isinstance(decision, SchedulingDecision) and decision.node_id == hold.node_id and decision.explanation:
                 explanation = replace(decision.explanation, summary=(
