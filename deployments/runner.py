@@ -122,6 +122,7 @@ class _Job:
     placed_per_node: dict[str, int] = field(default_factory=dict)  # node id -> tasks placed there
     next_index: int = 0  # tasks 0..next_index-1 have been handed to the Scheduler (the window)
     run_s: dict[str, float] = field(default_factory=dict)  # node id -> learned run time (the Scheduler's)
+    turns_given_up: dict[str, int] = field(default_factory=dict)  # node name -> spread turns it gave up
     ray_tasks: int = 0  # Ray tasks submitted for it (a chunk counts once)
     cancelled: bool = False
     finished_at: float | None = None
@@ -170,7 +171,8 @@ class _Job:
             job_id=self.id, task=self.task_name, strategy=self.spec.strategy, priority=self.spec.priority,
             state=self.state, total=self.spec.task_count, queued=len(self.waiting) + self.unsent, running=len(self.running),
             succeeded=self.outcomes.succeeded, failed=self.outcomes.failed, cancelled=self.outcomes.cancelled,
-            per_node=self.outcomes.per_node(), ray_tasks=self.ray_tasks, submitted_at=self.submitted_at,
+            per_node=self.outcomes.per_node(), ray_tasks=self.ray_tasks, turns_given_up=dict(self.turns_given_up),
+            submitted_at=self.submitted_at,
             finished_at=self.finished_at, error=self.error, results=self.outcomes.all() if with_results else None,
         )
 
@@ -306,6 +308,8 @@ class JobRunner:
         if not placements.known and not job.done.is_set():
             self._spawn(self._adopt(job), f"register job {job.id} again")
         job.run_s.update(placements.run_s)
+        for name, turns in placements.turns_given_up.items():  # news since the last reply: add it up
+            job.turns_given_up[name] = job.turns_given_up.get(name, 0) + turns
         alike: dict[tuple, list[tuple[int, SchedulingDecision]]] = {}  # pinned alike: may share a Ray task
         for decision in placements.placed:
             if job.waiting.pop(decision.task_id, None) is None:

@@ -62,6 +62,7 @@ class Placements:
     epoch: str = ""
     known: bool = True  # False: this Scheduler does not know the group (restarted, or lease lapsed)
     run_s: dict[str, float] = field(default_factory=dict)  # node id -> learned run time of the placed tasks' type
+    turns_given_up: dict[str, int] = field(default_factory=dict)  # node name -> spread turns it gave up, since last asked
 
 
 @dataclass
@@ -198,7 +199,7 @@ class Scheduler:
         ledger = self._ledger.snapshot()
         view = view_from(self._trusted_nodes(), ledger, self._admission, self._nodes_at)
         view = self._without_lost_nodes(view)
-        return fold_allocations(view, self._allocations, ledger.group_loads)
+        return replace(fold_allocations(view, self._allocations, ledger.group_loads), running=self._ledger.running_on)
 
     def _without_lost_nodes(self, view: ClusterView) -> ClusterView:
         """The view with nodes a runner saw die marked dead: Ray's node table marks a killed
@@ -237,7 +238,8 @@ class Scheduler:
         self._publish_soon()
 
     def _commit(self, result: DrainResult) -> None:
-        """Reserve what was placed in the ledger, then hand each group its news."""
+        """Reserve what was placed in the ledger, then hand each group its news (placements,
+        rejections, spread turns its nodes gave up)."""
         for decision in result.placed:
             meta = self._meta[decision.task_id]
             self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, meta.task_type, meta.group,
@@ -248,6 +250,10 @@ class Scheduler:
         for rejection in result.rejected:
             self._deliver(rejection.group).rejected.append(rejection)
             self._meta.pop(rejection.task_id, None)
+        for group, given_up in result.turns_given_up.items():
+            news = self._deliver(group).turns_given_up
+            for name, turns in given_up.items():
+                news[name] = news.get(name, 0) + turns
 
     def _deliver(self, group: str) -> Placements:
         self._wakeups.setdefault(group, asyncio.Event()).set()

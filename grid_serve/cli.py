@@ -259,7 +259,7 @@ def _print_distribution(job: JobStatus, addresses: dict[str, str], elapsed: floa
     if as_json:
         print(json.dumps({"job_id": job.job_id, "strategy": str(job.strategy), "state": job.state, "tasks": job.total,
                           "succeeded": job.succeeded, "failed": job.failed, "elapsed_s": round(elapsed, 3),
-                          "per_node": rows}, indent=2))
+                          "per_node": rows, "turns_given_up": job.turns_given_up}, indent=2))
         return
     table = Table(title=f"{job.strategy}: {job.total} tasks (job {job.job_id})")
     for column, justify in (("Node", "left"), ("IP", "left"), ("Tasks", "right"), ("Share", "right")):
@@ -270,6 +270,9 @@ def _print_distribution(job: JobStatus, addresses: dict[str, str], elapsed: floa
     table.add_row("total", "", str(sum(r["tasks"] for r in rows)), "100.0%" if rows else "0%")
     console.print(table)
     console.print(f"{job.succeeded} succeeded, {job.failed} failed in {elapsed:.2f}s")
+    if job.turns_given_up:
+        console.print("spread turns given up (a node busy or stale past its patience; each counts as a task there): "
+                      + ", ".join(f"{name} {turns}" for name, turns in sorted(job.turns_given_up.items())), markup=False)
 
 
 @distribute.command("status")
@@ -385,7 +388,7 @@ def _print_decision(record: DecisionRecord) -> None:
     console.print(f"passed over {passed}/{explanation.nodes} nodes: {count_text(explanation.passed_over_counts)}",
                   markup=False)
     for node in explanation.passed_over:
-        console.print(f"  {node.node}: {node.check}: {node.reason}", markup=False)
+        console.print(f"  {node.node}: {node.cause}: {node.reason}", markup=False)
     if passed > len(explanation.passed_over):
         console.print(f"  ... and {passed - len(explanation.passed_over)} more")
 

@@ -18,6 +18,8 @@ from typing import Callable, Iterable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .view import Running
+
 EWMA_ALPHA = 0.3
 
 # /v1/schedule task ids live under this prefix inside the Scheduler, apart from job task ids
@@ -167,6 +169,14 @@ class Ledger:
         key = (node_id, task_type)
         previous = self.durations.get(key)
         self.durations[key] = seconds if previous is None else (1 - EWMA_ALPHA) * previous + EWMA_ALPHA * seconds
+
+    def running_on(self, node_id: str) -> list[Running]:
+        """The tasks reserved on the node directly (not in a borrowed allocation), with their
+        ages: what a backfill decision reads (`ClusterView.running`). A scan of every
+        reservation, so asked only for a node held for a starving task."""
+        now = self.clock()
+        return [Running(r.task_type, r.resources, now - r.made_at) for r in self.reservations.values()
+                if r.node_id == node_id and r.placement_group_id is None]
 
     def loads(self) -> dict[str, NodeLoad]:
         """Per node, the tasks placed on it directly. Tasks inside a borrowed allocation are

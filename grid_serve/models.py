@@ -175,8 +175,10 @@ class SchedulingRequest(_Model):
 
 @dataclass(frozen=True)
 class PassedOver:
-    """One node a decision passed over (or a no-fit rejected): the check it failed and why,
-    e.g. check 'busy', reason 'needs 2 CPU, 1 free'; nodes are counted per check.
+    """One node a decision passed over (or a no-fit rejected): the check it failed, why, and
+    the cause it is counted under, e.g. check 'busy', reason 'needs 2 CPU, 1 free', cause
+    'CPU busy'. The cause is the check's name, except that a node short of a resource is
+    counted per resource ('insufficient GPU', 'CPU busy'), as kube-scheduler counts nodes.
 
     Made where the check fails, which is the placer's innermost loop, so it is a plain frozen
     dataclass (half a pydantic model's cost); the models that hold it serialise it all the same."""
@@ -184,6 +186,7 @@ class PassedOver:
     node: str
     check: str
     reason: str
+    cause: str
     node_id: str = ""
 
 
@@ -203,8 +206,9 @@ EXPLAINED_NODES = 5  # how many passed-over nodes an explanation names (all of t
 class Explanation:
     """Why a node won, as data: the strategy's summary of the winner's evidence, the named
     scores of the winner and the runner-up, the first EXPLAINED_NODES nodes passed over, and
-    every node passed over counted per check (kube's "2 busy, 1 stale"); `nodes` is how many
-    the view had. `reasons()` renders the text every surface shows.
+    every node passed over counted per cause (kube's "2 insufficient GPU, 1 stale"; see
+    `PassedOver`); `nodes` is how many the view had. `reasons()` renders the text every
+    surface shows.
 
     Plain frozen dataclasses (like `PassedOver`), since one is made per task on the placer's
     path; pydantic models holding them validate and serialise them like models.
@@ -214,7 +218,7 @@ class Explanation:
     winner: NodeScores
     runner_up: NodeScores | None = None
     passed_over: list[PassedOver] = field(default_factory=list)
-    passed_over_counts: dict[str, int] = field(default_factory=dict)  # check -> nodes passed over by it
+    passed_over_counts: dict[str, int] = field(default_factory=dict)  # cause -> nodes passed over for it
     nodes: int = 0
 
     def reasons(self) -> list[str]:
@@ -222,9 +226,9 @@ class Explanation:
 
         >>> Explanation(summary="pack: b is the fullest node that still fits",
         ...             winner=NodeScores(node="b", score=0.5, scores={"fullest": 0.5}),
-        ...             passed_over=[PassedOver(node="a", check="busy", reason="needs 1 CPU, 0 free")],
-        ...             passed_over_counts={"busy": 1}, nodes=2).reasons()[1:]
-        ['scores: fullest=0.500', 'passed over 1/2 nodes (1 busy): a (needs 1 CPU, 0 free)']
+        ...             passed_over=[PassedOver(node="a", check="busy", reason="needs 1 CPU, 0 free", cause="CPU busy")],
+        ...             passed_over_counts={"CPU busy": 1}, nodes=2).reasons()[1:]
+        ['scores: fullest=0.500', 'passed over 1/2 nodes (1 CPU busy): a (needs 1 CPU, 0 free)']
         """
         lines = [self.summary, "scores: " + ", ".join([f"{name}={value:.3f}" for name, value in self.winner.scores.items()])]
         if self.passed_over:
@@ -406,6 +410,9 @@ class JobStatus(BaseModel):
                                                     "send it as X-Grid-Owner-Key to cancel the job")
     ray_tasks: int = Field(0, description="Ray tasks that carried this job's tasks so far: fewer than its tasks when "
                                           "very short ones shared Ray tasks (the app's chunk_ms)")
+    turns_given_up: dict[str, int] = Field(default_factory=dict, description="spread: node name -> turns the node "
+                                           "gave up, busy or stale past its patience while another node could take the "
+                                           "task; each counts as one of the job's tasks there, so the rest spread on")
     submitted_at: float
     finished_at: float | None = None
     error: str | None = None

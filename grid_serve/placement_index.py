@@ -13,7 +13,7 @@ explanation), but keeps what it learned between tasks:
   - ready nodes sit in a heap keyed like place()'s tie-break `(-score, name, node_id)`;
     entries made stale by a change are skipped when popped;
   - rejections are kept in place()'s order (lasting ones in candidate order, then current
-    ones in candidate order), and counted per check as they come and go, so explanations
+    ones in candidate order), and counted per cause as they come and go, so explanations
     and no-fit messages read the same without a pass over every node.
 
 Any registered strategy runs here unchanged: the placer knows only the `Strategy` shape.
@@ -71,7 +71,7 @@ class IncrementalPlacer:
                 self._lasting.append(rejection)
             else:
                 self._possible.append(node.node_id)
-        self._lasting_counts = Counter(rejection.check for rejection in self._lasting)
+        self._lasting_counts = Counter(rejection.cause for rejection in self._lasting)
         self._position = {node_id: i for i, node_id in enumerate(self._possible)}
         self._stamp = [0] * len(self._possible)
         self._failing: MutableMapping[int, PassedOver] = {}
@@ -112,7 +112,7 @@ class IncrementalPlacer:
         if rejection:
             self._failing[position] = rejection
             bisect.insort(self._failing_order, position)
-            self._failing_counts[rejection.check] += 1
+            self._failing_counts[rejection.cause] += 1
             return
         total, parts = score_node(self._strategy, self._request, node, ctx)
         self._parts[position] = (total, parts)
@@ -129,9 +129,9 @@ class IncrementalPlacer:
         gone = self._failing.pop(position, None)
         if gone is not None:
             del self._failing_order[bisect.bisect_left(self._failing_order, position)]
-            self._failing_counts[gone.check] -= 1
-            if not self._failing_counts[gone.check]:
-                del self._failing_counts[gone.check]
+            self._failing_counts[gone.cause] -= 1
+            if not self._failing_counts[gone.cause]:
+                del self._failing_counts[gone.cause]
         ctx = self._context()
         if self._turn is not None and self._floor_moved(position, ctx):
             self._refresh_all()  # every node's turn check reads the floor

@@ -19,8 +19,8 @@ from .lookahead import lookahead_admission
 from .models import SchedulingDecision, SchedulingRequest, TaskPriority
 from .placement_index import IncrementalPlacer
 from .sharing import allocation_decision, may_fit_allocation
-from .strategies import NoFit, PlacementError, needs_of
-from .view import ClusterView, GroupCounts, NodeView
+from .strategies import NoFit, PlacementContext, PlacementError, check_free_now, needs_of, place
+from .view import ClusterView, GroupCounts, NodeView, Running
 
 
 STARVE_AFTER_S = 30.0  # a task waiting this long gets a node held for it (see SchedulerCore._hold)
@@ -46,6 +46,57 @@ class DrainResult:
     placed: list[SchedulingDecision] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     view: ClusterView | None = None
+    # group -> node name -> spread turns the node gave up in this drain (news for the job's counts)
+    turns_given_up: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Hold:
+    """A node held for a starving task for the rest of a drain: its needs are reserved there.
+    `start_in_s`: when the task is expected to start there (None: unknown); until then, work
+    expected to end sooner may still run there (backfill)."""
+
+    node_id: str
+    needs: Mapping[str, float]
+    start_in_s: float | None
+
+
+def expected_start_s(needs: Mapping[str, float], node: NodeView, running: Iterable[Running],
+                     durations: Mapping[tuple[str, str], float]) -> float | None:
+    """Seconds from now until `needs` fits beside what runs on `node`, each running task ending
+    at its run time learned there. None when one has no learned run time there: then nobody
+    knows when the node frees, and a hold stays strict.
+
+    >>> from grid_serve.view import make_node
+    >>> node = make_node("big", cpus=2)
+    >>> running = [Running("low", {"CPU": 1.0}, age_s=0.5), Running("low", {"CPU": 1.0}, age_s=1.5)]
+    >>> expected_start_s({"CPU": 1.0}, node, running, {("id-big", "low"): 2.0})  # the older one ends first
+    0.5
+    >>> expected_start_s({"CPU": 2.0}, node, running, {("id-big", "low"): 2.0})  # both must end
+    1.5
+    >>> expected_start_s({"CPU": 2.0}, node, running, {}) is None
+    True
+    """
+    ends: list[tuple[float, Mapping[str, float]]] = []
+    for task in running:
+        run_s = durations.get((node.node_id, task.task_type))
+        if run_s is None:
+            return None
+        ends.append((max(0.0, run_s - task.age_s), task.resources))
+    in_use: dict[str, float] = {}
+    for _, resources in ends:
+        for name, amount in resources.items():
+            in_use[name] = in_use.get(name, 0.0) + amount
+    fits = lambda: all(amount <= node.total.get(name, 0.0) - in_use.get(name, 0.0) + 1e-9  # noqa: E731
+                       for name, amount in needs.items())
+    if fits():
+        return 0.0
+    for ends_in, resources in sorted(ends, key=lambda end: end[0]):
+        for name, amount in resources.items():
+            in_use[name] -= amount
+        if fits():
+            return ends_in
+    return None
 
 
 def _key(item: _Waiting) -> tuple[int, float, int]:
@@ -57,6 +108,19 @@ def _signature(request: SchedulingRequest) -> tuple:
     needs = tuple(sorted(request.requirements.as_ray_resources().items()))
     return (request.group, request.strategy, request.task_type, needs, request.requirements.gpu_memory_mb, request.target_node,
             tuple(sorted(request.label_selector.items())), request.affinity_nodes, request.anti_affinity_nodes)
+
+
+def _backfill_window_s(holds: list[_Hold], node_id: str) -> float | None:
+    """How long backfill on the node may run: until the soonest expected start of the tasks
+    holding it; None when one of those starts is unknown."""
+    starts = [hold.start_in_s for hold in holds if hold.node_id == node_id]
+    known = [start for start in starts if start is not None]
+    return min(known) if known and len(known) == len(starts) else None
+
+
+def _unheld(node: NodeView, hold: _Hold) -> NodeView:
+    """The node without the hold's reservation."""
+    return node.reserve({name: -amount for name, amount in hold.needs.items()}, tasks=0)
 
 
 class SchedulerCore:
@@ -71,7 +135,6 @@ class SchedulerCore:
         self._lookahead_s = lookahead_s
         self._starve_after_s = starve_after_s
         self._held: dict[str, str] = {}  # task id -> the node held for it (it has waited too long)
-        self._turns_given_up: dict[str, dict[str, int]] = {}  # group -> node id -> turns given up
         self._turn_blocked_since: dict[str, float] = {}  # group -> when its turn holders began to block it
         self._waiting: list[_Waiting] = []
         self._seq = itertools.count()
@@ -135,7 +198,7 @@ class SchedulerCore:
         placers: dict[tuple, IncrementalPlacer | str] = {}
         blocked: set[tuple] = set()
         keep: list[_Waiting] = []
-        holds: list[tuple[str, Mapping[str, float]]] = []  # (node id, needs) held for starving tasks
+        holds: list[_Hold] = []  # nodes held for starving tasks, in this drain
         for item in self._waiting:
             request = item.request
             if item.signature in blocked:
@@ -149,10 +212,12 @@ class SchedulerCore:
                 continue
             waited = round(max(0.0, self._clock() - item.enqueued_at), 6)
             outcome = placer.place(request, waited_s=waited)
-            if isinstance(outcome, NoFit) and outcome.can_wait and self._give_up_turns(request, placer, placers):
+            if isinstance(outcome, NoFit) and outcome.can_wait and self._give_up_turns(request, placer, placers, nodes, result):
                 outcome = placer.place(request, waited_s=waited)
             elif self._turn_blocked_since and isinstance(outcome, SchedulingDecision):
                 self._turn_blocked_since.pop(request.group, None)  # the turn moved: a later wait starts afresh
+            if holds and isinstance(outcome, NoFit) and outcome.can_wait:
+                outcome = self._backfill(request, outcome, holds, nodes, view, waited)
             current = replace(view, nodes=MappingProxyType(nodes), allocations=MappingProxyType(allocations)) \
                 if allocations else None
             borrowed = allocation_decision(request, current, outcome) if current else None
@@ -172,15 +237,15 @@ class SchedulerCore:
                 blocked.add(item.signature)
                 keep.append(item)
                 if isinstance(outcome, NoFit) and outcome.can_wait and self._starving(item):
-                    held = self._hold(request, outcome, nodes)
+                    held = self._hold(request, outcome, nodes, view)
                     if held is not None:
                         holds.append(held)
-                        self._changed(placers, held[0])
+                        self._changed(placers, held.node_id)
             else:
                 result.rejected.append(Rejected(request.task_id, request.group, outcome.message))
         self._keep_only(keep)
-        for node_id, needs in holds:  # a hold lasts one drain: the next one holds again if still needed
-            nodes[node_id] = nodes[node_id].reserve({name: -amount for name, amount in needs.items()}, tasks=0)
+        for hold in holds:  # a hold lasts one drain: the next one holds again if still needed
+            nodes[hold.node_id] = _unheld(nodes[hold.node_id], hold)
         if self._held:  # forget the holds of tasks no longer waiting
             waiting = {item.request.task_id for item in keep}
             self._held = {task_id: node_id for task_id, node_id in self._held.items() if task_id in waiting}
@@ -192,11 +257,12 @@ class SchedulerCore:
         return result
 
     def _give_up_turns(self, request: SchedulingRequest, placer: IncrementalPlacer,
-                       placers: Mapping[tuple, IncrementalPlacer | str]) -> bool:
+                       placers: Mapping[tuple, IncrementalPlacer | str], nodes: Mapping[str, NodeView],
+                       result: DrainResult) -> bool:
         """A job whose next task has waited only for its turn (some node could take it, the
         nodes whose turn it is cannot) for longer than the turn's patience: every node holding
         the turn gives it up. That counts as one of the job's tasks there (so the turn moves
-        on), and `turns_given_up` says so. True if any did."""
+        on), and the drain's `turns_given_up` says so, for the job's counts. True if any did."""
         holders = placer.turn_holders()
         if not holders:
             self._turn_blocked_since.pop(request.group, None)
@@ -206,25 +272,23 @@ class SchedulerCore:
         if now - since < placer.patience_s(holders):
             return False
         del self._turn_blocked_since[request.group]
-        given_up = self._turns_given_up.setdefault(request.group, {})
+        given_up = result.turns_given_up.setdefault(request.group, {})
         for node_id in holders:
             self.group_counts.add(request.group, node_id)
-            given_up[node_id] = given_up.get(node_id, 0) + 1
+            name = nodes[node_id].name
+            given_up[name] = given_up.get(name, 0) + 1
             self._changed(placers, node_id)
         return True
-
-    def turns_given_up(self, group: str) -> Mapping[str, int]:
-        """Node id -> turns the node gave up in this group's spread (each also counted as a task)."""
-        return MappingProxyType(self._turns_given_up.get(group, {}))
 
     def _starving(self, item: _Waiting) -> bool:
         return self._starve_after_s is not None and self._clock() - item.enqueued_at >= self._starve_after_s
 
-    def _hold(self, request: SchedulingRequest, outcome: NoFit,
-              nodes: dict[str, NodeView]) -> tuple[str, Mapping[str, float]] | None:
+    def _hold(self, request: SchedulingRequest, outcome: NoFit, nodes: dict[str, NodeView],
+              view: ClusterView) -> _Hold | None:
         """Hold a node for a task that waited too long (Slurm's backfill idea): reserve its needs
         there for the rest of this drain, so the tasks queued behind it (lower priority, or
-        younger) may only take what the node has beyond it, and what frees there goes to it.
+        younger) may only take what the node has beyond it, and what frees there goes to it;
+        or work expected to end before it starts there (`_backfill`).
 
         The node it waits for is, among those it is only too busy for (its turn, freshness and
         lasting checks pass), the one closest to fitting it: the smallest shortfall in any
@@ -239,7 +303,34 @@ class SchedulerCore:
         node = min(busy, key=lambda node: (node.node_id != self._held.get(request.task_id), shortfall(node), node.name))
         self._held[request.task_id] = node.node_id
         nodes[node.node_id] = node.reserve(needs, tasks=0)
-        return node.node_id, needs
+        return _Hold(node.node_id, needs, expected_start_s(needs, node, view.running(node.node_id), view.durations))
+
+    def _backfill(self, request: SchedulingRequest, outcome: NoFit, holds: list[_Hold], nodes: dict[str, NodeView],
+                  view: ClusterView, waited_s: float) -> SchedulingDecision | NoFit:
+        """Slurm's backfill: a task that fits nowhere now may still go to a held node, if it
+        fits there now beside what runs (its hold aside, at the node's real capacity: it must
+        start at once) and its run time measured there ends before the held task is expected
+        to start, so it never delays it. The request's own strategy decides, on the view with
+        that hold lifted. A task never measured there, or a hold whose start is unknown, gets
+        nothing: the hold stays strict. `outcome` when no hold takes it."""
+        strict = replace(view, admission=1.0)
+        for hold in holds:
+            run_s = view.durations.get((hold.node_id, request.task_type))
+            window_s = _backfill_window_s(holds, hold.node_id)
+            if run_s is None or window_s is None or run_s > window_s + 1e-9:
+                continue
+            unheld = _unheld(nodes[hold.node_id], hold)
+            if check_free_now(request, unheld, PlacementContext(view=strict)) is not None:
+                continue  # no room there now: spare the whole pipeline's pass over every node
+            trial = replace(strict, nodes=MappingProxyType({**nodes, hold.node_id: unheld}))
+            decision = place(request, trial, group_counts=self.group_counts.of(request.group))
+            if isinstance(decision, SchedulingDecision) and decision.node_id == hold.node_id and decision.explanation:
+                explanation = replace(decision.explanation, summary=(
+                    f"{decision.explanation.summary}; backfilled: a task waiting too long holds this node and is "
+                    f"expected to start in ~{window_s:.3f}s, this one to end in ~{run_s:.3f}s"))
+                return decision.model_copy(update={"waited_s": waited_s, "explanation": explanation,
+                                                   "reasons": explanation.reasons()})
+        return outcome
 
     @staticmethod
     def _changed(placers: Mapping[tuple, IncrementalPlacer | str], node_id: str) -> None:
@@ -271,5 +362,4 @@ class SchedulerCore:
         """A finished job's counts are no longer needed for spreading."""
         if not any(item.request.group == group for item in self._waiting):
             self.group_counts.forget(group)
-            self._turns_given_up.pop(group, None)
             self._turn_blocked_since.pop(group, None)

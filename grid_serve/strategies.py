@@ -6,9 +6,10 @@ Read `place()` top to bottom, like Nomad's stack.go:
     candidates -> lasting checks ("never") -> current checks ("not now") -> scorers -> pick
 
 A check is `(request, node, ctx) -> str | None`: None means the node passes, a string is the
-reason with numbers ("needs 2 GPU, 1 free"). A scorer is `(request, node, ctx) -> float` in
-[0, 1]. A `Strategy` is a frozen table of both, with an optional `Turn` rule and the sentence
-that explains its winner. Ties break on `(-score, node name)`, so the same view and request
+reason with numbers ("needs 2 GPU, 1 free"). Nodes passed over are counted per cause: the
+check's name, or per resource for a `Shortfall` ("insufficient GPU", "CPU busy"). A scorer
+is `(request, node, ctx) -> float` in [0, 1]. A `Strategy` is a frozen table of both, with an
+optional `Turn` rule and the sentence that explains its winner. Ties break on `(-score, node name)`, so the same view and request
 always give the same node. The decision carries its explanation as data (`Explanation`).
 Nothing here imports Ray.
 """
@@ -116,9 +117,9 @@ class Strategy:
         return sum(weight for _, weight, _ in self.scorers)
 
 
-def count_checks(rejections: Iterable[PassedOver]) -> dict[str, int]:
-    """Nodes passed over per check: the numbers behind "2 busy, 1 stale"."""
-    return dict(Counter(rejection.check for rejection in rejections))
+def count_causes(rejections: Iterable[PassedOver]) -> dict[str, int]:
+    """Nodes passed over per cause: the numbers behind "2 insufficient GPU, 1 stale"."""
+    return dict(Counter(rejection.cause for rejection in rejections))
 
 
 @dataclass(frozen=True)
@@ -132,10 +133,10 @@ class NoFit:
 
     @property
     def message(self) -> str:
-        """kube-style: '0/3 nodes are available: 2 insufficient GPU, 1 label mismatch.'"""
+        """kube-style: '0/3 nodes are available: 2 insufficient GPU, 1 label mismatch (...)'."""
         verdict = "waiting for capacity" if self.can_wait else "it can never fit"
         detail = "; ".join(f"{r.node}: {r.reason}" for r in self.rejections[:6])
-        parts = count_text(count_checks(self.rejections)) or "no nodes"
+        parts = count_text(count_causes(self.rejections)) or "no nodes"
         return f"0/{self.total_nodes} nodes are available: {parts} ({verdict}). {detail}".strip()
 
 
@@ -159,6 +160,27 @@ def needs_of(request: SchedulingRequest) -> Mapping[str, float]:
 
 
 _NEEDS_MEMO: list[tuple[object, Mapping[str, float]]] = [(None, MappingProxyType({}))]
+
+
+class Shortfall(str):
+    """A check's reason that names the resource the node is short of, so the node is counted
+    per resource ("insufficient GPU", "CPU busy"), as kube-scheduler counts nodes, rather than
+    under the check's name. Still a str: whatever reads a reason reads it unchanged.
+
+    >>> reason = Shortfall("needs 2 GPU, has 1", "GPU", "insufficient {}")
+    >>> reason, reason.cause
+    ('needs 2 GPU, has 1', 'insufficient GPU')
+    """
+
+    cause: str
+
+    def __new__(cls, reason: str, resource: str, cause: str) -> "Shortfall":
+        made = super().__new__(cls, reason)
+        made.cause = cause.format(_RESOURCE_WORDS.get(resource, resource))
+        return made
+
+
+_RESOURCE_WORDS = {ZERO_RESOURCE_SLOT: "worker slots"}  # how a cause names a resource, where not by its name
 
 
 # ---------------------------------------------------------------- lasting checks ("never")
@@ -192,7 +214,8 @@ def check_capacity(request: SchedulingRequest, node: NodeView, ctx: PlacementCon
     for resource, amount in needs_of(request).items():
         total = node.total.get(resource, 0.0)
         if amount > total + 1e-9:
-            return f"needs {_amount(resource, amount)} {resource}, has {_amount(resource, total)}"
+            return Shortfall(f"needs {_amount(resource, amount)} {resource}, has {_amount(resource, total)}",
+                             resource, "insufficient {}")
     return None
 
 
@@ -240,7 +263,8 @@ def check_free_now(request: SchedulingRequest, node: NodeView, ctx: PlacementCon
         # the zero-resource cap counts worker processes: no lookahead beyond it
         free = node.free(resource, 1.0 if resource == ZERO_RESOURCE_SLOT else ctx.view.admission)
         if amount > free + 1e-9:
-            return f"needs {_amount(resource, amount)} {resource}, {_amount(resource, max(free, 0))} free"
+            return Shortfall(f"needs {_amount(resource, amount)} {resource}, {_amount(resource, max(free, 0))} free",
+                             resource, "{} busy")
     return None
 
 
@@ -409,7 +433,9 @@ def first_failure(checks: tuple[tuple[str, Check], ...], request: SchedulingRequ
     for name, check in checks:
         reason = check(request, node, ctx)
         if reason is not None:
-            return PassedOver(node=node.name, check=name, reason=reason, node_id=node.node_id)
+            if type(reason) is Shortfall:
+                return PassedOver(node=node.name, check=name, reason=str(reason), cause=reason.cause, node_id=node.node_id)
+            return PassedOver(node=node.name, check=name, reason=reason, cause=name, node_id=node.node_id)
     return None
 
 
@@ -452,14 +478,14 @@ def place(
     (total, parts), chosen = scored[0]
     runner_up = (scored[1][1], node_scores(scored[1][1], *scored[1][0])) if len(scored) > 1 else None
     return decision_for(request, strategy, chosen, node_scores(chosen, total, parts), len(ready),
-                        rejections[:EXPLAINED_NODES], count_checks(rejections), ctx, runner_up=runner_up)
+                        rejections[:EXPLAINED_NODES], count_causes(rejections), ctx, runner_up=runner_up)
 
 
 def decision_for(request: SchedulingRequest, strategy: Strategy, chosen: NodeView, winner: NodeScores,
                  ready_count: int, passed_over: list[PassedOver], counts: Mapping[str, int], ctx: PlacementContext,
                  waited_s: float = 0.0, runner_up: tuple[NodeView, NodeScores] | None = None) -> SchedulingDecision:
     """The decision for `chosen` with its explanation as data; shared by `place()` and the
-    index. `passed_over` is the first few rejections, `counts` counts all of them per check,
+    index. `passed_over` is the first few rejections, `counts` counts all of them per cause,
     `runner_up` is the next best ready node and its scores.
 
     The parts arrive as models already (`PassedOver` is made where a check fails), so the

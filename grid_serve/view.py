@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from .models import ZERO_RESOURCE_SLOT, zero_resource_slots
 
@@ -105,14 +105,32 @@ class AllocationView:
 
 
 @dataclass(frozen=True)
+class Running:
+    """A task reserved on a node: its type, what it holds, and how long ago it was placed."""
+
+    task_type: str
+    resources: Mapping[str, float]
+    age_s: float
+
+
+def nothing_known_running(node_id: str) -> tuple[Running, ...]:
+    """The default `ClusterView.running`: no task is known, so no backfill is ever allowed."""
+    return ()
+
+
+@dataclass(frozen=True)
 class ClusterView:
-    """All nodes plus the evidence strategies weigh; copy-on-write, never mutated."""
+    """All nodes plus the evidence strategies weigh; copy-on-write, never mutated.
+
+    `running` lists the tasks reserved on a node, asked only when a starving task has a node
+    held for it (`SchedulerCore`): a scan of every reservation, too dear to make per view."""
 
     nodes: Mapping[str, NodeView]  # by node id, in a stable order
     admission: float = 1.0  # a node takes reservations up to this many times its resources
     durations: Mapping[tuple[str, str], float] = field(default_factory=lambda: EMPTY)  # (node_id, task_type) -> EWMA seconds
     taken_at: float = 0.0
     allocations: Mapping[str, AllocationView] = field(default_factory=lambda: EMPTY)  # by allocation id
+    running: Callable[[str], Sequence[Running]] = nothing_known_running  # node id -> the tasks reserved there
 
     @classmethod
     def of(cls, nodes: Iterable[NodeView], **kwargs: object) -> "ClusterView":

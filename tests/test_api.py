@@ -163,7 +163,7 @@ def test_request_larger_than_every_node_is_rejected_at_once(http: httpx.Client) 
     response = http.post("/v1/jobs", json={"task": "compute_task", "count": 3, "resources": {"cpu_count": 16}})
     assert response.status_code == 422
     body = response.json()
-    assert body["error"].startswith("0/3 nodes are available: 3 insufficient resources (it can never fit)")
+    assert body["error"].startswith("0/3 nodes are available: 3 insufficient CPU (it can never fit)")
     assert "needs 16 CPU, has 2" in body["error"]
 
 
@@ -228,6 +228,27 @@ def test_schedule_reserves_until_completed(http: httpx.Client, client: GridClien
     assert nodes["gpu2"].in_flight == 0
     again = http.post("/v1/schedule/external-1/complete", headers=owned(decision))
     assert again.status_code == 404 and again.json()["field"] == "task_id"
+
+
+def test_a_node_that_stays_busy_gives_up_its_spread_turn_and_the_job_says_so(http: httpx.Client,
+                                                                            client: GridClient) -> None:
+    """gpu2 is kept full by two 2-CPU reservations (4 of the 2 x 2 CPUs admission 2 allows): a
+    spread job of four 2-CPU tasks puts one each on the other nodes, then waits for gpu2's turn
+    until gpu2 gives it up (after 5 s, the least patience), and its status counts the turn."""
+    wait_idle(client)
+    holds = [http.post("/v1/schedule", json={"task_id": f"external-full-{i}", "strategy": "node_specific",
+                                             "target_node": "gpu2", "requirements": {"cpu_count": 2}}).json()
+             for i in range(2)]
+    try:
+        assert all(hold["node_name"] == "gpu2" for hold in holds), holds
+        status = submit(http, task="sleep_task", args=[{"seconds": 0.1}] * 4, strategy="spread",
+                        resources={"cpu_count": 2}, timeout_s=60)
+        assert status["per_node"] == {"gpu-master": 2, "gpu1": 2}
+        assert status["turns_given_up"] == {"gpu2": 1}
+        assert client.get_job(status["job_id"]).turns_given_up == {"gpu2": 1}
+    finally:
+        for i, hold in enumerate(holds):
+            http.post(f"/v1/schedule/external-full-{i}/complete", headers=owned(hold))
 
 
 HANDLE_SCRIPT = textwrap.dedent("""

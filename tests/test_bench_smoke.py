@@ -6,7 +6,7 @@ No timing assertions (the machine is shared); the real benchmarks never run in C
 
 from __future__ import annotations
 
-from bench import decisions
+from bench import decisions, mixed_sim
 from bench.harness import summarize
 
 
@@ -34,3 +34,13 @@ def test_summary_is_median_and_spread() -> None:
     summary = summarize([3.0, 1.0, 2.0, 10.0])
     assert (summary.median, summary.low, summary.high, summary.runs) == (2.5, 1.0, 10.0, 4)
     assert summary.show(1) == "2.5 (1.0–10.0)"
+
+
+def test_mixed_speed_simulation_is_above_the_bound_and_longest_first_is_best() -> None:
+    """Simulated clock, so the numbers are deterministic: every placement is at or above the
+    lower bound, and knowing each task's length (longest first) beats placing in task order."""
+    report = mixed_sim.run(quick=True)
+    ratios = report.data
+    assert all(ratio >= 1.0 for values in ratios.values() for ratio in values)
+    assert max(ratios["known, LPT"]) <= min(max(ratios["known, task order"]), max(ratios["grid performance_optimized"]))
+    assert "| grid performance_optimized" in report.render()

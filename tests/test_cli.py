@@ -272,3 +272,38 @@ def test_up_without_local_or_ray_address_is_a_usage_error(tmp_path: Path) -> Non
     done = grid("up", "--port", str(free_port()), env=env)
     assert done.returncode == 2
     assert "no Ray cluster given: pass --address or set RAY_ADDRESS" in one_line_error(done)
+
+
+# ---------------------------------------------------------------- output, without a cluster
+
+
+def test_explain_counts_the_nodes_passed_over_per_cause(capsys: pytest.CaptureFixture[str]) -> None:
+    from grid_serve import cli
+    from grid_serve.models import DecisionRecord, ResourceRequirement, SchedulingRequest
+    from grid_serve.strategies import place
+    from grid_serve.view import ClusterView, make_node
+
+    view = ClusterView.of([make_node("a", reserved={"CPU": 2}), make_node("b", reserved={"CPU": 2}), make_node("c"),
+                           make_node("d", cpus=1)])
+    decision = place(SchedulingRequest(task_id="job-0", job_id="job", strategy="load_balanced",
+                                       requirements=ResourceRequirement(cpu_count=2)), view)
+    cli._print_decision(DecisionRecord(at=0.0, job_id="job", task_type="task", node=decision.node_name, priority="normal",
+                                       **decision.model_dump(include={"task_id", "node_id", "strategy", "score", "waited_s",
+                                                                      "reasons", "explanation"})))
+    out = capsys.readouterr().out
+    assert "passed over 3/4 nodes: 2 CPU busy, 1 insufficient CPU" in out
+    assert "  a: CPU busy: needs 2 CPU, 0 free" in out and "  d: insufficient CPU: needs 2 CPU, has 1" in out
+
+
+def test_distribution_shows_the_spread_turns_given_up(capsys: pytest.CaptureFixture[str]) -> None:
+    from grid_serve import cli
+    from grid_serve.models import JobStatus
+
+    job = JobStatus(job_id="j", task="compute_task", strategy="spread", priority="normal", state="succeeded", total=4,
+                    queued=0, running=0, succeeded=4, failed=0, cancelled=0, per_node={"a": 2, "b": 2},
+                    turns_given_up={"c": 1}, submitted_at=0.0)
+    cli._print_distribution(job, {"a": "10.0.0.1", "b": "10.0.0.2"}, 1.0, as_json=False)
+    assert "spread turns given up (a node busy or stale past its patience; each counts as a task there): c 1" \
+        in capsys.readouterr().out
+    cli._print_distribution(job, {}, 1.0, as_json=True)
+    assert json.loads(capsys.readouterr().out)["turns_given_up"] == {"c": 1}

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from grid_serve.config import ConfigError, load_cluster_config, parse_cluster_config
 from grid_serve.ledger import Completion, Ledger
 from grid_serve.models import JobSubmission, ResourceRequirement, SchedulingDecision, SchedulingRequest, SchedulingStrategy
+from grid_serve.view import Running
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_EXAMPLE = REPO.parent / "shared" / "example-cluster.yaml"
@@ -124,6 +125,18 @@ def test_ledger_leases_expire() -> None:
     now[0] = 10.0
     assert [r.task_id for r in ledger.expire()] == ["ext"]
     assert list(ledger.reservations) == ["job-task"]
+
+
+def test_ledger_lists_what_runs_on_a_node_with_its_age() -> None:
+    """What a backfill decision reads: the node's own reservations, not those in a borrowed
+    allocation (they are counted on the allocation)."""
+    now = [5.0]
+    ledger = Ledger(clock=lambda: now[0])
+    ledger.reserve("t1", "n1", {"CPU": 1.0}, "job")
+    ledger.reserve("t2", "n2", {"CPU": 1.0}, "job")
+    ledger.reserve("t3", "n1", {"CPU": 1.0}, "job", placement_group_id="pg")
+    now[0] = 7.5
+    assert ledger.running_on("n1") == [Running("job", {"CPU": 1.0}, 2.5)]
 
 
 def test_ledger_release_of_unknown_task_is_harmless() -> None:

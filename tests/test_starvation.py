@@ -15,14 +15,16 @@ import pytest
 
 from grid_serve.models import ResourceRequirement, SchedulingRequest
 from grid_serve.scheduling import SchedulerCore
-from grid_serve.view import ClusterView, make_node
+from grid_serve.view import ClusterView, Running, make_node
 
 TICK_S = 0.5
 CAPACITY = {"id-big": 2.0, "id-small": 1.0}
 
 
-def low(i: int) -> SchedulingRequest:
-    return SchedulingRequest(task_id=f"low-{i}", job_id=f"low-{i}", priority="low", strategy="load_balanced")
+def low(i: int, kind: str = "task") -> SchedulingRequest:
+    name = "low" if kind == "task" else kind
+    return SchedulingRequest(task_id=f"{name}-{i}", job_id=f"{name}-{i}", task_type=kind, priority="low",
+                             strategy="load_balanced")
 
 
 def critical() -> SchedulingRequest:
@@ -69,6 +71,56 @@ def test_a_large_critical_task_starts_within_the_bound(starve_after_s: float | N
         assert start <= starve_after_s + low_run_s  # the bound: the wait, then the longest run already there
 
 
+# ---------------------------------------------------------------- backfill on a held node
+
+
+def backfill_while_held(filler_run_s: float, learned: bool = True, horizon_s: float = 10.0) -> tuple[float | None, list[float]]:
+    """The critical task is held on the big node at once (`starve_after_s` 0): one CPU there
+    runs a low task until 3.0 s, the other is free; the small node stays full. One low
+    "filler" task arrives a tick, running `filler_run_s`. Returns when the critical task
+    starts and when fillers started on the big node before it (backfill).
+
+    `learned`: the view knows the run times and what runs where, as the Scheduler's ledger
+    tells it; without them nobody knows when the big node frees, and the hold stays strict."""
+    now = [0.0]
+    core = SchedulerCore(clock=lambda: now[0], starve_after_s=0.0)
+    run_s = {"task": 3.0, "filler": filler_run_s}
+    running = [(3.0, "id-big", "task", 0.0), (math.inf, "id-small", "task", 0.0)]  # (ends at, node id, type, started at)
+    durations = {(node_id, kind): seconds for node_id in CAPACITY for kind, seconds in run_s.items()} if learned else {}
+    core.enqueue([critical()])
+    backfilled: list[float] = []
+    for tick in range(int(horizon_s / TICK_S)):
+        running = [task for task in running if task[0] > now[0] + 1e-9]
+        core.enqueue([low(tick, "filler")])
+        nodes = [make_node(node_id[3:], cpus=int(cpus), reserved={"CPU": sum(1.0 for task in running if task[1] == node_id)},
+                           in_flight=sum(1 for task in running if task[1] == node_id))
+                 for node_id, cpus in CAPACITY.items()]
+        on = lambda node_id: [Running(task[2], {"CPU": 1.0}, now[0] - task[3])  # noqa: E731
+                              for task in running if task[1] == node_id] if learned else []
+        for decision in core.drain(ClusterView.of(nodes, admission=1.0, durations=durations, running=on)).placed:
+            if decision.task_id == "critical":
+                return now[0], backfilled
+            assert decision.node_name == "big" and "backfilled" in decision.reasons[0]  # the small node stays full
+            backfilled.append(now[0])
+            running.append((now[0] + filler_run_s, decision.node_id, "filler", now[0]))
+        now[0] += TICK_S
+    return None, backfilled
+
+
+@pytest.mark.parametrize("filler_run_s, learned, backfilled", [
+    (0.5, True, [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]),  # each ends before 3.0 (the last just as the critical starts)
+    (1.0, True, [0.0, 1.0, 2.0]),  # the free CPU is busy at 0.5, 1.5 and 2.5
+    (2.0, True, [0.0]),  # one started at 2.0 would end at 4.0: after the critical task's start
+    (4.0, True, []),  # longer than the wait: nothing backfills
+    (0.5, False, []),  # run times unknown: strict
+])
+def test_only_work_expected_to_end_before_the_held_task_starts_backfills(filler_run_s: float, learned: bool,
+                                                                         backfilled: list[float]) -> None:
+    start, started = backfill_while_held(filler_run_s, learned)
+    assert started == backfilled
+    assert start == 3.0  # the critical task starts when the low it found there ends, backfill or not
+
+
 def test_the_hold_leaves_the_node_it_cannot_use_to_the_lows() -> None:
     """The 1-CPU node can never take the critical task: lows keep running there while it waits."""
     now = [10.0]
@@ -87,23 +139,27 @@ def test_the_hold_leaves_the_node_it_cannot_use_to_the_lows() -> None:
 
 def spread_with_a_stuck_node(run_s: float, horizon_s: float = 20.0) -> tuple[dict[str, int], dict[str, int]]:
     """A 30-task spread job on three 1-CPU nodes whose tasks take `run_s`, except that node c's
-    first task never ends. Returns (tasks placed per node, turns given up per node)."""
+    first task never ends. Returns (tasks placed per node, turns given up per node, summed over
+    the drains as the job's counts sum them)."""
     now = [0.0]
     core = SchedulerCore(clock=lambda: now[0])
     core.enqueue([SchedulingRequest(task_id=f"job-{i}", job_id="job") for i in range(30)])
     running: list[tuple[float, str]] = []  # (ends at, node id)
     placed = {"a": 0, "b": 0, "c": 0}
+    given_up: dict[str, int] = {}
     while now[0] <= horizon_s:
         running = [task for task in running if task[0] > now[0] + 1e-9]
         nodes = [make_node(name, cpus=1, reserved={"CPU": sum(1.0 for _, n in running if n == f"id-{name}")},
                            in_flight=sum(1 for _, n in running if n == f"id-{name}")) for name in placed]
         durations = {(f"id-{name}", "task"): run_s for name in placed}
-        for decision in core.drain(ClusterView.of(nodes, admission=1.0, durations=durations)).placed:
+        result = core.drain(ClusterView.of(nodes, admission=1.0, durations=durations))
+        for name, turns in result.turns_given_up.get("job", {}).items():
+            given_up[name] = given_up.get(name, 0) + turns
+        for decision in result.placed:
             placed[decision.node_name] += 1
             stuck = decision.node_name == "c"
             running.append((math.inf if stuck else now[0] + run_s, decision.node_id))
         now[0] += TICK_S
-    given_up = {node_id[3:]: turns for node_id, turns in core.turns_given_up("job").items()}
     return placed, given_up
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
-from grid_serve.models import ResourceRequirement, SchedulingDecision, SchedulingRequest, SchedulingStrategy, TaskPriority
+from grid_serve.models import (ZERO_RESOURCE_SLOT, ResourceRequirement, SchedulingDecision, SchedulingRequest,
+                               SchedulingStrategy, TaskPriority, count_text)
 from grid_serve.scheduling import SchedulerCore
-from grid_serve.strategies import NoFit, PlacementError, place
+from grid_serve.strategies import NoFit, PlacementError, count_causes, place
 from grid_serve.view import ClusterView, make_node
 
 MB = 1024 * 1024
@@ -192,7 +194,42 @@ def test_no_fit_message_counts_reasons_like_kube() -> None:
 def test_gpu_task_never_fits_cpu_only_cluster() -> None:
     view = ClusterView.of([make_node("a", cpus=2), make_node("b", cpus=2)])
     outcome = place(request(gpus=1), view)
-    assert outcome.message.startswith("0/2 nodes are available: 2 insufficient resources")
+    assert outcome.message.startswith("0/2 nodes are available: 2 insufficient GPU (it can never fit)")
+
+
+def _needs(cpus: float = 1, gpus: float = 0, memory_mb: float = 0, anti: tuple[str, ...] = (),
+           **custom: float) -> SchedulingRequest:
+    return SchedulingRequest(strategy="load_balanced", anti_affinity_nodes=anti, requirements=ResourceRequirement(
+        cpu_count=cpus, gpu_count=gpus, memory_mb=memory_mb, custom_resources=custom))
+
+
+# kube-scheduler's "0/N nodes are available: 2 insufficient GPU, 1 node is stale": nodes short
+# of a resource are counted per resource (the first one they are short of), the rest per check
+@pytest.mark.parametrize("nodes, needs, can_wait, counts", [
+    ([make_node("a"), make_node("b", cpus=4), make_node("c", cpus=1, gpus=1)], _needs(cpus=2, gpus=1), False,
+     {"insufficient GPU": 2, "insufficient CPU": 1}),
+    ([make_node("a", memory_mb=1024), make_node("b", custom={"tpu": 1}), make_node("c", alive=False)],
+     _needs(memory_mb=2048, tpu=2), False, {"insufficient memory": 1, "insufficient tpu": 1, "dead": 1}),
+    ([make_node("a", reserved={"CPU": 2}), make_node("b", reserved={"memory": 3000 * MB}), make_node("c"),
+      replace(make_node("d"), stale=True)], _needs(memory_mb=2048, anti=("c",)), True,
+     {"CPU busy": 1, "memory busy": 1, "affinity": 1, "stale": 1}),
+    ([make_node("a", cpus=0, reserved={ZERO_RESOURCE_SLOT: 4})], _needs(cpus=0), True, {"worker slots busy": 1}),
+    # a decision counts the nodes it passed over the same way
+    ([make_node("a", reserved={"CPU": 2}), make_node("b", reserved={"CPU": 2}), make_node("c"), make_node("d", cpus=1)],
+     _needs(cpus=2), None, {"CPU busy": 2, "insufficient CPU": 1}),
+])
+def test_nodes_passed_over_are_counted_per_cause(nodes: list, needs: SchedulingRequest, can_wait: bool | None,
+                                                 counts: dict[str, int]) -> None:
+    outcome = place(needs, ClusterView.of(nodes))
+    if can_wait is None:
+        assert isinstance(outcome, SchedulingDecision) and outcome.explanation is not None
+        assert outcome.explanation.passed_over_counts == counts
+        assert f"passed over 3/4 nodes ({count_text(counts)})" in outcome.reasons[-1]
+        return
+    assert isinstance(outcome, NoFit) and outcome.can_wait == can_wait
+    assert count_causes(outcome.rejections) == counts
+    assert outcome.message.startswith(f"0/{len(nodes)} nodes are available: {count_text(counts)} (")
+    assert all(r.reason in outcome.message for r in outcome.rejections)  # the reasons' texts are unchanged
 
 
 def test_affinity_and_anti_affinity() -> None:
