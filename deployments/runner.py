@@ -34,13 +34,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import itertools
 import pickle
 import time
 import uuid
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable
 
 import ray
 from ray.serve.handle import DeploymentHandle
@@ -50,7 +49,7 @@ from grid_serve.errors import ForbiddenError, GoneError, GridError, InvalidReque
 from grid_serve.ledger import Completion
 from grid_serve.outcomes import OutcomeTable
 from grid_serve.limits import Limits
-from grid_serve.lookahead import chunk_sizes
+from grid_serve.lookahead import chunk_sizes, interleave
 from grid_serve.models import (JobState, JobStatus, JobSubmission, ResourceRequirement, SchedulingDecision, SchedulingRequest,
                                SchedulingStrategy)
 from grid_serve.tasks import TaskType, load_task_modules, run_chunk, run_task
@@ -85,16 +84,6 @@ def _size_of(value: Any) -> int:
         return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
     except Exception:  # not picklable by the standard library: its text form is an estimate
         return len(repr(value))
-
-
-def _round_robin(queues: list[list[Any]]) -> Iterator[Any]:
-    """The first item of each queue, then the second of each, and so on.
-
-    >>> list(_round_robin([[1, 2, 3], [4], [5, 6]]))
-    [1, 4, 5, 2, 6, 3]
-    """
-    for row in itertools.zip_longest(*queues, fillvalue=_round_robin):
-        yield from (item for item in row if item is not _round_robin)
 
 
 def runner_name(app: str, tag: str) -> str:
@@ -282,7 +271,9 @@ class JobRunner:
         if job.done.is_set():
             return job.status()
         job.cancelled = True
-        for task_id in await self._ask(lambda: self._scheduler.cancel.remote(job.id)):
+        never_sent, job.requeue = job.requeue, []  # the Scheduler must not queue them after the cancel
+        for task_id in [request.task_id for request in never_sent] + await self._ask(
+                lambda: self._scheduler.cancel.remote(job.id)):
             if job.waiting.pop(task_id, None) is not None:
                 self._record(job, job.index_of(task_id), None, ok=False, error="cancelled")
         self._record_unsent(job, "cancelled")
@@ -321,9 +312,8 @@ class JobRunner:
                 job.unreported.append(Completion(task_id=decision.task_id, ok=False))
                 continue
             alike.setdefault(_PinnedFunctions.key_of(decision), []).append((index, decision))
-        # every node's first tasks go to Ray before any node's later ones: submitting a Ray task
-        # costs ~0.3 ms here, so node by node the last node's first task waited for all the rest
-        for chunk in _round_robin([self._chunks(job, tasks) for tasks in alike.values()]):
+        # every node's first tasks go to Ray before any node's later ones (see `interleave`)
+        for chunk in interleave([self._chunks(job, tasks) for tasks in alike.values()]):
             self._send(job, chunk)
         for rejection in placements.rejected:
             if job.waiting.pop(rejection.task_id, None) is not None:
@@ -573,6 +563,9 @@ class JobRunner:
             return
         self._adopting.add(job.id)
         try:
+            # what waits goes with the registration, requests not yet sent included: sent again
+            # with a later report, one that ended in between would be queued a second time
+            job.requeue = []
             running = [(decision, job.task_name) for decision, _ in job.running.values()]
             placements = await self._ask(lambda: self._scheduler.adopt.remote(
                 self._name, job.id, running, list(job.waiting.values()), dict(job.placed_per_node), job.unsent))

@@ -155,8 +155,8 @@ class Scheduler:
     def _publish_soon(self) -> None:
         """Publish in the background, PUBLISH_SPACING_S after the change at most, one call in
         flight: readers of the copy lag by a fraction of a second (a new job's placements are
-        published before `submit` returns), and a busy job costs the LoadBalancer a few calls
-        a second."""
+        published before `submit` returns, unless its caller waits for the job's end), and a
+        busy job costs the LoadBalancer a few calls a second."""
         if self._ledger.version == self._published or (self._publisher is not None and not self._publisher.done()):
             return
 
@@ -341,8 +341,9 @@ class Scheduler:
                                                     runner=runner is not None)
             self._drain_locked(requests)
             placements = self._collect(group)
-        # Once per job, so the copy shows a new job's placements when submit returns; bounded,
-        # so a LoadBalancer being replaced delays a submission by a moment at most.
+        # Once per job (unless its caller waits for its end), so the copy shows a new job's
+        # placements when submit returns; bounded, so a LoadBalancer being replaced delays a
+        # submission by a moment at most.
         if publish:
             await self._publish(SUBMIT_PUBLISH_TIMEOUT_S)
         if runner is not None:  # the lease runs from when the runner hears it owns the job

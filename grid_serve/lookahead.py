@@ -18,12 +18,13 @@ its own place in the job's counts; a chunk only shares one Ray task between task
 placed on the same node with the same resources.
 
 Pure: the Scheduler passes the admission as the view's `admission` for that kind of request;
-the job runner asks `chunk_sizes` how to group what it dispatches.
+the job runner asks `chunk_sizes` how to group what it dispatches and `interleave` in what order.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+import itertools
+from typing import Any, Iterator, Mapping, Sequence
 
 # Ray's own cost per task is about a millisecond here: planning deeper than one task per
 # millisecond of lookahead gains nothing and only delays the next higher-priority task.
@@ -65,3 +66,17 @@ def chunk_sizes(count: int, run_s: float | None, budget_s: float) -> list[int]:
     chunks = -(-count // per)
     size, extra = divmod(count, chunks)
     return [size + 1] * extra + [size] * (chunks - extra)
+
+
+def interleave(queues: Sequence[Sequence[Any]]) -> Iterator[Any]:
+    """The first item of each queue, then the second of each, and so on: the order in which the
+    runner hands Ray what one reply placed, so every node's first tasks are sent before any
+    node's later ones (each submission costs ~0.3 ms; node by node, the last node's first task
+    waited 30-60 ms for the rest).
+
+    >>> list(interleave([[1, 2, 3], [4], [5, 6]]))
+    [1, 4, 5, 2, 6, 3]
+    """
+    gap = object()
+    for row in itertools.zip_longest(*queues, fillvalue=gap):
+        yield from (item for item in row if item is not gap)

@@ -9,6 +9,7 @@ no node could ever take is rejected at once with the reason. The deployment in
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import time
 from dataclasses import dataclass, field, replace
@@ -54,11 +55,16 @@ class DrainResult:
 class _Hold:
     """A node held for a starving task for the rest of a drain: its needs are reserved there.
     `start_in_s`: when the task is expected to start there (None: unknown); until then, work
-    expected to end sooner may still run there (backfill)."""
+    expected to end sooner may still run there (backfill). Worked out only when a task could
+    backfill there: it reads every task running on the node."""
 
     node_id: str
     needs: Mapping[str, float]
-    start_in_s: float | None
+    estimate_start_s: Callable[[], float | None]
+
+    @functools.cached_property
+    def start_in_s(self) -> float | None:
+        return self.estimate_start_s()
 
 
 def expected_start_s(needs: Mapping[str, float], node: NodeView, running: Iterable[Running],
@@ -303,25 +309,29 @@ class SchedulerCore:
         node = min(busy, key=lambda node: (node.node_id != self._held.get(request.task_id), shortfall(node), node.name))
         self._held[request.task_id] = node.node_id
         nodes[node.node_id] = node.reserve(needs, tasks=0)
-        return _Hold(node.node_id, needs, expected_start_s(needs, node, view.running(node.node_id), view.durations))
+        return _Hold(node.node_id, needs,
+                     lambda: expected_start_s(needs, node, view.running(node.node_id), view.durations))
 
     def _backfill(self, request: SchedulingRequest, outcome: NoFit, holds: list[_Hold], nodes: dict[str, NodeView],
                   view: ClusterView, waited_s: float) -> SchedulingDecision | NoFit:
         """Slurm's backfill: a task that fits nowhere now may still go to a held node, if it
         fits there now beside what runs (its hold aside, at the node's real capacity: it must
         start at once) and its run time measured there ends before the held task is expected
-        to start, so it never delays it. The request's own strategy decides, on the view with
+        to start, so it is not expected to delay it (run times are learned averages: one that
+        runs long can). The request's own strategy decides, on the view with
         that hold lifted. A task never measured there, or a hold whose start is unknown, gets
         nothing: the hold stays strict. `outcome` when no hold takes it."""
         strict = replace(view, admission=1.0)
         for hold in holds:
             run_s = view.durations.get((hold.node_id, request.task_type))
-            window_s = _backfill_window_s(holds, hold.node_id)
-            if run_s is None or window_s is None or run_s > window_s + 1e-9:
+            if run_s is None:
                 continue
             unheld = _unheld(nodes[hold.node_id], hold)
             if check_free_now(request, unheld, PlacementContext(view=strict)) is not None:
-                continue  # no room there now: spare the whole pipeline's pass over every node
+                continue  # no room there now: spare the start estimate and the pass over every node
+            window_s = _backfill_window_s(holds, hold.node_id)
+            if window_s is None or run_s > window_s + 1e-9:
+                continue
             trial = replace(strict, nodes=MappingProxyType({**nodes, hold.node_id: unheld}))
             decision = place(request, trial, group_counts=self.group_counts.of(request.group))
             if isinstance(decision, SchedulingDecision) and decision.node_id == hold.node_id and decision.explanation:

@@ -57,6 +57,9 @@ def test_a_job_larger_than_the_schedulers_window_is_handed_over_in_windows(clien
     assert cluster.queued >= 4000 - 12 - 4 and [str(level.priority) for level in cluster.queue] == ["low"]  # held back too
     cancelled = client.cancel_job(slow.job_id)
     assert cancelled.state == "cancelled" and cancelled.queued == 0
+    # the runner's window requests not yet sent must not reach the Scheduler after the cancel
+    # (they would be queued for a cancelled job): its reports go on while the sleeps end
+    assert all(client.cluster_status().queued == 0 for _ in range(5))
     final = client.wait_job(slow.job_id, timeout_s=60, results=False)
     assert final.cancelled + final.succeeded + final.failed == 4000 and final.cancelled >= 4000 - 30
     assert client.cluster_status().queued == 0

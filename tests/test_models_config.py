@@ -65,6 +65,21 @@ def test_decision_ray_options_pin_hard_to_the_node() -> None:
     assert strategy.node_id == "ab" * 28 and strategy.soft is False
 
 
+def test_a_decision_to_run_keeps_where_and_how_and_drops_only_the_why() -> None:
+    """What a job runner is sent: everything it runs the task by, without the explanation."""
+    from grid_serve.strategies import place
+    from grid_serve.view import ClusterView, make_node
+
+    view = ClusterView.of([make_node("gpu1", cpus=2), make_node("gpu2", cpus=4)])
+    decision = place(SchedulingRequest(task_id="j-0", job_id="j", strategy="load_balanced"), view)
+    lean = decision.to_run()
+    assert decision.explanation is not None and decision.reasons
+    assert lean.explanation is None and lean.reasons == []
+    kept = decision.model_dump(exclude={"explanation", "reasons"})
+    assert lean.model_dump(exclude={"explanation", "reasons"}) == kept
+    assert (lean.node_id, lean.resources, lean.waited_s) == (decision.node_id, decision.resources, decision.waited_s)
+
+
 def test_repo_cluster_config_loads() -> None:
     config = load_cluster_config(REPO / "config" / "cluster.yaml")
     assert [node.name for node in config.nodes] == ["gpu-master", "gpu1", "gpu2"]
