@@ -139,9 +139,14 @@ class _Job:
         return requests
 
     @property
+    def all_ended(self) -> bool:
+        """Every task has an outcome."""
+        return len(self.outcomes) >= self.spec.task_count
+
+    @property
     def settled(self) -> bool:
         """Every task has an outcome, or the job was cancelled and nothing of it runs."""
-        return len(self.outcomes) >= self.spec.task_count or (self.cancelled and not self.running)
+        return self.all_ended or (self.cancelled and not self.running)
 
     @property
     def state(self) -> JobState:
@@ -445,7 +450,7 @@ class JobRunner:
             started_at=envelope.get("started_at", 0.0), duration_s=envelope.get("duration_s", 0.0),
             attempts=job.attempts.get(index, 1),
         )
-        if len(job.outcomes) >= job.spec.task_count:
+        if job.all_ended:
             job.last_ended.set()
 
     async def _drive(self, job: _Job) -> None:

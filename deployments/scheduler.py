@@ -367,9 +367,11 @@ class Scheduler:
         """Tasks waiting: in the queue, and held back by runners beyond their windows."""
         return len(self._core) + sum(count for count, _ in self._unsent.values())
 
-    def _hold_back(self, group: str, unsent: int | None, priority: TaskPriority) -> None:
+    def _hold_back(self, group: str, unsent: int | None, priority: TaskPriority | None = None) -> None:
+        """Record how many tasks of `group` its runner holds back (None: no news); `priority`
+        None keeps the one recorded (a job's priority never changes)."""
         if unsent:
-            self._unsent[group] = (unsent, priority)
+            self._unsent[group] = (unsent, priority or self._unsent.get(group, (0, TaskPriority.NORMAL))[1])
         elif unsent is not None:
             self._unsent.pop(group, None)
 
@@ -385,10 +387,7 @@ class Scheduler:
         `unsent`: how many tasks the runner still holds back (`requeue` carries the next ones)."""
         async with self._lock:
             self._owners.renew([group])
-            if requeue:
-                self._hold_back(group, unsent, requeue[0].priority)
-            elif unsent is not None:
-                self._hold_back(group, unsent, self._unsent.get(group, (0, TaskPriority.NORMAL))[1])
+            self._hold_back(group, unsent, requeue[0].priority if requeue else None)
             self._release(completions)
             for node_id in lost_nodes or []:
                 logger.warning("node %s lost a task of job %s: no new work goes there", node_id[:12], group)
