@@ -573,7 +573,8 @@ class JobRunner:
             job.requeue = []
             running = [(decision, job.task_name) for decision, _ in job.running.values()]
             placements = await self._ask(lambda: self._scheduler.adopt.remote(
-                self._name, job.id, running, list(job.waiting.values()), dict(job.placed_per_node), job.unsent))
+                self._name, job.id, running, list(job.waiting.values()), dict(job.placed_per_node), job.unsent,
+                job.spec.priority))
             self._epoch = placements.epoch
             placements.known = True
             self._take(job, placements)

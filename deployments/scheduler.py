@@ -243,7 +243,7 @@ class Scheduler:
         for decision in result.placed:
             meta = self._meta[decision.task_id]
             self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, meta.task_type, meta.group,
-                                 str(decision.strategy), meta.lease_s, decision.placement_group_id)
+                                 str(decision.strategy), meta.lease_s, decision.placement_group_id, meta.priority.rank)
             self._log.record(decision, meta.group, meta.task_type, meta.priority)
             # a job runner only runs the task; a /v1/schedule caller is shown why
             self._deliver(meta.group).placed.append(decision.to_run() if meta.runner else decision)
@@ -418,7 +418,8 @@ class Scheduler:
         return self._epoch, self._owners.renew(groups)
 
     async def adopt(self, runner: str, group: str, running: list[tuple[SchedulingDecision, str]],
-                    waiting: list[SchedulingRequest], placed_per_node: dict[str, int], unsent: int = 0) -> Placements:
+                    waiting: list[SchedulingRequest], placed_per_node: dict[str, int], unsent: int = 0,
+                    priority: TaskPriority | None = None) -> Placements:
         """A runner registers a job this Scheduler does not know (it restarted, or the job's
         lease lapsed): reserve what runs (decision, task type) where it runs, count what the
         job already placed per node (spread stays exact), and queue what waits."""
@@ -426,11 +427,12 @@ class Scheduler:
             await self._ensure_nodes()
             self._drop_group(group)
             self._owners.register(group, runner)
-            self._hold_back(group, unsent, waiting[0].priority if waiting else TaskPriority.NORMAL)
+            priority = priority or (waiting[0].priority if waiting else TaskPriority.NORMAL)
+            self._hold_back(group, unsent, priority)
             for decision, task_type in running:
-                self._meta[decision.task_id] = _Meta(task_type, group, None, runner=True)
+                self._meta[decision.task_id] = _Meta(task_type, group, None, priority, runner=True)
                 self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, task_type, group,
-                                     str(decision.strategy), None, decision.placement_group_id)
+                                     str(decision.strategy), None, decision.placement_group_id, priority.rank)
             for node_id, count in placed_per_node.items():
                 self._core.group_counts.add(group, node_id, count)
             fresh = [request for request in waiting if request.task_id not in self._meta]

@@ -47,12 +47,14 @@ class Reservation:
     made_at: float
     lease_until: float | None = None
     placement_group_id: str | None = None  # set when the task runs inside a borrowed allocation
+    rank: int = 1  # its priority's rank (TaskPriority.rank): normal unless told
 
 
 @dataclass(frozen=True)
 class NodeLoad:
     reserved: Mapping[str, float]
     in_flight: int
+    top_rank: int = -1  # the highest priority rank among its tasks (-1: none)
 
 
 @dataclass(frozen=True)
@@ -74,17 +76,23 @@ class _Totals:
     def __init__(self) -> None:
         self._sums: dict[str, dict[str, float]] = {}
         self._counts: dict[str, int] = {}
+        self._ranks: dict[str, dict[int, int]] = {}  # tasks per priority rank
 
-    def add(self, key: str, resources: Mapping[str, float], sign: int) -> None:
+    def add(self, key: str, resources: Mapping[str, float], sign: int, rank: int = 1) -> None:
         sums = self._sums.setdefault(key, {})
         for name, amount in resources.items():
             sums[name] = max(0.0, sums.get(name, 0.0) + sign * amount)
         self._counts[key] = self._counts.get(key, 0) + sign
+        ranks = self._ranks.setdefault(key, {})
+        ranks[rank] = ranks.get(rank, 0) + sign
+        if ranks[rank] <= 0:
+            del ranks[rank]
         if self._counts[key] <= 0:  # empty: drop it, so float dust never lingers
-            del self._sums[key], self._counts[key]
+            del self._sums[key], self._counts[key], self._ranks[key]
 
     def loads(self) -> dict[str, NodeLoad]:
-        return {key: NodeLoad(dict(sums), self._counts[key]) for key, sums in self._sums.items()}
+        return {key: NodeLoad(dict(sums), self._counts[key], max(self._ranks[key], default=-1))
+                for key, sums in self._sums.items()}
 
 
 @dataclass
@@ -100,12 +108,12 @@ class Ledger:
 
     def reserve(self, task_id: str, node_id: str, resources: Mapping[str, float], task_type: str = "task",
                 group: str = "", strategy: str = "", lease_s: float | None = None,
-                placement_group_id: str | None = None) -> None:
+                placement_group_id: str | None = None, rank: int = 1) -> None:
         now = self.clock()
         self._drop(task_id)  # re-reserving a task (an owner re-registering) replaces it
         reservation = self.reservations[task_id] = Reservation(
             task_id, node_id, dict(resources), task_type, group or task_id, now,
-            now + lease_s if lease_s else None, placement_group_id,
+            now + lease_s if lease_s else None, placement_group_id, rank,
         )
         self._count(reservation, +1)
         key = (node_id, strategy)
@@ -114,9 +122,9 @@ class Ledger:
 
     def _count(self, reservation: Reservation, sign: int) -> None:
         if reservation.placement_group_id is None:
-            self._nodes.add(reservation.node_id, reservation.resources, sign)
+            self._nodes.add(reservation.node_id, reservation.resources, sign, reservation.rank)
         else:
-            self._groups.add(reservation.placement_group_id, reservation.resources, sign)
+            self._groups.add(reservation.placement_group_id, reservation.resources, sign, reservation.rank)
 
     def _drop(self, task_id: str) -> Reservation | None:
         reservation = self.reservations.pop(task_id, None)

@@ -112,7 +112,8 @@ def _key(item: _Waiting) -> tuple[int, float, int]:
 def _signature(request: SchedulingRequest) -> tuple:
     """Requests with equal signatures succeed or wait together; one wait skips the rest."""
     needs = tuple(sorted(request.requirements.as_ray_resources().items()))
-    return (request.group, request.strategy, request.task_type, needs, request.requirements.gpu_memory_mb, request.target_node,
+    return (request.group, request.priority, request.strategy, request.task_type, needs, request.requirements.gpu_memory_mb,
+            request.target_node,
             tuple(sorted(request.label_selector.items())), request.affinity_nodes, request.anti_affinity_nodes)
 
 
@@ -236,7 +237,7 @@ class SchedulerCore:
                     self._changed(placers, outcome.node_id)
             elif isinstance(outcome, SchedulingDecision):
                 result.placed.append(outcome)
-                nodes[outcome.node_id] = nodes[outcome.node_id].reserve(outcome.resources)
+                nodes[outcome.node_id] = nodes[outcome.node_id].reserve(outcome.resources, rank=request.priority.rank)
                 self.group_counts.add(request.group, outcome.node_id)
                 self._changed(placers, outcome.node_id)
             elif outcome.can_wait or (current is not None and may_fit_allocation(request, current)):

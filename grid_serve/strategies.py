@@ -259,9 +259,14 @@ def check_fresh(request: SchedulingRequest, node: NodeView, ctx: PlacementContex
 
 
 def check_free_now(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
+    """Not now: too little is free. A node holding work of a higher priority than this task's
+    takes it only into free capacity, never into the lookahead: queued inside Ray beside that
+    work, Ray may start it first (it orders a submitter's queued tasks by its own keys, not by
+    the order they were sent), and a high task would wait behind a low one."""
+    admission = ctx.view.admission if node.top_rank <= request.priority.rank else 1.0
     for resource, amount in needs_of(request).items():
         # the zero-resource cap counts worker processes: no lookahead beyond it
-        free = node.free(resource, 1.0 if resource == ZERO_RESOURCE_SLOT else ctx.view.admission)
+        free = node.free(resource, 1.0 if resource == ZERO_RESOURCE_SLOT else admission)
         if amount > free + 1e-9:
             return Shortfall(f"needs {_amount(resource, amount)} {resource}, {_amount(resource, max(free, 0))} free",
                              resource, "{} busy")

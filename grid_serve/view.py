@@ -50,6 +50,7 @@ class NodeView:
     gpus: tuple[GpuView, ...] = ()
     stale: bool = False
     hostname: str | None = None
+    top_rank: int = -1  # the highest priority rank (TaskPriority.rank) among the tasks reserved on it
 
     def answers_to(self, reference: str) -> bool:
         """Whether `reference` is this node's name, Ray node id, IP or hostname."""
@@ -59,8 +60,9 @@ class NodeView:
         """What is left of `resource` for new reservations, allowing `admission`× the total."""
         return self.total.get(resource, 0.0) * admission - self.reserved.get(resource, 0.0)
 
-    def reserve(self, resources: Mapping[str, float], tasks: int = 1) -> "NodeView":
-        """A copy with `resources` more reserved and `tasks` more in flight (negative releases)."""
+    def reserve(self, resources: Mapping[str, float], tasks: int = 1, rank: int = -1) -> "NodeView":
+        """A copy with `resources` more reserved and `tasks` more in flight (negative releases),
+        for a task of priority `rank` (-1: none is added)."""
         reserved = dict(self.reserved)
         for name, amount in resources.items():
             reserved[name] = max(0.0, reserved.get(name, 0.0) + amount * (1 if tasks >= 0 else -1))
@@ -68,7 +70,8 @@ class NodeView:
         # them (4.6 us), a tenth of a whole decision, and the Scheduler reserves once per task
         clone = object.__new__(NodeView)
         object.__setattr__(clone, "__dict__", {**self.__dict__, "reserved": MappingProxyType(reserved),
-                                               "in_flight": max(0, self.in_flight + tasks)})
+                                               "in_flight": max(0, self.in_flight + tasks),
+                                               "top_rank": max(self.top_rank, rank)})
         return clone
 
     @property
@@ -251,6 +254,7 @@ def view_from(nodes: Iterable["NodeStatus"], ledger: "LedgerSnapshot | None" = N
             total=MappingProxyType(_with_zero_resource_slots(node.resources_total)),
             reserved=MappingProxyType(dict(load.reserved) if load else {}),
             in_flight=load.in_flight if load else 0,
+            top_rank=load.top_rank if load else -1,
             cpu_utilization=None if node.cpu_percent is None else node.cpu_percent / 100.0,
             memory_utilization=None if node.memory_percent is None else node.memory_percent / 100.0,
             gpus=tuple(_gpu_view(gpu) for gpu in node.gpus),
