@@ -23,6 +23,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -376,7 +377,8 @@ class Scheduler:
             self._unsent.pop(group, None)
 
     async def report(self, group: str, completions: list[Completion], requeue: list[SchedulingRequest] | None = None,
-                     lost_nodes: list[str] | None = None, unsent: int | None = None) -> Placements:
+                     lost_nodes: list[str] | None = None, unsent: int | None = None,
+                     returned: list[str] | None = None) -> Placements:
         """A runner's tasks ended: release them, place waiting tasks in the room, and return the
         group's news at once. Renews the group's lease. Sent in batches, one at a time per job,
         while Ray already runs the tasks placed ahead (the lookahead): never awaited per task.
@@ -384,11 +386,16 @@ class Scheduler:
         `requeue`: tasks whose worker or node died, to place again (their lost attempts are
         among `completions`); `lost_nodes`: nodes Ray said died under a task, left out of
         decisions from now on (until Ray's node table says so too, or `LOST_NODE_S` passes);
-        `unsent`: how many tasks the runner still holds back (`requeue` carries the next ones)."""
+        `unsent`: how many tasks the runner still holds back (`requeue` carries the next ones);
+        `returned`: placements handed back unused (a `grid.remote` caller's, held ahead of its
+        calls): released and no longer counted where they were placed, so spread stays exact."""
         async with self._lock:
             self._owners.renew([group])
             self._hold_back(group, unsent, requeue[0].priority if requeue else None)
             self._release(completions)
+            for reservation in self._release([Completion.model_construct(task_id=task_id, ok=False, duration_s=None)
+                                              for task_id in returned or []]):
+                self._core.group_counts.add(group, reservation.node_id, -1)
             for node_id in lost_nodes or []:
                 logger.warning("node %s lost a task of job %s: no new work goes there", node_id[:12], group)
                 self._lost_nodes[node_id] = time.monotonic() + LOST_NODE_S
@@ -411,6 +418,11 @@ class Scheduler:
             if group not in self._outbox:  # a report reply carried the news away already
                 wakeup.clear()
         return self._collect(group)
+
+    async def caller_settings(self) -> dict[str, Any]:
+        """What a `grid.remote` caller's dispatcher needs to know first: this instance's epoch and
+        how long an owner lease lasts without a renewal."""
+        return {"epoch": self._epoch, "lease_s": self._owners.lease_s}
 
     async def renew(self, groups: list[str]) -> tuple[str, list[str]]:
         """A runner's heartbeat: extend its jobs' leases. Returns this Scheduler's epoch and the

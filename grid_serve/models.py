@@ -277,18 +277,19 @@ class SchedulingDecision(_Model):
         fields = dict(self.__dict__, explanation=None, reasons=[])
         return SchedulingDecision.model_construct(self.model_fields_set, **fields)
 
-    def ray_options(self) -> dict[str, Any]:
+    def ray_options(self, soft: bool = False) -> dict[str, Any]:
         """`.options(**decision.ray_options())` for a Ray remote function.
 
-        The task is pinned hard to the chosen node (`NodeAffinitySchedulingStrategy`,
-        soft=False), or, when it runs in capacity its node borrowed, into that allocation's
-        placement group bundle (which Ray keeps on the donor). It asks Ray for the same
-        resources grid-serve reserved, so Ray's own accounting and ours agree.
+        The task is pinned to the chosen node (`NodeAffinitySchedulingStrategy`: hard, or with
+        `soft` allowed elsewhere once that node is dead, so Ray's own retries can move it), or,
+        when it runs in capacity its node borrowed, into that allocation's placement group
+        bundle (which Ray keeps on the donor). It asks Ray for the same resources grid-serve
+        reserved, so Ray's own accounting and ours agree.
         """
         options: dict[str, Any] = {
             "num_cpus": self.resources.get("CPU", 0.0),
             "num_gpus": self.resources.get("GPU", 0.0),
-            "scheduling_strategy": self._ray_strategy(),
+            "scheduling_strategy": self._ray_strategy(soft),
         }
         if self.resources.get("memory"):
             options["memory"] = self.resources["memory"]
@@ -297,11 +298,11 @@ class SchedulingDecision(_Model):
             options["resources"] = custom
         return options
 
-    def _ray_strategy(self) -> Any:
+    def _ray_strategy(self, soft: bool = False) -> Any:
         if self.placement_group_id is None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-            return NodeAffinitySchedulingStrategy(node_id=self.node_id, soft=False)
+            return NodeAffinitySchedulingStrategy(node_id=self.node_id, soft=soft)
         from ray._raylet import PlacementGroupID
         from ray.util.placement_group import PlacementGroup
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
