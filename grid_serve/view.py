@@ -1,7 +1,8 @@
 """The immutable picture of the cluster that every placement decision reads.
 
-The MetricsCollector supplies the nodes, the LoadBalancer's ledger supplies what is reserved
-on them, and the Scheduler folds the two into a `ClusterView`. Strategies only ever see this,
+The MetricsCollector supplies the nodes, the Scheduler's ledger supplies what is reserved on
+them, and the Scheduler folds the two into a `ClusterView` (resource sharing folds the
+LoadBalancer's published copy of that ledger the same way). Strategies only ever see this,
 so they can be tested with a table of hand-made nodes (`make_node`) and no Ray at all.
 """
 
@@ -9,12 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol, Sequence
 
 from .models import ZERO_RESOURCE_SLOT, zero_resource_slots
 
 if TYPE_CHECKING:
-    from .ledger import LedgerSnapshot
     from .models import GpuInfo, NodeStatus
 
 EMPTY: Mapping[str, float] = MappingProxyType({})
@@ -65,7 +65,7 @@ class NodeView:
         for name, amount in resources.items():
             reserved[name] = max(0.0, reserved.get(name, 0.0) + amount * (1 if tasks >= 0 else -1))
         # a copy of the fields with two changed: `dataclasses.replace` re-runs __init__ over all of
-        # them (4.6 us), a tenth of a whole decision, and the Scheduler reserves once per task
+        # them, a visible share of a decision (BENCHMARKS.md), and the Scheduler reserves once per task
         clone = object.__new__(NodeView)
         object.__setattr__(clone, "__dict__", {**self.__dict__, "reserved": MappingProxyType(reserved),
                                                "in_flight": max(0, self.in_flight + tasks)})
@@ -235,9 +235,31 @@ class GroupCounts:
         self.counts.pop(group, None)
 
 
-def view_from(nodes: Iterable["NodeStatus"], ledger: "LedgerSnapshot | None" = None, admission: float = 1.0,
+class Load(Protocol):
+    """What `view_from` reads of one node's load (a `ledger.NodeLoad`)."""
+
+    @property
+    def reserved(self) -> Mapping[str, float]: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+
+class Loads(Protocol):
+    """What `view_from` reads of a ledger (a `ledger.LedgerSnapshot`). Named here, not
+    imported: the ledger builds on this module (`Running`), so this one cannot import it."""
+
+    @property
+    def loads(self) -> Mapping[str, Load]: ...
+
+    @property
+    def durations(self) -> Mapping[tuple[str, str], float]: ...
+
+
+def view_from(nodes: Iterable[NodeStatus], ledger: Loads | None = None, admission: float = 1.0,
               taken_at: float = 0.0) -> ClusterView:
-    """Fold the MetricsCollector's inventory and the LoadBalancer's ledger into one view."""
+    """Fold the MetricsCollector's inventory and a ledger snapshot (the Scheduler's own, or the
+    LoadBalancer's published copy of it) into one view."""
     loads = ledger.loads if ledger else {}
     views = []
     for node in nodes:

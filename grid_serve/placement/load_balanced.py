@@ -4,7 +4,7 @@ with measured utilisation), then the idlest."""
 from __future__ import annotations
 
 from ..models import SchedulingRequest
-from ..strategies import NOT_NOW, PlacementContext, Strategy, load_of, score_idle
+from .framework import NOT_NOW, PlacementContext, Strategy, load_of, score_idle
 from ..view import NodeView
 
 

@@ -4,7 +4,7 @@ an error, a dead node a clear no-fit, never a silent fallback."""
 from __future__ import annotations
 
 from ..models import SchedulingRequest
-from ..strategies import NOT_NOW, PlacementContext, PlacementError, Strategy
+from .framework import NOT_NOW, PlacementContext, PlacementError, Strategy
 from ..view import ClusterView, NodeLookupError, NodeView
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..models import SchedulingRequest
-from ..strategies import NOT_NOW, PlacementContext, Strategy, load_of
+from .framework import NOT_NOW, PlacementContext, Strategy, load_of
 from ..view import NodeView
 
 

@@ -16,7 +16,7 @@ task in 20, and its new measurement decides from then on.
 from __future__ import annotations
 
 from ..models import SchedulingRequest
-from ..strategies import NOT_NOW, PlacementContext, Strategy, Turn, expected_finish_s, score_idle
+from .framework import NOT_NOW, PlacementContext, Strategy, Turn, expected_finish_s, score_idle
 from ..view import NodeView
 
 FINISH_SLACK = 0.05  # a node within 5% of the soonest finish counts as soonest: no holding for crumbs
