@@ -255,7 +255,7 @@ class Ingress:
     async def health(self) -> dict[str, Any]:
         """Liveness with node and queue counts, from a cluster status at most
         HEALTH_MAX_AGE_S old: probes poll this often, and a Scheduler round trip per probe
-        cost half the route's rate (bench/http_api.py). /v1/cluster stays exact."""
+        cost much of the route's rate (bench/http_api.py; BENCHMARKS.md). /v1/cluster stays exact."""
         cached = self._health_status
         if cached is not None and time.monotonic() - cached[0] < HEALTH_MAX_AGE_S:
             status = cached[1]
@@ -274,8 +274,8 @@ class Ingress:
     async def _shared_cluster_status(self) -> ClusterStatus:
         """One Scheduler call serves every status request that arrives while it is in flight.
 
-        Under load the status routes cost a Scheduler round trip per request, which halved
-        their rate against a bare Serve deployment (bench/http_api.py); sharing the call in
+        Under load the status routes cost a Scheduler round trip per request, which cut
+        their rate well below a bare Serve deployment's (bench/http_api.py; BENCHMARKS.md); sharing the call in
         flight keeps every answer no older than one round trip and fails all alike.
         """
         if self._status_call is None or self._status_call.done():

@@ -1,8 +1,8 @@
 """Pydantic models shared by the HTTP API, the handle API, the client and the CLI.
 
 One definition of every request and answer, so the three ways in cannot drift apart.
-Nothing here imports Ray: `SchedulingDecision.ray_options()` builds plain dicts and the
-Ray scheduling-strategy object is made by the caller that already has Ray loaded.
+Nothing here imports Ray when loaded: `SchedulingDecision.ray_options()` imports it only when
+called, to build the Ray scheduling-strategy object for a caller that is about to run the task.
 """
 
 from __future__ import annotations
