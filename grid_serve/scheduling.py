@@ -23,7 +23,6 @@ from .sharing import allocation_decision, may_fit_allocation
 from .strategies import NoFit, PlacementContext, PlacementError, check_free_now, needs_of, place
 from .view import ClusterView, GroupCounts, NodeView, Running
 
-
 STARVE_AFTER_S = 30.0  # a task waiting this long gets a node held for it (see SchedulerCore._hold)
 
 
@@ -112,8 +111,9 @@ def _key(item: _Waiting) -> tuple[int, float, int]:
 def _signature(request: SchedulingRequest) -> tuple:
     """Requests with equal signatures succeed or wait together; one wait skips the rest."""
     needs = tuple(sorted(request.requirements.as_ray_resources().items()))
-    return (request.group, request.strategy, request.task_type, needs, request.requirements.gpu_memory_mb, request.target_node,
-            tuple(sorted(request.label_selector.items())), request.affinity_nodes, request.anti_affinity_nodes)
+    return (request.group, request.strategy, request.task_type, needs, request.requirements.gpu_memory_mb,
+            request.target_node, tuple(sorted(request.label_selector.items())), request.affinity_nodes,
+            request.anti_affinity_nodes)
 
 
 def _backfill_window_s(holds: list[_Hold], node_id: str) -> float | None:
@@ -218,7 +218,8 @@ class SchedulerCore:
                 continue
             waited = round(max(0.0, self._clock() - item.enqueued_at), 6)
             outcome = placer.place(request, waited_s=waited)
-            if isinstance(outcome, NoFit) and outcome.can_wait and self._give_up_turns(request, placer, placers, nodes, result):
+            if (isinstance(outcome, NoFit) and outcome.can_wait
+                    and self._give_up_turns(request, placer, placers, nodes, result)):
                 outcome = placer.place(request, waited_s=waited)
             elif self._turn_blocked_since and isinstance(outcome, SchedulingDecision):
                 self._turn_blocked_since.pop(request.group, None)  # the turn moved: a later wait starts afresh
@@ -229,7 +230,8 @@ class SchedulerCore:
             borrowed = allocation_decision(request, current, outcome) if current else None
             if borrowed is not None:
                 result.placed.append(borrowed.model_copy(update={"waited_s": waited}))
-                allocation = next(a for a in allocations.values() if a.placement_group_id == borrowed.placement_group_id)
+                allocation = next(a for a in allocations.values()
+                                  if a.placement_group_id == borrowed.placement_group_id)
                 allocations[allocation.id] = allocation.use(borrowed.resources)  # the donor already counts it
                 self.group_counts.add(request.group, borrowed.node_id)
                 if isinstance(outcome, SchedulingDecision):  # the placer assumed its pick got reserved

@@ -74,7 +74,8 @@ def first_failure(checks: tuple[tuple[str, Check], ...], request: SchedulingRequ
         reason = check(request, node, ctx)
         if reason is not None:
             if type(reason) is Shortfall:
-                return PassedOver(node=node.name, check=name, reason=str(reason), cause=reason.cause, node_id=node.node_id)
+                return PassedOver(node=node.name, check=name, reason=str(reason), cause=reason.cause,
+                                  node_id=node.node_id)
             return PassedOver(node=node.name, check=name, reason=reason, cause=name, node_id=node.node_id)
     return None
 
@@ -134,7 +135,8 @@ def decision_for(request: SchedulingRequest, strategy: Strategy, chosen: NodeVie
     """
     explanation = Explanation(
         summary=strategy.explain(request, chosen, runner_up[0] if runner_up else None, ctx, ready_count),
-        winner=winner, runner_up=runner_up[1] if runner_up else None, passed_over=passed_over, passed_over_counts=counts,
+        winner=winner, runner_up=runner_up[1] if runner_up else None, passed_over=passed_over,
+        passed_over_counts=counts,
         nodes=len(ctx.view.nodes),
     )
     return SchedulingDecision(

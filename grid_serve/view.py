@@ -59,7 +59,7 @@ class NodeView:
         """What is left of `resource` for new reservations, allowing `admission`× the total."""
         return self.total.get(resource, 0.0) * admission - self.reserved.get(resource, 0.0)
 
-    def reserve(self, resources: Mapping[str, float], tasks: int = 1) -> "NodeView":
+    def reserve(self, resources: Mapping[str, float], tasks: int = 1) -> NodeView:
         """A copy with `resources` more reserved and `tasks` more in flight (negative releases)."""
         reserved = dict(self.reserved)
         for name, amount in resources.items():
@@ -97,7 +97,7 @@ class AllocationView:
     def free(self, resource: str) -> float:
         return self.capacity.get(resource, 0.0) - self.used.get(resource, 0.0)
 
-    def use(self, resources: Mapping[str, float]) -> "AllocationView":
+    def use(self, resources: Mapping[str, float]) -> AllocationView:
         used = dict(self.used)
         for name, amount in resources.items():
             used[name] = used.get(name, 0.0) + amount
@@ -127,22 +127,23 @@ class ClusterView:
 
     nodes: Mapping[str, NodeView]  # by node id, in a stable order
     admission: float = 1.0  # a node takes reservations up to this many times its resources
-    durations: Mapping[tuple[str, str], float] = field(default_factory=lambda: EMPTY)  # (node_id, task_type) -> EWMA seconds
+    # (node_id, task_type) -> EWMA seconds
+    durations: Mapping[tuple[str, str], float] = field(default_factory=lambda: EMPTY)
     taken_at: float = 0.0
     allocations: Mapping[str, AllocationView] = field(default_factory=lambda: EMPTY)  # by allocation id
     running: Callable[[str], Sequence[Running]] = nothing_known_running  # node id -> the tasks reserved there
 
     @classmethod
-    def of(cls, nodes: Iterable[NodeView], **kwargs: object) -> "ClusterView":
+    def of(cls, nodes: Iterable[NodeView], **kwargs: object) -> ClusterView:
         ordered = sorted(nodes, key=lambda node: (node.name, node.node_id))
         return cls(nodes=MappingProxyType({node.node_id: node for node in ordered}), **kwargs)  # type: ignore[arg-type]
 
-    def with_node(self, node: NodeView) -> "ClusterView":
+    def with_node(self, node: NodeView) -> ClusterView:
         nodes = dict(self.nodes)
         nodes[node.node_id] = node
         return replace(self, nodes=MappingProxyType(nodes))
 
-    def with_allocation(self, allocation: AllocationView) -> "ClusterView":
+    def with_allocation(self, allocation: AllocationView) -> ClusterView:
         allocations = dict(self.allocations)
         allocations[allocation.id] = allocation
         return replace(self, allocations=MappingProxyType(allocations))
@@ -287,7 +288,7 @@ def _with_zero_resource_slots(total: Mapping[str, float]) -> dict[str, float]:
     return {**total, ZERO_RESOURCE_SLOT: zero_resource_slots(total)} if total else {}
 
 
-def _gpu_view(gpu: "GpuInfo") -> GpuView:
+def _gpu_view(gpu: GpuInfo) -> GpuView:
     free = None
     if gpu.memory_total_mb is not None and gpu.memory_used_mb is not None:
         free = gpu.memory_total_mb - gpu.memory_used_mb

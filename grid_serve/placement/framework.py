@@ -168,7 +168,7 @@ class Shortfall(str):
 
     cause: str
 
-    def __new__(cls, reason: str, resource: str, cause: str) -> "Shortfall":
+    def __new__(cls, reason: str, resource: str, cause: str) -> Shortfall:
         made = super().__new__(cls, reason)
         made.cause = cause.format(_RESOURCE_WORDS.get(resource, resource))
         return made
@@ -270,7 +270,8 @@ def check_gpu_memory_free(request: SchedulingRequest, node: NodeView, ctx: Place
         return None
     roomy = sum(1 for mb in free if mb >= wanted)
     if roomy < gpus_needed(request):
-        return f"needs {gpus_needed(request)} GPU(s) with {wanted:.0f} MB free, {roomy} have it (most free {max(free):.0f} MB)"
+        return (f"needs {gpus_needed(request)} GPU(s) with {wanted:.0f} MB free, {roomy} have it "
+                f"(most free {max(free):.0f} MB)")
     return None
 
 
@@ -404,7 +405,8 @@ def measured_elsewhere(request: SchedulingRequest, view: ClusterView) -> tuple[f
     key = (request.task_type, request.requirements.gpu_count > 0)  # what hardware_speed depends on
     if key not in memo[1]:
         work = [secs * hardware_speed(request, view.nodes[node_id])[0]
-                for (node_id, kind), secs in view.durations.items() if kind == request.task_type and node_id in view.nodes]
+                for (node_id, kind), secs in view.durations.items()
+                if kind == request.task_type and node_id in view.nodes]
         memo[1][key] = (sum(work) / len(work), len(work)) if work else None
     return memo[1][key]
 
