@@ -38,7 +38,8 @@ class _CaseInsensitiveEnum(str, enum.Enum):
         return None
 
     def __str__(self) -> str:
-        return self.value.lower()
+        value: str = self.value
+        return value.lower()
 
 
 class SchedulingStrategy(_CaseInsensitiveEnum):

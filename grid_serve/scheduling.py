@@ -33,12 +33,18 @@ class Rejected:
     reason: str
 
 
+# what makes requests succeed or wait together (`_signature`): group, strategy, task type,
+# resources, GPU memory, target node, labels, affinity and anti-affinity
+Signature = tuple[str, str, str, tuple[tuple[str, float], ...], float, str | None, tuple[tuple[str, str], ...],
+                  tuple[str, ...], tuple[str, ...]]
+
+
 @dataclass(order=True)
 class _Waiting:
     key: tuple[int, float, int]
     request: SchedulingRequest = field(compare=False)
     enqueued_at: float = field(compare=False)
-    signature: tuple = field(compare=False, default=())
+    signature: Signature = field(compare=False)
 
 
 @dataclass
@@ -92,8 +98,10 @@ def expected_start_s(needs: Mapping[str, float], node: NodeView, running: Iterab
     for _, resources in ends:
         for name, amount in resources.items():
             in_use[name] = in_use.get(name, 0.0) + amount
-    fits = lambda: all(amount <= node.total.get(name, 0.0) - in_use.get(name, 0.0) + 1e-9  # noqa: E731
-                       for name, amount in needs.items())
+
+    def fits() -> bool:
+        return all(amount <= node.total.get(name, 0.0) - in_use.get(name, 0.0) + 1e-9 for name, amount in needs.items())
+
     if fits():
         return 0.0
     for ends_in, resources in sorted(ends, key=lambda end: end[0]):
@@ -104,11 +112,11 @@ def expected_start_s(needs: Mapping[str, float], node: NodeView, running: Iterab
     return None
 
 
-def _key(item: _Waiting) -> tuple[int, float, int]:
+def _key(item: _Waiting) -> tuple[float, ...]:  # compared with a priority's (-rank,) when bisecting
     return item.key
 
 
-def _signature(request: SchedulingRequest) -> tuple:
+def _signature(request: SchedulingRequest) -> Signature:
     """Requests with equal signatures succeed or wait together; one wait skips the rest."""
     needs = tuple(sorted(request.requirements.as_ray_resources().items()))
     return (request.group, request.strategy, request.task_type, needs, request.requirements.gpu_memory_mb,
@@ -167,8 +175,10 @@ class SchedulerCore:
         levels = []
         now = self._clock()
         for priority in sorted(TaskPriority, key=lambda p: -p.rank):
-            first = bisect.bisect_left(self._waiting, (-priority.rank,), key=_key)
-            end = bisect.bisect_left(self._waiting, (-priority.rank + 1,), key=_key)
+            start: tuple[float, ...] = (-priority.rank,)  # this priority's keys lie in [start, stop)
+            stop: tuple[float, ...] = (-priority.rank + 1,)
+            first = bisect.bisect_left(self._waiting, start, key=_key)
+            end = bisect.bisect_left(self._waiting, stop, key=_key)
             if end > first:
                 levels.append((priority, end - first, max(0.0, now - self._waiting[first].enqueued_at)))
         return levels
@@ -201,8 +211,8 @@ class SchedulerCore:
             return result
         nodes = dict(view.nodes)  # reserved into as decisions are made; one view built at the end
         allocations = dict(view.allocations)  # capacity nodes borrowed, and what their tasks use
-        placers: dict[tuple, IncrementalPlacer | str] = {}
-        blocked: set[tuple] = set()
+        placers: dict[Signature, IncrementalPlacer | str] = {}
+        blocked: set[Signature] = set()
         keep: list[_Waiting] = []
         holds: list[_Hold] = []  # nodes held for starving tasks, in this drain
         for item in self._waiting:
@@ -265,7 +275,7 @@ class SchedulerCore:
         return result
 
     def _give_up_turns(self, request: SchedulingRequest, placer: IncrementalPlacer,
-                       placers: Mapping[tuple, IncrementalPlacer | str], nodes: Mapping[str, NodeView],
+                       placers: Mapping[Signature, IncrementalPlacer | str], nodes: Mapping[str, NodeView],
                        result: DrainResult) -> bool:
         """A job whose next task has waited only for its turn (some node could take it, the
         nodes whose turn it is cannot) for longer than the turn's patience: every node holding
@@ -307,7 +317,10 @@ class SchedulerCore:
         busy = [nodes[r.node_id] for r in outcome.rejections if r.check == "busy"]
         if not busy:
             return None
-        shortfall = lambda node: max(amount - node.free(name) for name, amount in needs.items())  # noqa: E731
+
+        def shortfall(node: NodeView) -> float:
+            return max(amount - node.free(name) for name, amount in needs.items())
+
         node = min(busy, key=lambda node: (node.node_id != self._held.get(request.task_id), shortfall(node), node.name))
         self._held[request.task_id] = node.node_id
         nodes[node.node_id] = node.reserve(needs, tasks=0)
@@ -345,7 +358,7 @@ class SchedulerCore:
         return outcome
 
     @staticmethod
-    def _changed(placers: Mapping[tuple, IncrementalPlacer | str], node_id: str) -> None:
+    def _changed(placers: Mapping[Signature, IncrementalPlacer | str], node_id: str) -> None:
         """Every placer rescoring the node a decision just changed."""
         for placer in placers.values():
             if not isinstance(placer, str):

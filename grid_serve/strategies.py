@@ -123,7 +123,7 @@ def place(
 
 
 def decision_for(request: SchedulingRequest, strategy: Strategy, chosen: NodeView, winner: NodeScores,
-                 ready_count: int, passed_over: list[PassedOver], counts: Mapping[str, int], ctx: PlacementContext,
+                 ready_count: int, passed_over: list[PassedOver], counts: dict[str, int], ctx: PlacementContext,
                  waited_s: float = 0.0, runner_up: tuple[NodeView, NodeScores] | None = None) -> SchedulingDecision:
     """The decision for `chosen` with its explanation as data; shared by `place()` and the
     index. `passed_over` is the first few rejections, `counts` counts all of them per cause,

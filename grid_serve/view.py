@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from .models import ZERO_RESOURCE_SLOT, zero_resource_slots
 
 if TYPE_CHECKING:
     from .models import GpuInfo, NodeStatus
 
-EMPTY: Mapping[str, float] = MappingProxyType({})
+EMPTY: Mapping[Any, Any] = MappingProxyType({})  # empty and read-only: stands for a mapping of any type
 
 
 class NodeLookupError(LookupError):

@@ -55,11 +55,11 @@ class Room:
                 f"({figure(self.lent)} lent, {figure(max(self.free, 0))} free)")
 
 
-def _queue_key(record: Allocation) -> tuple:
+def _queue_key(record: Allocation) -> tuple[int, float, str]:
     return (-record.priority.rank, record.requested_at, record.id)
 
 
-def _reclaim_key(record: Allocation) -> tuple:
+def _reclaim_key(record: Allocation) -> tuple[int, float, str]:
     """Kueue's order: lowest priority first, then the newest."""
     return (record.priority.rank, -(record.granted_at or 0.0), record.id)
 
@@ -295,7 +295,7 @@ class SharingLedger:
             "reason": f"waiting: no donor has {record.amount:g} {record.resource.unit} to spare ({why})"})
         return Changes()
 
-    def _donor_rank(self, node: NodeView, room: Room) -> tuple:
+    def _donor_rank(self, node: NodeView, room: Room) -> tuple[float, float, str]:
         """Most spare relative to its limit, then the config sharing priority, then the name."""
         config_node = self.config.node(node.name) if self.config else None
         priority = config_node.resource_sharing.priority if config_node else 0.0
