@@ -16,6 +16,7 @@ within 1.5x plain Ray's time.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from typing import Any, Callable
@@ -65,8 +66,9 @@ def run(env: Env) -> Report:
     for label, fn, calls, args, target, sequential in cases:
         placed = grid.remote(fn)
         sides: dict[str, Callable[[], float]] = (
-            {"ray": lambda: sequential_s(fn, calls), "grid": lambda: sequential_s(placed, calls)} if sequential else
-            {"ray": lambda: throughput(fn, calls, args), "grid": lambda: throughput(placed, calls, args)})
+            {"ray": functools.partial(sequential_s, fn, calls), "grid": functools.partial(sequential_s, placed, calls)}
+            if sequential else {"ray": functools.partial(throughput, fn, calls, args),
+                                "grid": functools.partial(throughput, placed, calls, args)})
         results: dict[str, list[float]] = {"ray": [], "grid": []}
         for _ in range(runs):
             for name, measure in sides.items():

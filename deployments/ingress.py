@@ -20,24 +20,42 @@ from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs
 
 import ray
-from ray.actor import ActorHandle
-from ray.serve._private.constants import SERVE_NAMESPACE
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
+from ray.actor import ActorHandle
+from ray.serve._private.constants import SERVE_NAMESPACE
 from ray.serve.handle import DeploymentHandle
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from grid_serve import ui
 from grid_serve.access import CLUSTER_OWNER, LOOPBACK_HOSTS, AccessPolicy, Caller, parse_tokens
-from grid_serve.errors import (ForbiddenError, GridError, InvalidRequestError, NoCapacityError, NotFoundError, TooBusyError, describe_error,
-                               require_id, require_number)
+from grid_serve.errors import (
+    ForbiddenError,
+    GridError,
+    InvalidRequestError,
+    NoCapacityError,
+    NotFoundError,
+    TooBusyError,
+    describe_error,
+    require_id,
+    require_number,
+)
 from grid_serve.ledger import EXTERNAL_PREFIX, Completion
 from grid_serve.limits import Limits
-from grid_serve.models import (ClusterStatus, JobStatus, JobSubmission, PlacementHistory, RecentDecisions,
-                               SchedulingDecision, SchedulingRequest, TaskPriority, non_finite_path)
+from grid_serve.models import (
+    ClusterStatus,
+    JobStatus,
+    JobSubmission,
+    PlacementHistory,
+    RecentDecisions,
+    SchedulingDecision,
+    SchedulingRequest,
+    TaskPriority,
+    non_finite_path,
+)
 from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules
 
@@ -156,7 +174,8 @@ class AccessGuard:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-            query = {key: values[-1] for key, values in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
+            query = {key: values[-1]
+                     for key, values in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
             refusal = AccessGuard.policy.refusal(scope["method"], scope["path"], query, headers)
             if refusal is not None:
                 extra = {"WWW-Authenticate": "Bearer"} if refusal.status == 401 else None
@@ -255,7 +274,7 @@ class Ingress:
     async def health(self) -> dict[str, Any]:
         """Liveness with node and queue counts, from a cluster status at most
         HEALTH_MAX_AGE_S old: probes poll this often, and a Scheduler round trip per probe
-        cost half the route's rate (bench/http_api.py). /v1/cluster stays exact."""
+        cost much of the route's rate (bench/http_api.py; BENCHMARKS.md). /v1/cluster stays exact."""
         cached = self._health_status
         if cached is not None and time.monotonic() - cached[0] < HEALTH_MAX_AGE_S:
             status = cached[1]
@@ -274,8 +293,8 @@ class Ingress:
     async def _shared_cluster_status(self) -> ClusterStatus:
         """One Scheduler call serves every status request that arrives while it is in flight.
 
-        Under load the status routes cost a Scheduler round trip per request, which halved
-        their rate against a bare Serve deployment (bench/http_api.py); sharing the call in
+        Under load the status routes cost a Scheduler round trip per request, which cut
+        their rate well below a bare Serve deployment's (bench/http_api.py; BENCHMARKS.md); sharing the call in
         flight keeps every answer no older than one round trip and fails all alike.
         """
         if self._status_call is None or self._status_call.done():
@@ -364,7 +383,8 @@ class Ingress:
         offset = int(require_number("offset", offset, 0, 10**9))
         actors = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
         runners = sorted(entry["name"] for entry in actors
-                         if entry["namespace"] == self._namespace and entry["name"].startswith(runner_name(self._app, "")))
+                         if entry["namespace"] == self._namespace
+                         and entry["name"].startswith(runner_name(self._app, "")))
         answers = await asyncio.gather(*(self._jobs_of_runner(name) for name in runners))
         jobs = sorted((job for jobs in answers for job in jobs), key=lambda job: job.submitted_at, reverse=True)
         return jobs[offset:offset + limit]
@@ -439,7 +459,8 @@ class Ingress:
         """Allocations, pending requests, shareable capacity and use per node."""
         return await self._call_sharing("status")
 
-    async def request_resources(self, body: SharingRequest | dict[str, Any], caller: Caller | None = None) -> Allocation:
+    async def request_resources(self, body: SharingRequest | dict[str, Any],
+                                caller: Caller | None = None) -> Allocation:
         """A node borrows capacity: granted on a donor now, or queued (see its `state`). Only
         `caller` (who sent it over HTTP) may release it; a handle call's belongs to the cluster."""
         if not isinstance(body, SharingRequest):
@@ -494,7 +515,8 @@ class Ingress:
         return await self.list_jobs(limit, offset)
 
     @fastapi_app.get(f"/{API_VERSION}/jobs/{{job_id}}", response_model=JobStatus, response_model_exclude_none=True)
-    async def http_job(self, job_id: str, results: bool = Query(False), wait_s: float = Query(0.0, ge=0, le=3600)) -> JobStatus:
+    async def http_job(self, job_id: str, results: bool = Query(False),
+                       wait_s: float = Query(0.0, ge=0, le=3600)) -> JobStatus:
         if wait_s:
             return await self.wait_job(job_id, wait_s, results)
         return await self.get_job(job_id, results)
@@ -523,7 +545,8 @@ class Ingress:
         return await self.schedule(body, lease_s, wait_s, _caller(request))
 
     @fastapi_app.post(f"/{API_VERSION}/schedule/{{task_id}}/complete")
-    async def http_complete(self, task_id: str, request: Request, body: CompletionReport | None = None) -> dict[str, Any]:
+    async def http_complete(self, task_id: str, request: Request,
+                            body: CompletionReport | None = None) -> dict[str, Any]:
         """Only whoever made the reservation may complete it: its token identity, or its owner key."""
         return await self.complete(task_id, body.ok if body else True, body.duration_s if body else None,
                                    _caller(request))

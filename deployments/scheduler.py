@@ -49,7 +49,7 @@ SUBMIT_PUBLISH_TIMEOUT_S = 0.5
 SNAPSHOT_TRUST_INTERVALS = 5  # a node snapshot older than this many intervals (and 10 s) is not trusted
 MIN_SNAPSHOT_TRUST_S = 10.0
 LOST_NODE_S = 30.0  # a node a runner saw die stays out this long unless Ray's table agrees sooner
-PUBLISH_SPACING_S = 0.25  # py-spy: publishing every 20 ms cost the LoadBalancer 22% of a core
+PUBLISH_SPACING_S = 0.25  # publishing every 20 ms kept the LoadBalancer busy (py-spy; BENCHMARKS.md)
 
 
 @dataclass
@@ -321,7 +321,7 @@ class Scheduler:
         tasks of the job its runner holds back until the window has room (they count toward
         the queue and its cap all the same); `publish`, whether the LoadBalancer's copy must
         show the new placements before this returns (a caller that waits for the job's end
-        does not read it meanwhile, and the publish cost it 4-7 ms before its first task)."""
+        does not read it meanwhile, and the publish delayed its first task)."""
         groups = {request.group for request in requests}
         if len(groups) != 1:
             raise ValueError("submit() takes the requests of one job (one group) at a time")

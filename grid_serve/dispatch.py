@@ -64,7 +64,7 @@ def remote(*args: Any, **options: Any) -> Any:
     return lambda fn: _wrap(fn, options)
 
 
-def _wrap(fn: Any, options: dict[str, Any]) -> "RemoteFunction":
+def _wrap(fn: Any, options: dict[str, Any]) -> RemoteFunction:
     from ray.remote_function import RemoteFunction as RayRemoteFunction
 
     if isinstance(fn, RayRemoteFunction):  # keep the options it was made with
@@ -89,7 +89,7 @@ class RemoteFunction:
         raise TypeError(f"remote function {self._fn.__qualname__} cannot be called directly; use "
                         f"{self._fn.__name__}.remote(...)")
 
-    def options(self, **options: Any) -> "RemoteFunction":
+    def options(self, **options: Any) -> RemoteFunction:
         """The same function with these options over its own (cheap when repeated: calls in a
         loop with equal options share one stream, so spread stays exact across them)."""
         key = repr(sorted(options.items(), key=lambda kv: kv[0]))
@@ -105,7 +105,8 @@ class RemoteFunction:
         if self._passes_through():
             return self._ray_function().remote(*args, **kwargs)
         _refuse_in_event_loop(self._fn.__name__)
-        decision = dispatcher().placement(self._stream_of(), self._options.get("placement_timeout_s", PLACEMENT_TIMEOUT_S))
+        timeout = self._options.get("placement_timeout_s", PLACEMENT_TIMEOUT_S)
+        decision = dispatcher().placement(self._stream_of(), timeout)
         return self._submit(decision, args, kwargs)
 
     async def remote_async(self, *args: Any, **kwargs: Any) -> Any:
@@ -133,7 +134,8 @@ class RemoteFunction:
         return values[0] if len(values) == 1 else values
 
     def _pinned_function(self, decision: SchedulingDecision) -> Any:
-        key = (decision.node_id, decision.placement_group_id, decision.bundle_index, tuple(sorted(decision.resources.items())))
+        key = (decision.node_id, decision.placement_group_id, decision.bundle_index,
+               tuple(sorted(decision.resources.items())))
         pinned = self._pinned.get(key)
         if pinned is None:
             if len(self._pinned) > 1024:
@@ -278,8 +280,9 @@ class Dispatcher:
                         return decision
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise NoCapacityError(f"no node had room for {stream.template.task_type} within {timeout_s:g} s "
-                                              "(the cluster is busy; placement_timeout_s sets how long a call waits)")
+                        raise NoCapacityError(f"no node had room for {stream.template.task_type} within "
+                                              f"{timeout_s:g} s (the cluster is busy; placement_timeout_s sets how "
+                                              "long a call waits)")
                     self._lock.wait(min(left, 1.0))
             finally:
                 self._waiting[stream.group] -= 1

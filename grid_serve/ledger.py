@@ -28,7 +28,7 @@ EXTERNAL_PREFIX = "schedule:"
 
 
 class Completion(BaseModel):
-    """A task ended: reported by the Ingress, or by an external submitter for `/v1/schedule`."""
+    """A task ended: reported by the job runner that ran it, or by an external submitter for `/v1/schedule`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -66,7 +66,7 @@ class LedgerSnapshot:
     durations: Mapping[tuple[str, str], float]
     placements: Mapping[tuple[str, str], int]  # (node_id, strategy) -> placements ever made
     group_loads: Mapping[str, NodeLoad] = field(default_factory=dict)  # placement group id -> its tasks
-    epoch: str = ""  # which ledger instance: a restarted LoadBalancer starts a new epoch at version 0
+    epoch: str = ""  # which ledger instance: a restarted Scheduler's new ledger starts a new epoch at version 0
 
 
 class _Totals:

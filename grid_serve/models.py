@@ -1,8 +1,8 @@
 """Pydantic models shared by the HTTP API, the handle API, the client and the CLI.
 
 One definition of every request and answer, so the three ways in cannot drift apart.
-Nothing here imports Ray: `SchedulingDecision.ray_options()` builds plain dicts and the
-Ray scheduling-strategy object is made by the caller that already has Ray loaded.
+Nothing here imports Ray when loaded: `SchedulingDecision.ray_options()` imports it only when
+called, to build the Ray scheduling-strategy object for a caller that is about to run the task.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class _CaseInsensitiveEnum(str, enum.Enum):
     """Accepts `spread`, `SPREAD` and `Spread` alike, as users type all three."""
 
     @classmethod
-    def _missing_(cls, value: object) -> "_CaseInsensitiveEnum | None":
+    def _missing_(cls, value: object) -> _CaseInsensitiveEnum | None:
         if isinstance(value, str):
             wanted = value.strip().upper().replace("-", "_")
             for member in cls:
@@ -38,7 +38,8 @@ class _CaseInsensitiveEnum(str, enum.Enum):
         return None
 
     def __str__(self) -> str:
-        return self.value.lower()
+        value: str = self.value
+        return value.lower()
 
 
 class SchedulingStrategy(_CaseInsensitiveEnum):
@@ -71,7 +72,7 @@ class _Model(BaseModel):
 ZERO_RESOURCE_SLOT = "grid.zero_resource_tasks"
 
 
-def zero_resource_slots(total: "dict[str, float] | Any") -> float:
+def zero_resource_slots(total: dict[str, float] | Any) -> float:
     """How many zero-resource tasks a node runs at once: twice its CPUs, at least 4."""
     return max(4.0, 2.0 * float(total.get("CPU", 0.0)))
 
@@ -162,7 +163,7 @@ class SchedulingRequest(_Model):
     label_selector: dict[str, str] = Field(default_factory=dict, max_length=64)
 
     @model_validator(mode="after")
-    def _node_specific_names_a_node(self) -> "SchedulingRequest":
+    def _node_specific_names_a_node(self) -> SchedulingRequest:
         if self.strategy is SchedulingStrategy.NODE_SPECIFIC and not self.target_node:
             raise ValueError("strategy node_specific needs target_node (a node name, Ray node id, IP or hostname)")
         return self
@@ -226,11 +227,13 @@ class Explanation:
 
         >>> Explanation(summary="pack: b is the fullest node that still fits",
         ...             winner=NodeScores(node="b", score=0.5, scores={"fullest": 0.5}),
-        ...             passed_over=[PassedOver(node="a", check="busy", reason="needs 1 CPU, 0 free", cause="CPU busy")],
+        ...             passed_over=[PassedOver(node="a", check="busy", reason="needs 1 CPU, 0 free",
+        ...                                     cause="CPU busy")],
         ...             passed_over_counts={"CPU busy": 1}, nodes=2).reasons()[1:]
         ['scores: fullest=0.500', 'passed over 1/2 nodes (1 CPU busy): a (needs 1 CPU, 0 free)']
         """
-        lines = [self.summary, "scores: " + ", ".join([f"{name}={value:.3f}" for name, value in self.winner.scores.items()])]
+        lines = [self.summary,
+                 "scores: " + ", ".join([f"{name}={value:.3f}" for name, value in self.winner.scores.items()])]
         if self.passed_over:
             counts = self.passed_over_counts
             lines.append(f"passed over {sum(counts.values())}/{self.nodes} nodes ({count_text(counts)}): "
@@ -269,7 +272,7 @@ class SchedulingDecision(_Model):
     owner_key: str | None = Field(None, description="only in a /v1/schedule answer made without a token: send it "
                                                     "as X-Grid-Owner-Key to complete the task")
 
-    def to_run(self) -> "SchedulingDecision":
+    def to_run(self) -> SchedulingDecision:
         """This decision without its why (`explanation`, `reasons`): what a job runner needs to
         run the task. Sent per task on the dispatch path, where the why cost more to pickle and
         unpickle than the rest of the decision; the Scheduler's decision log keeps it for
@@ -338,7 +341,7 @@ class JobSubmission(_Model):
         return value
 
     @model_validator(mode="after")
-    def _count_or_args(self) -> "JobSubmission":
+    def _count_or_args(self) -> JobSubmission:
         if self.count is not None and self.args is not None:
             raise ValueError("give either count or args, not both")
         if self.strategy is SchedulingStrategy.NODE_SPECIFIC and not self.node:
@@ -495,7 +498,8 @@ class DecisionRecord(BaseModel):
 class RecentDecisions(BaseModel):
     now: float = Field(description="the Scheduler's clock (epoch seconds), to age `at` and lease ends against")
     decisions: list[DecisionRecord] = Field(description="newest first")
-    job_placed: int | None = Field(None, description="with job_id: decisions the job got in all (the list keeps its latest)")
+    job_placed: int | None = Field(None, description="with job_id: decisions the job got in all "
+                                                     "(the list keeps its latest)")
 
 
 class PlacementHistory(BaseModel):

@@ -141,7 +141,7 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
 def run_task(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     """Run one task inside a Ray worker and wrap what happened, with timing and node.
 
-    Errors are caught here so the envelope still says where and how long: the LoadBalancer
+    Errors are caught here so the envelope still says where and how long: the Scheduler
     releases the reservation either way.
     """
     here = where_am_i()

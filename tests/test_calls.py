@@ -50,7 +50,7 @@ def stream_of(**template: object) -> Stream:
 def call_loop(stream: Stream, scheduler: FakeScheduler, calls: int, now: float = 0.0) -> list[str]:
     """`calls` calls in a tight loop, each waiting (one exchange) when nothing is held."""
     ran = []
-    for i in range(calls):
+    for _ in range(calls):
         decision = stream.on_call(now)
         while decision is None:
             stream.ask(stream.wanted(now, waiting_calls=1))

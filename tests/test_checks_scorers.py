@@ -14,8 +14,17 @@ import pytest
 
 from grid_serve.models import ResourceRequirement, SchedulingRequest
 from grid_serve.placement import load_balanced, node_specific, pack, performance_optimized, spread
-from grid_serve.strategies import (PlacementContext, check_affinity, check_alive, check_capacity, check_free_now,
-                                   check_fresh, check_gpu_memory_free, check_labels, score_idle)
+from grid_serve.strategies import (
+    PlacementContext,
+    check_affinity,
+    check_alive,
+    check_capacity,
+    check_free_now,
+    check_fresh,
+    check_gpu_memory_free,
+    check_labels,
+    score_idle,
+)
 from grid_serve.view import ClusterView, GpuView, NodeView, make_node
 
 

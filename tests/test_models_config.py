@@ -9,7 +9,13 @@ from pydantic import ValidationError
 
 from grid_serve.config import ConfigError, load_cluster_config, parse_cluster_config
 from grid_serve.ledger import Completion, Ledger
-from grid_serve.models import JobSubmission, ResourceRequirement, SchedulingDecision, SchedulingRequest, SchedulingStrategy
+from grid_serve.models import (
+    JobSubmission,
+    ResourceRequirement,
+    SchedulingDecision,
+    SchedulingRequest,
+    SchedulingStrategy,
+)
 from grid_serve.view import Running
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 import ray
+from test_api import wait_idle  # noqa: E402  (tests/ is on sys.path)
 
 import grid_serve as grid
 from grid_serve.client import GridClient
 from grid_serve.errors import InvalidRequestError
-
-from test_api import wait_idle  # noqa: E402  (tests/ is on sys.path)
 
 pytestmark = pytest.mark.cluster
 

@@ -7,8 +7,15 @@ from dataclasses import replace
 
 import pytest
 
-from grid_serve.models import (ZERO_RESOURCE_SLOT, ResourceRequirement, SchedulingDecision, SchedulingRequest,
-                               SchedulingStrategy, TaskPriority, count_text)
+from grid_serve.models import (
+    ZERO_RESOURCE_SLOT,
+    ResourceRequirement,
+    SchedulingDecision,
+    SchedulingRequest,
+    SchedulingStrategy,
+    TaskPriority,
+    count_text,
+)
 from grid_serve.scheduling import SchedulerCore
 from grid_serve.strategies import NoFit, PlacementError, count_causes, place
 from grid_serve.view import ClusterView, make_node

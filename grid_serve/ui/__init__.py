@@ -11,7 +11,7 @@ bytes; it never renders anything per request.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 MEDIA_TYPES = {
@@ -32,7 +32,7 @@ class Asset:
     media_type: str
 
 
-@lru_cache(maxsize=None)
+@cache
 def asset(name: str) -> Asset:
     """The file `name` of the page. Only the listed names: a request path never reaches the
     file system as given, so `../` can never read anything else."""
