@@ -390,6 +390,8 @@ class Scheduler:
         `returned`: placements handed back unused (a `grid.remote` caller's, held ahead of its
         calls): released and no longer counted where they were placed, so spread stays exact."""
         async with self._lock:
+            if requeue:  # a restarted Scheduler's first drain needs nodes: none would read as "never fits"
+                await self._ensure_nodes()
             self._owners.renew([group])
             self._hold_back(group, unsent, requeue[0].priority if requeue else None)
             self._release(completions)

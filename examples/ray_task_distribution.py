@@ -14,6 +14,7 @@ from ray import serve
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+import grid_serve as grid
 from grid_serve import IntelligentScheduler, ResourceRequirement, SchedulingRequest, SchedulingStrategy, TaskPriority
 from grid_serve.client import GridClient, HandleClient, connect_ray
 from grid_serve.tasks import where_am_i
@@ -118,6 +119,44 @@ def monitoring(client: GridClient) -> None:
         print(f"grid node {node.name}: alive={node.alive} in_flight={node.in_flight}")
 
 
+# ---------------------------------------------------------------- the same snippets, Ray-native
+# The guide's code with `@ray.remote` changed to `@grid.remote`: the calls run in this process's
+# own Ray job (its modules, runtime_env, ObjectRefs), placed by grid-serve's Scheduler.
+
+
+@grid.remote
+def compute_task(task_id: int) -> str:
+    return where_am_i()["node"]
+
+
+@grid.remote(num_gpus=1)
+def gpu_training_step(batch_id: int) -> tuple[str, list]:
+    return where_am_i()["node"], [str(gpu) for gpu in ray.get_gpu_ids()]
+
+
+@grid.remote
+def memory_task(task_id: int) -> str:
+    return where_am_i()["node"]
+
+
+def ray_native() -> None:
+    """1, 3 and Advanced 1 again, through grid.remote (a blocking API: run outside the event loop)."""
+    refs = [compute_task.options(scheduling_strategy="SPREAD").remote(i) for i in range(100)]
+    print(f"grid.remote spread 100: {dict(sorted(Counter(ray.get(refs)).items()))}")
+    ran = ray.get([gpu_training_step.remote(i) for i in range(6)])
+    print(f"grid.remote gpu 6: {dict(sorted(Counter(node for node, _ in ran).items()))} "
+          f"one gpu each={all(len(gpus) == 1 for _, gpus in ran)}")
+    cpu_refs = [compute_task.options(scheduling_strategy="SPREAD").remote(i) for i in range(20)]
+    mem_refs = [memory_task.options(scheduling_strategy="LOAD_BALANCED", num_cpus=2.0).remote(i) for i in range(10)]
+    gpu_refs = [gpu_training_step.remote(i) for i in range(3)]
+    results = ray.get(cpu_refs + mem_refs + gpu_refs)
+    print(f"grid.remote mixed: {len(results)} of 33, "
+          f"gpu on {sorted({node for node, _ in results[30:]})}")
+    to_gpu1 = ray.get([compute_task.options(scheduling_strategy="NODE_SPECIFIC", node="gpu1").remote(i)
+                       for i in range(10)])
+    print(f"grid.remote node_specific gpu1: {dict(Counter(to_gpu1))}")
+
+
 async def main() -> None:
     connect_ray()
     grid = HandleClient.connect()
@@ -131,6 +170,7 @@ async def main() -> None:
         resource_constraints(client)
         placement_groups()
         monitoring(client)
+    await asyncio.to_thread(ray_native)
     print("all patterns done")
 
 

@@ -136,6 +136,13 @@ class Stream:
         self.ended, self.given_back, self.unasked = [], [], []
         return report
 
+    def on_report_failed(self, report: Report) -> None:
+        """The report never reached the Scheduler (a timeout, a restart): send it again next time,
+        before anything newer, so no end, hand-back or request is lost."""
+        self.ended[:0] = report.ended
+        self.given_back[:0] = report.given_back
+        self.unasked[:0] = [request for request in report.asked if request.task_id in self.asked]
+
     def on_scheduler_lost(self) -> tuple[list[SchedulingDecision], list[SchedulingRequest]]:
         """The Scheduler restarted (or forgot the stream): what it must be told again, as a
         registration: every placement held or running (their reservations), and what waits."""
@@ -156,6 +163,11 @@ class Stream:
         """How many more to ask for now: enough for the calls waiting and the target ahead."""
         have = len(self.stock) + len(self.asked)
         return max(0, min(MAX_AHEAD, waiting_calls + self.target(now)) - have)
+
+    def quiet(self, now: float) -> bool:
+        """Idle and holding nothing, with nothing left to tell: the Scheduler may forget it."""
+        return (self.target(now) == 0 and not self.asked and not self.stock and not self.running
+                and not self.ended and not self.given_back and not self.unasked)
 
     @property
     def holds(self) -> int:

@@ -47,7 +47,8 @@ logger = logging.getLogger("grid_serve.remote")
 
 APP_NAME = os.environ.get("GRID_APP", "grid")
 PLACEMENT_TIMEOUT_S = 600.0
-TICK_S = 0.02  # the dispatcher tells the Scheduler what ended at most this often
+TICK_S = 0.05  # the dispatcher tells the Scheduler what ended at most this often (at once when a call waits)
+POLL_S = 5.0  # a stream with requests waiting long-polls the Scheduler for their placements
 MB = 1024 * 1024
 # options grid-serve reads to place a call; everything else goes to Ray as it is
 GRID_OPTIONS = ("priority", "node", "label_selector", "affinity_nodes", "anti_affinity_nodes", "placement_timeout_s")
@@ -243,6 +244,8 @@ class Dispatcher:
         self._streams: list[Stream] = []
         self._waiting: dict[str, int] = {}  # group -> calls waiting for a placement
         self._registered: set[str] = set()
+        self._polling: set[str] = set()  # streams with a wait_placed long-poll open
+        self._ended: set[str] = set()  # streams the Scheduler was told are over (idle): the next call starts afresh
         self._epoch: str | None = None
         self._lease_s = 2.0
         self._loop = asyncio.new_event_loop()
@@ -340,23 +343,47 @@ class Dispatcher:
             report = stream.take_report()
         if cancelled:
             await self._scheduler.cancel.remote(stream.group)
-        if stream.group not in self._registered:
-            if not report.asked:
-                return
-            self._registered.add(stream.group)
-            reply = await self._scheduler.submit.remote(report.asked, None, self._name, None, 0, publish=False)
-            if report.ended or report.given_back:
-                self._take(stream, reply)
-                reply = await self._scheduler.report.remote(stream.group, report.ended, [], [], 0,
+        try:
+            if stream.group not in self._registered:
+                if stream.group not in self._ended and stream.next_index > len(report.asked):
+                    # known before, and the Scheduler forgot it (restarted, or its lease lapsed): register again
+                    await self._adopt(stream)  # with what runs, is held and waits; older ends no longer matter
+                    return
+                if not report.asked:
+                    return
+                reply = await self._scheduler.submit.remote(report.asked, None, self._name, None, 0, publish=False)
+                self._registered.add(stream.group)
+                self._ended.discard(stream.group)
+            elif report:
+                reply = await self._scheduler.report.remote(stream.group, report.ended, report.asked, [], 0,
                                                             returned=report.given_back)
-        elif report:
-            reply = await self._scheduler.report.remote(stream.group, report.ended, report.asked, [], 0,
-                                                        returned=report.given_back)
-        elif stream.asked:
-            reply = await self._scheduler.wait_placed.remote(stream.group, 0.0)
-        else:
-            return
-        self._take(stream, reply)
+            else:
+                reply = None
+        except Exception:
+            with self._lock:
+                stream.on_report_failed(report)
+            raise
+        if reply is not None:
+            self._take(stream, reply)
+        with self._lock:
+            quiet = stream.group in self._registered and stream.quiet(time.monotonic())
+        if quiet:  # an idle stream holds nothing at the Scheduler, not even what a lost reply left behind
+            await self._scheduler.finished.remote(stream.group)
+            self._registered.discard(stream.group)
+            self._ended.add(stream.group)
+        if stream.asked and stream.group in self._registered and stream.group not in self._polling:
+            self._polling.add(stream.group)
+            self._loop.create_task(self._poll(stream))
+
+    async def _poll(self, stream: Stream) -> None:
+        """Long-poll for placements the Scheduler makes as others' work ends, while any waits."""
+        try:
+            while stream.asked and stream.group in self._registered:
+                self._take(stream, await self._scheduler.wait_placed.remote(stream.group, POLL_S))
+        except Exception as exc:
+            logger.warning("grid dispatcher: waiting for placements: %s: %s", type(exc).__name__, exc)
+        finally:
+            self._polling.discard(stream.group)
 
     def _take(self, stream: Stream, reply: Any) -> None:
         with self._lock:

@@ -113,3 +113,16 @@ def test_a_restarted_scheduler_is_told_what_runs_and_what_is_held() -> None:
     assert {d.task_id for d in held} == set(stream.running) | {d.task_id for d in stream.stock}
     assert [r.task_id for r in waiting] == list(stream.asked)
     assert stream.take_report().asked == []  # the registration carries them, not a later report
+
+
+def test_a_report_that_never_arrived_is_sent_again_whole() -> None:
+    stream, scheduler = stream_of(), FakeScheduler()
+    call_loop(stream, scheduler, 2)
+    done = next(iter(stream.running))
+    stream.on_ended(done, True, 0.5)
+    stream.ask(3)
+    lost = stream.take_report()
+    stream.on_report_failed(lost)  # the Scheduler call timed out
+    again = stream.take_report()
+    assert [c.task_id for c in again.ended] == [done]
+    assert [r.task_id for r in again.asked] == [r.task_id for r in lost.asked]

@@ -45,6 +45,12 @@ def test_user_guide_patterns(base_url: str, cluster_address: str) -> None:
     assert out["cluster CPUs"].startswith("6.0")
     assert "all patterns done" in out
     assert {f"grid node {name}" for name in ("gpu-master", "gpu1", "gpu2")} <= set(out)
+    # the same snippets through grid.remote, where each call reported its own node
+    assert sorted(ast.literal_eval(out["grid.remote spread 100"]).values()) == [33, 33, 34]
+    assert out["grid.remote gpu 6"] == "{'gpu1': 3, 'gpu2': 3} one gpu each=True"
+    mixed, gpu_nodes = out["grid.remote mixed"].split(", gpu on ")
+    assert mixed == "33 of 33" and set(ast.literal_eval(gpu_nodes)) <= {"gpu1", "gpu2"}
+    assert ast.literal_eval(out["grid.remote node_specific gpu1"]) == {"gpu1": 10}
 
 
 def test_http_client_example(base_url: str, cluster_address: str) -> None:
