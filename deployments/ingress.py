@@ -17,7 +17,6 @@ import os
 import time
 import uuid
 from typing import Any, Callable, Iterator
-from urllib.parse import parse_qs
 
 import ray
 from ray.actor import ActorHandle
@@ -27,6 +26,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import QueryParams
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -42,7 +42,7 @@ from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules
 
 from ._common import COORDINATOR_OPTIONS, call_with_timeout, grid_call, logger
-from .runner import RUNNER_NAMESPACE, TAG_LEN, JobRunner, runner_name
+from .runner import RUNNER_NAMESPACE, TAG_LEN, JobRunner, is_runner_of, runner_name
 
 API_VERSION = "v1"
 
@@ -156,8 +156,8 @@ class AccessGuard:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-            query = {key: values[-1] for key, values in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
-            refusal = AccessGuard.policy.refusal(scope["method"], scope["path"], query, headers)
+            query = dict(QueryParams(scope.get("query_string", b"")))  # as the routes read it: the last value wins
+            refusal = AccessGuard.policy.refusal(scope["method"], scope["path"], query, headers, scope.get("root_path", ""))
             if refusal is not None:
                 extra = {"WWW-Authenticate": "Bearer"} if refusal.status == 401 else None
                 response = JSONResponse({"error": refusal.message, "field": refusal.field}, status_code=refusal.status,
@@ -348,13 +348,16 @@ class Ingress:
         self._tag = uuid.uuid4().hex[:TAG_LEN]
         self._runner = self._start_runner()
 
-    async def get_job(self, job_id: str, results: bool = False) -> JobStatus:
-        return await grid_call((await self._runner_of(job_id)).get_job.remote(job_id, bool(results)))
+    async def get_job(self, job_id: str, results: bool = False, reader: Caller | None = None) -> JobStatus:
+        """`reader` (HTTP with tokens only) must own the job to read its results."""
+        return await grid_call((await self._runner_of(job_id)).get_job.remote(job_id, bool(results), reader))
 
-    async def wait_job(self, job_id: str, timeout_s: float = 600.0, results: bool = True) -> JobStatus:
+    async def wait_job(self, job_id: str, timeout_s: float = 600.0, results: bool = True,
+                       reader: Caller | None = None) -> JobStatus:
         timeout_s = require_number("timeout_s", timeout_s, 0, MAX_WAIT_S)
         with self._waiting_slot(timeout_s > 0):
-            return await grid_call((await self._runner_of(job_id)).wait_job.remote(job_id, timeout_s, bool(results)))
+            return await grid_call((await self._runner_of(job_id)).wait_job.remote(job_id, timeout_s, bool(results),
+                                                                                   reader))
 
     async def list_jobs(self, limit: int = 100, offset: int = 0) -> list[JobStatus]:
         """Every runner's jobs, newest first, `limit` of them from `offset`. The web page asks
@@ -364,7 +367,7 @@ class Ingress:
         offset = int(require_number("offset", offset, 0, 10**9))
         actors = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
         runners = sorted(entry["name"] for entry in actors
-                         if entry["namespace"] == self._namespace and entry["name"].startswith(runner_name(self._app, "")))
+                         if entry["namespace"] == self._namespace and is_runner_of(entry["name"], self._app))
         answers = await asyncio.gather(*(self._jobs_of_runner(name) for name in runners))
         jobs = sorted((job for jobs in answers for job in jobs), key=lambda job: job.submitted_at, reverse=True)
         return jobs[offset:offset + limit]
@@ -494,10 +497,13 @@ class Ingress:
         return await self.list_jobs(limit, offset)
 
     @fastapi_app.get(f"/{API_VERSION}/jobs/{{job_id}}", response_model=JobStatus, response_model_exclude_none=True)
-    async def http_job(self, job_id: str, results: bool = Query(False), wait_s: float = Query(0.0, ge=0, le=3600)) -> JobStatus:
+    async def http_job(self, job_id: str, request: Request, results: bool = Query(False),
+                       wait_s: float = Query(0.0, ge=0, le=3600)) -> JobStatus:
+        """With tokens, only the job's maker reads its results (403 on `results`); its status stays open."""
+        reader = AccessGuard.policy.results_reader(_caller(request))
         if wait_s:
-            return await self.wait_job(job_id, wait_s, results)
-        return await self.get_job(job_id, results)
+            return await self.wait_job(job_id, wait_s, results, reader)
+        return await self.get_job(job_id, results, reader)
 
     @fastapi_app.delete(f"/{API_VERSION}/jobs/{{job_id}}", response_model=JobStatus, response_model_exclude_none=True)
     async def http_cancel(self, job_id: str, request: Request) -> JobStatus:

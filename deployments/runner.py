@@ -90,6 +90,19 @@ def runner_name(app: str, tag: str) -> str:
     return f"{RUNNER_PREFIX}{app}-{tag}"
 
 
+def is_runner_of(name: str, app: str) -> bool:
+    """Whether the actor `name` is one of `app`'s runners: its name is the prefix, the app's
+    name and a tag, exactly. Another app whose name starts alike (`grid-auth` beside `grid`)
+    has runners that share the prefix `grid-runner-grid-`, never the exact shape.
+
+    >>> is_runner_of("grid-runner-grid-1a2b", "grid"), is_runner_of("grid-runner-grid-auth-1a2b", "grid")
+    (True, False)
+    """
+    prefix = runner_name(app, "")
+    tag = name[len(prefix):]
+    return name.startswith(prefix) and len(tag) == TAG_LEN and all(c in "0123456789abcdef" for c in tag)
+
+
 @dataclass
 class _Job:
     """One job's bookkeeping inside its runner."""
@@ -258,13 +271,23 @@ class JobRunner:
             await self._wait(job, spec.timeout_s)
         return job.status(with_results=job.done.is_set() and spec.wait)
 
-    async def get_job(self, job_id: str, results: bool = False) -> JobStatus:
-        return self._job(job_id).status(with_results=results)
+    async def get_job(self, job_id: str, results: bool = False, reader: Caller | None = None) -> JobStatus:
+        """`reader`: who must own the job to read its results (None: anyone, a handle call)."""
+        job = self._readable(job_id, results, reader)
+        return job.status(with_results=results)
 
-    async def wait_job(self, job_id: str, timeout_s: float = 600.0, results: bool = True) -> JobStatus:
-        job = self._job(job_id)
+    async def wait_job(self, job_id: str, timeout_s: float = 600.0, results: bool = True,
+                       reader: Caller | None = None) -> JobStatus:
+        job = self._readable(job_id, results, reader)
         await self._wait(job, timeout_s)
         return job.status(with_results=results)
+
+    def _readable(self, job_id: str, results: bool, reader: Caller | None) -> _Job:
+        """The job, once `reader` may read what it asks for: its results are its maker's."""
+        job = self._job(job_id)
+        if results and not may_touch(reader, job.owner):
+            raise ForbiddenError(refusal_to_touch(job.owner, f"job {job_id}", "read its results"), field="results")
+        return job
 
     async def list_jobs(self) -> list[JobStatus]:
         return [job.status() for job in self._jobs.values()]
