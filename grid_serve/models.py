@@ -81,6 +81,17 @@ def zero_resource_slots(total: "dict[str, float] | Any") -> float:
 
 
 RAY_RESOURCE_UNIT = 0.0001  # Ray refuses fractional amounts finer than this
+RESOURCE_SCALE = 10_000  # Ray keeps every resource in fixed point, 1/RESOURCE_SCALE of a unit
+
+
+def to_units(amount: float) -> int:
+    """An amount in Ray's fixed point: sums of these are exact, so books that add and take
+    back the same amounts return to exactly 0 (float sums left `GPU: 1e-323` on idle nodes).
+
+    >>> to_units(0.1) + to_units(0.2) - to_units(0.3), to_units(0.5) / RESOURCE_SCALE
+    (0, 0.5)
+    """
+    return round(amount * RESOURCE_SCALE)
 
 
 def ray_refuses(amount: float) -> str | None:
