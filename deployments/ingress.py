@@ -33,7 +33,7 @@ from ray.serve.handle import DeploymentHandle
 from grid_serve import ui
 from grid_serve.access import CLUSTER_OWNER, LOOPBACK_HOSTS, AccessPolicy, Caller, parse_tokens
 from grid_serve.errors import (ForbiddenError, GridError, InvalidRequestError, NoCapacityError, NotFoundError, TooBusyError, describe_error,
-                               require_id, require_number)
+                               plain_seconds, require_id, require_number)
 from grid_serve.ledger import EXTERNAL_PREFIX, Completion
 from grid_serve.limits import Limits
 from grid_serve.models import (ClusterStatus, JobStatus, JobSubmission, PlacementHistory, RecentDecisions,
@@ -76,8 +76,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
                          (404, "no such job, reservation or allocation"),
                          (410, "a finished job's results were dropped (results_bytes_kept)"),
                          (422, "invalid request: the body or a parameter, named in `field`"),
-                         (429, "the queue or the waiting requests are at their cap: retry after Retry-After seconds"),
-                         (503, "no capacity within the wait, or the app is starting"))
+                         (429, "busy, try later: the queue or the waiting requests are at their cap, or no node had "
+                               "room within wait_s; retry after Retry-After seconds"),
+                         (503, "something the app relies on failed (Ray's GCS): nothing was done; retry"))
 }
 
 HEALTH_MAX_AGE_S = 0.5
@@ -415,7 +416,9 @@ class Ingress:
             raise InvalidRequestError(reason, field="task_id" if reason.startswith("task id") else "requirements")
         if not placements.placed:
             await self._scheduler.finished.remote(inner.group)
-            raise NoCapacityError(f"no node had room for task {request.task_id} within {wait_s:g}s; try again later")
+            raise NoCapacityError(f"no node had room for task {request.task_id} within {plain_seconds(wait_s)}; the "
+                                  "cluster is busy: try again later, or wait longer (wait_s)", field="wait_s",
+                                  retry_after_s=self._limits.retry_after_s)
         return placements.placed[0].model_copy(update={"task_id": request.task_id, "owner_key": key})
 
     async def complete(self, task_id: str, ok: bool = True, duration_s: float | None = None,
