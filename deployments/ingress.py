@@ -24,9 +24,11 @@ from ray.serve._private.constants import SERVE_NAMESPACE
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import QueryParams
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -120,6 +122,8 @@ fastapi_app = FastAPI(
     description="Task placement for Ray: spread, load_balanced, performance_optimized, node_specific, pack.",
     default_response_class=FiniteJSONResponse,
     responses=ERROR_RESPONSES,
+    docs_url=None,  # served below from the package: FastAPI's own pages load their scripts from a CDN
+    redoc_url=None,
 )
 
 
@@ -186,10 +190,27 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
                          "problems": problems}, status_code=422)
 
 
+@fastapi_app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals in our shape: a body it cannot parse (one nested past what Python's
+    JSON parser takes) is 400 on `body`; an unknown route is 404."""
+    body: dict[str, Any] = {"error": str(exc.detail)}
+    if exc.status_code == 400:
+        body["field"] = "body"
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
 @fastapi_app.exception_handler(Exception)
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+
+def _docs_response(page: HTMLResponse) -> HTMLResponse:
+    """An API docs page, held by the browser to this app's own files and routes."""
+    page.headers["Content-Security-Policy"] = ui.DOCS_CONTENT_SECURITY_POLICY
+    page.headers["X-Content-Type-Options"] = "nosniff"
+    return page
 
 
 def _asset_response(name: str) -> Response:
@@ -569,4 +590,31 @@ class Ingress:
     @fastapi_app.get("/ui/{name}", include_in_schema=False)
     async def http_ui_asset(self, name: str) -> Response:
         return _asset_response(name)
+
+    # ================================================================== the API docs, offline
+
+    @fastapi_app.get("/docs", include_in_schema=False)
+    async def http_docs(self, request: Request) -> HTMLResponse:
+        """Swagger UI from the package's files: clusters often have no internet."""
+        root = request.scope.get("root_path", "")
+        return _docs_response(get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json", title="grid-serve API", swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs/assets/swagger-ui.css", swagger_favicon_url=f"{root}/ui/icon.svg",
+            swagger_ui_parameters={"validatorUrl": None}))  # its default sends the document to a public validator
+
+    @fastapi_app.get("/redoc", include_in_schema=False)
+    async def http_redoc(self, request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return _docs_response(get_redoc_html(
+            openapi_url=f"{root}/openapi.json", title="grid-serve API", redoc_js_url=f"{root}/docs/assets/redoc.standalone.js",
+            redoc_favicon_url=f"{root}/ui/icon.svg", with_google_fonts=False))
+
+    @fastapi_app.get("/docs/assets/{name}", include_in_schema=False)
+    async def http_docs_asset(self, name: str) -> Response:
+        try:
+            found = ui.docs_asset(name)
+        except KeyError:
+            raise NotFoundError(f"no docs file {name!r}", field="name") from None
+        return Response(found.body, media_type=found.media_type,
+                        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"})
 
