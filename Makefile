@@ -1,11 +1,12 @@
 # The two set-up commands (README): `make up` runs the app on a local 3-node cluster,
 # `make test` runs the test suite. Both create .venv and install grid-serve first.
+# `make lint` runs the static checks (ruff, mypy on the pure core, the import contracts); CI runs it first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down test test-quick bench-quick bench install
+.PHONY: up down lint test test-quick bench-quick bench install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +21,11 @@ up: $(STAMP)
 
 down: $(STAMP)
 	$(BIN)/grid down
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rfE

@@ -55,7 +55,7 @@ def run(env: Env) -> Report:
             grid_max = max(max(c.values()) for c in grid)
             all_even &= grid_max <= ceiling and all(len(c) == nodes for c in grid)
             worst = max(spread, key=lambda c: max(c.values()))
-            cell = lambda samples: summarize([max_over_mean(c, nodes, tasks) for c in samples]).show(2)  # noqa: E731
+            cell = lambda samples: summarize([max_over_mean(c, nodes, tasks) for c in samples]).show(2)  # noqa: B023, E731
             report.add(nodes, tasks, cell(grid), cell(spread), cell(default), f"{grid_max} ({ceiling})",
                        "/".join(str(v) for v in sorted(worst.values(), reverse=True)))
             report.data[f"{nodes}x{tasks}"] = {"grid": [dict(c) for c in grid], "spread": [dict(c) for c in spread],

@@ -109,10 +109,10 @@ def run(env: Env) -> Report:
                     ["work", "side", "tasks/s", "vs Ray SPREAD", "gap ms", "start ms", "tail ms"])
     verdicts: list[tuple[bool, str]] = []
     for label, tasks, seconds, with_http in cases:
-        sides = {"Ray SPREAD (driver)": lambda: ray_run(tasks, seconds),
-                 "grid handle submit_job(wait)": lambda: grid_handle(env, tasks, seconds)}
+        sides = {"Ray SPREAD (driver)": lambda: ray_run(tasks, seconds),  # noqa: B023
+                 "grid handle submit_job(wait)": lambda: grid_handle(env, tasks, seconds)}  # noqa: B023
         if with_http:
-            sides["grid HTTP POST /v1/jobs (wait)"] = lambda: grid_http(env, tasks, seconds)
+            sides["grid HTTP POST /v1/jobs (wait)"] = lambda: grid_http(env, tasks, seconds)  # noqa: B023
         for measure in sides.values():  # warm-up: workers started, run times learned
             measure()
         rates: dict[str, list[float]] = {name: [] for name in sides}

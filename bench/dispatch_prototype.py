@@ -21,8 +21,9 @@ import time
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .harness import REPO  # noqa: F401  (puts the repo on sys.path)
 from grid_serve.local_cluster import LocalNode, start_cluster
+
+from .harness import REPO  # noqa: F401  (puts the repo on sys.path)
 
 CPUS = 2
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import psutil
 
-from .harness import bench_env
 from . import dispatch
+from .harness import bench_env
 from .throughput import grid_handle
 
 # process name -> what its command line shows (the JobRunner is a plain actor beside the Ingress)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import json
+import logging
 from typing import Any, Awaitable, Callable
 
 logger = logging.getLogger("ray.serve")
@@ -12,7 +12,7 @@ logger = logging.getLogger("ray.serve")
 # Deployments that only coordinate must not take CPUs that tasks need, or tasks starve.
 COORDINATOR_OPTIONS = {"ray_actor_options": {"num_cpus": 0}, "max_ongoing_requests": 1000}
 # Deployments only other deployments call, several times per batch of tasks: an access-log line
-# per call took ~4% of the Scheduler's CPU in a 1,000-task job (py-spy) and no user reads it.
+# per call was a visible share of the Scheduler's CPU (py-spy; BENCHMARKS.md) and no user reads it.
 INTERNAL_OPTIONS = {**COORDINATOR_OPTIONS, "logging_config": {"enable_access_log": False}}
 
 

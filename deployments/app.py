@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
 from grid_serve.access import LOOPBACK_HOSTS
-from grid_serve.limits import Limits
 from grid_serve.config import ClusterConfig, load_cluster_config
+from grid_serve.limits import Limits
 
 from .ingress import Ingress
 from .load_balancer import LoadBalancer

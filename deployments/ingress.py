@@ -19,27 +19,46 @@ import uuid
 from typing import Any, Callable, Iterator
 
 import ray
-from ray.actor import ActorHandle
-from ray.serve._private.constants import SERVE_NAMESPACE
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+from ray.actor import ActorHandle
+from ray.serve._private.constants import SERVE_NAMESPACE
+from ray.serve.handle import DeploymentHandle
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from ray import serve
-from ray.serve.handle import DeploymentHandle
 
 from grid_serve import ui
 from grid_serve.access import CLUSTER_OWNER, LOOPBACK_HOSTS, AccessPolicy, Caller, parse_tokens
-from grid_serve.errors import (ForbiddenError, GridError, InvalidRequestError, NoCapacityError, NotFoundError, TooBusyError, describe_error,
-                               plain_seconds, require_id, require_number)
+from grid_serve.errors import (
+    ForbiddenError,
+    GridError,
+    InvalidRequestError,
+    NoCapacityError,
+    NotFoundError,
+    TooBusyError,
+    describe_error,
+    plain_seconds,
+    require_id,
+    require_number,
+)
 from grid_serve.ledger import EXTERNAL_PREFIX, Completion
 from grid_serve.limits import Limits
-from grid_serve.models import (ClusterStatus, JobStatus, JobSubmission, PlacementHistory, RecentDecisions,
-                               SchedulingDecision, SchedulingRequest, TaskPriority, non_finite_path)
+from grid_serve.models import (
+    ClusterStatus,
+    JobStatus,
+    JobSubmission,
+    PlacementHistory,
+    RecentDecisions,
+    SchedulingDecision,
+    SchedulingRequest,
+    TaskPriority,
+    non_finite_path,
+)
 from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules
 
@@ -162,7 +181,8 @@ class AccessGuard:
         if scope["type"] == "http":
             headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
             query = dict(QueryParams(scope.get("query_string", b"")))  # as the routes read it: the last value wins
-            refusal = AccessGuard.policy.refusal(scope["method"], scope["path"], query, headers, scope.get("root_path", ""))
+            refusal = AccessGuard.policy.refusal(scope["method"], scope["path"], query, headers,
+                                                 scope.get("root_path", ""))
             if refusal is not None:
                 extra = {"WWW-Authenticate": "Bearer"} if refusal.status == 401 else None
                 response = JSONResponse({"error": refusal.message, "field": refusal.field}, status_code=refusal.status,
@@ -277,7 +297,7 @@ class Ingress:
     async def health(self) -> dict[str, Any]:
         """Liveness with node and queue counts, from a cluster status at most
         HEALTH_MAX_AGE_S old: probes poll this often, and a Scheduler round trip per probe
-        cost half the route's rate (bench/http_api.py). /v1/cluster stays exact."""
+        cost much of the route's rate (bench/http_api.py; BENCHMARKS.md). /v1/cluster stays exact."""
         cached = self._health_status
         if cached is not None and time.monotonic() - cached[0] < HEALTH_MAX_AGE_S:
             status = cached[1]
@@ -296,8 +316,8 @@ class Ingress:
     async def _shared_cluster_status(self) -> ClusterStatus:
         """One Scheduler call serves every status request that arrives while it is in flight.
 
-        Under load the status routes cost a Scheduler round trip per request, which halved
-        their rate against a bare Serve deployment (bench/http_api.py); sharing the call in
+        Under load the status routes cost a Scheduler round trip per request, which cut
+        their rate well below a bare Serve deployment's (bench/http_api.py; BENCHMARKS.md); sharing the call in
         flight keeps every answer no older than one round trip and fails all alike.
         """
         if self._status_call is None or self._status_call.done():
@@ -466,7 +486,8 @@ class Ingress:
         """Allocations, pending requests, shareable capacity and use per node."""
         return await self._call_sharing("status")
 
-    async def request_resources(self, body: SharingRequest | dict[str, Any], caller: Caller | None = None) -> Allocation:
+    async def request_resources(self, body: SharingRequest | dict[str, Any],
+                                caller: Caller | None = None) -> Allocation:
         """A node borrows capacity: granted on a donor now, or queued (see its `state`). Only
         `caller` (who sent it over HTTP) may release it; a handle call's belongs to the cluster."""
         if not isinstance(body, SharingRequest):
@@ -553,7 +574,8 @@ class Ingress:
         return await self.schedule(body, lease_s, wait_s, _caller(request))
 
     @fastapi_app.post(f"/{API_VERSION}/schedule/{{task_id}}/complete")
-    async def http_complete(self, task_id: str, request: Request, body: CompletionReport | None = None) -> dict[str, Any]:
+    async def http_complete(self, task_id: str, request: Request,
+                            body: CompletionReport | None = None) -> dict[str, Any]:
         """Only whoever made the reservation may complete it: its token identity, or its owner key."""
         return await self.complete(task_id, body.ok if body else True, body.duration_s if body else None,
                                    _caller(request))
@@ -598,7 +620,8 @@ class Ingress:
         """Swagger UI from the package's files: clusters often have no internet."""
         root = request.scope.get("root_path", "")
         return _docs_response(get_swagger_ui_html(
-            openapi_url=f"{root}/openapi.json", title="grid-serve API", swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+            openapi_url=f"{root}/openapi.json", title="grid-serve API",
+            swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
             swagger_css_url=f"{root}/docs/assets/swagger-ui.css", swagger_favicon_url=f"{root}/ui/icon.svg",
             swagger_ui_parameters={"validatorUrl": None}))  # its default sends the document to a public validator
 
@@ -606,7 +629,8 @@ class Ingress:
     async def http_redoc(self, request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
         return _docs_response(get_redoc_html(
-            openapi_url=f"{root}/openapi.json", title="grid-serve API", redoc_js_url=f"{root}/docs/assets/redoc.standalone.js",
+            openapi_url=f"{root}/openapi.json", title="grid-serve API",
+            redoc_js_url=f"{root}/docs/assets/redoc.standalone.js",
             redoc_favicon_url=f"{root}/ui/icon.svg", with_google_fonts=False))
 
     @fastapi_app.get("/docs/assets/{name}", include_in_schema=False)

@@ -7,8 +7,8 @@ Why a plain Ray actor beside the Ingress and not the Ingress itself:
   - the tasks' owner must outlive the HTTP surface: a replaced or killed Ingress replica
     leaves its runner (detached) to finish its jobs, which the next replica reads by name. A
     runner whose Ingress replica is gone exits once its jobs are done.
-Measured (bench/dispatch_prototype.py): dispatching from an async actor runs 1,000 no-ops at
-0.90x a plain driver's SPREAD, the same as SPREAD from that actor.
+Dispatching from an async actor costs a little against a plain driver, the same as Ray's own
+SPREAD from that actor (bench/dispatch_prototype.py; the figures are in BENCHMARKS.md).
 
 The hot path never waits for a Serve call: the Scheduler places tasks ahead of free capacity
 (the lookahead), so when a task ends Ray already holds the slot's next task and starts it on
@@ -265,8 +265,8 @@ class JobRunner:
                    outcomes=OutcomeTable(job_id, spec.task_count))
         # The Scheduler holds a window of the job, not all of it: a 100,000-task job costs it
         # (and this runner) a request per task only for what may be placed soon. The first
-        # part is small, since the job's first task waits for it (sending and queueing 300
-        # requests cost ~10 ms); the next report, while the first tasks run, fills the window.
+        # part is small, since the job's first task waits for it (sending and queueing
+        # requests costs time per request); the next report, while the first tasks run, fills the window.
         requests = job.next_requests(FIRST_WINDOW)
         placements = await self._ask(lambda: self._scheduler.submit.remote(requests, None, self._name, None, job.unsent,
                                                                                    publish=not spec.wait))
@@ -608,7 +608,8 @@ class JobRunner:
             job.requeue = []
             running = [(decision, job.task_name) for decision, _ in job.running.values()]
             placements = await self._ask(lambda: self._scheduler.adopt.remote(
-                self._name, job.id, running, list(job.waiting.values()), dict(job.placed_per_node), job.unsent))
+                self._name, job.id, running, list(job.waiting.values()), dict(job.placed_per_node), job.unsent,
+                job.spec.priority))
             self._epoch = placements.epoch
             placements.known = True
             self._take(job, placements)

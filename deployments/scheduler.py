@@ -23,6 +23,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -48,7 +49,7 @@ SUBMIT_PUBLISH_TIMEOUT_S = 0.5
 SNAPSHOT_TRUST_INTERVALS = 5  # a node snapshot older than this many intervals (and 10 s) is not trusted
 MIN_SNAPSHOT_TRUST_S = 10.0
 LOST_NODE_S = 30.0  # a node a runner saw die stays out this long unless Ray's table agrees sooner
-PUBLISH_SPACING_S = 0.25  # py-spy: publishing every 20 ms cost the LoadBalancer 22% of a core
+PUBLISH_SPACING_S = 0.25  # publishing every 20 ms kept the LoadBalancer busy (py-spy; BENCHMARKS.md)
 
 
 @dataclass
@@ -243,7 +244,7 @@ class Scheduler:
         for decision in result.placed:
             meta = self._meta[decision.task_id]
             self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, meta.task_type, meta.group,
-                                 str(decision.strategy), meta.lease_s, decision.placement_group_id)
+                                 str(decision.strategy), meta.lease_s, decision.placement_group_id, meta.priority.rank)
             self._log.record(decision, meta.group, meta.task_type, meta.priority)
             # a job runner only runs the task; a /v1/schedule caller is shown why
             self._deliver(meta.group).placed.append(decision.to_run() if meta.runner else decision)
@@ -320,7 +321,7 @@ class Scheduler:
         tasks of the job its runner holds back until the window has room (they count toward
         the queue and its cap all the same); `publish`, whether the LoadBalancer's copy must
         show the new placements before this returns (a caller that waits for the job's end
-        does not read it meanwhile, and the publish cost it 4-7 ms before its first task)."""
+        does not read it meanwhile, and the publish delayed its first task)."""
         groups = {request.group for request in requests}
         if len(groups) != 1:
             raise ValueError("submit() takes the requests of one job (one group) at a time")
@@ -376,7 +377,8 @@ class Scheduler:
             self._unsent.pop(group, None)
 
     async def report(self, group: str, completions: list[Completion], requeue: list[SchedulingRequest] | None = None,
-                     lost_nodes: list[str] | None = None, unsent: int | None = None) -> Placements:
+                     lost_nodes: list[str] | None = None, unsent: int | None = None,
+                     returned: list[str] | None = None) -> Placements:
         """A runner's tasks ended: release them, place waiting tasks in the room, and return the
         group's news at once. Renews the group's lease. Sent in batches, one at a time per job,
         while Ray already runs the tasks placed ahead (the lookahead): never awaited per task.
@@ -384,11 +386,16 @@ class Scheduler:
         `requeue`: tasks whose worker or node died, to place again (their lost attempts are
         among `completions`); `lost_nodes`: nodes Ray said died under a task, left out of
         decisions from now on (until Ray's node table says so too, or `LOST_NODE_S` passes);
-        `unsent`: how many tasks the runner still holds back (`requeue` carries the next ones)."""
+        `unsent`: how many tasks the runner still holds back (`requeue` carries the next ones);
+        `returned`: placements handed back unused (a `grid.remote` caller's, held ahead of its
+        calls): released and no longer counted where they were placed, so spread stays exact."""
         async with self._lock:
             self._owners.renew([group])
             self._hold_back(group, unsent, requeue[0].priority if requeue else None)
             self._release(completions)
+            for reservation in self._release([Completion.model_construct(task_id=task_id, ok=False, duration_s=None)
+                                              for task_id in returned or []]):
+                self._core.group_counts.add(group, reservation.node_id, -1)
             for node_id in lost_nodes or []:
                 logger.warning("node %s lost a task of job %s: no new work goes there", node_id[:12], group)
                 self._lost_nodes[node_id] = time.monotonic() + LOST_NODE_S
@@ -412,13 +419,19 @@ class Scheduler:
                 wakeup.clear()
         return self._collect(group)
 
+    async def caller_settings(self) -> dict[str, Any]:
+        """What a `grid.remote` caller's dispatcher needs to know first: this instance's epoch and
+        how long an owner lease lasts without a renewal."""
+        return {"epoch": self._epoch, "lease_s": self._owners.lease_s}
+
     async def renew(self, groups: list[str]) -> tuple[str, list[str]]:
         """A runner's heartbeat: extend its jobs' leases. Returns this Scheduler's epoch and the
         groups it does not know, which the runner must `adopt` again."""
         return self._epoch, self._owners.renew(groups)
 
     async def adopt(self, runner: str, group: str, running: list[tuple[SchedulingDecision, str]],
-                    waiting: list[SchedulingRequest], placed_per_node: dict[str, int], unsent: int = 0) -> Placements:
+                    waiting: list[SchedulingRequest], placed_per_node: dict[str, int], unsent: int = 0,
+                    priority: TaskPriority | None = None) -> Placements:
         """A runner registers a job this Scheduler does not know (it restarted, or the job's
         lease lapsed): reserve what runs (decision, task type) where it runs, count what the
         job already placed per node (spread stays exact), and queue what waits."""
@@ -426,11 +439,12 @@ class Scheduler:
             await self._ensure_nodes()
             self._drop_group(group)
             self._owners.register(group, runner)
-            self._hold_back(group, unsent, waiting[0].priority if waiting else TaskPriority.NORMAL)
+            priority = priority or (waiting[0].priority if waiting else TaskPriority.NORMAL)
+            self._hold_back(group, unsent, priority)
             for decision, task_type in running:
-                self._meta[decision.task_id] = _Meta(task_type, group, None, runner=True)
+                self._meta[decision.task_id] = _Meta(task_type, group, None, priority, runner=True)
                 self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, task_type, group,
-                                     str(decision.strategy), None, decision.placement_group_id)
+                                     str(decision.strategy), None, decision.placement_group_id, priority.rank)
             for node_id, count in placed_per_node.items():
                 self._core.group_counts.add(group, node_id, count)
             fresh = [request for request in waiting if request.task_id not in self._meta]

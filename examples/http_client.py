@@ -15,7 +15,8 @@ def main() -> None:
         print(f"tasks: {', '.join(task['name'] for task in client.list_tasks())}")
         done = client.submit_job({"task": "compute_task", "count": 30, "strategy": "spread", "wait": True})
         print(f"spread 30: {done.per_node}")
-        queued = client.submit_job({"task": "sleep_task", "args": [[i, 0.2] for i in range(6)], "strategy": "load_balanced"})
+        queued = client.submit_job({"task": "sleep_task", "args": [[i, 0.2] for i in range(6)],
+                                    "strategy": "load_balanced"})
         print(f"submitted job {queued.job_id} ({queued.state})")
         finished = client.wait_job(queued.job_id)
         print(f"job {finished.job_id}: {finished.state}, {finished.succeeded} succeeded, per node {finished.per_node}")

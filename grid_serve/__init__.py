@@ -12,6 +12,7 @@ from .models import (
 
 __all__ = [
     "IntelligentScheduler",
+    "remote",
     "JobStatus",
     "JobSubmission",
     "ResourceRequirement",
@@ -22,9 +23,14 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # the client pulls in Ray and httpx; load it only when asked
+def __getattr__(name: str):  # the client and `remote` pull in Ray; load them only when asked
     if name == "IntelligentScheduler":
         from .client import IntelligentScheduler
 
         return IntelligentScheduler
+    if name == "remote":
+        from .dispatch import remote
+
+        globals()["remote"] = remote
+        return remote
     raise AttributeError(name)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -27,11 +27,29 @@ from rich.table import Table
 from .client import AppUnreachableError, GridClient, OwnerKeys, default_address
 from .config import ClusterConfig, ConfigError, NodeConfig, load_cluster_config
 from .errors import GridError, InvalidRequestError, NotFoundError, describe_error
-from .local_cluster import (DEFAULT_CONFIG, DEFAULT_SERVE_CONFIG, LOOPBACK, listener_on, log_file, read_state, state_dir,
-                           state_file)
+from .local_cluster import (
+    DEFAULT_CONFIG,
+    DEFAULT_SERVE_CONFIG,
+    LOOPBACK,
+    listener_on,
+    log_file,
+    read_state,
+    state_dir,
+    state_file,
+)
+from .models import (
+    NODE_LABEL,
+    ClusterStatus,
+    DecisionRecord,
+    JobStatus,
+    JobSubmission,
+    NodeStatus,
+    ResourceRequirement,
+    SchedulingStrategy,
+    TaskPriority,
+    count_text,
+)
 from .sharing import Allocation, ResourceType, SharingRequest, config_capacity_rows, parse_duration, status_tables
-from .models import (NODE_LABEL, ClusterStatus, DecisionRecord, JobStatus, JobSubmission, NodeStatus,
-                     ResourceRequirement, SchedulingStrategy, TaskPriority, count_text)
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 StrategyName = enum.Enum("StrategyName", {str(s): str(s) for s in SchedulingStrategy}, type=str)  # type: ignore[misc]
@@ -50,7 +68,9 @@ sharing_cli = typer.Typer(help="Borrow capacity between nodes: allocations with 
                           no_args_is_help=True)
 app.add_typer(sharing_cli, name="resource-sharing")
 
-AddressOption = typer.Option(None, "--address", "-a", help="The app's HTTP address [default: $GRID_ADDRESS, else the app `grid up` started, else http://127.0.0.1:8000]")
+AddressOption = typer.Option(None, "--address", "-a",
+                             help="The app's HTTP address [default: $GRID_ADDRESS, else the app `grid up` started, "
+                                  "else http://127.0.0.1:8000]")
 JsonOption = typer.Option(False, "--json", help="Print JSON for scripts instead of tables.")
 
 
@@ -68,7 +88,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def connect(address: str | None) -> GridClient:
     """A client that keeps owner keys in $GRID_HOME: `release` finds what an earlier `request` made."""
-    return GridClient(address or default_address(), timeout_s=60.0, owner_keys=OwnerKeys(state_dir() / "owner-keys.json"))
+    return GridClient(address or default_address(), timeout_s=60.0,
+                      owner_keys=OwnerKeys(state_dir() / "owner-keys.json"))
 
 
 # ================================================================== up / down
@@ -76,11 +97,15 @@ def connect(address: str | None) -> GridClient:
 
 @app.command()
 def up(
-    local: bool = typer.Option(False, "--local", help="Start a local multi-node cluster (one raylet per config node) and deploy the app on it."),
-    config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Cluster config (node names, CPUs, GPUs, memory)."),
-    serve_config: Path = typer.Option(DEFAULT_SERVE_CONFIG, "--serve-config", help="The Serve application file to deploy."),
+    local: bool = typer.Option(False, "--local", help="Start a local multi-node cluster (one raylet per config node) "
+                                                      "and deploy the app on it."),
+    config: Path = typer.Option(DEFAULT_CONFIG, "--config", "-c",
+                                help="Cluster config (node names, CPUs, GPUs, memory)."),
+    serve_config: Path = typer.Option(DEFAULT_SERVE_CONFIG, "--serve-config",
+                                      help="The Serve application file to deploy."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="HTTP port on 127.0.0.1."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to deploy onto (without --local) [default: $RAY_ADDRESS]."),
+    address: str | None = typer.Option(None, "--address",
+                                       help="Ray cluster to deploy onto (without --local) [default: $RAY_ADDRESS]."),
 ) -> None:
     """Start grid-serve and return once it answers.
 
@@ -206,15 +231,18 @@ def down() -> None:
 
 @distribute.command("test")
 def distribute_test(
-    strategy: StrategyName = typer.Option("spread", "--strategy", "-s", case_sensitive=False, help="How to place the tasks."),
+    strategy: StrategyName = typer.Option("spread", "--strategy", "-s", case_sensitive=False,
+                                          help="How to place the tasks."),
     tasks: int = typer.Option(100, "--tasks", "-n", min=1, max=100_000, help="How many tasks."),
-    node: Optional[str] = typer.Option(None, "--node", help="Target node for node_specific: name, Ray node id, IP or hostname."),
-    priority: PriorityName = typer.Option("normal", "--priority", "-p", case_sensitive=False, help="Queue order when nodes are full."),
-    cpus: Optional[float] = typer.Option(None, "--cpus", min=0, help="CPUs per task [default: the task's own, 1]."),
-    gpus: Optional[float] = typer.Option(None, "--gpus", min=0, help="GPUs per task [default: the task's own, 0]."),
+    node: str | None = typer.Option(None, "--node",
+                                    help="Target node for node_specific: name, Ray node id, IP or hostname."),
+    priority: PriorityName = typer.Option("normal", "--priority", "-p", case_sensitive=False,
+                                          help="Queue order when nodes are full."),
+    cpus: float | None = typer.Option(None, "--cpus", min=0, help="CPUs per task [default: the task's own, 1]."),
+    gpus: float | None = typer.Option(None, "--gpus", min=0, help="GPUs per task [default: the task's own, 0]."),
     task: str = typer.Option("compute_task", "--task", "-t", help="Registered task to run (see /v1/tasks)."),
     as_json: bool = JsonOption,
-    address: Optional[str] = AddressOption,
+    address: str | None = AddressOption,
 ) -> None:
     """Run N tasks through grid-serve and show where they ran.
 
@@ -239,7 +267,8 @@ def distribute_test(
         addresses = {n.name: n.address for n in client.cluster_status().nodes}
     _print_distribution(job, addresses, elapsed, as_json)
     if job.state != "succeeded":
-        fail(f"job {job.job_id} {job.state}: {job.failed} failed, {job.cancelled} cancelled" + (f" ({job.error})" if job.error else ""))
+        fail(f"job {job.job_id} {job.state}: {job.failed} failed, {job.cancelled} cancelled"
+             + (f" ({job.error})" if job.error else ""))
 
 
 def _follow(client: GridClient, job: JobStatus, show: bool) -> JobStatus:
@@ -272,11 +301,12 @@ def _print_distribution(job: JobStatus, addresses: dict[str, str], elapsed: floa
     console.print(f"{job.succeeded} succeeded, {job.failed} failed in {elapsed:.2f}s")
     if job.turns_given_up:
         console.print("spread turns given up (a node busy or stale past its patience; each counts as a task there): "
-                      + ", ".join(f"{name} {turns}" for name, turns in sorted(job.turns_given_up.items())), markup=False)
+                      + ", ".join(f"{name} {turns}" for name, turns in sorted(job.turns_given_up.items())),
+                      markup=False)
 
 
 @distribute.command("status")
-def distribute_status(as_json: bool = JsonOption, address: Optional[str] = AddressOption) -> None:
+def distribute_status(as_json: bool = JsonOption, address: str | None = AddressOption) -> None:
     """One row per node (resources used/total, tasks in flight) and the app's health.
 
     \b
@@ -327,9 +357,9 @@ def _percent(value: float | None) -> str:
 @app.command()
 def explain(
     job_id: str = typer.Argument(..., help="The job, as `grid distribute test` or POST /v1/jobs named it."),
-    task_index: Optional[int] = typer.Argument(None, min=0, help="Which task of the job [default: its latest decision]."),
+    task_index: int | None = typer.Argument(None, min=0, help="Which task of the job [default: its latest decision]."),
     as_json: bool = JsonOption,
-    address: Optional[str] = AddressOption,
+    address: str | None = AddressOption,
 ) -> None:
     """Why one task of a job runs where it does: its decision in full.
 
@@ -400,9 +430,10 @@ ResourceName = enum.Enum("ResourceName", {str(r): str(r) for r in ResourceType},
 
 @sharing_cli.command("status")
 def sharing_status(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Also show the sharing limits this cluster file sets."),
+    config: Path | None = typer.Option(None, "--config", "-c",
+                                       help="Also show the sharing limits this cluster file sets."),
     as_json: bool = JsonOption,
-    address: Optional[str] = AddressOption,
+    address: str | None = AddressOption,
 ) -> None:
     """Active allocations, pending requests, shareable capacity and use per node.
 
@@ -456,10 +487,11 @@ def sharing_request(
     priority: PriorityName = typer.Option("normal", "--priority", "-p", case_sensitive=False,
                                           help="Higher may preempt strictly lower allocations when no donor has room."),
     duration: str = typer.Option("30m", "--duration", help="Lease length: 90s, 30m, 2h."),
-    timeout: Optional[str] = typer.Option(None, "--timeout", help="How long to wait for a donor [default: the config's allocation_timeout_minutes]."),
-    donor: Optional[str] = typer.Option(None, "--donor", help="Borrow from this node only."),
+    timeout: str | None = typer.Option(None, "--timeout", help="How long to wait for a donor "
+                                                               "[default: the config's allocation_timeout_minutes]."),
+    donor: str | None = typer.Option(None, "--donor", help="Borrow from this node only."),
     as_json: bool = JsonOption,
-    address: Optional[str] = AddressOption,
+    address: str | None = AddressOption,
 ) -> None:
     """Ask for capacity for a node; granted on a donor, queued, or refused with the reason.
 
@@ -481,7 +513,7 @@ def sharing_request(
 def sharing_release(
     record_id: str = typer.Argument(..., metavar="ID", help="The allocation (or pending request) id."),
     as_json: bool = JsonOption,
-    address: Optional[str] = AddressOption,
+    address: str | None = AddressOption,
 ) -> None:
     """End an allocation now (running tasks finish first) or withdraw a pending request.
 
@@ -516,11 +548,11 @@ def _first_error(exc: ValueError) -> str:
 
 @app.command()
 def validate(
-    config: Optional[Path] = typer.Option(
+    config: Path | None = typer.Option(
         None, "--config", "-c",
         help="Cluster config the cluster should match [default: the one `grid up --local` started, else none: "
              "check only what needs no config]."),
-    address: Optional[str] = AddressOption,
+    address: str | None = AddressOption,
 ) -> None:
     """Check the cluster: the app answering, every live node probed, reporting resources and
     uniquely labelled; with a cluster config also every config node alive, found (by its label,

@@ -160,7 +160,7 @@ class GridClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "GridClient":
+    def __enter__(self) -> GridClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -268,7 +268,7 @@ class HandleClient:
         self._handle = handle
 
     @classmethod
-    def connect(cls, app_name: str = APP_NAME) -> "HandleClient":
+    def connect(cls, app_name: str = APP_NAME) -> HandleClient:
         """Connect to the running app, joining its Ray cluster first if this process has not."""
         return cls(handle=app_handle(app_name))
 

@@ -54,7 +54,7 @@ class ClusterConfig(_Strict):
     resource_sharing: SharingConfig = Field(default_factory=SharingConfig)
 
     @model_validator(mode="after")
-    def _names_unique(self) -> "ClusterConfig":
+    def _names_unique(self) -> ClusterConfig:
         names = [node.name for node in self.nodes]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:

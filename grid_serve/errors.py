@@ -7,7 +7,7 @@ the message on one line; handle callers get the exception itself.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 
 class GridError(Exception):
@@ -102,7 +102,7 @@ def require_id(field: str, value: Any, max_length: int = 200) -> str:
     return value
 
 
-def describe_error(error: dict) -> tuple[str, str]:
+def describe_error(error: Mapping[str, Any]) -> tuple[str, str]:
     """(field, message) for one pydantic/FastAPI validation error, in the words we show users.
 
     >>> describe_error({"loc": ("body", "resources", "cpu_count"), "msg": "Input should be >= 0", "type": "x"})

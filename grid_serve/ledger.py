@@ -29,7 +29,7 @@ EXTERNAL_PREFIX = "schedule:"
 
 
 class Completion(BaseModel):
-    """A task ended: reported by the Ingress, or by an external submitter for `/v1/schedule`."""
+    """A task ended: reported by the job runner that ran it, or by an external submitter for `/v1/schedule`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -48,12 +48,14 @@ class Reservation:
     made_at: float
     lease_until: float | None = None
     placement_group_id: str | None = None  # set when the task runs inside a borrowed allocation
+    rank: int = 1  # its priority's rank (TaskPriority.rank): normal unless told
 
 
 @dataclass(frozen=True)
 class NodeLoad:
     reserved: Mapping[str, float]
     in_flight: int
+    top_rank: int = -1  # the highest priority rank among its tasks (-1: none)
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class LedgerSnapshot:
     durations: Mapping[tuple[str, str], float]
     placements: Mapping[tuple[str, str], int]  # (node_id, strategy) -> placements ever made
     group_loads: Mapping[str, NodeLoad] = field(default_factory=dict)  # placement group id -> its tasks
-    epoch: str = ""  # which ledger instance: a restarted LoadBalancer starts a new epoch at version 0
+    epoch: str = ""  # which ledger instance: a restarted Scheduler's new ledger starts a new epoch at version 0
 
 
 class _Totals:
@@ -76,8 +78,9 @@ class _Totals:
     def __init__(self) -> None:
         self._sums: dict[str, dict[str, int]] = {}
         self._counts: dict[str, int] = {}
+        self._ranks: dict[str, dict[int, int]] = {}  # tasks per priority rank
 
-    def add(self, key: str, resources: Mapping[str, float], sign: int) -> None:
+    def add(self, key: str, resources: Mapping[str, float], sign: int, rank: int = 1) -> None:
         sums = self._sums.setdefault(key, {})
         for name, amount in resources.items():
             units = sums.get(name, 0) + sign * to_units(amount)
@@ -86,11 +89,16 @@ class _Totals:
             else:
                 sums.pop(name, None)
         self._counts[key] = self._counts.get(key, 0) + sign
+        ranks = self._ranks.setdefault(key, {})
+        ranks[rank] = ranks.get(rank, 0) + sign
+        if ranks[rank] <= 0:
+            del ranks[rank]
         if self._counts[key] <= 0:
-            del self._sums[key], self._counts[key]
+            del self._sums[key], self._counts[key], self._ranks[key]
 
     def loads(self) -> dict[str, NodeLoad]:
-        return {key: NodeLoad({name: units / RESOURCE_SCALE for name, units in sums.items()}, self._counts[key])
+        return {key: NodeLoad({name: units / RESOURCE_SCALE for name, units in sums.items()}, self._counts[key],
+                              max(self._ranks[key], default=-1))
                 for key, sums in self._sums.items()}
 
 
@@ -107,12 +115,12 @@ class Ledger:
 
     def reserve(self, task_id: str, node_id: str, resources: Mapping[str, float], task_type: str = "task",
                 group: str = "", strategy: str = "", lease_s: float | None = None,
-                placement_group_id: str | None = None) -> None:
+                placement_group_id: str | None = None, rank: int = 1) -> None:
         now = self.clock()
         self._drop(task_id)  # re-reserving a task (an owner re-registering) replaces it
         reservation = self.reservations[task_id] = Reservation(
             task_id, node_id, dict(resources), task_type, group or task_id, now,
-            now + lease_s if lease_s else None, placement_group_id,
+            now + lease_s if lease_s else None, placement_group_id, rank,
         )
         self._count(reservation, +1)
         key = (node_id, strategy)
@@ -121,9 +129,9 @@ class Ledger:
 
     def _count(self, reservation: Reservation, sign: int) -> None:
         if reservation.placement_group_id is None:
-            self._nodes.add(reservation.node_id, reservation.resources, sign)
+            self._nodes.add(reservation.node_id, reservation.resources, sign, reservation.rank)
         else:
-            self._groups.add(reservation.placement_group_id, reservation.resources, sign)
+            self._groups.add(reservation.placement_group_id, reservation.resources, sign, reservation.rank)
 
     def _drop(self, task_id: str) -> Reservation | None:
         reservation = self.reservations.pop(task_id, None)

@@ -54,7 +54,8 @@ class LocalNode:
         return args
 
 
-def scaled_nodes(config: ClusterConfig, cpu_budget: int | None = None, memory_budget: int | None = None) -> list[LocalNode]:
+def scaled_nodes(config: ClusterConfig, cpu_budget: int | None = None,
+                 memory_budget: int | None = None) -> list[LocalNode]:
     """The config's nodes shrunk to fit this machine, keeping their proportions.
 
     >>> # 8/6/8 CPUs on a 2-core machine (budget 6) -> 2/2/2; GPU counts kept as they are.

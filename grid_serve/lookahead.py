@@ -3,17 +3,18 @@
 Ray reuses a leased worker only while its owner has another task queued for the same
 scheduling key; when a task ends with nothing queued behind it, the lease goes back and the
 next task pays for a new one (bench/dispatch_prototype.py: dispatching exactly each node's
-capacity ran no-ops at 0.50x plain Ray and left 5-7 ms between tasks on a slot, against
-2-3 ms). So each slot also gets queued work: enough to cover `lookahead_s` of expected run
-time (the run time learned for the task type), and always at least one task. Very short
-tasks then pipeline as deeply as plain Ray does; a long task has one successor waiting; and a
-higher-priority task never waits behind more than one task, or `lookahead_s` of shorter ones,
-per slot of lower-priority work already handed to Ray.
+capacity ran no-ops far slower than plain Ray and left longer gaps between tasks on a slot;
+the figures are in BENCHMARKS.md, "The prototype that chose the design"). So each slot also
+gets queued work: enough to cover `lookahead_s` of expected run time (the run time learned
+for the task type), and always at least one task. Very short tasks then pipeline as deeply
+as plain Ray does; a long task has one successor waiting; and a higher-priority task never
+waits behind more than one task, or `lookahead_s` of shorter ones, per slot of lower-priority
+work already handed to Ray.
 
 Very short tasks are also run several to one Ray task (`chunk_sizes`): below a millisecond,
-Ray's own cost per task (submission, lease, worker call: about 1.6 ms of CPU here) is what a
-job pays, and no placement rule can win it back (bench/dispatch_prototype.py: chunks of 8
-no-ops ran 5x plain Ray's rate). Each task still gets its own decision, its own result and
+Ray's own cost per task (submission, lease, worker call) is what a job pays, and no placement
+rule can win it back; sharing one Ray task between several can (bench/dispatch_prototype.py;
+BENCHMARKS.md, "Chunks: what reached the no-op target"). Each task still gets its own decision, its own result and
 its own place in the job's counts; a chunk only shares one Ray task between tasks already
 placed on the same node with the same resources.
 
@@ -71,8 +72,8 @@ def chunk_sizes(count: int, run_s: float | None, budget_s: float) -> list[int]:
 def interleave(queues: Sequence[Sequence[Any]]) -> Iterator[Any]:
     """The first item of each queue, then the second of each, and so on: the order in which the
     runner hands Ray what one reply placed, so every node's first tasks are sent before any
-    node's later ones (each submission costs ~0.3 ms; node by node, the last node's first task
-    waited 30-60 ms for the rest).
+    node's later ones (each submission takes a while; node by node, the last node's first task
+    waited for every other node's: BENCHMARKS.md, "The 20 ms case: cause found and fixed").
 
     >>> list(interleave([[1, 2, 3], [4], [5, 6]]))
     [1, 4, 5, 2, 6, 3]

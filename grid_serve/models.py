@@ -1,8 +1,8 @@
 """Pydantic models shared by the HTTP API, the handle API, the client and the CLI.
 
 One definition of every request and answer, so the three ways in cannot drift apart.
-Nothing here imports Ray: `SchedulingDecision.ray_options()` builds plain dicts and the
-Ray scheduling-strategy object is made by the caller that already has Ray loaded.
+Nothing here imports Ray when loaded: `SchedulingDecision.ray_options()` imports it only when
+called, to build the Ray scheduling-strategy object for a caller that is about to run the task.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class _CaseInsensitiveEnum(str, enum.Enum):
     """Accepts `spread`, `SPREAD` and `Spread` alike, as users type all three."""
 
     @classmethod
-    def _missing_(cls, value: object) -> "_CaseInsensitiveEnum | None":
+    def _missing_(cls, value: object) -> _CaseInsensitiveEnum | None:
         if isinstance(value, str):
             wanted = value.strip().upper().replace("-", "_")
             for member in cls:
@@ -42,7 +42,8 @@ class _CaseInsensitiveEnum(str, enum.Enum):
         return None
 
     def __str__(self) -> str:
-        return self.value.lower()
+        value: str = self.value
+        return value.lower()
 
 
 class SchedulingStrategy(_CaseInsensitiveEnum):
@@ -75,7 +76,7 @@ class _Model(BaseModel):
 ZERO_RESOURCE_SLOT = "grid.zero_resource_tasks"
 
 
-def zero_resource_slots(total: "dict[str, float] | Any") -> float:
+def zero_resource_slots(total: dict[str, float] | Any) -> float:
     """How many zero-resource tasks a node runs at once: twice its CPUs, at least 4."""
     return max(4.0, 2.0 * float(total.get("CPU", 0.0)))
 
@@ -199,7 +200,7 @@ class SchedulingRequest(_Model):
     label_selector: dict[str, str] = Field(default_factory=dict, max_length=64)
 
     @model_validator(mode="after")
-    def _node_specific_names_a_node(self) -> "SchedulingRequest":
+    def _node_specific_names_a_node(self) -> SchedulingRequest:
         if self.strategy is SchedulingStrategy.NODE_SPECIFIC and not self.target_node:
             raise ValueError("strategy node_specific needs target_node (a node name, Ray node id, IP or hostname)")
         return self
@@ -263,11 +264,13 @@ class Explanation:
 
         >>> Explanation(summary="pack: b is the fullest node that still fits",
         ...             winner=NodeScores(node="b", score=0.5, scores={"fullest": 0.5}),
-        ...             passed_over=[PassedOver(node="a", check="busy", reason="needs 1 CPU, 0 free", cause="CPU busy")],
+        ...             passed_over=[PassedOver(node="a", check="busy", reason="needs 1 CPU, 0 free",
+        ...                                     cause="CPU busy")],
         ...             passed_over_counts={"CPU busy": 1}, nodes=2).reasons()[1:]
         ['scores: fullest=0.500', 'passed over 1/2 nodes (1 CPU busy): a (needs 1 CPU, 0 free)']
         """
-        lines = [self.summary, "scores: " + ", ".join([f"{name}={value:.3f}" for name, value in self.winner.scores.items()])]
+        lines = [self.summary,
+                 "scores: " + ", ".join([f"{name}={value:.3f}" for name, value in self.winner.scores.items()])]
         if self.passed_over:
             counts = self.passed_over_counts
             lines.append(f"passed over {sum(counts.values())}/{self.nodes} nodes ({count_text(counts)}): "
@@ -306,7 +309,7 @@ class SchedulingDecision(_Model):
     owner_key: str | None = Field(None, description="only in a /v1/schedule answer made without a token: send it "
                                                     "as X-Grid-Owner-Key to complete the task")
 
-    def to_run(self) -> "SchedulingDecision":
+    def to_run(self) -> SchedulingDecision:
         """This decision without its why (`explanation`, `reasons`): what a job runner needs to
         run the task. Sent per task on the dispatch path, where the why cost more to pickle and
         unpickle than the rest of the decision; the Scheduler's decision log keeps it for
@@ -314,18 +317,19 @@ class SchedulingDecision(_Model):
         fields = dict(self.__dict__, explanation=None, reasons=[])
         return SchedulingDecision.model_construct(self.model_fields_set, **fields)
 
-    def ray_options(self) -> dict[str, Any]:
+    def ray_options(self, soft: bool = False) -> dict[str, Any]:
         """`.options(**decision.ray_options())` for a Ray remote function.
 
-        The task is pinned hard to the chosen node (`NodeAffinitySchedulingStrategy`,
-        soft=False), or, when it runs in capacity its node borrowed, into that allocation's
-        placement group bundle (which Ray keeps on the donor). It asks Ray for the same
-        resources grid-serve reserved, so Ray's own accounting and ours agree.
+        The task is pinned to the chosen node (`NodeAffinitySchedulingStrategy`: hard, or with
+        `soft` allowed elsewhere once that node is dead, so Ray's own retries can move it), or,
+        when it runs in capacity its node borrowed, into that allocation's placement group
+        bundle (which Ray keeps on the donor). It asks Ray for the same resources grid-serve
+        reserved, so Ray's own accounting and ours agree.
         """
         options: dict[str, Any] = {
             "num_cpus": self.resources.get("CPU", 0.0),
             "num_gpus": self.resources.get("GPU", 0.0),
-            "scheduling_strategy": self._ray_strategy(),
+            "scheduling_strategy": self._ray_strategy(soft),
         }
         if self.resources.get("memory"):
             options["memory"] = self.resources["memory"]
@@ -334,11 +338,11 @@ class SchedulingDecision(_Model):
             options["resources"] = custom
         return options
 
-    def _ray_strategy(self) -> Any:
+    def _ray_strategy(self, soft: bool = False) -> Any:
         if self.placement_group_id is None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-            return NodeAffinitySchedulingStrategy(node_id=self.node_id, soft=False)
+            return NodeAffinitySchedulingStrategy(node_id=self.node_id, soft=soft)
         from ray._raylet import PlacementGroupID
         from ray.util.placement_group import PlacementGroup
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -373,8 +377,9 @@ class JobSubmission(_Model):
             for index, entry in enumerate(value):
                 flat = isinstance(entry, list) and not any(isinstance(item, _CONTAINERS) for item in entry)
                 if not flat and nests_deeper(entry, MAX_ARGS_DEPTH):  # the common case first: plain values
-                    raise ValueError(f"args[{index}] nests more than {MAX_ARGS_DEPTH} levels of lists and objects; "
-                                     f"a task's arguments may nest at most {MAX_ARGS_DEPTH} (its argument list is the first)")
+                    raise ValueError(f"args[{index}] nests more than {MAX_ARGS_DEPTH} levels of lists and "
+                                     f"objects; a task's arguments may nest at most {MAX_ARGS_DEPTH} (its "
+                                     "argument list is the first)")
         return value
 
     @field_validator("args")
@@ -386,7 +391,7 @@ class JobSubmission(_Model):
         return value
 
     @model_validator(mode="after")
-    def _count_or_args(self) -> "JobSubmission":
+    def _count_or_args(self) -> JobSubmission:
         if self.count is not None and self.args is not None:
             raise ValueError("give either count or args, not both")
         if self.strategy is SchedulingStrategy.NODE_SPECIFIC and not self.node:
@@ -543,7 +548,8 @@ class DecisionRecord(BaseModel):
 class RecentDecisions(BaseModel):
     now: float = Field(description="the Scheduler's clock (epoch seconds), to age `at` and lease ends against")
     decisions: list[DecisionRecord] = Field(description="newest first")
-    job_placed: int | None = Field(None, description="with job_id: decisions the job got in all (the list keeps its latest)")
+    job_placed: int | None = Field(None, description="with job_id: decisions the job got in all "
+                                                     "(the list keeps its latest)")
 
 
 class PlacementHistory(BaseModel):

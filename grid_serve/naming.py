@@ -7,11 +7,12 @@ holds as its name already:
 
     its grid.io/node label  ->  its hostname (a pod's name)  ->  its IP  ->  <ip>/<first 6 of its id>
 
-and, should even that be taken, its whole Ray node id (unique by Ray's own rule). A name, once given, stays until Ray forgets the
-node, even when a newcomer later shares its label or hostname: the newcomer is named by its next
-choice instead. So a name never moves from one live node to another. A dead node keeps its name
-(one first seen dead gets its first choice), and a machine restarted under the same label takes that
-name again: a dead entry may share a live node's name, and lookups prefer the live one.
+and, should even that be taken, its whole Ray node id (unique by Ray's own rule). A name, once
+given, stays until Ray forgets the node, even when a newcomer later shares its label or
+hostname: the newcomer is named by its next choice instead. So a name never moves from one
+live node to another. A dead node keeps its name (one first seen dead gets its first choice),
+and a machine restarted under the same label takes that name again: a dead entry may share
+a live node's name, and lookups prefer the live one.
 """
 
 from __future__ import annotations

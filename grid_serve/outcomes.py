@@ -1,11 +1,10 @@
 """Every task's outcome in one job, kept in columns.
 
 A job of 100,000 tasks keeps 100,000 outcomes until it is dropped (`Limits`); as one pydantic
-`TaskOutcome` each that was about 1,400 bytes a task (tracemalloc), the most of what a job
-costs its runner. Here a task takes a state byte, a node index, two floats and a slot for its
-result (about 30 bytes besides the result itself), the counts a status needs are kept as
-tasks end (a status is O(nodes), not O(tasks)), and `TaskOutcome`s are built only for a
-caller who asks for results.
+`TaskOutcome` each they were the most of what a job cost its runner (BENCHMARKS.md). Here a
+task takes a state byte, a node index, two floats and a slot for its result (about 30 bytes
+besides the result itself), the counts a status needs are kept as tasks end (a status is
+O(nodes), not O(tasks)), and `TaskOutcome`s are built only for a caller who asks for results.
 
 Pure: no Ray. The job runner records into it and reads statuses from it.
 """

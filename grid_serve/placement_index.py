@@ -96,7 +96,8 @@ class IncrementalPlacer:
         """Levels, floor, checks and scores of every possible node (at start, or the floor moved)."""
         if self._turn is not None:
             ctx = self._context()
-            self._levels = [self._turn.floor_level(self._request, self._nodes[node_id], ctx) for node_id in self._possible]
+            self._levels = [self._turn.floor_level(self._request, self._nodes[node_id], ctx)
+                            for node_id in self._possible]
             self._floor = min(self._levels)
             self._at_floor = sum(1 for level in self._levels if level <= self._floor + 1e-9)
         self._failing, self._failing_order, self._failing_counts = {}, [], Counter()
@@ -227,7 +228,8 @@ class IncrementalPlacer:
         decision is often the next one's winner."""
         made = self._explained.get(position)
         if made is None:
-            made = self._explained[position] = node_scores(self._nodes[self._possible[position]], *self._parts[position])
+            made = self._explained[position] = node_scores(self._nodes[self._possible[position]],
+                                                           *self._parts[position])
         return made
 
     def _runner_up(self) -> int | None:

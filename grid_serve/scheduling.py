@@ -23,7 +23,6 @@ from .sharing import allocation_decision, may_fit_allocation
 from .strategies import NoFit, PlacementContext, PlacementError, check_free_now, needs_of, place
 from .view import ClusterView, GroupCounts, NodeView, Running
 
-
 STARVE_AFTER_S = 30.0  # a task waiting this long gets a node held for it (see SchedulerCore._hold)
 
 
@@ -34,12 +33,18 @@ class Rejected:
     reason: str
 
 
+# what makes requests succeed or wait together (`_signature`): group, priority, strategy, task type,
+# resources, GPU memory, target node, labels, affinity and anti-affinity
+Signature = tuple[str, TaskPriority, str, str, tuple[tuple[str, float], ...], float, str | None,
+                  tuple[tuple[str, str], ...], tuple[str, ...], tuple[str, ...]]
+
+
 @dataclass(order=True)
 class _Waiting:
     key: tuple[int, float, int]
     request: SchedulingRequest = field(compare=False)
     enqueued_at: float = field(compare=False)
-    signature: tuple = field(compare=False, default=())
+    signature: Signature = field(compare=False)
 
 
 @dataclass
@@ -93,8 +98,10 @@ def expected_start_s(needs: Mapping[str, float], node: NodeView, running: Iterab
     for _, resources in ends:
         for name, amount in resources.items():
             in_use[name] = in_use.get(name, 0.0) + amount
-    fits = lambda: all(amount <= node.total.get(name, 0.0) - in_use.get(name, 0.0) + 1e-9  # noqa: E731
-                       for name, amount in needs.items())
+
+    def fits() -> bool:
+        return all(amount <= node.total.get(name, 0.0) - in_use.get(name, 0.0) + 1e-9 for name, amount in needs.items())
+
     if fits():
         return 0.0
     for ends_in, resources in sorted(ends, key=lambda end: end[0]):
@@ -105,15 +112,16 @@ def expected_start_s(needs: Mapping[str, float], node: NodeView, running: Iterab
     return None
 
 
-def _key(item: _Waiting) -> tuple[int, float, int]:
+def _key(item: _Waiting) -> tuple[float, ...]:  # compared with a priority's (-rank,) when bisecting
     return item.key
 
 
-def _signature(request: SchedulingRequest) -> tuple:
+def _signature(request: SchedulingRequest) -> Signature:
     """Requests with equal signatures succeed or wait together; one wait skips the rest."""
     needs = tuple(sorted(request.requirements.as_ray_resources().items()))
-    return (request.group, request.strategy, request.task_type, needs, request.requirements.gpu_memory_mb, request.target_node,
-            tuple(sorted(request.label_selector.items())), request.affinity_nodes, request.anti_affinity_nodes)
+    return (request.group, request.priority, request.strategy, request.task_type, needs,
+            request.requirements.gpu_memory_mb, request.target_node, tuple(sorted(request.label_selector.items())),
+            request.affinity_nodes, request.anti_affinity_nodes)
 
 
 def _backfill_window_s(holds: list[_Hold], node_id: str) -> float | None:
@@ -167,8 +175,10 @@ class SchedulerCore:
         levels = []
         now = self._clock()
         for priority in sorted(TaskPriority, key=lambda p: -p.rank):
-            first = bisect.bisect_left(self._waiting, (-priority.rank,), key=_key)
-            end = bisect.bisect_left(self._waiting, (-priority.rank + 1,), key=_key)
+            start: tuple[float, ...] = (-priority.rank,)  # this priority's keys lie in [start, stop)
+            stop: tuple[float, ...] = (-priority.rank + 1,)
+            first = bisect.bisect_left(self._waiting, start, key=_key)
+            end = bisect.bisect_left(self._waiting, stop, key=_key)
             if end > first:
                 levels.append((priority, end - first, max(0.0, now - self._waiting[first].enqueued_at)))
         return levels
@@ -201,8 +211,8 @@ class SchedulerCore:
             return result
         nodes = dict(view.nodes)  # reserved into as decisions are made; one view built at the end
         allocations = dict(view.allocations)  # capacity nodes borrowed, and what their tasks use
-        placers: dict[tuple, IncrementalPlacer | str] = {}
-        blocked: set[tuple] = set()
+        placers: dict[Signature, IncrementalPlacer | str] = {}
+        blocked: set[Signature] = set()
         keep: list[_Waiting] = []
         holds: list[_Hold] = []  # nodes held for starving tasks, in this drain
         for item in self._waiting:
@@ -218,7 +228,8 @@ class SchedulerCore:
                 continue
             waited = round(max(0.0, self._clock() - item.enqueued_at), 6)
             outcome = placer.place(request, waited_s=waited)
-            if isinstance(outcome, NoFit) and outcome.can_wait and self._give_up_turns(request, placer, placers, nodes, result):
+            if (isinstance(outcome, NoFit) and outcome.can_wait
+                    and self._give_up_turns(request, placer, placers, nodes, result)):
                 outcome = placer.place(request, waited_s=waited)
             elif self._turn_blocked_since and isinstance(outcome, SchedulingDecision):
                 self._turn_blocked_since.pop(request.group, None)  # the turn moved: a later wait starts afresh
@@ -229,14 +240,15 @@ class SchedulerCore:
             borrowed = allocation_decision(request, current, outcome) if current else None
             if borrowed is not None:
                 result.placed.append(borrowed.model_copy(update={"waited_s": waited}))
-                allocation = next(a for a in allocations.values() if a.placement_group_id == borrowed.placement_group_id)
+                allocation = next(a for a in allocations.values()
+                                  if a.placement_group_id == borrowed.placement_group_id)
                 allocations[allocation.id] = allocation.use(borrowed.resources)  # the donor already counts it
                 self.group_counts.add(request.group, borrowed.node_id)
                 if isinstance(outcome, SchedulingDecision):  # the placer assumed its pick got reserved
                     self._changed(placers, outcome.node_id)
             elif isinstance(outcome, SchedulingDecision):
                 result.placed.append(outcome)
-                nodes[outcome.node_id] = nodes[outcome.node_id].reserve(outcome.resources)
+                nodes[outcome.node_id] = nodes[outcome.node_id].reserve(outcome.resources, rank=request.priority.rank)
                 self.group_counts.add(request.group, outcome.node_id)
                 self._changed(placers, outcome.node_id)
             elif outcome.can_wait or (current is not None and may_fit_allocation(request, current)):
@@ -263,7 +275,7 @@ class SchedulerCore:
         return result
 
     def _give_up_turns(self, request: SchedulingRequest, placer: IncrementalPlacer,
-                       placers: Mapping[tuple, IncrementalPlacer | str], nodes: Mapping[str, NodeView],
+                       placers: Mapping[Signature, IncrementalPlacer | str], nodes: Mapping[str, NodeView],
                        result: DrainResult) -> bool:
         """A job whose next task has waited only for its turn (some node could take it, the
         nodes whose turn it is cannot) for longer than the turn's patience: every node holding
@@ -305,7 +317,10 @@ class SchedulerCore:
         busy = [nodes[r.node_id] for r in outcome.rejections if r.check == "busy"]
         if not busy:
             return None
-        shortfall = lambda node: max(amount - node.free(name) for name, amount in needs.items())  # noqa: E731
+
+        def shortfall(node: NodeView) -> float:
+            return max(amount - node.free(name) for name, amount in needs.items())
+
         node = min(busy, key=lambda node: (node.node_id != self._held.get(request.task_id), shortfall(node), node.name))
         self._held[request.task_id] = node.node_id
         nodes[node.node_id] = node.reserve(needs, tasks=0)
@@ -343,7 +358,7 @@ class SchedulerCore:
         return outcome
 
     @staticmethod
-    def _changed(placers: Mapping[tuple, IncrementalPlacer | str], node_id: str) -> None:
+    def _changed(placers: Mapping[Signature, IncrementalPlacer | str], node_id: str) -> None:
         """Every placer rescoring the node a decision just changed."""
         for placer in placers.values():
             if not isinstance(placer, str):

@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 from .models import NODE_LABEL, ResourceRequirement
 
-
 # What a task says it needs for one run's arguments: fields of ResourceRequirement to change
 # from its default, or None to keep the default (arguments the task itself will refuse)
 Sizer = Callable[[list[Any], dict[str, Any]], "dict[str, float] | None"]
@@ -171,7 +170,7 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
 def run_task(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     """Run one task inside a Ray worker and wrap what happened, with timing and node.
 
-    Errors are caught here so the envelope still says where and how long: the LoadBalancer
+    Errors are caught here so the envelope still says where and how long: the Scheduler
     releases the reservation either way.
     """
     here = where_am_i()

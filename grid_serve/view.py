@@ -1,7 +1,8 @@
 """The immutable picture of the cluster that every placement decision reads.
 
-The MetricsCollector supplies the nodes, the LoadBalancer's ledger supplies what is reserved
-on them, and the Scheduler folds the two into a `ClusterView`. Strategies only ever see this,
+The MetricsCollector supplies the nodes, the Scheduler's ledger supplies what is reserved on
+them, and the Scheduler folds the two into a `ClusterView` (resource sharing folds the
+LoadBalancer's published copy of that ledger the same way). Strategies only ever see this,
 so they can be tested with a table of hand-made nodes (`make_node`) and no Ray at all.
 """
 
@@ -9,15 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from .models import RESOURCE_SCALE, ZERO_RESOURCE_SLOT, to_units, zero_resource_slots
 
 if TYPE_CHECKING:
-    from .ledger import LedgerSnapshot
     from .models import GpuInfo, NodeStatus
 
-EMPTY: Mapping[str, float] = MappingProxyType({})
+EMPTY: Mapping[Any, Any] = MappingProxyType({})  # empty and read-only: stands for a mapping of any type
 
 
 class NodeLookupError(LookupError):
@@ -50,6 +50,7 @@ class NodeView:
     gpus: tuple[GpuView, ...] = ()
     stale: bool = False
     hostname: str | None = None
+    top_rank: int = -1  # the highest priority rank (TaskPriority.rank) among the tasks reserved on it
 
     def answers_to(self, reference: str) -> bool:
         """Whether `reference` is this node's name, Ray node id, IP or hostname."""
@@ -59,18 +60,20 @@ class NodeView:
         """What is left of `resource` for new reservations, allowing `admission`× the total."""
         return self.total.get(resource, 0.0) * admission - self.reserved.get(resource, 0.0)
 
-    def reserve(self, resources: Mapping[str, float], tasks: int = 1) -> "NodeView":
-        """A copy with `resources` more reserved and `tasks` more in flight (negative releases)."""
+    def reserve(self, resources: Mapping[str, float], tasks: int = 1, rank: int = -1) -> NodeView:
+        """A copy with `resources` more reserved and `tasks` more in flight (negative releases),
+        for a task of priority `rank` (-1: none is added)."""
         reserved = dict(self.reserved)
         sign = 1 if tasks >= 0 else -1
         for name, amount in resources.items():  # in Ray's fixed point, so taking back what was added leaves 0
             units = to_units(reserved.get(name, 0.0)) + sign * to_units(amount)
             reserved[name] = units / RESOURCE_SCALE if units > 0 else 0.0
-        # a copy of the fields with two changed: `dataclasses.replace` re-runs __init__ over all of
-        # them (4.6 us), a tenth of a whole decision, and the Scheduler reserves once per task
+        # a copy of the fields with three changed: `dataclasses.replace` re-runs __init__ over all of
+        # them, a visible share of a decision (BENCHMARKS.md), and the Scheduler reserves once per task
         clone = object.__new__(NodeView)
         object.__setattr__(clone, "__dict__", {**self.__dict__, "reserved": MappingProxyType(reserved),
-                                               "in_flight": max(0, self.in_flight + tasks)})
+                                               "in_flight": max(0, self.in_flight + tasks),
+                                               "top_rank": max(self.top_rank, rank)})
         return clone
 
     @property
@@ -99,7 +102,7 @@ class AllocationView:
     def free(self, resource: str) -> float:
         return self.capacity.get(resource, 0.0) - self.used.get(resource, 0.0)
 
-    def use(self, resources: Mapping[str, float]) -> "AllocationView":
+    def use(self, resources: Mapping[str, float]) -> AllocationView:
         used = dict(self.used)
         for name, amount in resources.items():
             used[name] = (to_units(used.get(name, 0.0)) + to_units(amount)) / RESOURCE_SCALE
@@ -129,22 +132,23 @@ class ClusterView:
 
     nodes: Mapping[str, NodeView]  # by node id, in a stable order
     admission: float = 1.0  # a node takes reservations up to this many times its resources
-    durations: Mapping[tuple[str, str], float] = field(default_factory=lambda: EMPTY)  # (node_id, task_type) -> EWMA seconds
+    # (node_id, task_type) -> EWMA seconds
+    durations: Mapping[tuple[str, str], float] = field(default_factory=lambda: EMPTY)
     taken_at: float = 0.0
     allocations: Mapping[str, AllocationView] = field(default_factory=lambda: EMPTY)  # by allocation id
     running: Callable[[str], Sequence[Running]] = nothing_known_running  # node id -> the tasks reserved there
 
     @classmethod
-    def of(cls, nodes: Iterable[NodeView], **kwargs: object) -> "ClusterView":
+    def of(cls, nodes: Iterable[NodeView], **kwargs: object) -> ClusterView:
         ordered = sorted(nodes, key=lambda node: (node.name, node.node_id))
         return cls(nodes=MappingProxyType({node.node_id: node for node in ordered}), **kwargs)  # type: ignore[arg-type]
 
-    def with_node(self, node: NodeView) -> "ClusterView":
+    def with_node(self, node: NodeView) -> ClusterView:
         nodes = dict(self.nodes)
         nodes[node.node_id] = node
         return replace(self, nodes=MappingProxyType(nodes))
 
-    def with_allocation(self, allocation: AllocationView) -> "ClusterView":
+    def with_allocation(self, allocation: AllocationView) -> ClusterView:
         allocations = dict(self.allocations)
         allocations[allocation.id] = allocation
         return replace(self, allocations=MappingProxyType(allocations))
@@ -237,9 +241,34 @@ class GroupCounts:
         self.counts.pop(group, None)
 
 
-def view_from(nodes: Iterable["NodeStatus"], ledger: "LedgerSnapshot | None" = None, admission: float = 1.0,
+class Load(Protocol):
+    """What `view_from` reads of one node's load (a `ledger.NodeLoad`)."""
+
+    @property
+    def reserved(self) -> Mapping[str, float]: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def top_rank(self) -> int: ...
+
+
+class Loads(Protocol):
+    """What `view_from` reads of a ledger (a `ledger.LedgerSnapshot`). Named here, not
+    imported: the ledger builds on this module (`Running`), so this one cannot import it."""
+
+    @property
+    def loads(self) -> Mapping[str, Load]: ...
+
+    @property
+    def durations(self) -> Mapping[tuple[str, str], float]: ...
+
+
+def view_from(nodes: Iterable[NodeStatus], ledger: Loads | None = None, admission: float = 1.0,
               taken_at: float = 0.0) -> ClusterView:
-    """Fold the MetricsCollector's inventory and the LoadBalancer's ledger into one view."""
+    """Fold the MetricsCollector's inventory and a ledger snapshot (the Scheduler's own, or the
+    LoadBalancer's published copy of it) into one view."""
     loads = ledger.loads if ledger else {}
     views = []
     for node in nodes:
@@ -253,6 +282,7 @@ def view_from(nodes: Iterable["NodeStatus"], ledger: "LedgerSnapshot | None" = N
             total=MappingProxyType(_with_zero_resource_slots(node.resources_total)),
             reserved=MappingProxyType(dict(load.reserved) if load else {}),
             in_flight=load.in_flight if load else 0,
+            top_rank=load.top_rank if load else -1,
             cpu_utilization=None if node.cpu_percent is None else node.cpu_percent / 100.0,
             memory_utilization=None if node.memory_percent is None else node.memory_percent / 100.0,
             gpus=tuple(_gpu_view(gpu) for gpu in node.gpus),
@@ -267,7 +297,7 @@ def _with_zero_resource_slots(total: Mapping[str, float]) -> dict[str, float]:
     return {**total, ZERO_RESOURCE_SLOT: zero_resource_slots(total)} if total else {}
 
 
-def _gpu_view(gpu: "GpuInfo") -> GpuView:
+def _gpu_view(gpu: GpuInfo) -> GpuView:
     free = None
     if gpu.memory_total_mb is not None and gpu.memory_used_mb is not None:
         free = gpu.memory_total_mb - gpu.memory_used_mb

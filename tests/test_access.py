@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Iterator
+from typing import Iterator
 
 import httpx
 import pytest

@@ -15,8 +15,8 @@ from grid_serve.errors import InvalidRequestError, NotFoundError
 from grid_serve.models import ZERO_RESOURCE_SLOT, ResourceRequirement, SchedulingRequest
 from grid_serve.scheduling import SchedulerCore
 from grid_serve.view import ClusterView, make_node
-from tests.test_ownership_faults import eventually, idle_and_unreserved
 from tests.test_api import owned
+from tests.test_ownership_faults import eventually, idle_and_unreserved
 
 RAW_JSON = {"content-type": "application/json"}
 

@@ -14,8 +14,17 @@ import pytest
 
 from grid_serve.models import ResourceRequirement, SchedulingRequest
 from grid_serve.placement import load_balanced, node_specific, pack, performance_optimized, spread
-from grid_serve.strategies import (PlacementContext, check_affinity, check_alive, check_capacity, check_free_now,
-                                   check_fresh, check_gpu_memory_free, check_labels, score_idle)
+from grid_serve.strategies import (
+    PlacementContext,
+    check_affinity,
+    check_alive,
+    check_capacity,
+    check_free_now,
+    check_fresh,
+    check_gpu_memory_free,
+    check_labels,
+    score_idle,
+)
 from grid_serve.view import ClusterView, GpuView, NodeView, make_node
 
 
@@ -89,6 +98,21 @@ def test_check_fresh(stale: bool, expected: str | None) -> None:
 def test_check_free_now(cpus: float, reserved: float, admission: float, expected: str | None) -> None:
     node = make_node("n", cpus=2, reserved={"CPU": reserved})
     assert run(check_free_now, req(cpus), node, admission=admission) == expected
+
+
+@pytest.mark.parametrize("held, priority, expected", [
+    (-1, "low", None),  # nothing reserved: the lookahead is open to any priority
+    (1, "normal", None),  # the same priority as what the node holds
+    (1, "high", None),  # a higher one
+    (1, "low", "needs 1 CPU, 0 free"),  # lower than what it holds: free capacity only, none left
+    (2, "normal", "needs 1 CPU, 0 free"),
+])
+def test_check_free_now_keeps_the_lookahead_from_lower_priorities(held: int, priority: str, expected: str | None) -> None:
+    """2 CPUs, 2 reserved, admission 2: the room beyond the CPUs (queued inside Ray) is only for
+    tasks of at least the priority the node already holds, since Ray may start a queued task
+    before one sent earlier."""
+    node = replace(make_node("n", cpus=2, reserved={"CPU": 2}), top_rank=held)
+    assert run(check_free_now, req(1, priority=priority), node, admission=2.0) == expected
 
 
 @pytest.mark.parametrize("free_mb, wanted_mb, expected", [

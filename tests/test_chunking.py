@@ -4,6 +4,8 @@ spread stays exact, and a chunk whose tasks run far longer than learned hands it
 from __future__ import annotations
 
 import time
+from typing import Any
+
 import pytest
 
 from grid_serve.client import GridClient

@@ -16,11 +16,10 @@ import httpx
 import hypothesis
 import pytest
 import schemathesis
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import response_schema_conformance
-
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from grid_serve.client import GridClient
 from grid_serve.models import MAX_ARGS_DEPTH, JobSubmission

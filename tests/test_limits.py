@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from typing import Any
 
 import httpx
 import pytest
 from ray import serve
 
 from grid_serve.client import GridClient
-from tests.test_ownership_faults import TAG_LEN, eventually, idle_and_unreserved
 from tests.test_api import owned
+from tests.test_ownership_faults import TAG_LEN, eventually, idle_and_unreserved
 
 pytestmark = pytest.mark.cluster
 

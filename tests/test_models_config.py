@@ -9,7 +9,13 @@ from pydantic import ValidationError
 
 from grid_serve.config import ConfigError, load_cluster_config, parse_cluster_config
 from grid_serve.ledger import Completion, Ledger
-from grid_serve.models import JobSubmission, ResourceRequirement, SchedulingDecision, SchedulingRequest, SchedulingStrategy
+from grid_serve.models import (
+    JobSubmission,
+    ResourceRequirement,
+    SchedulingDecision,
+    SchedulingRequest,
+    SchedulingStrategy,
+)
 from grid_serve.view import Running
 
 REPO = Path(__file__).resolve().parent.parent
@@ -159,6 +165,19 @@ def test_ledger_release_of_unknown_task_is_harmless() -> None:
     version = ledger.version
     assert ledger.release([Completion(task_id="nope")]) == []
     assert ledger.version == version
+
+
+def test_ledger_tells_the_highest_priority_reserved_per_node() -> None:
+    """What keeps lower priorities out of Ray's queue beside higher ones (strategies.check_free_now)."""
+    ledger = Ledger()
+    ledger.reserve("a", "n1", {"CPU": 1}, rank=2)
+    ledger.reserve("b", "n1", {"CPU": 1}, rank=0)
+    ledger.reserve("c", "n2", {"CPU": 1})
+    assert {node: load.top_rank for node, load in ledger.loads().items()} == {"n1": 2, "n2": 1}
+    ledger.release([Completion(task_id="a")])
+    assert ledger.loads()["n1"].top_rank == 0
+    ledger.release([Completion(task_id="b"), Completion(task_id="c")])
+    assert ledger.loads() == {}
 
 
 MB = 1024 * 1024

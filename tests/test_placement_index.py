@@ -17,7 +17,7 @@ from grid_serve.placement import STRATEGIES
 from grid_serve.placement_index import IncrementalPlacer
 from grid_serve.scheduling import SchedulerCore
 from grid_serve.strategies import NOT_NOW, NoFit, PlacementContext, PlacementError, Strategy, place, strategy_named
-from grid_serve.view import ClusterView, GroupCounts, GpuView, NodeView, make_node
+from grid_serve.view import ClusterView, GpuView, GroupCounts, NodeView, make_node
 
 
 def random_view(seed: int, size: int) -> ClusterView:

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from deployments.runner import JobRunner, _Job
-from grid_serve.models import JobSubmission, ResourceRequirement
+from grid_serve.models import JobSubmission
 from grid_serve.outcomes import OutcomeTable
 from grid_serve.tasks import load_task_modules
 

@@ -96,7 +96,7 @@ def backfill_while_held(filler_run_s: float, learned: bool = True, horizon_s: fl
                            in_flight=sum(1 for task in running if task[1] == node_id))
                  for node_id, cpus in CAPACITY.items()]
         on = lambda node_id: [Running(task[2], {"CPU": 1.0}, now[0] - task[3])  # noqa: E731
-                              for task in running if task[1] == node_id] if learned else []
+                              for task in running if task[1] == node_id] if learned else []  # noqa: B023
         for decision in core.drain(ClusterView.of(nodes, admission=1.0, durations=durations, running=on)).placed:
             if decision.task_id == "critical":
                 return now[0], backfilled

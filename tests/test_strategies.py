@@ -7,8 +7,15 @@ from dataclasses import replace
 
 import pytest
 
-from grid_serve.models import (ZERO_RESOURCE_SLOT, ResourceRequirement, SchedulingDecision, SchedulingRequest,
-                               SchedulingStrategy, TaskPriority, count_text)
+from grid_serve.models import (
+    ZERO_RESOURCE_SLOT,
+    ResourceRequirement,
+    SchedulingDecision,
+    SchedulingRequest,
+    SchedulingStrategy,
+    TaskPriority,
+    count_text,
+)
 from grid_serve.scheduling import SchedulerCore
 from grid_serve.strategies import NoFit, PlacementError, count_causes, place
 from grid_serve.view import ClusterView, make_node
@@ -282,6 +289,25 @@ def test_queue_places_higher_priority_first_when_capacity_frees() -> None:
     assert order == ["high0", "high1"]  # two free CPUs, both to high though low waited longer
     later = [d.task_id for d in core.drain(freed).placed]
     assert later == ["low0", "low1"]
+
+
+def test_queue_keeps_lower_priorities_out_of_ray_queue_beside_higher_ones() -> None:
+    """The lookahead (admission 2: one task queued inside Ray per slot) takes a low task only on a
+    node that holds nothing of a higher priority: Ray may start a task queued beside an earlier
+    one first, so a low one placed there could overtake a high one (the flaky priority test)."""
+    core = SchedulerCore(clock=iter(range(1000)).__next__)
+    node = lambda reserved, rank: replace(make_node("only", cpus=2, reserved={"CPU": reserved}), top_rank=rank)  # noqa: E731
+    core.enqueue([request(job_id="high", task_id=f"high{i}", priority="high") for i in range(2)])
+    core.enqueue([request(job_id="low", task_id=f"low{i}", priority="low") for i in range(2)])
+    # two normal tasks run: both high ones queue behind them inside Ray, no low one
+    placed = core.drain(ClusterView.of([node(2, 1)], admission=2.0)).placed
+    assert [d.task_id for d in placed] == ["high0", "high1"]
+    # the normal tasks ended, the high ones run: still no room outside the lookahead
+    assert core.drain(ClusterView.of([node(2, 2)], admission=2.0)).placed == []
+    # one high task ended: a low one takes the free CPU (it starts now), not a queued spot
+    assert [d.task_id for d in core.drain(ClusterView.of([node(1, 2)], admission=2.0)).placed] == ["low0"]
+    # only low work left on the node: the lookahead is open to low tasks again
+    assert [d.task_id for d in core.drain(ClusterView.of([node(2, 0)], admission=2.0)).placed] == ["low1"]
 
 
 def test_queue_rejects_never_fitting_requests_at_once() -> None:

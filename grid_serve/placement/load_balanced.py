@@ -4,8 +4,8 @@ with measured utilisation), then the idlest."""
 from __future__ import annotations
 
 from ..models import SchedulingRequest
-from ..strategies import NOT_NOW, PlacementContext, Strategy, load_of, score_idle
 from ..view import NodeView
+from .framework import NOT_NOW, PlacementContext, Strategy, load_of, score_idle
 
 
 def score_least_loaded(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:

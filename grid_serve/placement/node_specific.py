@@ -4,8 +4,8 @@ an error, a dead node a clear no-fit, never a silent fallback."""
 from __future__ import annotations
 
 from ..models import SchedulingRequest
-from ..strategies import NOT_NOW, PlacementContext, PlacementError, Strategy
 from ..view import ClusterView, NodeLookupError, NodeView
+from .framework import NOT_NOW, PlacementContext, PlacementError, Strategy
 
 
 def named_node(request: SchedulingRequest, view: ClusterView) -> list[NodeView]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..models import SchedulingRequest
-from ..strategies import NOT_NOW, PlacementContext, Strategy, load_of
 from ..view import NodeView
+from .framework import NOT_NOW, PlacementContext, Strategy, load_of
 
 
 def score_fullest(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> float:

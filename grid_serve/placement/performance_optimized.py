@@ -16,8 +16,8 @@ task in 20, and its new measurement decides from then on.
 from __future__ import annotations
 
 from ..models import SchedulingRequest
-from ..strategies import NOT_NOW, PlacementContext, Strategy, Turn, expected_finish_s, score_idle
 from ..view import NodeView
+from .framework import NOT_NOW, PlacementContext, Strategy, Turn, expected_finish_s, score_idle
 
 FINISH_SLACK = 0.05  # a node within 5% of the soonest finish counts as soonest: no holding for crumbs
 EXPLORE_EVERY = 20  # a node this job passed over is tried again once per this many of its tasks
@@ -63,7 +63,8 @@ def explain(request: SchedulingRequest, chosen: NodeView, runner_up: NodeView | 
             ready: int) -> str:
     """The winner's estimate and evidence, and the runner-up's, so a reader sees what decided."""
     if exploring(request, chosen, ctx):
-        return (f"performance_optimized: trying {chosen.name} again ({expected_finish_s(request, chosen, ctx.view).describe()}): "
+        return (f"performance_optimized: trying {chosen.name} again "
+                f"({expected_finish_s(request, chosen, ctx.view).describe()}): "
                 f"the job has placed {ctx.job_placed} tasks, {ctx.group_counts.get(chosen.node_id, 0)} of them here, "
                 f"and a node it passes over is re-measured once per {EXPLORE_EVERY}")
     text = (f"performance_optimized: {chosen.name} expected to finish soonest "

@@ -10,8 +10,8 @@ by one as if it had taken a task: a stuck node slows the job by that much, not f
 from __future__ import annotations
 
 from ..models import SchedulingRequest
-from ..strategies import NOT_NOW, PlacementContext, Strategy, Turn, score_idle
 from ..view import NodeView
+from .framework import NOT_NOW, PlacementContext, Strategy, Turn, score_idle
 
 
 def weight(request: SchedulingRequest, node: NodeView) -> float:

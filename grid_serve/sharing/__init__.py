@@ -25,8 +25,15 @@ from __future__ import annotations
 
 from .borrowing import allocation_decision, borrower_of, fold_allocations, may_fit_allocation
 from .lifecycle import ENDED_STATES, TRANSITIONS, AllocationState, Event, IllegalTransition, next_state
-from .models import (DEFAULT_LEASE_S, MAX_LEASE_S, PLACEMENT_GROUP_PREFIX, Allocation, ResourceType, SharingRequest,
-                     parse_duration)
+from .models import (
+                     DEFAULT_LEASE_S,
+                     MAX_LEASE_S,
+                     PLACEMENT_GROUP_PREFIX,
+                     Allocation,
+                     ResourceType,
+                     SharingRequest,
+                     parse_duration,
+)
 from .render import config_capacity_rows, status_tables
 from .rules import Changes, Room, SharingLedger, reconcile
 from .status import CapacityRow, NodeUsage, SharingStatus, sharing_status

@@ -84,7 +84,7 @@ def may_fit_allocation(request: SchedulingRequest, view: ClusterView) -> bool:
     if borrower is None:
         return False
     needs = request.requirements.as_ray_resources()
-    return any(a.borrower == borrower.name and a.accepting and _fits(needs, lambda r: a.capacity.get(r, 0.0))
+    return any(a.borrower == borrower.name and a.accepting and _fits(needs, lambda r: a.capacity.get(r, 0.0))  # noqa: B023
                for a in view.allocations.values())
 
 

@@ -39,8 +39,9 @@ def pending_rows(records: Iterable[Allocation], now: float | None = None) -> Tab
 
 def capacity_rows(rows: Iterable[CapacityRow]) -> Table:
     headers = ["node", "resource", "can share", "max share", "lendable", "lent", "spare", "borrowed", "priority"]
-    return headers, [[r.node, str(r.resource), "yes" if r.can_share else "no", f"{figure(r.max_share)}", f"{figure(r.lendable)}",
-                      f"{figure(r.lent)}", f"{figure(r.spare)}", f"{figure(r.borrowed)}", f"{figure(r.sharing_priority)}"] for r in rows]
+    return headers, [[r.node, str(r.resource), "yes" if r.can_share else "no", f"{figure(r.max_share)}",
+                      f"{figure(r.lendable)}", f"{figure(r.lent)}", f"{figure(r.spare)}", f"{figure(r.borrowed)}",
+                      f"{figure(r.sharing_priority)}"] for r in rows]
 
 
 def utilisation_rows(nodes: Iterable[NodeUsage]) -> Table:

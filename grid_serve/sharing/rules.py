@@ -33,7 +33,7 @@ class Changes:
     def any(self) -> bool:
         return bool(self.granted or self.remove or self.ended)
 
-    def merge(self, other: "Changes") -> "Changes":
+    def merge(self, other: Changes) -> Changes:
         return Changes(self.granted + other.granted, self.remove + other.remove, self.ended + other.ended)
 
 
@@ -51,14 +51,15 @@ class Room:
         return max(0.0, min(self.limit - self.lent, self.free))
 
     def describe(self, resource: ResourceType) -> str:
-        return f"{self.donor}: {figure(self.spare)} of {figure(self.limit)} {resource.unit} spare ({figure(self.lent)} lent, {figure(max(self.free, 0))} free)"
+        return (f"{self.donor}: {figure(self.spare)} of {figure(self.limit)} {resource.unit} spare "
+                f"({figure(self.lent)} lent, {figure(max(self.free, 0))} free)")
 
 
-def _queue_key(record: Allocation) -> tuple:
+def _queue_key(record: Allocation) -> tuple[int, float, str]:
     return (-record.priority.rank, record.requested_at, record.id)
 
 
-def _reclaim_key(record: Allocation) -> tuple:
+def _reclaim_key(record: Allocation) -> tuple[int, float, str]:
     """Kueue's order: lowest priority first, then the newest."""
     return (record.priority.rank, -(record.granted_at or 0.0), record.id)
 
@@ -78,7 +79,8 @@ class SharingLedger:
         record id and nothing else: app `grid` never claims app `grid-auth`'s groups).
 
         >>> ledger = SharingLedger(None, group_prefix="grid-sharing-grid-")
-        >>> ledger.owns_group("grid-sharing-grid-0123456789ab"), ledger.owns_group("grid-sharing-grid-auth-0123456789ab")
+        >>> (ledger.owns_group("grid-sharing-grid-0123456789ab"),
+        ...  ledger.owns_group("grid-sharing-grid-auth-0123456789ab"))
         (True, False)
         """
         return name.startswith(self.group_prefix) and RECORD_ID.fullmatch(name[len(self.group_prefix):]) is not None
@@ -204,7 +206,8 @@ class SharingLedger:
             elif record.state == "active" and record.expires_at is not None and record.expires_at <= now:
                 changes.ended.append(self._end(record, Event.LEASE_END, "lease ended; running tasks may finish"))
             elif record.state == "pending" and record.timeout_at <= now:
-                changes.ended.append(self._end(record, Event.TIME_OUT, f"no donor had {record.amount:g} {record.resource.unit} "
+                changes.ended.append(self._end(record, Event.TIME_OUT,
+                                               f"no donor had {record.amount:g} {record.resource.unit} "
                                                f"to spare within {record.timeout_at - record.requested_at:g}s"))
         changes = changes.merge(self._drain(in_flight or {}))
         changes = changes.merge(self._grant_pending(view, available))
@@ -292,7 +295,7 @@ class SharingLedger:
             "reason": f"waiting: no donor has {record.amount:g} {record.resource.unit} to spare ({why})"})
         return Changes()
 
-    def _donor_rank(self, node: NodeView, room: Room) -> tuple:
+    def _donor_rank(self, node: NodeView, room: Room) -> tuple[float, float, str]:
         """Most spare relative to its limit, then the config sharing priority, then the name."""
         config_node = self.config.node(node.name) if self.config else None
         priority = config_node.resource_sharing.priority if config_node else 0.0

@@ -11,7 +11,7 @@ bytes; it never renders anything per request.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 MEDIA_TYPES = {
@@ -32,7 +32,7 @@ class Asset:
     media_type: str
 
 
-@lru_cache(maxsize=None)
+@cache
 def asset(name: str) -> Asset:
     """The file `name` of the page. Only the listed names: a request path never reaches the
     file system as given, so `../` can never read anything else."""
@@ -46,12 +46,13 @@ def asset(name: str) -> Asset:
 # origin, so they come from a package too (fastapi-offline ships both), never from a CDN, and the
 # browser is told to load and call nothing else. Their pages start them with an inline script.
 DOCS_ASSETS = {"swagger-ui-bundle.js": ".js", "swagger-ui.css": ".css", "redoc.standalone.js": ".js"}
-DOCS_CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-                                "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
-                                "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+DOCS_CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                                "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
+                                "connect-src 'self'; worker-src 'self' blob:; base-uri 'none'; frame-ancestors 'none'; "
+                                "form-action 'self'")
 
 
-@lru_cache(maxsize=None)
+@cache
 def docs_asset(name: str) -> Asset:
     """A script or style sheet of the API docs pages, from the installed package (listed names only)."""
     if name not in DOCS_ASSETS:

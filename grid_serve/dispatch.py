@@ -1,0 +1,426 @@
+"""`grid.remote`: a Ray program's own remote functions, placed by grid-serve.
+
+    import ray, grid_serve as grid
+
+    @grid.remote                      # or grid.remote(num_cpus=2), grid.remote(fn), grid.remote(ray_fn)
+    def compute_task(i): ...
+
+    refs = [compute_task.options(scheduling_strategy="SPREAD").remote(i) for i in range(100)]
+    ray.get(refs)                     # Ray's own ObjectRefs
+
+The caller's process submits the Ray tasks itself (caller-side dispatch), so they belong to its
+Ray job: its `runtime_env` and modules, its workers, its logs, its `ObjectRef`s (top-level ref
+arguments resolved as Ray resolves them, results left in the object store). Only the placement
+comes from grid-serve: the app's Scheduler deployment places every call (exact spread,
+priorities and the queue shared with every other caller, resources, explanations), through
+DeploymentHandle calls made off the call path by one background thread per process (the
+`Dispatcher`), with the books kept by the pure `grid_serve.calls.Stream`.
+
+A call takes a placement the Scheduler made ahead of it (see `grid_serve.calls`); when none is
+held, `.remote()` waits for one: the cluster is full, or the stream's first call. It waits at
+most `placement_timeout_s` (then raises `NoCapacityError`), holding nothing but the waiting
+call itself. A call that can never fit (more GPUs than any node has) raises at once. In async
+code, `.remote()` would block the event loop while it waits: use `await f.remote_async(...)`.
+
+Each task is pinned to its node with Ray's soft node affinity: if that node dies, Ray's own
+retries (`max_retries`) run it elsewhere. Ray's own strategy objects and `"DEFAULT"` pass
+through to Ray untouched (not placed, not counted by grid-serve).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import Any, Callable
+
+from .calls import Stream
+from .errors import InvalidRequestError, NoCapacityError
+from .models import ResourceRequirement, SchedulingDecision, SchedulingRequest, SchedulingStrategy, TaskPriority
+
+logger = logging.getLogger("grid_serve.remote")
+
+APP_NAME = os.environ.get("GRID_APP", "grid")
+PLACEMENT_TIMEOUT_S = 600.0
+TICK_S = 0.02  # the dispatcher tells the Scheduler what ended at most this often
+MB = 1024 * 1024
+# options grid-serve reads to place a call; everything else goes to Ray as it is
+GRID_OPTIONS = ("priority", "node", "label_selector", "affinity_nodes", "anti_affinity_nodes", "placement_timeout_s")
+RESOURCE_OPTIONS = ("num_cpus", "num_gpus", "memory", "resources")
+RAY_STRINGS = ("DEFAULT",)
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """`@grid.remote`, `@grid.remote(num_cpus=2, ...)`, `grid.remote(fn)`, `grid.remote(ray_fn)`."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _wrap(args[0], {})
+    if args:
+        raise TypeError("grid.remote takes a function or keyword options only, like ray.remote")
+    return lambda fn: _wrap(fn, options)
+
+
+def _wrap(fn: Any, options: dict[str, Any]) -> RemoteFunction:
+    from ray.remote_function import RemoteFunction as RayRemoteFunction
+
+    if isinstance(fn, RayRemoteFunction):  # keep the options it was made with
+        options = {**{k: v for k, v in fn._default_options.items() if v is not None}, **options}
+        fn = fn._function
+    return RemoteFunction(fn, options)
+
+
+class RemoteFunction:
+    """A function placed by grid-serve; `.options()` and `.remote()` as on Ray's own."""
+
+    def __init__(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+        self._fn = fn
+        self._options = dict(options)
+        self._derived: dict[str, RemoteFunction] = {}
+        self._stream: Stream | None = None
+        self._ray_fn: Any = None
+        self._pinned: dict[tuple, Any] = {}
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"remote function {self._fn.__qualname__} cannot be called directly; use "
+                        f"{self._fn.__name__}.remote(...)")
+
+    def options(self, **options: Any) -> RemoteFunction:
+        """The same function with these options over its own (cheap when repeated: calls in a
+        loop with equal options share one stream, so spread stays exact across them)."""
+        key = repr(sorted(options.items(), key=lambda kv: kv[0]))
+        derived = self._derived.get(key)
+        if derived is None:
+            if len(self._derived) > 256:
+                self._derived.clear()
+            derived = self._derived[key] = RemoteFunction(self._fn, {**self._options, **options})
+        return derived
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Submit the call to Ray on the node grid-serve places it on; returns Ray's ObjectRef(s)."""
+        if self._passes_through():
+            return self._ray_function().remote(*args, **kwargs)
+        _refuse_in_event_loop(self._fn.__name__)
+        timeout = self._options.get("placement_timeout_s", PLACEMENT_TIMEOUT_S)
+        decision = dispatcher().placement(self._stream_of(), timeout)
+        return self._submit(decision, args, kwargs)
+
+    async def remote_async(self, *args: Any, **kwargs: Any) -> Any:
+        """`.remote()` for async code: waits for a placement without blocking the event loop."""
+        if self._passes_through():
+            return self._ray_function().remote(*args, **kwargs)
+        stream = self._stream_of()
+        timeout = self._options.get("placement_timeout_s", PLACEMENT_TIMEOUT_S)
+        decision = await asyncio.to_thread(dispatcher().placement, stream, timeout)
+        return self._submit(decision, args, kwargs)
+
+    # ------------------------------------------------------------------ internals
+
+    def _passes_through(self) -> bool:
+        strategy = self._options.get("scheduling_strategy")
+        return strategy is not None and (not isinstance(strategy, str) or strategy.upper() in RAY_STRINGS)
+
+    def _submit(self, decision: SchedulingDecision, args: tuple, kwargs: dict) -> Any:
+        """Hand Ray the call, pinned; its end (with its run time) goes back to the books."""
+        refs = self._pinned_function(decision).remote(*args, **kwargs)
+        *values, timing = refs
+        stream = self._stream
+        assert stream is not None
+        timing.future().add_done_callback(functools.partial(dispatcher().ended, stream, decision.task_id))
+        return values[0] if len(values) == 1 else values
+
+    def _pinned_function(self, decision: SchedulingDecision) -> Any:
+        key = (decision.node_id, decision.placement_group_id, decision.bundle_index,
+               tuple(sorted(decision.resources.items())))
+        pinned = self._pinned.get(key)
+        if pinned is None:
+            if len(self._pinned) > 1024:
+                self._pinned.clear()
+            options = decision.ray_options(soft=True)
+            pinned = self._pinned[key] = self._ray_function().options(**options)
+        return pinned
+
+    def _ray_function(self) -> Any:
+        """The Ray remote function: the caller's function, timed, with the caller's own options
+        (one extra return carries its run time; the others are the function's own)."""
+        if self._ray_fn is None:
+            import ray
+
+            ray_options = {k: v for k, v in self._options.items() if k not in GRID_OPTIONS}
+            if self._passes_through():
+                self._ray_fn = ray.remote(**ray_options)(self._fn) if ray_options else ray.remote(self._fn)
+            else:
+                returns = ray_options.pop("num_returns", 1)
+                if not isinstance(returns, int) or returns < 1:
+                    raise TypeError(f"grid.remote places functions with a fixed number of returns; "
+                                    f"num_returns={returns!r} (a generator) runs with ray.remote")
+                ray_options.pop("scheduling_strategy", None)
+                ray_options.setdefault("name", self._fn.__qualname__)
+                self._ray_fn = ray.remote(num_returns=returns + 1, **ray_options)(_timed(self._fn, returns))
+        return self._ray_fn
+
+    def _stream_of(self) -> Stream:
+        if self._stream is None:
+            self._stream = dispatcher().open(placement_template(self._fn, self._options))
+        return self._stream
+
+
+def placement_template(fn: Callable[..., Any], options: dict[str, Any]) -> SchedulingRequest:
+    """What every call of `fn` with `options` asks the Scheduler for (Ray's option names)."""
+    strategy = options.get("scheduling_strategy") or SchedulingStrategy.SPREAD
+    node = options.get("node")
+    if node and "scheduling_strategy" not in options:
+        strategy = SchedulingStrategy.NODE_SPECIFIC
+    try:
+        return SchedulingRequest(
+            task_type=f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', 'task')}"[-200:],
+            requirements=requirements_of(options), strategy=SchedulingStrategy(strategy),
+            priority=TaskPriority(options.get("priority") or TaskPriority.NORMAL), target_node=node,
+            label_selector=dict(options.get("label_selector") or {}),
+            affinity_nodes=tuple(options.get("affinity_nodes") or ()),
+            anti_affinity_nodes=tuple(options.get("anti_affinity_nodes") or ()))
+    except ValueError as exc:
+        raise InvalidRequestError(f"{getattr(fn, '__qualname__', fn)}: {exc}") from None
+
+
+def requirements_of(options: dict[str, Any]) -> ResourceRequirement:
+    """Ray's resource options as grid-serve's requirement (Ray's defaults: 1 CPU, nothing else)."""
+    custom = dict(options.get("resources") or {})
+    return ResourceRequirement(
+        cpu_count=1.0 if options.get("num_cpus") is None else float(options["num_cpus"]),
+        gpu_count=float(options.get("num_gpus") or 0.0),
+        memory_mb=float(options.get("memory") or 0.0) / MB,
+        custom_resources=custom)
+
+
+def _timed(fn: Callable[..., Any], returns: int) -> Callable[..., Any]:
+    """`fn`, returning its run time as one more value (what the Scheduler learns from)."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        result = fn(*args, **kwargs)
+        elapsed = time.perf_counter() - began
+        return (result, elapsed) if returns == 1 else (*result, elapsed)
+
+    run.__name__, run.__qualname__ = fn.__name__, fn.__qualname__
+    run.__module__ = fn.__module__
+    return run
+
+
+def _refuse_in_event_loop(name: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(f"{name}.remote() waits for a placement, which would block this event loop; "
+                       f"use `await {name}.remote_async(...)` in async code")
+
+
+# ====================================================================== the dispatcher
+
+
+class Dispatcher:
+    """One per process: the streams' books, and the thread that talks to the Scheduler.
+
+    Owns nothing the cluster needs after it: the Scheduler holds each stream as a job leased to
+    this process, renewed every half interval; if the process dies, the lease lapses within two
+    intervals and everything it held is released (its Ray tasks die with it, as Ray's do)."""
+
+    def __init__(self, app_name: str = APP_NAME) -> None:
+        from ray import serve
+
+        from .client import connect_ray
+
+        connect_ray()
+        self._scheduler = serve.get_deployment_handle("Scheduler", app_name=app_name)
+        self._name = f"grid-caller-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._tag = uuid.uuid4().hex[:6]
+        self._lock = threading.Condition()
+        self._streams: list[Stream] = []
+        self._waiting: dict[str, int] = {}  # group -> calls waiting for a placement
+        self._registered: set[str] = set()
+        self._epoch: str | None = None
+        self._lease_s = 2.0
+        self._loop = asyncio.new_event_loop()
+        self._wake = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name="grid-dispatcher", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    # ------------------------------------------------------------------ called by callers
+
+    def open(self, template: SchedulingRequest) -> Stream:
+        with self._lock:
+            group = f"{self._tag}-{len(self._streams)}-{template.task_type.rsplit('.', 1)[-1][:40]}"
+            stream = Stream(group=group, template=template.model_copy(update={"job_id": group}))
+            self._streams.append(stream)
+            return stream
+
+    def placement(self, stream: Stream, timeout_s: float) -> SchedulingDecision:
+        """The next placement for a call of `stream`: at once when one is held, else after the
+        Scheduler makes one (at most `timeout_s`)."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            decision = stream.on_call(time.monotonic())
+            if decision is not None:
+                self._nudge_if_low(stream)
+                return decision
+            self._waiting[stream.group] = self._waiting.get(stream.group, 0) + 1
+            try:
+                self._poke()
+                while True:
+                    if stream.refusal:
+                        raise InvalidRequestError(stream.refusal, field="resources")
+                    decision = stream.take()
+                    if decision is not None:
+                        return decision
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise NoCapacityError(f"no node had room for {stream.template.task_type} within "
+                                              f"{timeout_s:g} s (the cluster is busy; placement_timeout_s sets how "
+                                              "long a call waits)")
+                    self._lock.wait(min(left, 1.0))
+            finally:
+                self._waiting[stream.group] -= 1
+
+    def ended(self, stream: Stream, task_id: str, future: Any) -> None:
+        """Ray's callback (on its own thread): a call's task ended."""
+        try:
+            duration, ok = float(future.result()), True
+        except BaseException:  # the function raised, or its worker or node died: no run time to learn
+            duration, ok = None, False
+        with self._lock:
+            stream.on_ended(task_id, ok, duration)
+            hurry = self._waiting.get(stream.group, 0) > 0
+        if hurry:  # a call waits for the room this end frees: report it now, not at the next tick
+            self._poke()
+
+    def _nudge_if_low(self, stream: Stream) -> None:
+        if len(stream.stock) + len(stream.asked) < stream.target(time.monotonic()):
+            self._poke()
+
+    def _poke(self) -> None:
+        self._loop.call_soon_threadsafe(self._wake.set)
+
+    # ------------------------------------------------------------------ the background thread
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        settings = await self._scheduler.caller_settings.remote()
+        self._epoch, self._lease_s = settings["epoch"], settings["lease_s"]
+        self._loop.create_task(self._heartbeat())
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), TICK_S)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            for stream in list(self._streams):
+                try:
+                    await self._exchange(stream)
+                except Exception as exc:  # the Scheduler is away (restarting): try again next tick
+                    logger.warning("grid dispatcher: %s: %s", type(exc).__name__, exc)
+                    await asyncio.sleep(0.25)
+
+    async def _exchange(self, stream: Stream) -> None:
+        """Tell the Scheduler what changed for `stream`; take what it placed."""
+        now = time.monotonic()
+        with self._lock:
+            cancelled = stream.on_idle(now)
+            wanted = stream.wanted(now, self._waiting.get(stream.group, 0))
+            if wanted:
+                stream.ask(wanted)
+            report = stream.take_report()
+        if cancelled:
+            await self._scheduler.cancel.remote(stream.group)
+        if stream.group not in self._registered:
+            if not report.asked:
+                return
+            self._registered.add(stream.group)
+            reply = await self._scheduler.submit.remote(report.asked, None, self._name, None, 0, publish=False)
+            if report.ended or report.given_back:
+                self._take(stream, reply)
+                reply = await self._scheduler.report.remote(stream.group, report.ended, [], [], 0,
+                                                            returned=report.given_back)
+        elif report:
+            reply = await self._scheduler.report.remote(stream.group, report.ended, report.asked, [], 0,
+                                                        returned=report.given_back)
+        elif stream.asked:
+            reply = await self._scheduler.wait_placed.remote(stream.group, 0.0)
+        else:
+            return
+        self._take(stream, reply)
+
+    def _take(self, stream: Stream, reply: Any) -> None:
+        with self._lock:
+            stream.on_placed(reply.placed)
+            if reply.rejected:
+                stream.on_refused([r.task_id for r in reply.rejected], reply.rejected[0].reason)
+            if reply.placed or reply.rejected:
+                self._lock.notify_all()
+        if not reply.known:
+            self._registered.discard(stream.group)
+
+    async def _heartbeat(self) -> None:
+        """Renew the streams' leases; register a stream again with a restarted Scheduler."""
+        while True:
+            await asyncio.sleep(self._lease_s / 4)
+            groups = [s.group for s in self._streams if s.group in self._registered]
+            if not groups:
+                continue
+            try:
+                epoch, unknown = await self._scheduler.renew.remote(groups)
+            except Exception as exc:
+                logger.warning("grid dispatcher: lease renewal failed (%s); retrying", type(exc).__name__)
+                continue
+            if epoch != self._epoch:
+                self._epoch, unknown = epoch, groups
+            for stream in [s for s in self._streams if s.group in unknown]:
+                await self._adopt(stream)
+
+    async def _adopt(self, stream: Stream) -> None:
+        with self._lock:
+            held, waiting = stream.on_scheduler_lost()
+        running = [(decision, stream.template.task_type) for decision in held]
+        counts: dict[str, int] = {}
+        for decision in held:
+            counts[decision.node_id] = counts.get(decision.node_id, 0) + 1
+        reply = await self._scheduler.adopt.remote(self._name, stream.group, running, waiting, counts, 0,
+                                                   stream.template.priority)
+        self._registered.add(stream.group)
+        self._take(stream, reply)
+
+    def close(self) -> None:
+        """At exit: tell the Scheduler this process's streams are over (else their leases lapse)."""
+        groups = list(self._registered)
+        if not groups or not self._thread.is_alive():
+            return
+
+        async def finish() -> None:
+            await asyncio.gather(*(self._scheduler.finished.remote(group) for group in groups), return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(finish(), self._loop).result(timeout=2.0)
+        except Exception:
+            pass
+
+
+_DISPATCHER: Dispatcher | None = None
+_DISPATCHER_LOCK = threading.Lock()
+
+
+def dispatcher() -> Dispatcher:
+    """This process's dispatcher, started on first use."""
+    global _DISPATCHER
+    if _DISPATCHER is None:
+        with _DISPATCHER_LOCK:
+            if _DISPATCHER is None:
+                _DISPATCHER = Dispatcher()
+    return _DISPATCHER

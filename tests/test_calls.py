@@ -1,0 +1,115 @@
+"""`grid_serve.calls.Stream`, the books of `grid.remote` calls, driven against the real pure
+Scheduler core (SchedulerCore + Ledger + a ClusterView): no cluster, no Ray."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from grid_serve.calls import IDLE_S, MAX_AHEAD, Stream
+from grid_serve.ledger import Completion, Ledger
+from grid_serve.models import SchedulingRequest
+from grid_serve.scheduling import SchedulerCore
+from grid_serve.view import ClusterView, make_node
+
+NODES = [make_node("a", cpus=2), make_node("b", cpus=2), make_node("c", cpus=2)]
+
+
+class FakeScheduler:
+    """The Scheduler deployment's books without its shell: queue, place, reserve, release."""
+
+    def __init__(self, admission: float = 50.0) -> None:
+        self.core = SchedulerCore(clock=lambda: 0.0)
+        self.ledger = Ledger(clock=lambda: 0.0)
+        self.admission = admission
+
+    def view(self) -> ClusterView:
+        loads = self.ledger.loads()
+        nodes = [node.reserve(loads[node.node_id].reserved, tasks=0) if node.node_id in loads else node
+                 for node in NODES]
+        return ClusterView.of(nodes, admission=self.admission)
+
+    def exchange(self, stream: Stream) -> None:
+        """What `Scheduler.report` does with a stream's report: release what ended, release and
+        uncount what was handed back, queue what was asked and place it."""
+        report = stream.take_report()
+        self.ledger.release(report.ended)
+        for reservation in self.ledger.release([Completion(task_id=t, ok=False) for t in report.given_back]):
+            self.core.group_counts.add(stream.group, reservation.node_id, -1)
+        result = self.core.submit(report.asked, self.view())
+        for decision in result.placed:
+            self.ledger.reserve(decision.task_id, decision.node_id, decision.resources, group=stream.group)
+        stream.on_placed(result.placed)
+        if result.rejected:
+            stream.on_refused([r.task_id for r in result.rejected], result.rejected[0].reason)
+
+
+def stream_of(**template: object) -> Stream:
+    return Stream(group="g", template=SchedulingRequest(job_id="g", task_type="f", **template))
+
+
+def call_loop(stream: Stream, scheduler: FakeScheduler, calls: int, now: float = 0.0) -> list[str]:
+    """`calls` calls in a tight loop, each waiting (one exchange) when nothing is held."""
+    ran = []
+    for _ in range(calls):
+        decision = stream.on_call(now)
+        while decision is None:
+            stream.ask(stream.wanted(now, waiting_calls=1))
+            scheduler.exchange(stream)
+            assert stream.refusal is None
+            decision = stream.take()
+        ran.append(decision.node_name)
+    return ran
+
+
+def test_a_loop_of_calls_lands_in_the_schedulers_spread_order_and_ramps_up() -> None:
+    stream, scheduler = stream_of(), FakeScheduler()
+    ran = call_loop(stream, scheduler, 100)
+    assert sorted(Counter(ran).values()) == [33, 33, 34]
+    assert stream.burst > 8  # each miss doubled what the next ask takes: few round trips for 100 calls
+    assert len(stream.running) == 100 and stream.holds >= 100
+
+
+def test_idle_streams_hand_back_what_they_hold_and_spread_stays_exact_after() -> None:
+    stream, scheduler = stream_of(), FakeScheduler()
+    ran = call_loop(stream, scheduler, 10)
+    held = len(stream.stock)
+    assert held > 0
+    assert stream.on_idle(IDLE_S + 1) == []  # nothing waits at the Scheduler
+    assert stream.stock == type(stream.stock)() and len(stream.given_back) == held
+    scheduler.exchange(stream)
+    assert len(scheduler.ledger.reservations) == 10  # only the calls that run stay reserved
+    for task_id in list(stream.running):
+        stream.on_ended(task_id, True, 0.01)
+    scheduler.exchange(stream)
+    assert scheduler.ledger.reservations == {}
+    ran += call_loop(stream, scheduler, 20, now=IDLE_S + 2)
+    assert sorted(Counter(ran).values()) == [10, 10, 10]  # the handed-back ones were uncounted
+
+
+def test_what_a_stream_holds_ahead_follows_its_demand_and_is_bounded() -> None:
+    stream = stream_of()
+    assert stream.target(0.0) == 0  # never called: holds nothing
+    for i in range(1000):
+        stream.on_call(i * 0.0001)  # 10,000 calls/s, all finding nothing held
+    assert stream.target(0.1) == MAX_AHEAD
+    assert stream.wanted(0.1, waiting_calls=5) == MAX_AHEAD
+    assert stream.target(0.1 + IDLE_S) == 0
+
+
+def test_a_call_that_can_never_fit_is_refused_with_the_reason() -> None:
+    stream, scheduler = stream_of(requirements={"gpu_count": 4}), FakeScheduler()
+    assert stream.on_call(0.0) is None
+    stream.ask(stream.wanted(0.0, waiting_calls=1))
+    scheduler.exchange(stream)
+    assert stream.refusal is not None and "insufficient GPU" in stream.refusal
+    assert stream.asked == {}
+
+
+def test_a_restarted_scheduler_is_told_what_runs_and_what_is_held() -> None:
+    stream, scheduler = stream_of(), FakeScheduler()
+    call_loop(stream, scheduler, 3)
+    stream.ask(2)
+    held, waiting = stream.on_scheduler_lost()
+    assert {d.task_id for d in held} == set(stream.running) | {d.task_id for d in stream.stock}
+    assert [r.task_id for r in waiting] == list(stream.asked)
+    assert stream.take_report().asked == []  # the registration carries them, not a later report
