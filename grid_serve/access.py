@@ -8,15 +8,18 @@ Three rules, checked on every request before any route runs:
     `Sec-Fetch-Site: cross-site`/`same-site`. curl and the CLI send neither and pass; our own
     page at /ui is same-origin;
   - with a token configured, what starts, cancels or releases work, or reads results, needs
-    `Authorization: Bearer <token>` (401 otherwise). Status reads stay open.
+    `Authorization: Bearer <token>` (401 otherwise). Status reads stay open. The check reads
+    what the routes read: the path less the mount prefix (`route_path`), `?results=` with
+    FastAPI's own bool parser (`query_flag_off`).
 Handle calls never come through here: they run inside the cluster under Ray's trust model.
 
 Ownership (`Caller`): a job, a `/v1/schedule` reservation or a sharing allocation made over
 HTTP can be cancelled, completed or released only by whoever made it: the same token identity
 when tokens are configured (`token_env` holding `name=token,name=token`, or one bare token),
 else the holder of the owner key returned when it was made (`owner_key` in the answer, sent
-back in the `X-Grid-Owner-Key` header). What a handle call made belongs to the cluster: only
-handle calls touch it. `critical_callers` limits `critical` priority to named identities.
+back in the `X-Grid-Owner-Key` header). With tokens, reading a job's results is its maker's too
+(`results_reader`). What a handle call made belongs to the cluster: only handle calls touch it.
+`critical_callers` limits `critical` priority to named identities.
 """
 
 from __future__ import annotations
