@@ -178,14 +178,8 @@ class _PinnedFunctions:
     def __init__(self) -> None:
         self._cache: dict[tuple, Any] = {}
 
-    @staticmethod
-    def key_of(decision: SchedulingDecision) -> tuple:
-        """Decisions with equal keys run alike: the same node, bundle and resources."""
-        return (decision.node_id, decision.placement_group_id, decision.bundle_index,
-                tuple(sorted(decision.resources.items())))
-
     def for_decision(self, decision: SchedulingDecision, chunk: bool = False) -> Any:
-        key = (self.key_of(decision), chunk)
+        key = (decision.pin_key(), chunk)
         remote = self._cache.get(key)
         if remote is None:
             if len(self._cache) > 4096:
@@ -316,7 +310,7 @@ class JobRunner:
                 self._record(job, index, decision, ok=False, error="cancelled")
                 job.unreported.append(Completion(task_id=decision.task_id, ok=False))
                 continue
-            alike.setdefault(_PinnedFunctions.key_of(decision), []).append((index, decision))
+            alike.setdefault(decision.pin_key(), []).append((index, decision))
         # every node's first tasks go to Ray before any node's later ones (see `interleave`)
         for chunk in interleave([self._chunks(job, tasks) for tasks in alike.values()]):
             self._send(job, chunk)

@@ -135,8 +135,7 @@ class RemoteFunction:
         return values[0] if len(values) == 1 else values
 
     def _pinned_function(self, decision: SchedulingDecision) -> Any:
-        key = (decision.node_id, decision.placement_group_id, decision.bundle_index,
-               tuple(sorted(decision.resources.items())))
+        key = decision.pin_key()
         pinned = self._pinned.get(key)
         if pinned is None:
             if len(self._pinned) > 1024:

@@ -280,6 +280,11 @@ class SchedulingDecision(_Model):
         fields = dict(self.__dict__, explanation=None, reasons=[])
         return SchedulingDecision.model_construct(self.model_fields_set, **fields)
 
+    def pin_key(self) -> tuple[Any, ...]:
+        """Decisions with equal keys run alike (same node, bundle and resources), so they can
+        share one configured Ray remote function: `.options()` is costly per call."""
+        return (self.node_id, self.placement_group_id, self.bundle_index, tuple(sorted(self.resources.items())))
+
     def ray_options(self, soft: bool = False) -> dict[str, Any]:
         """`.options(**decision.ray_options())` for a Ray remote function.
 
