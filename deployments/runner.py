@@ -118,6 +118,10 @@ class _Job:
     error: str | None = None
     result_bytes: int = 0  # pickled size of its results, once finished
     news: asyncio.Event = field(default_factory=asyncio.Event)  # a task ended, or the job was cancelled
+    # one report, cancel or registration of the job with the Scheduler at a time: two in flight
+    # may land in either order (Serve routes each call on its own), and window requests a report
+    # carried, landing after the cancel, were queued for a job already cancelled
+    exchange: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_ended: asyncio.Event = field(default_factory=asyncio.Event)  # every task has an outcome
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -269,10 +273,11 @@ class JobRunner:
             raise ForbiddenError(refusal_to_touch(job.owner, f"job {job_id}"), field="job_id")
         if job.done.is_set():
             return job.status()
-        job.cancelled = True
-        never_sent, job.requeue = job.requeue, []  # the Scheduler must not queue them after the cancel
-        for task_id in [request.task_id for request in never_sent] + await self._ask(
-                lambda: self._scheduler.cancel.remote(job.id)):
+        job.cancelled = True  # from now on no window requests are made
+        async with job.exchange:  # a report in flight lands first, so the cancel drops what it queued
+            never_sent, job.requeue = job.requeue, []  # the Scheduler must not queue them after the cancel
+            dropped = await self._ask(lambda: self._scheduler.cancel.remote(job.id))
+        for task_id in [request.task_id for request in never_sent] + dropped:
             if job.waiting.pop(task_id, None) is not None:
                 self._record(job, job.index_of(task_id), None, ok=False, error="cancelled")
         self._record_unsent(job, "cancelled")
@@ -454,13 +459,8 @@ class JobRunner:
             while not job.settled:
                 await job.news.wait()
                 job.news.clear()
-                if (job.unreported or job.requeue) and not job.settled:
-                    batch, job.unreported = job.unreported, []
-                    requeue, job.requeue = job.requeue, []
-                    lost, job.lost_nodes = sorted(job.lost_nodes), set()
-                    began = time.monotonic()
-                    self._take(job, await self._ask(lambda: self._scheduler.report.remote(job.id, batch, requeue, lost,
-                                                                                          job.unsent)))
+                began = time.monotonic()
+                if await self._report(job):
                     await self._space_reports(job, REPORT_SPACING_S - (time.monotonic() - began))
         except Exception as exc:  # never leave a job hanging: say what broke
             logger.exception("job %s failed", job.id)
@@ -468,6 +468,19 @@ class JobRunner:
         finally:
             poller.cancel()
             await self._end(job)
+
+    async def _report(self, job: _Job) -> bool:
+        """Tell the Scheduler what ended and what to place again (the window's next requests
+        among them), and take its news; False when there was nothing to tell."""
+        async with job.exchange:
+            if not (job.unreported or job.requeue) or job.settled:
+                return False
+            batch, job.unreported = job.unreported, []
+            requeue, job.requeue = job.requeue, []
+            lost, job.lost_nodes = sorted(job.lost_nodes), set()
+            self._take(job, await self._ask(lambda: self._scheduler.report.remote(job.id, batch, requeue, lost,
+                                                                                  job.unsent)))
+            return True
 
     @staticmethod
     async def _space_reports(job: _Job, seconds: float) -> None:
@@ -562,16 +575,19 @@ class JobRunner:
             return
         self._adopting.add(job.id)
         try:
-            # what waits goes with the registration, requests not yet sent included: sent again
-            # with a later report, one that ended in between would be queued a second time
-            job.requeue = []
-            running = [(decision, job.task_name) for decision, _ in job.running.values()]
-            placements = await self._ask(lambda: self._scheduler.adopt.remote(
-                self._name, job.id, running, list(job.waiting.values()), dict(job.placed_per_node), job.unsent,
-                job.spec.priority))
-            self._epoch = placements.epoch
-            placements.known = True
-            self._take(job, placements)
+            async with job.exchange:
+                if job.done.is_set():
+                    return
+                # what waits goes with the registration, requests not yet sent included: sent again
+                # with a later report, one that ended in between would be queued a second time
+                job.requeue = []
+                running = [(decision, job.task_name) for decision, _ in job.running.values()]
+                waiting = [] if job.cancelled else list(job.waiting.values())  # a cancelled job queues nothing
+                placements = await self._ask(lambda: self._scheduler.adopt.remote(
+                    self._name, job.id, running, waiting, dict(job.placed_per_node), job.unsent, job.spec.priority))
+                self._epoch = placements.epoch
+                placements.known = True
+                self._take(job, placements)
         finally:
             self._adopting.discard(job.id)
 

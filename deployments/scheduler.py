@@ -392,8 +392,6 @@ class Scheduler:
         async with self._lock:
             if requeue:  # a restarted Scheduler's first drain needs nodes: none would read as "never fits"
                 await self._ensure_nodes()
-            self._owners.renew([group])
-            self._hold_back(group, unsent, requeue[0].priority if requeue else None)
             self._release(completions)
             for reservation in self._release([Completion.model_construct(task_id=task_id, ok=False, duration_s=None)
                                               for task_id in returned or []]):
@@ -401,6 +399,14 @@ class Scheduler:
             for node_id in lost_nodes or []:
                 logger.warning("node %s lost a task of job %s: no new work goes there", node_id[:12], group)
                 self._lost_nodes[node_id] = time.monotonic() + LOST_NODE_S
+            if self._owners.renew([group]):
+                # reclaimed (its lease lapsed) or never known (this Scheduler restarted): nothing
+                # of it is queued or placed until its runner registers it again with all it holds
+                # (the reply says unknown: `adopt`). Placed now, beside what already runs unreserved,
+                # the job ran twice its share (the overfull-queue test's 8 tasks per 2-CPU node)
+                self._drain_locked()
+                return self._collect(group)
+            self._hold_back(group, unsent, requeue[0].priority if requeue else None)
             fresh = [request for request in requeue or [] if request.task_id not in self._meta]
             for request in fresh:
                 self._meta[request.task_id] = _Meta(request.task_type, group, None, request.priority, runner=True)

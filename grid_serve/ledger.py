@@ -14,13 +14,15 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Hashable, Iterable, Mapping, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .view import Running
 
 EWMA_ALPHA = 0.3
+
+Key = TypeVar("Key", bound=Hashable)
 
 # /v1/schedule task ids live under this prefix inside the Scheduler, apart from job task ids
 # (`<job id>-<index>`): a caller's id can never address, block or release a job's task
@@ -67,6 +69,7 @@ class LedgerSnapshot:
     placements: Mapping[tuple[str, str], int]  # (node_id, strategy) -> placements ever made
     group_loads: Mapping[str, NodeLoad] = field(default_factory=dict)  # placement group id -> its tasks
     epoch: str = ""  # which ledger instance: a restarted Scheduler's new ledger starts a new epoch at version 0
+    group_run_s: Mapping[str, float] = field(default_factory=dict)  # group -> EWMA seconds of its own tasks
 
 
 class _Totals:
@@ -100,6 +103,9 @@ class Ledger:
     clock: Callable[[], float] = time.monotonic
     reservations: dict[str, Reservation] = field(default_factory=dict)
     durations: dict[tuple[str, str], float] = field(default_factory=dict)
+    # what a group's (a job's) own tasks took, apart from its task type's: the lookahead trusts
+    # only this, since another job of the same function may run it with other arguments
+    group_run_s: dict[str, float] = field(default_factory=dict)
     placements: dict[tuple[str, str], int] = field(default_factory=dict)
     version: int = 0
     epoch: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
@@ -142,7 +148,7 @@ class Ledger:
                 continue
             released.append(reservation)
             if completion.ok and completion.duration_s is not None:
-                self._learn(reservation.node_id, reservation.task_type, completion.duration_s)
+                self._learn(reservation, completion.duration_s)
         if released:
             self.version += 1
         return released
@@ -151,6 +157,7 @@ class Ledger:
         """Free everything reserved for `group`: its owner is gone or its job is over."""
         mine = [task_id for task_id, r in self.reservations.items() if r.group == group]
         released = [r for task_id in mine if (r := self._drop(task_id)) is not None]
+        self.group_run_s.pop(group, None)
         if released:
             self.version += 1
         return released
@@ -173,10 +180,10 @@ class Ledger:
         for key, count in snapshot.placements.items():
             self.placements[key] = max(self.placements.get(key, 0), count)
 
-    def _learn(self, node_id: str, task_type: str, seconds: float) -> None:
-        key = (node_id, task_type)
-        previous = self.durations.get(key)
-        self.durations[key] = seconds if previous is None else (1 - EWMA_ALPHA) * previous + EWMA_ALPHA * seconds
+    def _learn(self, reservation: Reservation, seconds: float) -> None:
+        _blend(self.durations, (reservation.node_id, reservation.task_type), seconds)
+        if reservation.group != reservation.task_id:  # a lone decision's group never places again
+            _blend(self.group_run_s, reservation.group, seconds)
 
     def running_on(self, node_id: str) -> list[Running]:
         """The tasks reserved on the node directly (not in a borrowed allocation), with their
@@ -197,4 +204,10 @@ class Ledger:
 
     def snapshot(self) -> LedgerSnapshot:
         return LedgerSnapshot(self.version, self.loads(), dict(self.durations), dict(self.placements),
-                              self.group_loads(), self.epoch)
+                              self.group_loads(), self.epoch, dict(self.group_run_s))
+
+
+def _blend(averages: dict[Key, float], key: Key, seconds: float) -> None:
+    """Fold `seconds` into the EWMA kept under `key` (the first one is taken as it is)."""
+    previous = averages.get(key)
+    averages[key] = seconds if previous is None else (1 - EWMA_ALPHA) * previous + EWMA_ALPHA * seconds

@@ -5,11 +5,15 @@ scheduling key; when a task ends with nothing queued behind it, the lease goes b
 next task pays for a new one (bench/dispatch_prototype.py: dispatching exactly each node's
 capacity ran no-ops far slower than plain Ray and left longer gaps between tasks on a slot;
 the figures are in BENCHMARKS.md, "The prototype that chose the design"). So each slot also
-gets queued work: enough to cover `lookahead_s` of expected run time (the run time learned
-for the task type), and always at least one task. Very short tasks then pipeline as deeply
-as plain Ray does; a long task has one successor waiting; and a higher-priority task never
-waits behind more than one task, or `lookahead_s` of shorter ones, per slot of lower-priority
-work already handed to Ray.
+gets queued work: enough to cover `lookahead_s` of expected run time, and always at least one
+task. The expected run time is the one learned for the job's own tasks (its group), never the
+task type's alone: another job may call the same function with other arguments (a sleep of
+20 ms, then one of 2 s), and a type's history queued four of the long ones per slot, in front
+of any higher-priority task that came next. Until a job's first tasks end it gets one queued
+successor per slot, so a run time that changes costs at most one task per slot. Very short
+tasks then pipeline as deeply as plain Ray does (from the job's first report on); a long task
+has one successor waiting; and a higher-priority task never waits behind more than one task,
+or `lookahead_s` of shorter ones, per slot of lower-priority work already handed to Ray.
 
 Very short tasks are also run several to one Ray task (`chunk_sizes`): below a millisecond,
 Ray's own cost per task (submission, lease, worker call) is what a job pays, and no placement
@@ -25,26 +29,29 @@ the job runner asks `chunk_sizes` how to group what it dispatches and `interleav
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 # Ray's own cost per task is about a millisecond here: planning deeper than one task per
 # millisecond of lookahead gains nothing and only delays the next higher-priority task.
 MIN_TASK_S = 0.001
-UNKNOWN_EXTRA = 1.0  # a task type never measured gets one queued successor per slot
+UNKNOWN_EXTRA = 1.0  # a job none of whose tasks has ended yet gets one queued successor per slot
 MAX_CHUNK = 64  # tasks per Ray task at most: past this, Ray's per-task cost is already under 2%
 CHUNK_FLOOR_S = 0.00003  # what one task costs inside a chunk at least (its envelope), whatever it learned
 
 
-def lookahead_admission(task_type: str, durations: Mapping[tuple[str, str], float], lookahead_s: float) -> float:
-    """Admission (times each node's resources) for tasks of `task_type`: 1 (what runs) plus
-    the queued work per slot. `lookahead_s <= 0` is strict: nothing queued inside Ray."""
+def lookahead_admission(run_s: float | None, lookahead_s: float) -> float:
+    """Admission (times each node's resources) for a job's tasks: 1 (what runs) plus the queued
+    work per slot, from `run_s`, what the job's own tasks took (None: none has ended yet).
+    `lookahead_s <= 0` is strict: nothing queued inside Ray.
+
+    >>> lookahead_admission(None, 0.1), lookahead_admission(2.0, 0.1), lookahead_admission(0.01, 0.1)
+    (2.0, 2.0, 11.0)
+    """
     if lookahead_s <= 0:
         return 1.0
-    learned = [seconds for (_, kind), seconds in durations.items() if kind == task_type]
-    if not learned:
+    if run_s is None:
         return 1.0 + UNKNOWN_EXTRA
-    typical = max(MIN_TASK_S, sum(learned) / len(learned))
-    return 1.0 + max(1.0, lookahead_s / typical)
+    return 1.0 + max(1.0, lookahead_s / max(MIN_TASK_S, run_s))
 
 
 def chunk_sizes(count: int, run_s: float | None, budget_s: float) -> list[int]:

@@ -27,6 +27,8 @@ class Owners:
     deadlines: dict[str, float] = field(default_factory=dict)  # group -> lease end
     runners: dict[str, str] = field(default_factory=dict)  # group -> the runner that owns it
     gone: OrderedDict[str, str] = field(default_factory=OrderedDict)  # group -> why it was reclaimed
+    looked_at: float | None = None  # when `lapsed` last ran: the Scheduler's own pulse
+
 
     def register(self, group: str, runner: str) -> None:
         self.deadlines[group] = self.clock() + self.lease_s
@@ -49,8 +51,30 @@ class Owners:
         return group in self.deadlines
 
     def lapsed(self) -> list[str]:
-        """Groups whose runner stopped renewing; they are forgotten (and remembered as gone)."""
+        """Groups whose runner stopped renewing; they are forgotten (and remembered as gone).
+        Silence proves a runner gone only while this Scheduler was listening: asked after a
+        gap of more than half a lease (its own process or event loop stalled, and renewals
+        sent meanwhile still wait in its queue), every lease is first extended by the gap.
+
+        >>> now = [0.0]
+        >>> owners = Owners(lease_s=2.0, clock=lambda: now[0])
+        >>> owners.register("job", "runner"); owners.lapsed()
+        []
+        >>> now[0] = 3.0  # the Scheduler stalled for 3 s: the runner's renewals are not read yet
+        >>> owners.lapsed(), owners.knows("job")
+        ([], True)
+        >>> lapsed = []
+        >>> for tick in (3.5, 4.0, 4.5, 5.0):  # listening, with no word: gone 2 s after the stall
+        ...     now[0] = tick; lapsed.append(owners.lapsed())
+        >>> lapsed
+        [[], [], [], ['job']]
+        """
         now = self.clock()
+        gap = 0.0 if self.looked_at is None else now - self.looked_at
+        self.looked_at = now
+        if gap > self.lease_s / 2:
+            for group in self.deadlines:
+                self.deadlines[group] += gap
         expired = [group for group, deadline in self.deadlines.items() if deadline <= now]
         for group in expired:
             runner = self.runners.get(group, "?")

@@ -368,7 +368,7 @@ class SchedulerCore:
                 nodes: Mapping[str, NodeView]) -> IncrementalPlacer | str:
         """The placer for requests of this kind, or why none can be placed at all."""
         if self._lookahead_s is not None:
-            view = replace(view, admission=lookahead_admission(request.task_type, view.durations, self._lookahead_s))
+            view = replace(view, admission=lookahead_admission(view.group_run_s.get(request.group), self._lookahead_s))
         try:
             return IncrementalPlacer(request, view, nodes, self.group_counts.live(request.group))
         except PlacementError as exc:

@@ -132,6 +132,7 @@ class ClusterView:
     admission: float = 1.0  # a node takes reservations up to this many times its resources
     # (node_id, task_type) -> EWMA seconds
     durations: Mapping[tuple[str, str], float] = field(default_factory=lambda: EMPTY)
+    group_run_s: Mapping[str, float] = field(default_factory=lambda: EMPTY)  # group -> EWMA seconds of its own tasks
     taken_at: float = 0.0
     allocations: Mapping[str, AllocationView] = field(default_factory=lambda: EMPTY)  # by allocation id
     running: Callable[[str], Sequence[Running]] = nothing_known_running  # node id -> the tasks reserved there
@@ -262,6 +263,9 @@ class Loads(Protocol):
     @property
     def durations(self) -> Mapping[tuple[str, str], float]: ...
 
+    @property
+    def group_run_s(self) -> Mapping[str, float]: ...
+
 
 def view_from(nodes: Iterable[NodeStatus], ledger: Loads | None = None, admission: float = 1.0,
               taken_at: float = 0.0) -> ClusterView:
@@ -288,7 +292,8 @@ def view_from(nodes: Iterable[NodeStatus], ledger: Loads | None = None, admissio
             hostname=node.hostname,
         ))
     durations = ledger.durations if ledger else EMPTY
-    return ClusterView.of(views, admission=admission, durations=durations, taken_at=taken_at)
+    group_run_s = ledger.group_run_s if ledger else EMPTY
+    return ClusterView.of(views, admission=admission, durations=durations, group_run_s=group_run_s, taken_at=taken_at)
 
 
 def _with_zero_resource_slots(total: Mapping[str, float]) -> dict[str, float]:

@@ -178,3 +178,18 @@ def test_ledger_tells_the_highest_priority_reserved_per_node() -> None:
     assert ledger.loads()["n1"].top_rank == 0
     ledger.release([Completion(task_id="b"), Completion(task_id="c")])
     assert ledger.loads() == {}
+
+
+def test_ledger_learns_each_jobs_own_run_time_beside_its_task_types() -> None:
+    """Two jobs of one function with other arguments: each keeps its own run time (what the
+    lookahead trusts); a lone /v1/schedule decision keeps none; a finished job's is forgotten."""
+    ledger = Ledger()
+    ledger.reserve("a-0", "n1", {"CPU": 1}, "sleep", group="a")
+    ledger.reserve("b-0", "n1", {"CPU": 1}, "sleep", group="b")
+    ledger.reserve("lone", "n1", {"CPU": 1}, "sleep")
+    ledger.release([Completion(task_id="a-0", duration_s=0.02), Completion(task_id="b-0", duration_s=2.0),
+                    Completion(task_id="lone", duration_s=1.0)])
+    assert ledger.snapshot().group_run_s == {"a": 0.02, "b": 2.0}
+    assert ledger.durations[("n1", "sleep")] == pytest.approx(0.7 * (0.7 * 0.02 + 0.3 * 2.0) + 0.3 * 1.0)
+    ledger.release_group("a")
+    assert ledger.group_run_s == {"b": 2.0}

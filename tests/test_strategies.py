@@ -310,6 +310,25 @@ def test_queue_keeps_lower_priorities_out_of_ray_queue_beside_higher_ones() -> N
     assert [d.task_id for d in core.drain(ClusterView.of([node(2, 0)], admission=2.0)).placed] == ["low1"]
 
 
+def test_lookahead_trusts_only_the_jobs_own_run_time() -> None:
+    """A function learned at 20 ms, called by a new job with 2 s arguments: the new job gets one
+    queued successor per slot until its own tasks end (the type's history would have queued six
+    of the long ones per slot, in front of any higher-priority task that came next); a job
+    whose own tasks run in 20 ms pipelines deeply (lookahead 100 ms)."""
+    core = SchedulerCore(lookahead_s=0.1)
+    core.enqueue([request(job_id="new", task_id=f"new{i}", task_type="sleep") for i in range(20)])
+    core.enqueue([request(job_id="old", task_id=f"old{i}", task_type="sleep") for i in range(20)])
+    learned = {("n", "sleep"): 0.02}
+    view = ClusterView.of([make_node("n", cpus=2)], durations=learned, group_run_s={"old": 0.02})
+    placed = Counter(d.task_id.rstrip("0123456789") for d in core.drain(view).placed)
+    assert placed == {"new": 4, "old": 8}  # 2 slots x (1 + 1); then 2 x (1 + 0.1 / 0.02) in all
+    # everything but two of the new job's tasks ended; they took 2 s: still one successor per slot
+    ended = ClusterView.of([make_node("n", cpus=2, reserved={"CPU": 2})], durations=learned,
+                           group_run_s={"old": 0.02, "new": 2.0})
+    placed = Counter(d.task_id.rstrip("0123456789") for d in core.drain(ended).placed)
+    assert placed == {"new": 2, "old": 8}
+
+
 def test_queue_rejects_never_fitting_requests_at_once() -> None:
     core = SchedulerCore()
     result = core.submit([request(cpus=64, task_id="huge")], three_nodes())
