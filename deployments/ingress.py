@@ -17,18 +17,20 @@ import os
 import time
 import uuid
 from typing import Any, Callable, Iterator
-from urllib.parse import parse_qs
 
 import ray
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.actor import ActorHandle
 from ray.serve._private.constants import SERVE_NAMESPACE
 from ray.serve.handle import DeploymentHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from starlette.datastructures import QueryParams
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from grid_serve import ui
 from grid_serve.access import CLUSTER_OWNER, LOOPBACK_HOSTS, AccessPolicy, Caller, parse_tokens
@@ -40,6 +42,7 @@ from grid_serve.errors import (
     NotFoundError,
     TooBusyError,
     describe_error,
+    plain_seconds,
     require_id,
     require_number,
 )
@@ -60,7 +63,7 @@ from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules
 
 from ._common import COORDINATOR_OPTIONS, call_with_timeout, grid_call, logger
-from .runner import RUNNER_NAMESPACE, TAG_LEN, JobRunner, runner_name
+from .runner import RUNNER_NAMESPACE, TAG_LEN, JobRunner, is_runner_of, runner_name
 
 API_VERSION = "v1"
 
@@ -94,8 +97,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
                          (404, "no such job, reservation or allocation"),
                          (410, "a finished job's results were dropped (results_bytes_kept)"),
                          (422, "invalid request: the body or a parameter, named in `field`"),
-                         (429, "the queue or the waiting requests are at their cap: retry after Retry-After seconds"),
-                         (503, "no capacity within the wait, or the app is starting"))
+                         (429, "busy, try later: the queue or the waiting requests are at their cap, or no node had "
+                               "room within wait_s; retry after Retry-After seconds"),
+                         (503, "something the app relies on failed (Ray's GCS): nothing was done; retry"))
 }
 
 HEALTH_MAX_AGE_S = 0.5
@@ -137,6 +141,8 @@ fastapi_app = FastAPI(
     description="Task placement for Ray: spread, load_balanced, performance_optimized, node_specific, pack.",
     default_response_class=FiniteJSONResponse,
     responses=ERROR_RESPONSES,
+    docs_url=None,  # served below from the package: FastAPI's own pages load their scripts from a CDN
+    redoc_url=None,
 )
 
 
@@ -174,9 +180,9 @@ class AccessGuard:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-            query = {key: values[-1]
-                     for key, values in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
-            refusal = AccessGuard.policy.refusal(scope["method"], scope["path"], query, headers)
+            query = dict(QueryParams(scope.get("query_string", b"")))  # as the routes read it: the last value wins
+            refusal = AccessGuard.policy.refusal(scope["method"], scope["path"], query, headers,
+                                                 scope.get("root_path", ""))
             if refusal is not None:
                 extra = {"WWW-Authenticate": "Bearer"} if refusal.status == 401 else None
                 response = JSONResponse({"error": refusal.message, "field": refusal.field}, status_code=refusal.status,
@@ -204,10 +210,27 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
                          "problems": problems}, status_code=422)
 
 
+@fastapi_app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals in our shape: a body it cannot parse (one nested past what Python's
+    JSON parser takes) is 400 on `body`; an unknown route is 404."""
+    body: dict[str, Any] = {"error": str(exc.detail)}
+    if exc.status_code == 400:
+        body["field"] = "body"
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
 @fastapi_app.exception_handler(Exception)
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+
+def _docs_response(page: HTMLResponse) -> HTMLResponse:
+    """An API docs page, held by the browser to this app's own files and routes."""
+    page.headers["Content-Security-Policy"] = ui.DOCS_CONTENT_SECURITY_POLICY
+    page.headers["X-Content-Type-Options"] = "nosniff"
+    return page
 
 
 def _asset_response(name: str) -> Response:
@@ -367,13 +390,16 @@ class Ingress:
         self._tag = uuid.uuid4().hex[:TAG_LEN]
         self._runner = self._start_runner()
 
-    async def get_job(self, job_id: str, results: bool = False) -> JobStatus:
-        return await grid_call((await self._runner_of(job_id)).get_job.remote(job_id, bool(results)))
+    async def get_job(self, job_id: str, results: bool = False, reader: Caller | None = None) -> JobStatus:
+        """`reader` (HTTP with tokens only) must own the job to read its results."""
+        return await grid_call((await self._runner_of(job_id)).get_job.remote(job_id, bool(results), reader))
 
-    async def wait_job(self, job_id: str, timeout_s: float = 600.0, results: bool = True) -> JobStatus:
+    async def wait_job(self, job_id: str, timeout_s: float = 600.0, results: bool = True,
+                       reader: Caller | None = None) -> JobStatus:
         timeout_s = require_number("timeout_s", timeout_s, 0, MAX_WAIT_S)
         with self._waiting_slot(timeout_s > 0):
-            return await grid_call((await self._runner_of(job_id)).wait_job.remote(job_id, timeout_s, bool(results)))
+            return await grid_call((await self._runner_of(job_id)).wait_job.remote(job_id, timeout_s, bool(results),
+                                                                                   reader))
 
     async def list_jobs(self, limit: int = 100, offset: int = 0) -> list[JobStatus]:
         """Every runner's jobs, newest first, `limit` of them from `offset`. The web page asks
@@ -383,8 +409,7 @@ class Ingress:
         offset = int(require_number("offset", offset, 0, 10**9))
         actors = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
         runners = sorted(entry["name"] for entry in actors
-                         if entry["namespace"] == self._namespace
-                         and entry["name"].startswith(runner_name(self._app, "")))
+                         if entry["namespace"] == self._namespace and is_runner_of(entry["name"], self._app))
         answers = await asyncio.gather(*(self._jobs_of_runner(name) for name in runners))
         jobs = sorted((job for jobs in answers for job in jobs), key=lambda job: job.submitted_at, reverse=True)
         return jobs[offset:offset + limit]
@@ -432,7 +457,9 @@ class Ingress:
             raise InvalidRequestError(reason, field="task_id" if reason.startswith("task id") else "requirements")
         if not placements.placed:
             await self._scheduler.finished.remote(inner.group)
-            raise NoCapacityError(f"no node had room for task {request.task_id} within {wait_s:g}s; try again later")
+            raise NoCapacityError(f"no node had room for task {request.task_id} within {plain_seconds(wait_s)}; the "
+                                  "cluster is busy: try again later, or wait longer (wait_s)", field="wait_s",
+                                  retry_after_s=self._limits.retry_after_s)
         return placements.placed[0].model_copy(update={"task_id": request.task_id, "owner_key": key})
 
     async def complete(self, task_id: str, ok: bool = True, duration_s: float | None = None,
@@ -515,11 +542,13 @@ class Ingress:
         return await self.list_jobs(limit, offset)
 
     @fastapi_app.get(f"/{API_VERSION}/jobs/{{job_id}}", response_model=JobStatus, response_model_exclude_none=True)
-    async def http_job(self, job_id: str, results: bool = Query(False),
+    async def http_job(self, job_id: str, request: Request, results: bool = Query(False),
                        wait_s: float = Query(0.0, ge=0, le=3600)) -> JobStatus:
+        """With tokens, only the job's maker reads its results (403 on `results`); its status stays open."""
+        reader = AccessGuard.policy.results_reader(_caller(request))
         if wait_s:
-            return await self.wait_job(job_id, wait_s, results)
-        return await self.get_job(job_id, results)
+            return await self.wait_job(job_id, wait_s, results, reader)
+        return await self.get_job(job_id, results, reader)
 
     @fastapi_app.delete(f"/{API_VERSION}/jobs/{{job_id}}", response_model=JobStatus, response_model_exclude_none=True)
     async def http_cancel(self, job_id: str, request: Request) -> JobStatus:
@@ -583,4 +612,33 @@ class Ingress:
     @fastapi_app.get("/ui/{name}", include_in_schema=False)
     async def http_ui_asset(self, name: str) -> Response:
         return _asset_response(name)
+
+    # ================================================================== the API docs, offline
+
+    @fastapi_app.get("/docs", include_in_schema=False)
+    async def http_docs(self, request: Request) -> HTMLResponse:
+        """Swagger UI from the package's files: clusters often have no internet."""
+        root = request.scope.get("root_path", "")
+        return _docs_response(get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json", title="grid-serve API",
+            swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs/assets/swagger-ui.css", swagger_favicon_url=f"{root}/ui/icon.svg",
+            swagger_ui_parameters={"validatorUrl": None}))  # its default sends the document to a public validator
+
+    @fastapi_app.get("/redoc", include_in_schema=False)
+    async def http_redoc(self, request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return _docs_response(get_redoc_html(
+            openapi_url=f"{root}/openapi.json", title="grid-serve API",
+            redoc_js_url=f"{root}/docs/assets/redoc.standalone.js",
+            redoc_favicon_url=f"{root}/ui/icon.svg", with_google_fonts=False))
+
+    @fastapi_app.get("/docs/assets/{name}", include_in_schema=False)
+    async def http_docs_asset(self, name: str) -> Response:
+        try:
+            found = ui.docs_asset(name)
+        except KeyError:
+            raise NotFoundError(f"no docs file {name!r}", field="name") from None
+        return Response(found.body, media_type=found.media_type,
+                        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"})
 

@@ -90,6 +90,19 @@ def runner_name(app: str, tag: str) -> str:
     return f"{RUNNER_PREFIX}{app}-{tag}"
 
 
+def is_runner_of(name: str, app: str) -> bool:
+    """Whether the actor `name` is one of `app`'s runners: its name is the prefix, the app's
+    name and a tag, exactly. Another app whose name starts alike (`grid-auth` beside `grid`)
+    has runners that share the prefix `grid-runner-grid-`, never the exact shape.
+
+    >>> is_runner_of("grid-runner-grid-1a2b", "grid"), is_runner_of("grid-runner-grid-auth-1a2b", "grid")
+    (True, False)
+    """
+    prefix = runner_name(app, "")
+    tag = name[len(prefix):]
+    return name.startswith(prefix) and len(tag) == TAG_LEN and all(c in "0123456789abcdef" for c in tag)
+
+
 @dataclass
 class _Job:
     """One job's bookkeeping inside its runner."""
@@ -99,6 +112,7 @@ class _Job:
     fn_ref: Any  # what dispatch passes as the function: a registered task itself, or an object ref
     task_name: str
     requirements: ResourceRequirement  # the task type's default, for requests made again
+    task_type: TaskType | None = None  # the registered task (None: a handle caller's own function)
     owner: str | None = None  # who may cancel it (grid_serve.access)
     submitted_at: float = field(default_factory=time.time)
     waiting: dict[str, SchedulingRequest] = field(default_factory=dict)  # not yet placed, by task id
@@ -137,10 +151,17 @@ class _Job:
     def next_requests(self, count: int) -> list[SchedulingRequest]:
         """The job's next `count` tasks as requests, waiting from now on."""
         end = min(self.spec.task_count, self.next_index + count)
-        requests = [self.spec.scheduling_request(self.id, i, self.requirements) for i in range(self.next_index, end)]
+        requests = [self.spec.scheduling_request(self.id, i, self.requirements_of(i)) for i in range(self.next_index, end)]
         self.next_index = end
         self.waiting.update((request.task_id, request) for request in requests)
         return requests
+
+    def requirements_of(self, index: int) -> ResourceRequirement:
+        """What task `index` needs unless the job says (`resources`): what its task type asks for
+        its arguments (memory_task reserves the block it allocates), else the type's default."""
+        if self.spec.resources is not None or self.task_type is None or self.task_type.sized_by is None:
+            return self.requirements
+        return self.task_type.requirements_for(*self.spec.call_args(index))
 
     @property
     def all_ended(self) -> bool:
@@ -154,7 +175,9 @@ class _Job:
 
     @property
     def state(self) -> JobState:
-        if self.cancelled:
+        """A cancel that stopped nothing (it landed after every task ended on its own, before
+        the end was recorded) leaves the job as its tasks made it."""
+        if self.cancelled and not (self.all_ended and not self.outcomes.cancelled):
             return "cancelled"
         if self.done.is_set():
             return "failed" if self.error or self.outcomes.failed or self.outcomes.cancelled else "succeeded"
@@ -231,11 +254,12 @@ class JobRunner:
         Only `owner` may cancel it (`grid_serve.access`)."""
         self._start()
         custom = fn is not None
-        task_name, fn, default = self._resolve_task(spec, fn)
+        task_name, fn, default, task_type = self._resolve_task(spec, fn)
         job_id = self._tag + uuid.uuid4().hex[:12 - TAG_LEN]
         # A registered task travels inline (pickled by reference: a few bytes); a caller's own
         # function goes to the object store once per job rather than once per task.
-        job = _Job(id=job_id, spec=spec, fn_ref=fn, task_name=task_name, requirements=default, owner=owner,
+        job = _Job(id=job_id, spec=spec, fn_ref=fn, task_name=task_name, requirements=default, task_type=task_type,
+                   owner=owner,
                    outcomes=OutcomeTable(job_id, spec.task_count))
         # The Scheduler holds a window of the job, not all of it: a 100,000-task job costs it
         # (and this runner) a request per task only for what may be placed soon. The first
@@ -256,13 +280,23 @@ class JobRunner:
             await self._wait(job, spec.timeout_s)
         return job.status(with_results=job.done.is_set() and spec.wait)
 
-    async def get_job(self, job_id: str, results: bool = False) -> JobStatus:
-        return self._job(job_id).status(with_results=results)
+    async def get_job(self, job_id: str, results: bool = False, reader: Caller | None = None) -> JobStatus:
+        """`reader`: who must own the job to read its results (None: anyone, a handle call)."""
+        job = self._readable(job_id, results, reader)
+        return job.status(with_results=results)
 
-    async def wait_job(self, job_id: str, timeout_s: float = 600.0, results: bool = True) -> JobStatus:
-        job = self._job(job_id)
+    async def wait_job(self, job_id: str, timeout_s: float = 600.0, results: bool = True,
+                       reader: Caller | None = None) -> JobStatus:
+        job = self._readable(job_id, results, reader)
         await self._wait(job, timeout_s)
         return job.status(with_results=results)
+
+    def _readable(self, job_id: str, results: bool, reader: Caller | None) -> _Job:
+        """The job, once `reader` may read what it asks for: its results are its maker's."""
+        job = self._job(job_id)
+        if results and not may_touch(reader, job.owner):
+            raise ForbiddenError(refusal_to_touch(job.owner, f"job {job_id}", "read its results"), field="results")
+        return job
 
     async def list_jobs(self) -> list[JobStatus]:
         return [job.status() for job in self._jobs.values()]
@@ -271,7 +305,7 @@ class JobRunner:
         job = self._job(job_id)
         if not may_touch(caller, job.owner):
             raise ForbiddenError(refusal_to_touch(job.owner, f"job {job_id}"), field="job_id")
-        if job.done.is_set():
+        if job.done.is_set() or job.all_ended:  # nothing left to stop: its end is being recorded
             return job.status()
         job.cancelled = True  # from now on no window requests are made
         async with job.exchange:  # a report in flight lands first, so the cancel drops what it queued
@@ -287,15 +321,16 @@ class JobRunner:
 
     # ================================================================== dispatch
 
-    def _resolve_task(self, spec: JobSubmission, fn: Callable[..., Any] | None) -> tuple[str, Callable[..., Any], ResourceRequirement]:
+    def _resolve_task(self, spec: JobSubmission, fn: Callable[..., Any] | None
+                      ) -> tuple[str, Callable[..., Any], ResourceRequirement, TaskType | None]:
         if fn is not None:
             name = spec.task if spec.task != "compute_task" else getattr(fn, "__name__", "custom")
-            return name, fn, ResourceRequirement()
+            return name, fn, ResourceRequirement(), None
         task_type = self._tasks.get(spec.task)
         if task_type is None:
             known = ", ".join(sorted(self._tasks))
             raise InvalidRequestError(f"unknown task {spec.task!r}; registered tasks: {known}", field="task")
-        return task_type.name, task_type.fn, task_type.requirements
+        return task_type.name, task_type.fn, task_type.requirements, task_type
 
     def _take(self, job: _Job, placements: Any) -> None:
         """Dispatch what the Scheduler placed; record what it rejected. Placements that reach a
@@ -425,7 +460,7 @@ class JobRunner:
                        type(exc).__name__, decision.node_name, attempts + 1, MAX_ATTEMPTS)
         job.attempts[index] = attempts + 1
         job.unreported.append(Completion.model_construct(task_id=decision.task_id, ok=False, duration_s=None))
-        request = job.spec.scheduling_request(job.id, index, job.requirements)
+        request = job.spec.scheduling_request(job.id, index, job.requirements_of(index))
         job.waiting[request.task_id] = request
         job.requeue.append(request)
         job.news.set()

@@ -21,7 +21,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, placement_
 
 from grid_serve.access import Caller, may_touch, refusal_to_touch
 from grid_serve.config import ClusterConfig
-from grid_serve.errors import ForbiddenError, NoCapacityError
+from grid_serve.errors import ForbiddenError, UnavailableError
 from grid_serve.models import NODE_LABEL
 from grid_serve.sharing import (
     PLACEMENT_GROUP_PREFIX,
@@ -151,7 +151,7 @@ class SharingManager:
             self._note_ready()
             try:
                 self._apply(self._ledger.tick(view, available, in_flight))
-            except NoCapacityError as exc:  # the grants went back to pending; the next tick tries again
+            except UnavailableError as exc:  # the grants went back to pending; the next tick tries again
                 logger.warning("sharing: %s", exc)
             self._ticks += 1
             if self._ticks % SWEEP_EVERY_TICKS == 0:
@@ -186,7 +186,7 @@ class SharingManager:
                         self._ledger.forget(record.id, why)
                     else:
                         self._ledger.ungrant(record.id, f"waiting: {why}; trying again")
-                raise NoCapacityError(f"{why}: retry", field="resource_sharing") from None
+                raise UnavailableError(f"{why}: retry", field="resource_sharing") from None
         for record in changes.remove:
             self._remove_group(record.placement_group, record.placement_group_id)
         for record in changes.granted:

@@ -8,15 +8,18 @@ Three rules, checked on every request before any route runs:
     `Sec-Fetch-Site: cross-site`/`same-site`. curl and the CLI send neither and pass; our own
     page at /ui is same-origin;
   - with a token configured, what starts, cancels or releases work, or reads results, needs
-    `Authorization: Bearer <token>` (401 otherwise). Status reads stay open.
+    `Authorization: Bearer <token>` (401 otherwise). Status reads stay open. The check reads
+    what the routes read: the path less the mount prefix (`route_path`), `?results=` with
+    FastAPI's own bool parser (`query_flag_off`).
 Handle calls never come through here: they run inside the cluster under Ray's trust model.
 
 Ownership (`Caller`): a job, a `/v1/schedule` reservation or a sharing allocation made over
 HTTP can be cancelled, completed or released only by whoever made it: the same token identity
 when tokens are configured (`token_env` holding `name=token,name=token`, or one bare token),
 else the holder of the owner key returned when it was made (`owner_key` in the answer, sent
-back in the `X-Grid-Owner-Key` header). What a handle call made belongs to the cluster: only
-handle calls touch it. `critical_callers` limits `critical` priority to named identities.
+back in the `X-Grid-Owner-Key` header). With tokens, reading a job's results is its maker's too
+(`results_reader`). What a handle call made belongs to the cluster: only handle calls touch it.
+`critical_callers` limits `critical` priority to named identities.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import urlsplit
+
+from pydantic import TypeAdapter, ValidationError
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 ANY_HOST = "*"
@@ -41,7 +46,9 @@ _GUARDED = (
     ("POST", re.compile(r"/v1/sharing/[^/]+/release/?")),
 )
 _JOB_READ = re.compile(r"/v1/jobs/[^/]+/?")
-_TRUE = ("1", "true", "yes", "on")
+# FastAPI reads a `bool` query parameter with pydantic's lax bool; the check below uses the same
+# adapter, so no word can read as true for the route and as false for the token check
+_QUERY_BOOL: TypeAdapter[bool] = TypeAdapter(bool)
 
 
 @dataclass(frozen=True)
@@ -98,12 +105,13 @@ def may_touch(caller: Caller | None, owner: str | None) -> bool:
     return False
 
 
-def refusal_to_touch(owner: str | None, what: str) -> str:
-    """Why a caller may not touch `what`: said the same way for jobs, reservations and allocations."""
+def refusal_to_touch(owner: str | None, what: str, action: str = "cancel, complete or release it") -> str:
+    """Why a caller may not touch `what` (`action`: what it tried): said the same way for jobs,
+    reservations and allocations, and for reading a job's results."""
     if owner == CLUSTER_OWNER:
-        return f"{what} was made by a handle call inside the cluster; cancel or release it through the handle"
+        return f"{what} was made by a handle call inside the cluster; {action} through the handle"
     if owner is not None and owner.startswith("id:"):
-        return f"{what} belongs to {owner[3:]!r}; only that token may cancel, complete or release it"
+        return f"{what} belongs to {owner[3:]!r}; only that token may {action}"
     return (f"{what} belongs to whoever made it: send its owner_key (returned when it was made) in the "
             "X-Grid-Owner-Key header")
 
@@ -134,8 +142,10 @@ class AccessPolicy:
     critical_callers: tuple[str, ...] | None = None  # identities that may use `critical`; None: anyone
 
 
-    def refusal(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str]) -> Refusal | None:
-        """Why this request may not go on, or None. `headers` keys are lower-case."""
+    def refusal(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
+                root_path: str = "") -> Refusal | None:
+        """Why this request may not go on, or None. `headers` keys are lower-case; `root_path` is
+        the route prefix the app is mounted under (ASGI's `root_path`, which Serve sets)."""
         host = headers.get("host", "")
         if not self._serves(host_name(host)):
             return Refusal(403, f"host {host!r} is not served here; this app answers "
@@ -144,7 +154,7 @@ class AccessPolicy:
         if cross_site:
             return Refusal(403, f"cross-site request refused ({cross_site}): the API takes requests from "
                                 "its own page, curl, the CLI and clients, not from other web pages")
-        if self.tokens and needs_token(method, api_path(path), query) and not self._has_token(headers):
+        if self.tokens and needs_token(method, route_path(path, root_path), query) and not self._has_token(headers):
             return Refusal(401, "this route needs `Authorization: Bearer <token>` (the CLI and clients send "
                                 "$GRID_TOKEN)", field="authorization")
         return None
@@ -169,6 +179,13 @@ class AccessPolicy:
     def caller(self, headers: Mapping[str, str]) -> Caller:
         return Caller(identity=self.identity_of(headers), key=headers.get(OWNER_KEY_HEADER) or None)
 
+    def results_reader(self, caller: Caller) -> Caller | None:
+        """Whose ownership reading a job's results must prove: with tokens, the caller's (results
+        and the arguments they echo are the maker's, as cancelling is); without, nobody's, since
+        every local caller may read status and results alike. None means no check, as for a
+        handle call."""
+        return caller if self.tokens else None
+
     def may_use_critical(self, caller: Caller | None) -> bool:
         return caller is None or self.critical_callers is None or caller.identity in self.critical_callers
 
@@ -185,18 +202,42 @@ def host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def api_path(path: str) -> str:
-    """The part of a path from `/v1/` on (the app may be mounted under a route prefix)."""
-    at = path.find("/v1/")
-    return path[at:] if at >= 0 else path
+def route_path(path: str, root_path: str) -> str:
+    """The path the app's router matches routes against: `path` less the mount prefix, read as
+    Starlette reads it (`starlette._utils.get_route_path`), so a prefix that itself holds `/v1/`
+    cannot hide a route from the token check.
+
+    >>> route_path("/api/v1/grid/v1/jobs", "/api/v1/grid"), route_path("/v1/jobs", "")
+    ('/v1/jobs', '/v1/jobs')
+    """
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return ""
+    return path[len(root_path):] if path[len(root_path)] == "/" else path
+
+
+def query_flag_off(value: str | None) -> bool:
+    """Whether a boolean query parameter reads as false, as FastAPI reads it (absent is false).
+    A word it refuses is not false: the route answers 422, but only after the token check.
+
+    >>> [query_flag_off(word) for word in (None, "0", "off", "n", "t", "Y", "maybe")]
+    [True, True, True, True, False, False, False]
+    """
+    if value is None:
+        return True
+    try:
+        return _QUERY_BOOL.validate_python(value) is False
+    except ValidationError:
+        return False
 
 
 def needs_token(method: str, path: str, query: Mapping[str, str]) -> bool:
-    """Starts, cancels or releases work, or reads a job's results."""
+    """Starts, cancels or releases work, or reads a job's results (`path` as the router sees it)."""
     method = method.upper()
     if any(method == guarded and pattern.fullmatch(path) for guarded, pattern in _GUARDED):
         return True
-    return method == "GET" and bool(_JOB_READ.fullmatch(path)) and query.get("results", "").lower() in _TRUE
+    return method == "GET" and bool(_JOB_READ.fullmatch(path)) and not query_flag_off(query.get("results"))
 
 
 def _cross_site(headers: Mapping[str, str], host: str) -> str | None:

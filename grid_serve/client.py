@@ -9,21 +9,24 @@ between them. `IntelligentScheduler` is the user guide's name for the handle-sid
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 
 from .access import OWNER_KEY_HEADER
-from .errors import ForbiddenError, GoneError, GridError, InvalidRequestError, NoCapacityError, NotFoundError, TooBusyError
+from .errors import ForbiddenError, GoneError, GridError, InvalidRequestError, NotFoundError, TooBusyError, UnavailableError
 from .models import ClusterStatus, JobStatus, JobSubmission, RecentDecisions, SchedulingDecision, SchedulingRequest
 from .sharing import Allocation, SharingRequest, SharingStatus
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8000"
 APP_NAME = "grid"
-_ERRORS_BY_STATUS = {403: ForbiddenError, 404: NotFoundError, 410: GoneError, 422: InvalidRequestError, 429: TooBusyError, 503: NoCapacityError}
+_ERRORS_BY_STATUS = {403: ForbiddenError, 404: NotFoundError, 410: GoneError, 422: InvalidRequestError, 429: TooBusyError, 503: UnavailableError}
 
 
 class AppUnreachableError(GridError):
@@ -71,7 +74,12 @@ class OwnerKeys:
     """The owner keys of what a client made (without a token, only their holder may cancel,
     complete or release it): kept in memory, or in a file when given one (the CLI keeps
     them in `$GRID_HOME/owner-keys.json`, so `release` in one command finds what `request`
-    made in another). The newest `KEPT` are kept."""
+    made in another). The newest `KEPT` are kept.
+
+    Several `grid` commands may run at once: each write takes a lock (`flock` on a file
+    beside it), reads what the others wrote meanwhile, adds its own key and replaces the
+    file whole (a temporary file, created with mode 600, then `os.replace`), so no key is
+    lost, no reader sees half a file, and no other user can ever read one."""
 
     KEPT = 1000
 
@@ -89,13 +97,47 @@ class OwnerKeys:
     def remember(self, what: str, key: str | None) -> None:
         if not key:
             return
-        self._keys[what] = key
+        if self._path is None:
+            self._add(what, key)
+            return
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            self._keys = {**self._load(), **{k: v for k, v in self._keys.items() if k != what}}
+            self._add(what, key)
+            self._write()
+
+    def _add(self, what: str, key: str) -> None:
+        self._keys.pop(what, None)
+        self._keys[what] = key  # last, as the newest
         while len(self._keys) > self.KEPT:
             del self._keys[next(iter(self._keys))]
-        if self._path:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._path.write_text(json.dumps(self._keys))
-            self._path.chmod(0o600)  # a key lets its holder cancel what it made
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Only one writer at a time, across processes (released if the process dies)."""
+        assert self._path is not None
+        fd = os.open(f"{self._path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the lock
+
+    def _write(self) -> None:
+        """The whole file at once: a private temporary file beside it, then renamed over it."""
+        assert self._path is not None
+        temporary = f"{self._path}.{uuid.uuid4().hex[:8]}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # new, so made private: a key lets its holder cancel
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(self._keys, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, self._path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
 
     def headers(self, what: str) -> dict[str, str]:
         key = self._keys.get(what)

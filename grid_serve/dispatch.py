@@ -40,7 +40,7 @@ import uuid
 from typing import Any, Callable
 
 from .calls import Stream
-from .errors import InvalidRequestError, NoCapacityError
+from .errors import InvalidRequestError, NoCapacityError, plain_seconds
 from .models import ResourceRequirement, SchedulingDecision, SchedulingRequest, SchedulingStrategy, TaskPriority
 
 logger = logging.getLogger("grid_serve.remote")
@@ -283,8 +283,8 @@ class Dispatcher:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise NoCapacityError(f"no node had room for {stream.template.task_type} within "
-                                              f"{timeout_s:g} s (the cluster is busy; placement_timeout_s sets how "
-                                              "long a call waits)")
+                                              f"{plain_seconds(timeout_s)} (the cluster is busy; placement_timeout_s "
+                                              "sets how long a call waits)")
                     self._lock.wait(min(left, 1.0))
             finally:
                 self._waiting[stream.group] -= 1

@@ -57,10 +57,25 @@ class GoneError(GridError):
     status = 410
 
 
-class NoCapacityError(GridError):
-    """Nothing could take the request within the time the caller allowed; retrying may help."""
+class NoCapacityError(TooBusyError):
+    """Nothing could take the request within the time the caller allowed: busy, try later (429
+    with Retry-After, as a full queue answers). Nothing failed, so it is no 5xx."""
+
+
+class UnavailableError(GridError):
+    """Something the app relies on failed (Ray's GCS): nothing was done, and retrying may help."""
 
     status = 503
+
+
+def plain_seconds(seconds: float) -> str:
+    """A duration as people write it, to the hundredth: never `1.16263e-245s`.
+
+    >>> plain_seconds(1.16263e-245), plain_seconds(0.25), plain_seconds(2.5), plain_seconds(30.0)
+    ('0 s', '0.25 s', '2.5 s', '30 s')
+    """
+    text = f"{seconds:.2f}".rstrip("0").rstrip(".")
+    return f"{text if text not in ('', '-0') else '0'} s"
 
 
 def require_number(field: str, value: Any, low: float, high: float, low_open: bool = False) -> float:

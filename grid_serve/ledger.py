@@ -18,6 +18,7 @@ from typing import Callable, Hashable, Iterable, Mapping, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .models import RESOURCE_SCALE, to_units
 from .view import Running
 
 EWMA_ALPHA = 0.3
@@ -74,27 +75,33 @@ class LedgerSnapshot:
 
 class _Totals:
     """Resources and task counts summed per key, kept as reservations come and go, so a view
-    costs O(nodes) rather than O(reservations) per decision batch."""
+    costs O(nodes) rather than O(reservations) per decision batch. Sums are in Ray's fixed
+    point (`to_units`): exact, so what every reservation gave back reads exactly 0."""
 
     def __init__(self) -> None:
-        self._sums: dict[str, dict[str, float]] = {}
+        self._sums: dict[str, dict[str, int]] = {}
         self._counts: dict[str, int] = {}
         self._ranks: dict[str, dict[int, int]] = {}  # tasks per priority rank
 
     def add(self, key: str, resources: Mapping[str, float], sign: int, rank: int = 1) -> None:
         sums = self._sums.setdefault(key, {})
         for name, amount in resources.items():
-            sums[name] = max(0.0, sums.get(name, 0.0) + sign * amount)
+            units = sums.get(name, 0) + sign * to_units(amount)
+            if units > 0:
+                sums[name] = units
+            else:
+                sums.pop(name, None)
         self._counts[key] = self._counts.get(key, 0) + sign
         ranks = self._ranks.setdefault(key, {})
         ranks[rank] = ranks.get(rank, 0) + sign
         if ranks[rank] <= 0:
             del ranks[rank]
-        if self._counts[key] <= 0:  # empty: drop it, so float dust never lingers
+        if self._counts[key] <= 0:
             del self._sums[key], self._counts[key], self._ranks[key]
 
     def loads(self) -> dict[str, NodeLoad]:
-        return {key: NodeLoad(dict(sums), self._counts[key], max(self._ranks[key], default=-1))
+        return {key: NodeLoad({name: units / RESOURCE_SCALE for name, units in sums.items()}, self._counts[key],
+                              max(self._ranks[key], default=-1))
                 for key, sums in self._sums.items()}
 
 

@@ -17,6 +17,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_TASKS_PER_JOB = 100_000
+# Levels of lists and objects one task's arguments may nest (its argument list is the first):
+# far past what real arguments use, and far inside what parsing, validation, pickling and the
+# JSON answer can carry (the Ingress answered a RecursionError at 600)
+MAX_ARGS_DEPTH = 64
 RESOURCE_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,100}")
 MAX_CPUS = 4096.0
 MAX_GPUS = 1024.0
@@ -78,6 +82,17 @@ def zero_resource_slots(total: dict[str, float] | Any) -> float:
 
 
 RAY_RESOURCE_UNIT = 0.0001  # Ray refuses fractional amounts finer than this
+RESOURCE_SCALE = 10_000  # Ray keeps every resource in fixed point, 1/RESOURCE_SCALE of a unit
+
+
+def to_units(amount: float) -> int:
+    """An amount in Ray's fixed point: sums of these are exact, so books that add and take
+    back the same amounts return to exactly 0 (float sums left `GPU: 1e-323` on idle nodes).
+
+    >>> to_units(0.1) + to_units(0.2) - to_units(0.3), to_units(0.5) / RESOURCE_SCALE
+    (0, 0.5)
+    """
+    return round(amount * RESOURCE_SCALE)
 
 
 def ray_refuses(amount: float) -> str | None:
@@ -96,6 +111,28 @@ def non_finite_path(value: Any, path: str = "") -> str | None:
     if isinstance(value, (list, tuple)):
         return next((hit for i, item in enumerate(value) if (hit := non_finite_path(item, f"{path}[{i}]"))), None)
     return None
+
+
+_CONTAINERS = (list, tuple, dict)
+
+
+def nests_deeper(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists and objects more than `limit` levels deep (a list of scalars
+    is one level). A loop, not recursion: the input may be deeper than Python's stack.
+
+    >>> nests_deeper([1, [2]], 2), nests_deeper([1, {"a": [2]}], 2)
+    (False, True)
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, (list, tuple)) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, _CONTAINERS))
+    return False
 
 
 class ResourceRequirement(_Model):
@@ -336,6 +373,19 @@ class JobSubmission(_Model):
     anti_affinity_nodes: tuple[str, ...] = Field((), max_length=1000)
     wait: bool = Field(False, description="wait for the results instead of returning a job id at once")
     timeout_s: float = Field(600.0, gt=0, le=24 * 3600)
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _args_nest_within_the_limit(cls, value: Any) -> Any:
+        """Before anything else reads them: a walk that recursed would overflow on deep input."""
+        if isinstance(value, (list, tuple)):
+            for index, entry in enumerate(value):
+                flat = isinstance(entry, list) and not any(isinstance(item, _CONTAINERS) for item in entry)
+                if not flat and nests_deeper(entry, MAX_ARGS_DEPTH):  # the common case first: plain values
+                    raise ValueError(f"args[{index}] nests more than {MAX_ARGS_DEPTH} levels of lists and "
+                                     f"objects; a task's arguments may nest at most {MAX_ARGS_DEPTH} (its "
+                                     "argument list is the first)")
+        return value
 
     @field_validator("args")
     @classmethod

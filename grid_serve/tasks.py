@@ -18,6 +18,10 @@ from typing import Any, Callable
 
 from .models import NODE_LABEL, ResourceRequirement
 
+# What a task says it needs for one run's arguments: fields of ResourceRequirement to change
+# from its default, or None to keep the default (arguments the task itself will refuse)
+Sizer = Callable[[list[Any], dict[str, Any]], "dict[str, float] | None"]
+
 
 @dataclass(frozen=True)
 class TaskType:
@@ -25,14 +29,21 @@ class TaskType:
     fn: Callable[..., Any]
     requirements: ResourceRequirement
     description: str
+    sized_by: Sizer | None = None  # tasks whose needs follow their arguments (memory_task)
+
+    def requirements_for(self, args: list[Any], kwargs: dict[str, Any]) -> ResourceRequirement:
+        """What one run with these arguments needs: the default, or what `sized_by` says."""
+        changes = self.sized_by(args, kwargs) if self.sized_by is not None else None
+        return self.requirements.model_copy(update=changes) if changes else self.requirements
 
 
 _REGISTRY: dict[str, TaskType] = {}
 
 
 def task(name: str | None = None, *, cpu_count: float = 1.0, gpu_count: float = 0.0,
-         memory_mb: float = 0.0) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a function as a task type: `@task(gpu_count=1)`."""
+         memory_mb: float = 0.0, sized_by: Sizer | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a function as a task type: `@task(gpu_count=1)`. `sized_by(args, kwargs)`, for
+    a task whose needs follow its arguments, says what one run needs beyond the default."""
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         task_name = name or fn.__name__
@@ -40,7 +51,7 @@ def task(name: str | None = None, *, cpu_count: float = 1.0, gpu_count: float = 
         _REGISTRY[task_name] = TaskType(
             task_name, fn,
             ResourceRequirement(cpu_count=cpu_count, gpu_count=gpu_count, memory_mb=memory_mb),
-            doc[0] if doc else "",
+            doc[0] if doc else "", sized_by,
         )
         return fn
 
@@ -104,10 +115,28 @@ def sleep_task(task_id: int = 0, seconds: float = 0.5) -> dict[str, Any]:
     return {"task_id": task_id, "started": started, "slept_s": seconds, **where_am_i()}
 
 
-@task(memory_mb=64)
-def memory_task(task_id: int = 0, megabytes: int = 32) -> dict[str, Any]:
-    """Allocate and touch `megabytes` of memory, then report where."""
-    _check_range("megabytes", megabytes, 0, 16 * 1024)
+MEMORY_TASK_MB = 32  # memory_task's default block
+MEMORY_TASK_MAX_MB = 16 * 1024
+MEMORY_HEADROOM_MB = 32  # what a run takes besides its block (the copy and bookkeeping of its answer)
+
+
+def memory_task_needs(args: list[Any], kwargs: dict[str, Any]) -> dict[str, float] | None:
+    """memory_task allocates `megabytes` (its second argument): it reserves that plus headroom,
+    so a block too large for every node is refused up front rather than run into a node's memory.
+
+    >>> memory_task_needs([0, 1000], {}), memory_task_needs([], {"megabytes": 8}), memory_task_needs([0, "x"], {})
+    ({'memory_mb': 1032}, {'memory_mb': 40}, None)
+    """
+    megabytes = kwargs.get("megabytes", args[1] if len(args) > 1 else MEMORY_TASK_MB)
+    if not isinstance(megabytes, int) or isinstance(megabytes, bool) or not 0 <= megabytes <= MEMORY_TASK_MAX_MB:
+        return None  # the task refuses it itself, with its own error
+    return {"memory_mb": megabytes + MEMORY_HEADROOM_MB}
+
+
+@task(memory_mb=MEMORY_TASK_MB + MEMORY_HEADROOM_MB, sized_by=memory_task_needs)
+def memory_task(task_id: int = 0, megabytes: int = MEMORY_TASK_MB) -> dict[str, Any]:
+    """Allocate and touch `megabytes` of memory (and reserve that plus 32 MB), then report where."""
+    _check_range("megabytes", megabytes, 0, MEMORY_TASK_MAX_MB)
     block = bytearray(megabytes * 1024 * 1024)
     for offset in range(0, len(block), 4096):
         block[offset] = 1

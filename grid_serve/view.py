@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence
 
-from .models import ZERO_RESOURCE_SLOT, zero_resource_slots
+from .models import RESOURCE_SCALE, ZERO_RESOURCE_SLOT, to_units, zero_resource_slots
 
 if TYPE_CHECKING:
     from .models import GpuInfo, NodeStatus
@@ -64,8 +64,10 @@ class NodeView:
         """A copy with `resources` more reserved and `tasks` more in flight (negative releases),
         for a task of priority `rank` (-1: none is added)."""
         reserved = dict(self.reserved)
-        for name, amount in resources.items():
-            reserved[name] = max(0.0, reserved.get(name, 0.0) + amount * (1 if tasks >= 0 else -1))
+        sign = 1 if tasks >= 0 else -1
+        for name, amount in resources.items():  # in Ray's fixed point, so taking back what was added leaves 0
+            units = to_units(reserved.get(name, 0.0)) + sign * to_units(amount)
+            reserved[name] = units / RESOURCE_SCALE if units > 0 else 0.0
         # a copy of the fields with three changed: `dataclasses.replace` re-runs __init__ over all of
         # them, a visible share of a decision (BENCHMARKS.md), and the Scheduler reserves once per task
         clone = object.__new__(NodeView)
@@ -103,7 +105,7 @@ class AllocationView:
     def use(self, resources: Mapping[str, float]) -> AllocationView:
         used = dict(self.used)
         for name, amount in resources.items():
-            used[name] = used.get(name, 0.0) + amount
+            used[name] = (to_units(used.get(name, 0.0)) + to_units(amount)) / RESOURCE_SCALE
         return replace(self, used=MappingProxyType(used), in_flight=self.in_flight + 1)
 
 

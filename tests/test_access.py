@@ -13,7 +13,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from grid_serve.access import AccessPolicy, needs_token
+from grid_serve.access import AccessPolicy, needs_token, route_path
 from tests.test_api import owned
 
 OWN = {"host": "127.0.0.1:8000"}
@@ -60,16 +60,46 @@ def test_allowed_hosts_extend_the_loopback_default() -> None:
 def test_what_needs_the_token(method: str, path: str, query: dict[str, str], needed: bool) -> None:
     assert needs_token(method, path, query) is needed
     policy = AccessPolicy(tokens={"token": "s3cret"})
-    refused = policy.refusal(method, "/prefix" + path, query, OWN)
-    assert (refused is not None and refused.status == 401) is needed
+    for prefix in ("/prefix", "/api/v1/grid", "/v1", "/x/v1/jobs"):  # a route prefix may hold /v1/ itself
+        refused = policy.refusal(method, prefix + path, query, OWN, root_path=prefix)
+        assert (refused is not None and refused.status == 401) is needed, prefix
     assert policy.refusal(method, path, query, {**OWN, "authorization": "Bearer s3cret"}) is None
     if needed:
         assert policy.refusal(method, path, query, {**OWN, "authorization": "Bearer wrong"}).status == 401
 
 
+@pytest.mark.parametrize("root_path, path", [
+    ("", "/v1/jobs"), ("/auth", "/auth/v1/jobs"), ("/api/v1/grid", "/api/v1/grid/v1/jobs/abc"),
+    ("/api/v1/grid", "/api/v1/grid"), ("/api/v1/grid", "/api/v1/gridx/v1/jobs"), ("/auth", "/other/v1/jobs"),
+])
+def test_the_token_check_reads_the_path_the_router_routes(root_path: str, path: str) -> None:
+    """One reading of the path: the access check sees what Starlette's router matches routes against."""
+    from starlette._utils import get_route_path
+
+    assert route_path(path, root_path) == get_route_path({"path": path, "root_path": root_path})
+
+
+TRUE_WORDS = ("1", "t", "T", "y", "Y", "yes", "YES", "on", "On", "true", "True", "tRuE")
+FALSE_WORDS = ("0", "f", "F", "n", "N", "no", "off", "false", "False")
+
+
+@pytest.mark.parametrize("word", TRUE_WORDS + FALSE_WORDS + ("", "maybe", "2", " true", "1.0"))
+def test_results_is_read_by_one_parser_for_the_check_and_the_route(word: str) -> None:
+    """FastAPI reads `?results=` with pydantic's bool; the token check must read it the same way,
+    and anything that does not read as false (a word FastAPI refuses with 422 included) needs the token."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        fastapi_reads = TypeAdapter(bool).validate_python(word)
+    except ValidationError:
+        fastapi_reads = None
+    assert (word in TRUE_WORDS, word in FALSE_WORDS) == (fastapi_reads is True, fastapi_reads is False)
+    assert needs_token("GET", "/v1/jobs/abcd12345678", {"results": word}) is (fastapi_reads is not False)
+
+
 @pytest.mark.cluster
 def test_the_app_refuses_foreign_hosts_and_cross_site_requests(http: httpx.Client) -> None:
-    jobs_before = len(http.get("/v1/jobs").json())
+    newest_before = newest_job(http)
     spec = {"task": "compute_task", "count": 1}
     assert http.get("/v1/health", headers={"Host": "evil.example"}).status_code == 403
     for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
@@ -78,13 +108,21 @@ def test_the_app_refuses_foreign_hosts_and_cross_site_requests(http: httpx.Clien
         # a form post needs no preflight in a browser: refused all the same
         assert http.post("/v1/jobs", content="task=compute_task", headers={
             **headers, "content-type": "application/x-www-form-urlencoded"}).status_code == 403
-    assert len(http.get("/v1/jobs").json()) == jobs_before  # nothing was started
+    assert newest_job(http) == newest_before  # nothing was started: a new job would list first
     own_page = {"Origin": str(http.base_url).rstrip("/"), "Sec-Fetch-Site": "same-origin"}
     assert http.post("/v1/jobs", json=spec, headers=own_page).status_code in (200, 202)
 
 
+def newest_job(http: httpx.Client) -> str | None:
+    """The id of the newest job (the list is newest first): a refused request must not change it."""
+    jobs = http.get("/v1/jobs", params={"limit": 1}).json()
+    return jobs[0]["job_id"] if jobs else None
+
+
 TOKEN = "test-token-0123"  # alice's
 BOB = "test-token-4567"
+# The token app is mounted under a prefix that holds `/v1/` itself: its routes must be guarded all the same.
+TOKEN_APP_PREFIX = "/api/v1/auth"
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +135,8 @@ def token_app(base_url: str) -> Iterator[str]:
     assert os.environ.get("GRID_TEST_TOKEN") == f"alice={TOKEN},bob={BOB}"
     serve.run(build_app({"metrics_interval_s": 0.5, "token_env": "GRID_TEST_TOKEN", "critical_callers": ["alice"]}),
               name="grid-auth",
-              route_prefix="/auth", blocking=False)
-    url = f"{base_url}/auth"
+              route_prefix=TOKEN_APP_PREFIX, blocking=False)
+    url = f"{base_url}{TOKEN_APP_PREFIX}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -124,9 +162,65 @@ def test_with_a_token_work_and_results_need_it(token_app: str) -> None:
         job = http.post("/v1/jobs", json={"task": "compute_task", "count": 2, "wait": True}, headers=bearer).json()
         assert job["state"] == "succeeded", job
         assert http.get(f"/v1/jobs/{job['job_id']}").status_code == 200
-        assert http.get(f"/v1/jobs/{job['job_id']}", params={"results": "true"}).status_code == 401
-        assert http.get(f"/v1/jobs/{job['job_id']}", params={"results": "true"}, headers=bearer).status_code == 200
+        for word in TRUE_WORDS + ("maybe", ""):  # every word FastAPI reads as true, and words it refuses
+            refused = http.get(f"/v1/jobs/{job['job_id']}", params={"results": word})
+            assert refused.status_code == 401 and refused.json()["field"] == "authorization", (word, refused.text)
+            assert "results" not in refused.json()
+        for word in FALSE_WORDS:  # the status without results stays open
+            answer = http.get(f"/v1/jobs/{job['job_id']}", params={"results": word})
+            assert answer.status_code == 200 and "results" not in answer.json(), (word, answer.text)
+        # the last of repeated parameters is what the route reads, and so what the check reads
+        repeated = http.get(f"/v1/jobs/{job['job_id']}?results=false&results=t")
+        assert repeated.status_code == 401, repeated.text
+        for word in ("t", "Y", "on", "1"):
+            read = http.get(f"/v1/jobs/{job['job_id']}", params={"results": word}, headers=bearer)
+            assert read.status_code == 200 and len(read.json()["results"]) == 2, (word, read.text)
+        assert http.get(f"/v1/jobs/{job['job_id']}", params={"results": "maybe"}, headers=bearer).status_code == 422
         assert http.post("/v1/schedule", json={"task_id": "t"}).status_code == 401
+        assert http.delete(f"/v1/jobs/{job['job_id']}").status_code == 401
+
+
+@pytest.mark.cluster
+def test_a_route_prefix_holding_v1_guards_every_route(token_app: str) -> None:
+    """The token app lives under /api/v1/auth: what starts work or reads results needs the token there too."""
+    assert TOKEN_APP_PREFIX in token_app
+    with httpx.Client(base_url=token_app, timeout=60) as http:
+        newest_before = newest_job(http)
+        for method, path, body in (("POST", "/v1/jobs", {"task": "compute_task", "count": 1}),
+                                   ("POST", "/v1/schedule", {"task_id": "prefixed"}),
+                                   ("POST", "/v1/sharing", {"node": "gpu1", "type": "memory", "amount": 0.5})):
+            refused = http.request(method, path, json=body)
+            assert refused.status_code == 401 and refused.json()["field"] == "authorization", (path, refused.text)
+        assert newest_job(http) == newest_before  # nothing was started
+
+
+@pytest.mark.cluster
+def test_bob_cannot_read_alice_s_results(token_app: str) -> None:
+    alice, bob = ({"Authorization": f"Bearer {token}"} for token in (TOKEN, BOB))
+    with httpx.Client(base_url=token_app, timeout=60) as http:
+        job = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[0, 0.01], [1, 0.01]], "wait": True},
+                        headers=alice).json()
+        assert job["state"] == "succeeded", job
+        for params in ({"results": "true"}, {"results": "true", "wait_s": 1}):
+            refused = http.get(f"/v1/jobs/{job['job_id']}", params=params, headers=bob)
+            assert refused.status_code == 403 and refused.json()["field"] == "results", refused.text
+            assert "'alice'" in refused.json()["error"] and "results" not in refused.json()
+        status = http.get(f"/v1/jobs/{job['job_id']}", headers=bob)  # the status stays open to any caller
+        assert status.status_code == 200 and "results" not in status.json()
+        mine = http.get(f"/v1/jobs/{job['job_id']}", params={"results": "true"}, headers=alice).json()
+        assert [outcome["result"]["slept_s"] for outcome in mine["results"]] == [0.01, 0.01]
+
+
+@pytest.mark.cluster
+def test_one_app_s_job_list_leaves_out_another_app_s_jobs(token_app: str, http: httpx.Client) -> None:
+    """`grid-auth`'s runners are named `grid-runner-grid-auth-<tag>`: app `grid` must not list them."""
+    alice = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=token_app, timeout=60) as other:
+        job = other.post("/v1/jobs", json={"task": "compute_task", "count": 1, "wait": True}, headers=alice).json()
+        assert job["job_id"] in {listed["job_id"] for listed in other.get("/v1/jobs", params={"limit": 1000}).json()}
+    listed = {entry["job_id"] for entry in http.get("/v1/jobs", params={"limit": 1000}).json()}
+    assert job["job_id"] not in listed
+    assert http.get(f"/v1/jobs/{job['job_id']}").status_code == 404  # nor finds it by id
 
 
 @pytest.mark.cluster

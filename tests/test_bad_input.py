@@ -3,6 +3,7 @@ can never address or block another caller's work. Over HTTP and through the hand
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import httpx
@@ -139,3 +140,37 @@ def test_zero_resource_tasks_are_capped_per_node() -> None:
         assert decision.resources == {ZERO_RESOURCE_SLOT: 1.0}
         assert "resources" not in decision.ray_options() and decision.ray_options()["num_cpus"] == 0.0
     assert per_node == {"small": 4, "big": 8}
+
+
+@pytest.mark.cluster
+def test_no_room_within_the_wait_is_busy_try_later_in_plain_seconds(http: httpx.Client, client: GridClient) -> None:
+    """A full cluster and a wait too short to see room free: the documented "busy, try later"
+    (429 with Retry-After, as a full queue answers), the wait said in plain units, nothing kept."""
+    kind = "never-measured-filler"  # admitted up to twice a node's CPUs (one queued successor per slot)
+    holders = []
+    for node, copy in itertools.product(("gpu-master", "gpu1", "gpu2"), range(2)):  # every node at its admission
+        body = {"task_id": f"fill-{node}-{copy}", "task_type": kind, "strategy": "node_specific", "target_node": node,
+                "requirements": {"cpu_count": 2}}
+        holders.append(http.post("/v1/schedule", json=body, params={"lease_s": 120}).json())
+    assert all("node_id" in holder for holder in holders), holders
+    try:
+        for wait_s, said in ((1.16263e-245, "within 0 s"), (0.25, "within 0.25 s")):
+            busy = http.post("/v1/schedule", json={"task_id": "no-room", "task_type": kind}, params={"wait_s": wait_s})
+            assert busy.status_code == 429 and busy.headers["retry-after"].isdigit(), busy.text
+            assert said in busy.json()["error"] and busy.json()["field"] == "wait_s", busy.text
+    finally:
+        for holder in holders:
+            http.post(f"/v1/schedule/{holder['task_id']}/complete", headers=owned(holder))
+    eventually(lambda: idle_and_unreserved(client), what="nothing left reserved")
+
+
+@pytest.mark.cluster
+def test_memory_task_reserves_the_memory_it_allocates(http: httpx.Client) -> None:
+    """memory_task allocates `megabytes`: its reservation follows (megabytes + 32 MB), so a task
+    too big for every node is refused up front instead of running into the node's memory."""
+    job = http.post("/v1/jobs", json={"task": "memory_task", "args": [[0, 8], {"task_id": 1, "megabytes": 200}],
+                                      "wait": True}).json()
+    assert job["state"] == "succeeded", job
+    too_big = http.post("/v1/jobs", json={"task": "memory_task", "args": [[0, 5000]]})  # the nodes hold 4 GiB
+    assert too_big.status_code == 422 and "insufficient memory" in too_big.json()["error"], too_big.text
+    assert "needs 5032 MB of memory" in too_big.json()["error"], too_big.text

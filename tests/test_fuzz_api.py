@@ -16,14 +16,73 @@ import httpx
 import hypothesis
 import pytest
 import schemathesis
+from hypothesis import strategies as st
+from pydantic import ValidationError
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from grid_serve.client import GridClient
+from grid_serve.models import MAX_ARGS_DEPTH, JobSubmission
 from tests.test_ownership_faults import eventually, idle_and_unreserved
 
 EXAMPLES_PER_OPERATION = 30
 MAX_FUZZ_TASKS = 5
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.text(max_size=5))
+
+
+@st.composite
+def nested_args(draw: Any, max_depth: int = 2 * MAX_ARGS_DEPTH) -> tuple[int, list[Any]]:
+    """One task's argument list whose deepest value sits `depth` levels of lists and objects down
+    (the argument list itself is the first), with scalar siblings along the way."""
+    depth = draw(st.integers(1, max_depth))
+    value: Any = draw(SCALARS)
+    for _ in range(depth - 1):
+        sibling = draw(SCALARS)
+        value = draw(st.sampled_from([[value], [sibling, value], {"k": value}, {"a": sibling, "b": value}]))
+    return depth, [value]
+
+
+@hypothesis.given(case=nested_args())
+@hypothesis.settings(max_examples=100, deadline=None, derandomize=True, database=None)
+def test_nested_args_past_the_limit_are_refused_on_args_and_never_overflow(case: tuple[int, list[Any]]) -> None:
+    depth, entry = case
+    try:
+        JobSubmission.model_validate({"task": "noop", "args": [[1], entry]})
+    except ValidationError as exc:
+        assert depth > MAX_ARGS_DEPTH, exc
+        (error,) = exc.errors()
+        assert error["loc"] == ("args",) and "args[1]" in error["msg"], error
+    else:
+        assert depth <= MAX_ARGS_DEPTH
+
+
+def test_arguments_nested_thousands_deep_are_refused_without_recursion() -> None:
+    entry: Any = 1
+    for _ in range(100_000):
+        entry = [entry]
+    with pytest.raises(ValidationError, match=f"at most {MAX_ARGS_DEPTH}"):
+        JobSubmission.model_validate({"args": [entry]})
+
+
+@pytest.mark.cluster
+def test_deeply_nested_args_over_http_get_422_on_args_never_a_5xx(http: httpx.Client) -> None:
+    @hypothesis.given(case=nested_args())
+    @hypothesis.settings(max_examples=20, deadline=None, derandomize=True, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    def one_case(case: tuple[int, list[Any]]) -> None:
+        depth, entry = case
+        answer = http.post("/v1/jobs", json={"task": "noop", "args": [entry]})
+        if depth > MAX_ARGS_DEPTH:
+            assert answer.status_code == 422 and answer.json()["field"] == "args", (depth, answer.text)
+        else:
+            assert answer.status_code in (200, 202), (depth, answer.text)
+            http.delete(f"/v1/jobs/{answer.json()['job_id']}", headers={"X-Grid-Owner-Key": answer.json()["owner_key"]})
+
+    one_case()
+    for depth in (600, 5_000):  # the issue's 600 (a RecursionError, 500), and past the JSON parser's own limit
+        refused = http.post("/v1/jobs", content='{"task": "noop", "args": [' + "[" * depth + "1" + "]" * depth + "]}",
+                            headers={"content-type": "application/json"})
+        assert 400 <= refused.status_code < 500 and refused.json()["field"] in ("args", "body"), (depth, refused.text)
 
 
 def keep_small(case: Any) -> None:

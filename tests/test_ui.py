@@ -331,3 +331,49 @@ def test_a_hundred_nodes_stay_usable(page: Any, console: Console, base_url: str,
     assert background == "rgb(15, 18, 22)", background
     screenshot(page, tmp_path, "hundred-nodes-dark")
     assert console.unexpected() == []
+
+
+def test_the_api_docs_pages_name_only_the_app_s_own_files(http: httpx.Client) -> None:
+    """/docs and /redoc run in the app's origin: every script, style sheet and icon they load
+    is the app's own (from the package), and the browser is told to load and call nothing else."""
+    for page in ("/docs", "/redoc"):
+        answer = http.get(page)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/html"), answer.text
+        loads = re.findall(r'(?:src|href)="([^"]*)"', answer.text) + re.findall(r"url: '([^']*)'", answer.text)
+        assert loads and all(url.startswith("/") and not url.startswith("//") for url in loads), (page, loads)
+        assert "http://" not in answer.text and "https://" not in answer.text, (page, answer.text)
+        policy = answer.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "connect-src 'self'" in policy, policy
+        for url in loads:
+            assert http.get(url).status_code == 200, url
+    assert http.get("/docs/assets/..%2Fcore.py").status_code == 404
+
+
+@pytest.mark.parametrize("path, ready", [
+    ("/docs", ".swagger-ui .opblock-summary-path[data-path='/v1/jobs']"),  # every route listed, by Swagger UI
+    ("/redoc", "h1:has-text('grid-serve')"),  # ReDoc's rendering of the document's title
+])
+def test_the_api_docs_work_without_internet(page: Any, console: Console, base_url: str, tmp_path: Path,
+                                            path: str, ready: str) -> None:
+    """The page in a browser that can reach nothing but the app: it renders, and asks nothing else."""
+    own = base_url.rstrip("/")
+    elsewhere: list[str] = []
+
+    def only_the_app(route: Any) -> None:
+        if route.request.url.startswith(own + "/") or route.request.url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_app)
+    page.set_default_timeout(60 * SECONDS)
+    page.goto(f"{base_url}{path}")
+    page.locator(ready).first.wait_for()
+    screenshot(page, tmp_path, path.strip("/"))
+    # ReDoc's attribution logo lives on its vendor's site: the page's policy refuses it before any
+    # request is made, which is the policy at work, not the page failing
+    refused_outside = [text for text in console.unexpected() if "violates the following Content Security Policy" in text
+                       and re.search(r"'https?://(?!127\.0\.0\.1)", text)]
+    assert elsewhere == [] and [e for e in console.unexpected() if e not in refused_outside] == [], \
+        (elsewhere, console.errors)

@@ -40,3 +40,23 @@ def asset(name: str) -> Asset:
         raise KeyError(name)
     body = resources.files(__package__).joinpath(name).read_bytes()
     return Asset(body, MEDIA_TYPES[name[name.rindex("."):]])
+
+
+# The interactive API docs (/docs: Swagger UI, /redoc: ReDoc) run their scripts in the app's own
+# origin, so they come from a package too (fastapi-offline ships both), never from a CDN, and the
+# browser is told to load and call nothing else. Their pages start them with an inline script.
+DOCS_ASSETS = {"swagger-ui-bundle.js": ".js", "swagger-ui.css": ".css", "redoc.standalone.js": ".js"}
+DOCS_CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                                "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
+                                "connect-src 'self'; worker-src 'self' blob:; base-uri 'none'; frame-ancestors 'none'; "
+                                "form-action 'self'")
+
+
+@cache
+def docs_asset(name: str) -> Asset:
+    """A script or style sheet of the API docs pages, from the installed package (listed names only)."""
+    if name not in DOCS_ASSETS:
+        raise KeyError(name)
+    body = resources.files("fastapi_offline").joinpath("static", name).read_bytes()
+    return Asset(body, MEDIA_TYPES[DOCS_ASSETS[name]])
+

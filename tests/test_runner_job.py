@@ -1,0 +1,81 @@
+"""A job runner's bookkeeping without a cluster: `_Job` records and `JobRunner` calls that never
+reach Ray or the Scheduler on the paths tested here (real objects, no stand-ins)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from deployments.runner import JobRunner, _Job
+from grid_serve.models import JobSubmission
+from grid_serve.outcomes import OutcomeTable
+from grid_serve.tasks import load_task_modules
+
+TASKS = load_task_modules(["grid_serve.tasks"])
+
+
+def job_of(spec: dict, job_id: str = "abcd00000001") -> _Job:
+    submission = JobSubmission.model_validate(spec)
+    task = TASKS[submission.task]
+    return _Job(id=job_id, spec=submission, fn_ref=task.fn, task_name=task.name, requirements=task.requirements,
+                outcomes=OutcomeTable(job_id, submission.task_count), task_type=task)
+
+
+def every_task_succeeds(job: _Job) -> None:
+    for index in range(job.spec.task_count):
+        job.outcomes.record(index, node_id="n1", node_name="gpu1", ok=True, result=index)
+
+
+def test_a_cancel_after_every_task_succeeded_leaves_the_job_succeeded() -> None:
+    """The race: the last task ended, its end is not recorded yet (`done` unset), a cancel lands."""
+    job = job_of({"task": "noop", "count": 2})
+    every_task_succeeds(job)
+    job.cancelled = True  # what a cancel that lands now sets
+    assert job.all_ended and job.state == "running"  # every task has an outcome; the end is on its way
+    job.done.set()
+    assert job.state == "succeeded"
+    assert job.status().cancelled == 0 and job.status().succeeded == 2
+
+
+def test_a_cancel_that_stopped_a_task_leaves_the_job_cancelled() -> None:
+    job = job_of({"task": "noop", "count": 2})
+    job.outcomes.record(0, node_id="n1", node_name="gpu1", ok=True)
+    job.cancelled = True
+    assert job.state == "cancelled"  # a cancel in flight: what runs is being stopped
+    job.outcomes.record(1, node_id="", node_name="(not placed)", ok=False, error="cancelled")
+    job.done.set()
+    assert job.state == "cancelled"
+
+
+def test_cancelling_a_job_whose_every_task_ended_changes_nothing() -> None:
+    """Every task has an outcome: the runner answers with the job as it is, asking the Scheduler
+    nothing (this runner has none: a call to it would fail)."""
+    runner = JobRunner(scheduler=None, task_modules=["grid_serve.tasks"], name="grid-runner-test-abcd", tag="abcd",
+                       parent=None)
+    job = job_of({"task": "noop", "count": 3})
+    every_task_succeeds(job)
+    runner._jobs[job.id] = job
+
+    status = asyncio.run(asyncio.wait_for(runner.cancel_job(job.id), 5))
+    assert not job.cancelled and status.cancelled == 0 and status.succeeded == 3
+    job.done.set()
+    assert job.state == "succeeded"
+
+
+MB = 1024 * 1024
+
+
+@pytest.mark.parametrize("spec, memory_mb", [
+    ({"task": "memory_task", "args": [[0, 100], [1, 2000], {"task_id": 2, "megabytes": 10}, [3]]}, [132, 2032, 42, 64]),
+    ({"task": "memory_task", "count": 2}, [64, 64]),  # count jobs pass the index: the default 32 MB
+    ({"task": "memory_task", "args": [[0, "lots"], [1, -5]]}, [64, 64]),  # the task refuses these itself
+    ({"task": "memory_task", "args": [[0, 4000]], "resources": {"memory_mb": 8}}, [8]),  # the caller's own word wins
+    ({"task": "sleep_task", "args": [[0, 1.0]]}, [0]),
+])
+def test_memory_task_reserves_what_its_arguments_allocate(spec: dict, memory_mb: list[float]) -> None:
+    job = job_of(spec)
+    requests = job.next_requests(job.spec.task_count)
+    assert [request.requirements.memory_mb for request in requests] == memory_mb
+    assert [request.requirements.as_ray_resources().get("memory", 0) for request in requests] == \
+        [amount * MB for amount in memory_mb]
