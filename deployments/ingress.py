@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from grid_serve import ui
 from grid_serve.access import CLUSTER_OWNER, LOOPBACK_HOSTS, AccessPolicy, Caller, parse_tokens
+from grid_serve.caller_code import CallerCode
 from grid_serve.errors import (
     ForbiddenError,
     GridError,
@@ -328,12 +329,14 @@ class Ingress:
         return [{"name": t.name, "description": t.description, "requirements": t.requirements.model_dump()}
                 for t in sorted(self._tasks.values(), key=lambda t: t.name)]
 
-    async def submit_job(self, spec: JobSubmission | dict[str, Any], fn: Callable[..., Any] | None = None) -> JobStatus:
+    async def submit_job(self, spec: JobSubmission | dict[str, Any],
+                         fn: Callable[..., Any] | CallerCode | None = None) -> JobStatus:
         """Start a job. Handle callers may pass their own function `fn` instead of a task name;
-        then `spec.task` only labels it. Waits for the results when `spec.wait` is set."""
+        then `spec.task` only labels it. Waits for the results when `spec.wait` is set. A
+        `CallerCode` (what `HandleClient` sends) stays packed here and in the runner."""
         return await self._submit(spec, fn, None)
 
-    async def _submit(self, spec: JobSubmission | dict[str, Any], fn: Callable[..., Any] | None,
+    async def _submit(self, spec: JobSubmission | dict[str, Any], fn: Callable[..., Any] | CallerCode | None,
                       caller: Caller | None) -> JobStatus:
         """`caller`: who sent it over HTTP (None: a handle call, trusted inside the cluster)."""
         spec = spec if isinstance(spec, JobSubmission) else JobSubmission.model_validate(spec)

@@ -52,7 +52,8 @@ from grid_serve.limits import Limits
 from grid_serve.lookahead import chunk_sizes, interleave
 from grid_serve.models import (JobState, JobStatus, JobSubmission, ResourceRequirement, SchedulingDecision, SchedulingRequest,
                                SchedulingStrategy)
-from grid_serve.tasks import TaskType, load_task_modules, run_chunk, run_task
+from grid_serve.caller_code import CallerCode
+from grid_serve.tasks import TaskType, load_task_modules, run_call, run_chunk
 
 from ._common import call_with_timeout, logger
 
@@ -66,7 +67,7 @@ MAX_ATTEMPTS = 3  # runs of one task when its worker or node dies under it
 CHUNK_OVERRUN = 2.0  # a chunk hands back its rest once it has run this many times its budget
 MIN_WINDOW = 2048  # tasks of one job the Scheduler holds at most (or twice what runs, when more)
 FIRST_WINDOW = 128  # tasks sent with the submission; the rest of the window follows with the first report
-_run_remote = ray.remote(run_task)
+_run_remote = ray.remote(run_call)
 _run_chunk_remote = ray.remote(run_chunk)
 # Ray's errors for a task whose worker, raylet or node went away (not the task's own error:
 # run_task catches those and returns them in its envelope)
@@ -112,6 +113,9 @@ class _Job:
     fn_ref: Any  # what dispatch passes as the function: a registered task itself, or an object ref
     task_name: str
     requirements: ResourceRequirement  # the task type's default, for requests made again
+    runtime_env: dict[str, Any] = field(default_factory=dict)  # a handle caller's, for its own function
+    code_key: str = ""  # its CallerCode's key: what Ray's remote functions are grouped by beside the placement
+    refs_in_args: bool = False  # some argument is an ObjectRef: each task goes to Ray alone, with Ray's own args
     task_type: TaskType | None = None  # the registered task (None: a handle caller's own function)
     owner: str | None = None  # who may cancel it (grid_serve.access)
     submitted_at: float = field(default_factory=time.time)
@@ -205,16 +209,18 @@ class _PinnedFunctions:
     def __init__(self) -> None:
         self._cache: dict[tuple, Any] = {}
 
-    def for_decision(self, decision: SchedulingDecision, chunk: bool = False) -> Any:
-        key = (decision.pin_key(), chunk)
+    def for_decision(self, decision: SchedulingDecision, chunk: bool = False, job: _Job | None = None) -> Any:
+        key = (decision.pin_key(), chunk, job.code_key if job else "")
         remote = self._cache.get(key)
         if remote is None:
             if len(self._cache) > 4096:
                 self._cache.clear()
             # max_retries=0: Ray would retry a lost task on the node it is pinned to, dead or
-            # not; the runner places it again instead (MAX_ATTEMPTS)
+            # not; the runner places it again instead (MAX_ATTEMPTS). A caller's own function
+            # runs in the caller's runtime_env, where its modules are.
+            env = {"runtime_env": job.runtime_env} if job and job.runtime_env else {}
             remote = self._cache[key] = (_run_chunk_remote if chunk else _run_remote).options(
-                **decision.ray_options(), max_retries=0)
+                **decision.ray_options(), max_retries=0, **env)
         return remote
 
 
@@ -248,7 +254,7 @@ class JobRunner:
         self._start()
         return self._name
 
-    async def submit_job(self, spec: JobSubmission, fn: Callable[..., Any] | None = None,
+    async def submit_job(self, spec: JobSubmission, fn: Callable[..., Any] | CallerCode | None = None,
                          owner: str | None = None) -> JobStatus:
         """Start a job (a caller's own `fn`, or a registered task); waits when `spec.wait`.
         Only `owner` may cancel it (`grid_serve.access`)."""
@@ -271,7 +277,11 @@ class JobRunner:
         if placements.rejected and len(placements.rejected) == len(requests):  # every task is of one kind
             await self._ask(lambda: self._scheduler.finished.remote(job_id))
             raise InvalidRequestError(placements.rejected[0].reason, field="node" if spec.node else "resources")
-        job.fn_ref = ray.put(fn) if custom else fn
+        if isinstance(fn, CallerCode):  # its bytes go to the worker unopened, to run in the caller's runtime_env
+            job.fn_ref, job.runtime_env, job.code_key = ray.put(fn.blob), dict(fn.runtime_env), fn.key
+        else:
+            job.fn_ref = ray.put(fn) if custom else fn
+        job.refs_in_args = spec.has_object_refs()
         self._jobs[job.id] = job
         self._epoch = self._epoch or placements.epoch
         self._take(job, placements)
@@ -321,10 +331,11 @@ class JobRunner:
 
     # ================================================================== dispatch
 
-    def _resolve_task(self, spec: JobSubmission, fn: Callable[..., Any] | None
-                      ) -> tuple[str, Callable[..., Any], ResourceRequirement, TaskType | None]:
+    def _resolve_task(self, spec: JobSubmission, fn: Callable[..., Any] | CallerCode | None
+                      ) -> tuple[str, Callable[..., Any] | CallerCode, ResourceRequirement, TaskType | None]:
         if fn is not None:
-            name = spec.task if spec.task != "compute_task" else getattr(fn, "__name__", "custom")
+            own_name = fn.name if isinstance(fn, CallerCode) else getattr(fn, "__name__", "custom")
+            name = spec.task if spec.task != "compute_task" else own_name
             return name, fn, ResourceRequirement(), None
         task_type = self._tasks.get(spec.task)
         if task_type is None:
@@ -378,7 +389,9 @@ class JobRunner:
         """Tasks placed alike, grouped as they go to Ray: one Ray task each, or several per Ray
         task when they are learned to be very short. A task placed again after a lost attempt
         runs alone, so a task that kills its worker cannot take others down with it twice."""
-        sizes = chunk_sizes(len(tasks), job.run_s.get(tasks[0][1].node_id), self._chunk_s)
+        # ObjectRef arguments are resolved by Ray only at a task's top level: such tasks go alone
+        budget_s = 0.0 if job.refs_in_args else self._chunk_s
+        sizes = chunk_sizes(len(tasks), job.run_s.get(tasks[0][1].node_id), budget_s)
         chunks: list[list[tuple[int, SchedulingDecision]]] = []
         start = 0
         for size in sizes:
@@ -393,12 +406,13 @@ class JobRunner:
     def _send(self, job: _Job, chunk: list[tuple[int, SchedulingDecision]]) -> None:
         """Hand Ray one chunk of tasks placed alike, as one Ray task."""
         first = chunk[0][1]
-        if len(chunk) == 1:
+        if len(chunk) == 1:  # the arguments as Ray's own, so Ray resolves ObjectRefs among them
             args, kwargs = job.spec.call_args(chunk[0][0])
-            ref = self._pinned.for_decision(first).remote(job.fn_ref, args, kwargs)
+            ref = self._pinned.for_decision(first, job=job).remote(job.fn_ref, list(kwargs), *args, *kwargs.values())
         else:
             calls = [job.spec.call_args(index) for index, _ in chunk]
-            ref = self._pinned.for_decision(first, chunk=True).remote(job.fn_ref, calls, CHUNK_OVERRUN * self._chunk_s)
+            ref = self._pinned.for_decision(first, chunk=True, job=job).remote(job.fn_ref, calls,
+                                                                                CHUNK_OVERRUN * self._chunk_s)
         job.ray_tasks += 1
         indices = [index for index, _ in chunk]
         for index, decision in chunk:

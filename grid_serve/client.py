@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 import httpx
 
 from .access import OWNER_KEY_HEADER
+from .caller_code import CallerCode
 from .errors import ForbiddenError, GoneError, GridError, InvalidRequestError, NotFoundError, TooBusyError, UnavailableError
 from .models import ClusterStatus, JobStatus, JobSubmission, RecentDecisions, SchedulingDecision, SchedulingRequest
 from .sharing import Allocation, SharingRequest, SharingStatus
@@ -261,7 +262,8 @@ class HandleClient:
     """The same calls through a Serve handle, from any Ray job connected to the cluster.
 
     Async, since handle calls are; custom functions (not only registered task names) may be
-    passed to `submit_job(spec, fn=...)`.
+    passed to `submit_job(spec, fn=...)`: they run in this process's runtime_env, and object
+    refs among a job's arguments reach the task as their values, as in Ray.
     """
 
     def __init__(self, handle: Any) -> None:
@@ -279,7 +281,11 @@ class HandleClient:
         return await self._handle.cluster_status.remote()
 
     async def submit_job(self, spec: JobSubmission | dict[str, Any], fn: Callable[..., Any] | None = None) -> JobStatus:
-        return await self._handle.submit_job.remote(spec, fn)
+        """`fn` travels packed (`CallerCode`): opened only in the worker that runs it, which gets
+        this process's runtime_env (working_dir, py_modules, env_vars, pip), so a function from
+        the caller's own module works; `fn` may also be a `@ray.remote` function."""
+        code = CallerCode.of(getattr(fn, "_function", fn)) if fn is not None else None
+        return await self._handle.submit_job.remote(spec, code)
 
     async def get_job(self, job_id: str, results: bool = False) -> JobStatus:
         return await self._handle.get_job.remote(job_id, results)

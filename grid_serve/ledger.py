@@ -58,6 +58,7 @@ class NodeLoad:
     reserved: Mapping[str, float]
     in_flight: int
     top_rank: int = -1  # the highest priority rank among its tasks (-1: none)
+    low_rank: int = -1  # the lowest
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class _Totals:
 
     def loads(self) -> dict[str, NodeLoad]:
         return {key: NodeLoad({name: units / RESOURCE_SCALE for name, units in sums.items()}, self._counts[key],
-                              max(self._ranks[key], default=-1))
+                              max(self._ranks[key], default=-1), min(self._ranks[key], default=-1))
                 for key, sums in self._sums.items()}
 
 

@@ -419,6 +419,15 @@ class JobSubmission(_Model):
         entry = self.args[index]
         return (list(entry), {}) if isinstance(entry, list) else ([], dict(entry))
 
+    def has_object_refs(self) -> bool:
+        """Whether a task's argument is an object reference (a handle caller's `ray.put` or a
+        task's result): found by its type's name, so this module needs no Ray."""
+        for entry in self.args or ():
+            for value in entry if isinstance(entry, list) else entry.values():
+                if type(value).__name__ == "ObjectRef":
+                    return True
+        return False
+
     def scheduling_request(self, job_id: str, index: int, default: ResourceRequirement) -> SchedulingRequest:
         return SchedulingRequest(
             task_id=f"{job_id}-{index}",

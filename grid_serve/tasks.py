@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .caller_code import open_function
 from .models import NODE_LABEL, ResourceRequirement
 
 # What a task says it needs for one run's arguments: fields of ResourceRequirement to change
@@ -177,13 +178,21 @@ def run_task(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) ->
     started = time.time()
     began = time.perf_counter()
     try:
-        result, ok, error = fn(*args, **kwargs), True, None
+        result, ok, error = open_function(fn)(*args, **kwargs), True, None
     except Exception as exc:  # the user's task failed; report it, do not crash the job
         result, ok, error = None, False, f"{type(exc).__name__}: {exc}"
     return {
         "ok": ok, "result": result, "error": error, "node_id": here["node_id"], "node_name": here["node"],
         "started_at": started, "duration_s": time.perf_counter() - began,
     }
+
+
+def run_call(fn: Callable[..., Any], keywords: list[str], *values: Any) -> dict[str, Any]:
+    """`run_task` with the task's arguments as Ray's own: positional ones, then the values of
+    `keywords`, all at the top level of the Ray call, so Ray resolves `ObjectRef`s among them
+    before the task starts, as it does for a plain `f.remote(ref)` (nested ones stay refs)."""
+    split = len(values) - len(keywords)
+    return run_task(fn, list(values[:split]), dict(zip(keywords, values[split:])))
 
 
 def run_chunk(fn: Callable[..., Any], calls: list[tuple[list[Any], dict[str, Any]]],

@@ -51,6 +51,7 @@ class NodeView:
     stale: bool = False
     hostname: str | None = None
     top_rank: int = -1  # the highest priority rank (TaskPriority.rank) among the tasks reserved on it
+    low_rank: int = -1  # the lowest (-1: none reserved)
 
     def answers_to(self, reference: str) -> bool:
         """Whether `reference` is this node's name, Ray node id, IP or hostname."""
@@ -73,7 +74,9 @@ class NodeView:
         clone = object.__new__(NodeView)
         object.__setattr__(clone, "__dict__", {**self.__dict__, "reserved": MappingProxyType(reserved),
                                                "in_flight": max(0, self.in_flight + tasks),
-                                               "top_rank": max(self.top_rank, rank)})
+                                               "top_rank": max(self.top_rank, rank),
+                                               "low_rank": self.low_rank if rank < 0 else
+                                               rank if self.low_rank < 0 else min(self.low_rank, rank)})
         return clone
 
     @property
@@ -254,6 +257,9 @@ class Load(Protocol):
     @property
     def top_rank(self) -> int: ...
 
+    @property
+    def low_rank(self) -> int: ...
+
 
 class Loads(Protocol):
     """What `view_from` reads of a ledger (a `ledger.LedgerSnapshot`). Named here, not
@@ -287,6 +293,7 @@ def view_from(nodes: Iterable[NodeStatus], ledger: Loads | None = None, admissio
             reserved=MappingProxyType(dict(load.reserved) if load else {}),
             in_flight=load.in_flight if load else 0,
             top_rank=load.top_rank if load else -1,
+            low_rank=load.low_rank if load else -1,
             cpu_utilization=None if node.cpu_percent is None else node.cpu_percent / 100.0,
             memory_utilization=None if node.memory_percent is None else node.memory_percent / 100.0,
             gpus=tuple(_gpu_view(gpu) for gpu in node.gpus),

@@ -103,15 +103,15 @@ def test_check_free_now(cpus: float, reserved: float, admission: float, expected
 @pytest.mark.parametrize("held, priority, expected", [
     (-1, "low", None),  # nothing reserved: the lookahead is open to any priority
     (1, "normal", None),  # the same priority as what the node holds
-    (1, "high", None),  # a higher one
+    (1, "high", "needs 1 CPU, 0 free"),  # a higher one: free capacity only (it would wait behind lower work)
     (1, "low", "needs 1 CPU, 0 free"),  # lower than what it holds: free capacity only, none left
     (2, "normal", "needs 1 CPU, 0 free"),
 ])
 def test_check_free_now_keeps_the_lookahead_from_lower_priorities(held: int, priority: str, expected: str | None) -> None:
     """2 CPUs, 2 reserved, admission 2: the room beyond the CPUs (queued inside Ray) is only for
-    tasks of at least the priority the node already holds, since Ray may start a queued task
-    before one sent earlier."""
-    node = replace(make_node("n", cpus=2, reserved={"CPU": 2}), top_rank=held)
+    tasks of the priority the node already holds: Ray may start a queued task before one sent
+    earlier, and a higher task queued behind lower work waits for it to end."""
+    node = replace(make_node("n", cpus=2, reserved={"CPU": 2}), top_rank=held, low_rank=held)
     assert run(check_free_now, req(1, priority=priority), node, admission=2.0) == expected
 
 

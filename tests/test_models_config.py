@@ -167,15 +167,15 @@ def test_ledger_release_of_unknown_task_is_harmless() -> None:
     assert ledger.version == version
 
 
-def test_ledger_tells_the_highest_priority_reserved_per_node() -> None:
-    """What keeps lower priorities out of Ray's queue beside higher ones (strategies.check_free_now)."""
+def test_ledger_tells_the_highest_and_lowest_priority_reserved_per_node() -> None:
+    """What keeps each priority out of Ray's queue beside another (placement.framework.check_free_now)."""
     ledger = Ledger()
     ledger.reserve("a", "n1", {"CPU": 1}, rank=2)
     ledger.reserve("b", "n1", {"CPU": 1}, rank=0)
     ledger.reserve("c", "n2", {"CPU": 1})
-    assert {node: load.top_rank for node, load in ledger.loads().items()} == {"n1": 2, "n2": 1}
+    assert {node: (load.top_rank, load.low_rank) for node, load in ledger.loads().items()} == {"n1": (2, 0), "n2": (1, 1)}
     ledger.release([Completion(task_id="a")])
-    assert ledger.loads()["n1"].top_rank == 0
+    assert (ledger.loads()["n1"].top_rank, ledger.loads()["n1"].low_rank) == (0, 0)
     ledger.release([Completion(task_id="b"), Completion(task_id="c")])
     assert ledger.loads() == {}
 

@@ -291,21 +291,25 @@ def test_queue_places_higher_priority_first_when_capacity_frees() -> None:
     assert later == ["low0", "low1"]
 
 
-def test_queue_keeps_lower_priorities_out_of_ray_queue_beside_higher_ones() -> None:
-    """The lookahead (admission 2: one task queued inside Ray per slot) takes a low task only on a
-    node that holds nothing of a higher priority: Ray may start a task queued beside an earlier
-    one first, so a low one placed there could overtake a high one (the flaky priority test)."""
+def test_queue_keeps_each_priority_out_of_ray_queue_beside_another() -> None:
+    """The lookahead (admission 2: one task queued inside Ray per slot) takes a task only on a
+    node that holds nothing of another priority. Ray may start a task queued beside an earlier
+    one first, so a low one placed there could overtake a high one; and a high one queued
+    behind normal work waits for it to end while a slot freeing elsewhere goes to low work."""
     core = SchedulerCore(clock=iter(range(1000)).__next__)
-    node = lambda reserved, rank: replace(make_node("only", cpus=2, reserved={"CPU": reserved}), top_rank=rank)  # noqa: E731
-    core.enqueue([request(job_id="high", task_id=f"high{i}", priority="high") for i in range(2)])
+    node = lambda reserved, rank, low=None: replace(  # noqa: E731
+        make_node("only", cpus=2, reserved={"CPU": reserved}), top_rank=rank, low_rank=rank if low is None else low)
+    core.enqueue([request(job_id="high", task_id=f"high{i}", priority="high") for i in range(3)])
     core.enqueue([request(job_id="low", task_id=f"low{i}", priority="low") for i in range(2)])
-    # two normal tasks run: both high ones queue behind them inside Ray, no low one
-    placed = core.drain(ClusterView.of([node(2, 1)], admission=2.0)).placed
-    assert [d.task_id for d in placed] == ["high0", "high1"]
-    # the normal tasks ended, the high ones run: still no room outside the lookahead
-    assert core.drain(ClusterView.of([node(2, 2)], admission=2.0)).placed == []
-    # one high task ended: a low one takes the free CPU (it starts now), not a queued spot
-    assert [d.task_id for d in core.drain(ClusterView.of([node(1, 2)], admission=2.0)).placed] == ["low0"]
+    # two normal tasks run: no high one queues behind them inside Ray, and no low one
+    assert core.drain(ClusterView.of([node(2, 1)], admission=2.0)).placed == []
+    # one normal task ended: the high one takes the free CPU (it starts now), not a queued spot
+    assert [d.task_id for d in core.drain(ClusterView.of([node(1, 1)], admission=2.0)).placed] == ["high0"]
+    # only high work on the node: its lookahead is open to high tasks
+    assert [d.task_id for d in core.drain(ClusterView.of([node(2, 2)], admission=2.0)).placed] == ["high1", "high2"]
+    # high and low work on it: closed to both; one ended: a low one takes the free CPU
+    assert core.drain(ClusterView.of([node(2, 2, low=0)], admission=2.0)).placed == []
+    assert [d.task_id for d in core.drain(ClusterView.of([node(1, 2, low=0)], admission=2.0)).placed] == ["low0"]
     # only low work left on the node: the lookahead is open to low tasks again
     assert [d.task_id for d in core.drain(ClusterView.of([node(2, 0)], admission=2.0)).placed] == ["low1"]
 

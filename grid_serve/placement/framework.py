@@ -253,11 +253,16 @@ def check_fresh(request: SchedulingRequest, node: NodeView, ctx: PlacementContex
 
 
 def check_free_now(request: SchedulingRequest, node: NodeView, ctx: PlacementContext) -> str | None:
-    """Not now: too little is free. A node holding work of a higher priority than this task's
-    takes it only into free capacity, never into the lookahead: queued inside Ray beside that
-    work, Ray may start it first (it orders a submitter's queued tasks by its own keys, not by
-    the order they were sent), and a high task would wait behind a low one."""
-    admission = ctx.view.admission if node.top_rank <= request.priority.rank else 1.0
+    """Not now: too little is free. The lookahead (room queued inside Ray beyond what runs)
+    never mixes priorities: a node holding work of another priority than this task's takes it
+    only into capacity free now. A lower task queued beside higher work may be started first by
+    Ray (it orders a submitter's queued tasks by its own keys, not by the order they were sent);
+    a higher task queued behind lower work waits for that work to end, committed to this node,
+    while a slot that frees elsewhere goes to lower work (the flaky priority test, again: two
+    high tasks waited 3.6 s behind normal ones while low tasks ran on another node)."""
+    rank = request.priority.rank
+    mixed = node.top_rank >= 0 and not node.top_rank == node.low_rank == rank
+    admission = 1.0 if mixed else ctx.view.admission
     for resource, amount in needs_of(request).items():
         # the zero-resource cap counts worker processes: no lookahead beyond it
         free = node.free(resource, 1.0 if resource == ZERO_RESOURCE_SLOT else admission)

@@ -1,0 +1,64 @@
+"""A Ray program's own function through the handle (`HandleClient.submit_job(spec, fn=...)`),
+from a separate driver with its own module and runtime_env, on the real 3-node cluster: the
+function is opened only in the worker (the app's processes have no `mymod`), runs with the
+caller's env_vars, and ObjectRef arguments reach it as Ray passes them (top-level ones as
+their values, nested ones as refs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from grid_serve.client import GridClient
+
+pytestmark = pytest.mark.cluster
+
+MODULE = textwrap.dedent('''
+    import os
+    def setting(i):
+        return [i, os.environ.get("MY_SETTING")]
+    def measure(data, i, nested=None):
+        return [len(data), i, type(nested[0]).__name__ if nested else None]
+''')
+
+CALLER = textwrap.dedent('''
+    import asyncio, json, sys, ray
+    ray.init(address=sys.argv[1], log_to_driver=False,
+             runtime_env={"working_dir": sys.argv[2], "env_vars": {"MY_SETTING": "from-the-caller"}})
+    from grid_serve.client import HandleClient
+    import mymod
+
+    async def main():
+        client = HandleClient.connect()
+        first = await client.submit_job({"count": 6, "strategy": "spread", "wait": True}, fn=mymod.setting)
+        data = ray.put(b"x" * 1_000_000)  # once, read by every task
+        args = [{"data": data, "i": i, "nested": [data]} if i % 2 else [data, i] for i in range(6)]
+        second = await client.submit_job({"args": args, "wait": True}, fn=mymod.measure)
+        print(json.dumps({"first": [first.state, first.task, first.per_node, [o.result for o in first.results]],
+                          "second": [second.state, [o.result for o in second.results], second.error]}), flush=True)
+
+    asyncio.run(main())
+''')
+
+
+def test_a_callers_module_function_runs_in_its_runtime_env_with_object_refs_resolved_as_in_ray(
+        client: GridClient, cluster_address: str, tmp_path: Path) -> None:
+    (tmp_path / "mymod.py").write_text(MODULE)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    done = subprocess.run([sys.executable, "-c", CALLER, cluster_address, str(tmp_path)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    state, task, per_node, results = seen["first"]
+    assert (state, task) == ("succeeded", "setting")
+    assert results == [[i, "from-the-caller"] for i in range(6)]
+    assert per_node == {"gpu-master": 2, "gpu1": 2, "gpu2": 2}
+    state, results, error = seen["second"]
+    assert state == "succeeded", (results, error)
+    assert results == [[1_000_000, i, "ObjectRef" if i % 2 else None] for i in range(6)]
