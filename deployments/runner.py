@@ -560,7 +560,8 @@ class JobRunner:
         job.done.set()  # a waiting caller gets its answer while the upkeep below goes on
         batch, job.unreported = job.unreported, []
         try:  # the last ends carry run times worth learning; then everything of the job is released
-            await self._ask(lambda: self._scheduler.finished.remote(job.id, None, batch), grace_s=CALL_TIMEOUT_S)
+            async with job.exchange:  # after an adopt in flight (a later one sees `done` and stays away)
+                await self._ask(lambda: self._scheduler.finished.remote(job.id, None, batch), grace_s=CALL_TIMEOUT_S)
         except Exception:  # its lease lapses and the Scheduler reclaims it anyway
             logger.warning("could not tell the Scheduler that job %s finished; its lease will lapse", job.id)
         job.result_bytes = job.outcomes.result_bytes(_size_of)

@@ -91,7 +91,7 @@ class Scheduler:
         self._interval_s = interval_s
         self._epoch = uuid.uuid4().hex[:8]
         self._ledger = Ledger()
-        self._owners = Owners(lease_s=max(MIN_OWNER_LEASE_S, OWNER_LEASE_INTERVALS * interval_s))
+        self._owners = Owners(lease_s=max(MIN_OWNER_LEASE_S, OWNER_LEASE_INTERVALS * interval_s), tick_s=interval_s)
         self._lock = asyncio.Lock()
         self._nodes: list[NodeStatus] = []
         self._nodes_at = 0.0

@@ -59,7 +59,7 @@ def open_function(fn: Any) -> Callable[..., Any]:
     return _opened(fn) if isinstance(fn, bytes) else fn
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)  # a worker runs few callers' functions; each entry holds the blob
 def _opened(blob: bytes) -> Callable[..., Any]:
     from ray import cloudpickle
 

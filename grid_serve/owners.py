@@ -23,6 +23,7 @@ TOMBSTONES_KEPT = 1000
 @dataclass
 class Owners:
     lease_s: float
+    tick_s: float = 0.0  # how often the Scheduler asks `lapsed` when nothing stalls
     clock: Callable[[], float] = time.monotonic
     deadlines: dict[str, float] = field(default_factory=dict)  # group -> lease end
     runners: dict[str, str] = field(default_factory=dict)  # group -> the runner that owns it
@@ -52,29 +53,29 @@ class Owners:
 
     def lapsed(self) -> list[str]:
         """Groups whose runner stopped renewing; they are forgotten (and remembered as gone).
-        Silence proves a runner gone only while this Scheduler was listening: asked after a
-        gap of more than half a lease (its own process or event loop stalled, and renewals
-        sent meanwhile still wait in its queue), every lease is first extended by the gap.
+        Silence proves a runner gone only while this Scheduler was listening: asked more than
+        half a lease later than its tick (its own process or event loop stalled, and renewals
+        sent meanwhile still wait in its queue), every lease is first extended by the stall.
 
         >>> now = [0.0]
-        >>> owners = Owners(lease_s=2.0, clock=lambda: now[0])
+        >>> owners = Owners(lease_s=2.0, tick_s=1.0, clock=lambda: now[0])
         >>> owners.register("job", "runner"); owners.lapsed()
         []
-        >>> now[0] = 3.0  # the Scheduler stalled for 3 s: the runner's renewals are not read yet
+        >>> now[0] = 0.9; owners.renew(["job"]); now[0] = 1.0; owners.lapsed()  # renewed: due at 2.9
+        []
+        []
+        >>> now[0] = 4.5  # the Scheduler stalled for 2.5 s: the runner's renewals are not read yet
         >>> owners.lapsed(), owners.knows("job")
         ([], True)
-        >>> lapsed = []
-        >>> for tick in (3.5, 4.0, 4.5, 5.0):  # listening, with no word: gone 2 s after the stall
-        ...     now[0] = tick; lapsed.append(owners.lapsed())
-        >>> lapsed
-        [[], [], [], ['job']]
+        >>> now[0] = 5.5; owners.lapsed()  # listening again, still no word: 2 s of listening, gone
+        ['job']
         """
         now = self.clock()
-        gap = 0.0 if self.looked_at is None else now - self.looked_at
+        stall = 0.0 if self.looked_at is None else now - self.looked_at - self.tick_s
         self.looked_at = now
-        if gap > self.lease_s / 2:
+        if stall > self.lease_s / 2:
             for group in self.deadlines:
-                self.deadlines[group] += gap
+                self.deadlines[group] += stall
         expired = [group for group, deadline in self.deadlines.items() if deadline <= now]
         for group in expired:
             runner = self.runners.get(group, "?")

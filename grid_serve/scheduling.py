@@ -254,6 +254,8 @@ class SchedulerCore:
             elif outcome.can_wait or (current is not None and may_fit_allocation(request, current)):
                 blocked.add(item.signature)
                 keep.append(item)
+                if isinstance(outcome, NoFit) and outcome.can_wait:
+                    self._close_lookahead_below(request.priority.rank, outcome, nodes, placers)
                 if isinstance(outcome, NoFit) and outcome.can_wait and self._starving(item):
                     held = self._hold(request, outcome, nodes, view)
                     if held is not None:
@@ -273,6 +275,18 @@ class SchedulerCore:
         if result.placed:
             result.view = replace(view, nodes=MappingProxyType(nodes), allocations=MappingProxyType(allocations))
         return result
+
+    def _close_lookahead_below(self, rank: int, outcome: NoFit, nodes: dict[str, NodeView],
+                               placers: Mapping[Signature, IncrementalPlacer | str]) -> None:
+        """A task that waits because nodes are busy keeps work of lower priorities out of those
+        nodes' lookahead for the rest of the drain (`check_free_now` opens a node's lookahead to
+        one priority only): else lower work, admitted ahead of free capacity, took each slot as
+        it freed, and the waiting task, which takes only free capacity there, never saw one."""
+        for passed in outcome.rejections:
+            node = nodes.get(passed.node_id) if passed.check == "busy" else None
+            if node is not None and node.top_rank < rank:
+                nodes[passed.node_id] = replace(node, top_rank=rank)
+                self._changed(placers, passed.node_id)
 
     def _give_up_turns(self, request: SchedulingRequest, placer: IncrementalPlacer,
                        placers: Mapping[Signature, IncrementalPlacer | str], nodes: Mapping[str, NodeView],

@@ -314,6 +314,21 @@ def test_queue_keeps_each_priority_out_of_ray_queue_beside_another() -> None:
     assert [d.task_id for d in core.drain(ClusterView.of([node(2, 0)], admission=2.0)).placed] == ["low1"]
 
 
+def test_a_waiting_high_task_keeps_lower_work_from_refilling_the_lookahead() -> None:
+    """A node saturated by a long normal job (2 CPUs, 2 running and 2 queued inside Ray): as its
+    slots free, the normal job would refill its lookahead each time and a waiting high task,
+    which takes only free capacity there, would wait for the whole job. While the high task
+    waits, the node takes no work into its lookahead; the first slot that is free goes to it."""
+    core = SchedulerCore(clock=iter(range(1000)).__next__)
+    core.enqueue([request(job_id="high", task_id="high0", priority="high")])
+    core.enqueue([request(job_id="normal", task_id=f"n{i}") for i in range(10)])
+    node = lambda reserved: replace(make_node("only", cpus=2, reserved={"CPU": reserved}),  # noqa: E731
+                                    top_rank=1, low_rank=1)
+    assert core.drain(ClusterView.of([node(3)], admission=2.0)).placed == []  # one queued normal task started
+    assert core.drain(ClusterView.of([node(2)], admission=2.0)).placed == []  # both running, none queued
+    assert [d.task_id for d in core.drain(ClusterView.of([node(1)], admission=2.0)).placed] == ["high0"]
+
+
 def test_lookahead_trusts_only_the_jobs_own_run_time() -> None:
     """A function learned at 20 ms, called by a new job with 2 s arguments: the new job gets one
     queued successor per slot until its own tasks end (the type's history would have queued six
