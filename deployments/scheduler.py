@@ -44,7 +44,10 @@ from ._common import INTERNAL_OPTIONS, call_with_timeout, every, logger
 from .telemetry import SchedulerMetrics
 
 OWNER_LEASE_INTERVALS = 2.0  # a runner that misses this many intervals of renewals is gone
-MIN_OWNER_LEASE_S = 2.0
+# A live runner busy with a large job on a loaded 2-core machine went 2 s without a renewal
+# reaching the Scheduler (two false lapses in one fresh-clone CI run, each taking a live job's
+# queue away until it registered again): a lease never lapses in under 5 s
+MIN_OWNER_LEASE_S = 5.0
 SUBMIT_PUBLISH_TIMEOUT_S = 0.5
 SNAPSHOT_TRUST_INTERVALS = 5  # a node snapshot older than this many intervals (and 10 s) is not trusted
 MIN_SNAPSHOT_TRUST_S = 10.0

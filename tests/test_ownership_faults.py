@@ -105,7 +105,7 @@ def test_a_dead_runner_s_capacity_is_reclaimed_and_its_job_explains(client: Grid
     job_id = start_job(http, tasks=60, seconds=0.5)
     time.sleep(0.8)
     ray.kill(runner_actors()[job_id[:TAG_LEN]], no_restart=True)
-    # Its lease lapses (2 s here) and the Scheduler reclaims what it held; the job says why.
+    # Its lease lapses (5 s here) and the Scheduler reclaims what it held; the job says why.
     eventually(lambda: idle_and_unreserved(client), timeout_s=30, what="reclaimed reservations")
     response = eventually(lambda: (r := http.get(f"/v1/jobs/{job_id}")).status_code == 404 and r,
                           what="the job's fate")

@@ -144,7 +144,7 @@ def test_a_callers_module_and_runtime_env_and_its_death_reclaims_what_it_held(
             time.sleep(0.2)
         caller.send_signal(signal.SIGKILL)
         caller.wait(10)
-        wait_idle(client, timeout_s=30)  # its lease lapses (2 intervals) and everything it held is released
+        wait_idle(client, timeout_s=30)  # its lease lapses (5 s) and everything it held is released
     finally:
         caller.kill()
     names = node_names(client)
