@@ -62,6 +62,7 @@ RUNNER_NAMESPACE = "grid-serve"  # runners of every grid app on the cluster, nam
 TAG_LEN = 4  # a job id starts with its runner's tag
 REPORT_SPACING_S = 0.05  # at most ~20 reports a second per job: the lookahead (100 ms) covers the wait
 CALL_TIMEOUT_S = 30.0
+LATE_RENEWAL_S = 1.0  # a renewal slower than this is logged: leases lapse after 5 s without one
 SCHEDULER_GRACE_S = 60.0  # how long a job rides out an unreachable Scheduler before it fails
 MAX_ATTEMPTS = 3  # runs of one task when its worker or node dies under it
 CHUNK_OVERRUN = 2.0  # a chunk hands back its rest once it has run this many times its budget
@@ -253,6 +254,11 @@ class JobRunner:
     async def ping(self) -> str:
         self._start()
         return self._name
+
+    async def holds(self, job_ids: list[str]) -> list[str]:
+        """Which of `job_ids` this runner still runs: the Scheduler asks before it reclaims a job
+        whose lease renewals stopped reaching it."""
+        return [job_id for job_id in job_ids if job_id in self._jobs and not self._jobs[job_id].done.is_set()]
 
     async def submit_job(self, spec: JobSubmission, fn: Callable[..., Any] | CallerCode | None = None,
                          owner: str | None = None) -> JobStatus:
@@ -606,7 +612,10 @@ class JobRunner:
                 if not live:
                     self._exit_if_orphaned()
                     continue
+                began = time.monotonic()
                 epoch, unknown = await call_with_timeout(self._scheduler.renew.remote(live), CALL_TIMEOUT_S)
+                if (took := time.monotonic() - began) > LATE_RENEWAL_S:
+                    logger.warning("a lease renewal took %.1f s to reach the Scheduler and back", took)
                 if epoch != self._epoch:
                     logger.warning("the Scheduler restarted (epoch %s -> %s): registering %d job(s) again",
                                    self._epoch, epoch, len(live))

@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -41,6 +42,7 @@ from grid_serve.sharing import Allocation, fold_allocations
 from grid_serve.view import ClusterView, view_from
 
 from ._common import INTERNAL_OPTIONS, call_with_timeout, every, logger
+from .runner import RUNNER_NAMESPACE, RUNNER_PREFIX
 from .telemetry import SchedulerMetrics
 
 OWNER_LEASE_INTERVALS = 2.0  # a runner that misses this many intervals of renewals is gone
@@ -48,6 +50,7 @@ OWNER_LEASE_INTERVALS = 2.0  # a runner that misses this many intervals of renew
 # reaching the Scheduler (two false lapses in one fresh-clone CI run, each taking a live job's
 # queue away until it registered again): a lease never lapses in under 5 s
 MIN_OWNER_LEASE_S = 5.0
+RUNNER_ASK_TIMEOUT_S = 2.0  # a runner whose lease lapsed must answer this fast that it still holds its jobs
 SUBMIT_PUBLISH_TIMEOUT_S = 0.5
 SNAPSHOT_TRUST_INTERVALS = 5  # a node snapshot older than this many intervals (and 10 s) is not trusted
 MIN_SNAPSHOT_TRUST_S = 10.0
@@ -119,11 +122,17 @@ class Scheduler:
         nodes, taken_at = await call_with_timeout(self._metrics.snapshot.remote(), self._interval_s * 5)
         allocations = await self._fetch_allocations()
         await self._recover_learning()
+        overdue = self._owners.overdue()
+        held = await self._still_held(overdue)
         async with self._lock:
             if allocations is not None:
                 self._allocations = allocations
             self._nodes, self._nodes_at = nodes, taken_at
-            for group in self._owners.lapsed():
+            if held:
+                logger.warning("job(s) %s: no lease renewal came for %g s, but the runner answers that it holds "
+                               "them: kept", ", ".join(sorted(held)), self._owners.lease_s)
+                self._owners.renew(held)
+            for group in self._owners.reclaim(group for group in overdue if group not in held):
                 logger.warning("job %s: %s", group, self._owners.gone.get(group))
                 self._drop_group(group)
             for reservation in self._ledger.expire():  # /v1/schedule callers that never reported
@@ -131,6 +140,27 @@ class Scheduler:
             self._drain_locked()
             self._metrics_out.queue_length.set(float(len(self._core)))
         await self._publish()
+
+    async def _still_held(self, groups: list[str]) -> set[str]:
+        """Which of `groups` (their leases lapsed) their runner answers that it still holds, asked
+        directly, not through Serve: renewals go through Serve's router, which on a loaded
+        machine held a live runner's for over 5 s. A dead or stopped runner, or a caller's
+        process (no actor to ask), answers nothing within RUNNER_ASK_TIMEOUT_S."""
+        by_runner: dict[str, list[str]] = {}
+        for group in groups:
+            by_runner.setdefault(self._owners.runners.get(group, ""), []).append(group)
+        answers = await asyncio.gather(*(self._ask_runner(runner, asked) for runner, asked in by_runner.items()))
+        return {group for held in answers for group in held}
+
+    @staticmethod
+    async def _ask_runner(runner: str, groups: list[str]) -> list[str]:
+        if not runner.startswith(RUNNER_PREFIX):
+            return []
+        try:
+            actor = await asyncio.to_thread(ray.get_actor, runner, namespace=RUNNER_NAMESPACE)
+            return await call_with_timeout(actor.holds.remote(groups), RUNNER_ASK_TIMEOUT_S)
+        except Exception:  # gone (ValueError, ActorDiedError) or not answering (stopped, stuck)
+            return []
 
     async def _recover_learning(self) -> None:
         """Once: take back what a predecessor learned (run times) from the LoadBalancer's copy."""

@@ -7,7 +7,8 @@ process died, or cannot reach the Scheduler), and everything it held is reclaime
 job waits on it. What was reclaimed and why is remembered for a while, so a caller asking
 after that job hears the reason instead of "no such job".
 
-Pure: the Scheduler deployment calls `lapsed()` on its tick and acts on the answer.
+Pure: the Scheduler deployment calls `overdue()` on its tick, asks those runners whether they
+still hold their jobs, and `reclaim`s the rest.
 """
 
 from __future__ import annotations
@@ -51,24 +52,28 @@ class Owners:
     def knows(self, group: str) -> bool:
         return group in self.deadlines
 
-    def lapsed(self) -> list[str]:
-        """Groups whose runner stopped renewing; they are forgotten (and remembered as gone).
-        Silence proves a runner gone only while this Scheduler was listening: asked more than
-        half a lease later than its tick (its own process or event loop stalled, and renewals
-        sent meanwhile still wait in its queue), every lease is first extended by the stall.
+    def overdue(self) -> list[str]:
+        """Groups whose runner has not renewed within the lease. Silence proves a runner gone
+        only while this Scheduler was listening: asked more than half a lease later than its
+        tick (its own process or event loop stalled, and renewals sent meanwhile still wait in
+        its queue), every lease is first extended by the stall. The Scheduler asks a runner
+        that is overdue whether it still holds the job before it `reclaim`s anything: late
+        renewals from a live runner cost a live job its queue.
 
         >>> now = [0.0]
         >>> owners = Owners(lease_s=2.0, tick_s=1.0, clock=lambda: now[0])
-        >>> owners.register("job", "runner"); owners.lapsed()
+        >>> owners.register("job", "runner"); owners.overdue()
         []
-        >>> now[0] = 0.9; owners.renew(["job"]); now[0] = 1.0; owners.lapsed()  # renewed: due at 2.9
+        >>> now[0] = 0.9; owners.renew(["job"]); now[0] = 1.0; owners.overdue()  # renewed: due at 2.9
         []
         []
         >>> now[0] = 4.5  # the Scheduler stalled for 2.5 s: the runner's renewals are not read yet
-        >>> owners.lapsed(), owners.knows("job")
+        >>> owners.overdue(), owners.knows("job")
         ([], True)
-        >>> now[0] = 5.5; owners.lapsed()  # listening again, still no word: 2 s of listening, gone
+        >>> now[0] = 5.5; owners.overdue()  # listening again, still no word: 2 s of listening
         ['job']
+        >>> owners.reclaim(["job"]), owners.knows("job"), owners.gone["job"][:25]
+        (['job'], False, 'its runner runner stopped')
         """
         now = self.clock()
         stall = 0.0 if self.looked_at is None else now - self.looked_at - self.tick_s
@@ -76,12 +81,18 @@ class Owners:
         if stall > self.lease_s / 2:
             for group in self.deadlines:
                 self.deadlines[group] += stall
-        expired = [group for group, deadline in self.deadlines.items() if deadline <= now]
-        for group in expired:
+        return [group for group, deadline in self.deadlines.items() if deadline <= now]
+
+    def reclaim(self, groups: Iterable[str]) -> list[str]:
+        """Forget those of `groups` still overdue (a renewal that came meanwhile keeps a group),
+        remembering why; returns the ones forgotten."""
+        now = self.clock()
+        reclaimed = [group for group in groups if self.deadlines.get(group, now + 1) <= now]
+        for group in reclaimed:
             runner = self.runners.get(group, "?")
             self.forget(group, reason=f"its runner {runner} stopped renewing its lease "
                                       f"(no word for {self.lease_s:g} s); what it held was reclaimed")
-        return expired
+        return reclaimed
 
     def forget(self, group: str, reason: str | None = None) -> None:
         self.deadlines.pop(group, None)

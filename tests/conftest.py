@@ -78,3 +78,39 @@ def http(base_url: str) -> Iterator[httpx.Client]:
 def client(base_url: str) -> Iterator[GridClient]:
     with GridClient(base_url, timeout_s=120) as grid:
         yield grid
+
+
+# What the app said while a cluster test failed: CI shows only pytest's output, and the cause of
+# a rare failure (a lapsed lease, a replica restarted, a retried call) is in the replicas' logs.
+APP_LOG_LINES_PER_FILE = 15
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and "ray_cluster" in getattr(item, "fixturenames", ()):
+        report.sections.append(("grid-serve warnings during the test", _app_warnings_since(call.start)))
+
+
+def _app_warnings_since(started: float) -> str:
+    """The last WARNING and ERROR lines of each app log written since `started`."""
+    import ray
+
+    if not ray.is_initialized():
+        return "(Ray is not running)"
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    shown: list[str] = []
+    for path in sorted([*logs.glob("serve/*.log"), *logs.glob("worker-*.err")]):  # the replicas', the runners'
+        if path.stat().st_mtime < started:
+            continue
+        with path.open(errors="replace") as text:
+            lines = [line.rstrip() for line in text if _is_warning(line)]
+        shown.extend(f"{path.relative_to(logs)}: {line}" for line in lines[-APP_LOG_LINES_PER_FILE:])
+    return "\n".join(shown) or f"(no warnings in {logs})"
+
+
+def _is_warning(line: str) -> bool:
+    """Ray's lines start "<time>\tWARNING", Serve's "WARNING <time>"."""
+    head = line[:40]
+    return "WARNING" in head or "ERROR" in head

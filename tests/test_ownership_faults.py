@@ -11,15 +11,18 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from typing import Any, Callable
 
 import httpx
 import psutil
 import pytest
 import ray
+from ray import serve
 
 from grid_serve.client import GridClient
 from grid_serve.errors import GridError
+from grid_serve.models import ResourceRequirement, SchedulingRequest
 from tests.test_api import owned
 
 pytestmark = pytest.mark.cluster
@@ -111,6 +114,39 @@ def test_a_dead_runner_s_capacity_is_reclaimed_and_its_job_explains(client: Grid
                           what="the job's fate")
     assert "stopped renewing" in response.json()["error"]
     assert_recovered(client, http)
+
+
+@ray.remote(num_cpus=0)
+class SilentRunner:
+    """A live runner whose lease renewals never reach the Scheduler (as when Serve's router held
+    a busy runner's renewals for over 5 s): asked directly, it says which jobs it still holds."""
+
+    def __init__(self) -> None:
+        self.jobs: set[str] = set()
+
+    def hold(self, job_id: str, held: bool = True) -> None:
+        (self.jobs.add if held else self.jobs.discard)(job_id)
+
+    def holds(self, job_ids: list[str]) -> list[str]:
+        return [job_id for job_id in job_ids if job_id in self.jobs]
+
+
+def test_a_live_runner_whose_renewals_stop_arriving_keeps_its_job(client: GridClient) -> None:
+    eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
+    name, job_id = f"grid-runner-silent-{uuid.uuid4().hex[:4]}", f"silent{uuid.uuid4().hex[:6]}"
+    runner = SilentRunner.options(name=name, namespace="grid-serve").remote()
+    try:
+        ray.get(runner.hold.remote(job_id))
+        requests = [SchedulingRequest(task_id=f"{job_id}-{i}", job_id=job_id, task_type="sleep_task",
+                                      requirements=ResourceRequirement(cpu_count=1)) for i in range(3)]
+        scheduler = serve.get_deployment_handle("Scheduler", app_name="grid")
+        assert len(scheduler.submit.remote(requests, None, name, None, 0).result().placed) == 3
+        time.sleep(8.0)  # past the 5 s lease with no renewal: the runner answers that it holds the job
+        assert not idle_and_unreserved(client) and client.cluster_status().jobs_running >= 1
+        ray.get(runner.hold.remote(job_id, held=False))  # now it does not: reclaimed at the next lapse
+        eventually(lambda: idle_and_unreserved(client), timeout_s=30, what="the released job reclaimed")
+    finally:
+        ray.kill(runner)
 
 
 def test_any_ingress_replica_answers_for_any_job(client: GridClient, http: httpx.Client, base_url: str) -> None:
