@@ -42,6 +42,7 @@ from grid_serve.errors import (
     NoCapacityError,
     NotFoundError,
     TooBusyError,
+    UnavailableError,
     describe_error,
     plain_seconds,
     require_id,
@@ -60,6 +61,7 @@ from grid_serve.models import (
     TaskPriority,
     non_finite_path,
 )
+from grid_serve.protocol import Submit
 from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules
 
@@ -105,6 +107,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 HEALTH_MAX_AGE_S = 0.5
 MAX_WAIT_S = 3600.0
+RUNNER_ANSWER_S = 10.0  # a runner answers a read or a cancel within this (beyond a wait), or it is called stopped
 _RunnerActor = ray.remote(JobRunner)
 
 
@@ -346,7 +349,7 @@ class Ingress:
             try:  # the runner resolves the task name (an unknown one comes back as its 422)
                 status = await grid_call(self._runner.submit_job.remote(spec, fn, owner))
             except ray.exceptions.RayActorError:  # the runner was killed: start a new one for new jobs
-                self._replace_runner()
+                self._replace_runner("was killed")
                 status = await grid_call(self._runner.submit_job.remote(spec, fn, owner))
         return status.model_copy(update={"owner_key": key}) if key else status
 
@@ -384,25 +387,41 @@ class Ingress:
         """Serve's periodic health check: a runner that died is replaced, so this replica
         keeps taking jobs even when no submission has come through it since."""
         try:
-            await call_with_timeout(self._runner.ping.remote(), 10.0)
-        except (ray.exceptions.RayActorError, asyncio.TimeoutError):
-            self._replace_runner()
+            await call_with_timeout(self._runner.ping.remote(), RUNNER_ANSWER_S)
+        except ray.exceptions.RayActorError:
+            self._replace_runner("is gone")
+        except asyncio.TimeoutError:  # stopped or stuck: its jobs stay its own, new ones go to another
+            self._runner.retire.remote()  # heard once it answers again
+            self._replace_runner(f"did not answer within {RUNNER_ANSWER_S:g} s")
 
-    def _replace_runner(self) -> None:
-        logger.warning("runner %s is gone; starting a new one", runner_name(self._app, self._tag))
+    def _replace_runner(self, why: str) -> None:
+        logger.warning("runner %s %s; starting a new one", runner_name(self._app, self._tag), why)
         self._tag = uuid.uuid4().hex[:TAG_LEN]
         self._runner = self._start_runner()
 
     async def get_job(self, job_id: str, results: bool = False, reader: Caller | None = None) -> JobStatus:
         """`reader` (HTTP with tokens only) must own the job to read its results."""
-        return await grid_call((await self._runner_of(job_id)).get_job.remote(job_id, bool(results), reader))
+        runner = await self._runner_of(job_id)
+        return await self._runner_answer(job_id, runner.get_job.remote(job_id, bool(results), reader))
 
     async def wait_job(self, job_id: str, timeout_s: float = 600.0, results: bool = True,
                        reader: Caller | None = None) -> JobStatus:
         timeout_s = require_number("timeout_s", timeout_s, 0, MAX_WAIT_S)
         with self._waiting_slot(timeout_s > 0):
-            return await grid_call((await self._runner_of(job_id)).wait_job.remote(job_id, timeout_s, bool(results),
-                                                                                   reader))
+            runner = await self._runner_of(job_id)
+            return await self._runner_answer(job_id, runner.wait_job.remote(job_id, timeout_s, bool(results), reader),
+                                             beyond_s=timeout_s)
+
+    @staticmethod
+    async def _runner_answer(job_id: str, call: Any, beyond_s: float = 0.0) -> Any:
+        """A runner's answer about `job_id`, or 503 once it is RUNNER_ANSWER_S late: a stopped
+        (SIGSTOP) or stuck runner must not hold the request, and the replica's slot, forever."""
+        try:
+            return await asyncio.wait_for(grid_call(call), beyond_s + RUNNER_ANSWER_S)
+        except asyncio.TimeoutError:
+            raise UnavailableError(f"the runner of job {job_id!r} did not answer within "
+                                   f"{plain_seconds(beyond_s + RUNNER_ANSWER_S)} (stopped or overloaded); "
+                                   "retry later", field="job_id") from None
 
     async def list_jobs(self, limit: int = 100, offset: int = 0) -> list[JobStatus]:
         """Every runner's jobs, newest first, `limit` of them from `offset`. The web page asks
@@ -419,13 +438,19 @@ class Ingress:
 
     async def _jobs_of_runner(self, name: str) -> list[JobStatus]:
         try:
-            return await ray.get_actor(name, namespace=self._namespace).list_jobs.remote()
+            return await asyncio.wait_for(ray.get_actor(name, namespace=self._namespace).list_jobs.remote(),
+                                          RUNNER_ANSWER_S)
         except (ValueError, ray.exceptions.RayActorError):
             return []  # a runner that just exited has no jobs left to list
+        except asyncio.TimeoutError:  # stopped or stuck: the others' jobs are still listed
+            logger.warning("runner %s did not answer within %g s; its jobs are left out of the list",
+                           name, RUNNER_ANSWER_S)
+            return []
 
     async def cancel_job(self, job_id: str, caller: Caller | None = None) -> JobStatus:
         """`caller` (HTTP only) must own the job; handle calls may cancel any job."""
-        return await grid_call((await self._runner_of(job_id)).cancel_job.remote(job_id, caller))
+        runner = await self._runner_of(job_id)
+        return await self._runner_answer(job_id, runner.cancel_job.remote(job_id, caller))
 
     async def _runner_of(self, job_id: str) -> ActorHandle:
         """The runner that holds `job_id` (its id starts with the runner's tag)."""
@@ -451,7 +476,7 @@ class Ingress:
         self._check_priority(request.priority, caller)
         owner, key = self._claim(caller)
         inner = request.model_copy(update={"task_id": EXTERNAL_PREFIX + request.task_id, "job_id": None})
-        placements = await self._scheduler.submit.remote([inner], lease_s, None, owner)
+        placements = await self._scheduler.submit.remote(Submit(requests=[inner], lease_s=lease_s, owner=owner))
         deadline = time.monotonic() + wait_s
         while not placements.placed and not placements.rejected and time.monotonic() < deadline:
             placements = await self._scheduler.wait_placed.remote(inner.group, min(5.0, wait_s))

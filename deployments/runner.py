@@ -53,6 +53,7 @@ from grid_serve.lookahead import chunk_sizes, interleave
 from grid_serve.models import (JobState, JobStatus, JobSubmission, ResourceRequirement, SchedulingDecision, SchedulingRequest,
                                SchedulingStrategy)
 from grid_serve.caller_code import CallerCode
+from grid_serve.protocol import Adopt, Placements, Report, Submit
 from grid_serve.tasks import TaskType, load_task_modules, run_call, run_chunk
 
 from ._common import call_with_timeout, logger
@@ -62,6 +63,7 @@ RUNNER_NAMESPACE = "grid-serve"  # runners of every grid app on the cluster, nam
 TAG_LEN = 4  # a job id starts with its runner's tag
 REPORT_SPACING_S = 0.05  # at most ~20 reports a second per job: the lookahead (100 ms) covers the wait
 CALL_TIMEOUT_S = 30.0
+REPLACED_KEEP_S = 300.0  # a replaced runner keeps its finished jobs readable this long before it leaves
 LATE_RENEWAL_S = 1.0  # a renewal slower than this is logged: leases lapse after 5 s without one
 SCHEDULER_GRACE_S = 60.0  # how long a job rides out an unreachable Scheduler before it fails
 MAX_ATTEMPTS = 3  # runs of one task when its worker or node dies under it
@@ -248,6 +250,7 @@ class JobRunner:
         self._background: set[asyncio.Task] = set()
         self._heartbeat: asyncio.Task | None = None
         self._parent_seen = False
+        self._replaced = False  # its Ingress replica started another runner (this one stopped answering)
 
     # ================================================================== API (called by the Ingress)
 
@@ -278,8 +281,8 @@ class JobRunner:
         # part is small, since the job's first task waits for it (sending and queueing
         # requests costs time per request); the next report, while the first tasks run, fills the window.
         requests = job.next_requests(FIRST_WINDOW)
-        placements = await self._ask(lambda: self._scheduler.submit.remote(requests, None, self._name, None, job.unsent,
-                                                                                   publish=not spec.wait))
+        submission = Submit(requests=requests, runner=self._name, unsent=job.unsent, publish=not spec.wait)
+        placements = await self._ask(lambda: self._scheduler.submit.remote(submission))
         if placements.rejected and len(placements.rejected) == len(requests):  # every task is of one kind
             await self._ask(lambda: self._scheduler.finished.remote(job_id))
             raise InvalidRequestError(placements.rejected[0].reason, field="node" if spec.node else "resources")
@@ -349,7 +352,7 @@ class JobRunner:
             raise InvalidRequestError(f"unknown task {spec.task!r}; registered tasks: {known}", field="task")
         return task_type.name, task_type.fn, task_type.requirements, task_type
 
-    def _take(self, job: _Job, placements: Any) -> None:
+    def _take(self, job: _Job, placements: Placements) -> None:
         """Dispatch what the Scheduler placed; record what it rejected. Placements that reach a
         cancelled job never run; they are reported back as ended so their room frees."""
         if not placements.known and not job.done.is_set():
@@ -533,8 +536,8 @@ class JobRunner:
             batch, job.unreported = job.unreported, []
             requeue, job.requeue = job.requeue, []
             lost, job.lost_nodes = sorted(job.lost_nodes), set()
-            self._take(job, await self._ask(lambda: self._scheduler.report.remote(job.id, batch, requeue, lost,
-                                                                                  job.unsent)))
+            report = Report(group=job.id, ended=batch, requeue=requeue, lost_nodes=lost, unsent=job.unsent)
+            self._take(job, await self._ask(lambda: self._scheduler.report.remote(report)))
             return True
 
     @staticmethod
@@ -567,7 +570,7 @@ class JobRunner:
         batch, job.unreported = job.unreported, []
         try:  # the last ends carry run times worth learning; then everything of the job is released
             async with job.exchange:  # after an adopt in flight (a later one sees `done` and stays away)
-                await self._ask(lambda: self._scheduler.finished.remote(job.id, None, batch), grace_s=CALL_TIMEOUT_S)
+                await self._ask(lambda: self._scheduler.finished.remote(job.id, completions=batch), grace_s=CALL_TIMEOUT_S)
         except Exception:  # its lease lapses and the Scheduler reclaims it anyway
             logger.warning("could not tell the Scheduler that job %s finished; its lease will lapse", job.id)
         job.result_bytes = job.outcomes.result_bytes(_size_of)
@@ -642,17 +645,31 @@ class JobRunner:
                 job.requeue = []
                 running = [(decision, job.task_name) for decision, _ in job.running.values()]
                 waiting = [] if job.cancelled else list(job.waiting.values())  # a cancelled job queues nothing
-                placements = await self._ask(lambda: self._scheduler.adopt.remote(
-                    self._name, job.id, running, waiting, dict(job.placed_per_node), job.unsent, job.spec.priority))
+                adoption = Adopt(runner=self._name, group=job.id, running=running, waiting=waiting,
+                                 placed_per_node=dict(job.placed_per_node), unsent=job.unsent,
+                                 priority=job.spec.priority)
+                placements = await self._ask(lambda: self._scheduler.adopt.remote(adoption))
                 self._epoch = placements.epoch
-                placements.known = True
                 self._take(job, placements)
         finally:
             self._adopting.discard(job.id)
 
+    async def retire(self) -> None:
+        """Its Ingress replica runs new jobs elsewhere now (this runner did not answer, stopped
+        or stuck): leave once the jobs it has are over, as an orphan does."""
+        self._replaced = True
+        self._start()
+
     def _exit_if_orphaned(self) -> None:
-        """No job left and the Ingress replica that made this runner is gone: leave. (Asked only
-        once the parent was seen alive, so a wrong name can never make a runner leave early.)"""
+        """No job left and the Ingress replica that made this runner is gone (or replaced this
+        runner): leave. (Asked only once the parent was seen alive, so a wrong name can never
+        make a runner leave early.)"""
+        if self._replaced:
+            last_end = max((job.finished_at or 0.0 for job in self._jobs.values()), default=0.0)
+            if time.time() - last_end > REPLACED_KEEP_S:
+                logger.info("runner %s was replaced and no job has run for %g s; exiting", self._name, REPLACED_KEEP_S)
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+            return
         if self._parent is None:
             return
         try:

@@ -37,6 +37,7 @@ from grid_serve.limits import Limits
 from grid_serve.models import (ClusterStatus, NodeStatus, PlacementHistory, QueueLevel, RecentDecisions,
                                SchedulingDecision, SchedulingRequest, TaskPriority)
 from grid_serve.owners import Owners
+from grid_serve.protocol import Adopt, Placements, Report, Submit
 from grid_serve.scheduling import DrainResult, Rejected, SchedulerCore
 from grid_serve.sharing import Allocation, fold_allocations
 from grid_serve.view import ClusterView, view_from
@@ -59,17 +60,12 @@ PUBLISH_SPACING_S = 0.25  # publishing every 20 ms kept the LoadBalancer busy (p
 
 
 @dataclass
-class Placements:
-    """What a group got since it last asked: placed decisions and rejections, and which
-    Scheduler instance answered (a new epoch means its books were lost: register again)."""
+class _News:
+    """What a group got since it last asked, gathered until its owner collects it as `Placements`."""
 
     placed: list[SchedulingDecision] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
-    queued: int = 0
-    epoch: str = ""
-    known: bool = True  # False: this Scheduler does not know the group (restarted, or lease lapsed)
-    run_s: dict[str, float] = field(default_factory=dict)  # node id -> learned run time of the placed tasks' type
-    turns_given_up: dict[str, int] = field(default_factory=dict)  # node name -> spread turns it gave up, since last asked
+    turns_given_up: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,7 +101,7 @@ class Scheduler:
         self._unsent: dict[str, tuple[int, TaskPriority]] = {}  # group -> tasks its runner holds back (its window)
         self._lost_nodes: dict[str, float] = {}  # node id -> until when it stays out (monotonic)
         self._distrusted = False  # the node snapshot is too old: said once in the log per episode
-        self._outbox: dict[str, Placements] = {}
+        self._outbox: dict[str, _News] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._metrics_out = SchedulerMetrics()
         self._log = DecisionLog()  # what was decided lately and why: for /v1/decisions and the web page
@@ -276,8 +272,9 @@ class Scheduler:
         rejections, spread turns its nodes gave up)."""
         for decision in result.placed:
             meta = self._meta[decision.task_id]
-            self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, meta.task_type, meta.group,
-                                 str(decision.strategy), meta.lease_s, decision.placement_group_id, meta.priority.rank)
+            self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, task_type=meta.task_type,
+                                 group=meta.group, strategy=str(decision.strategy), lease_s=meta.lease_s,
+                                 placement_group_id=decision.placement_group_id, rank=meta.priority.rank)
             self._log.record(decision, meta.group, meta.task_type, meta.priority)
             # a job runner only runs the task; a /v1/schedule caller is shown why
             self._deliver(meta.group).placed.append(decision.to_run() if meta.runner else decision)
@@ -289,19 +286,17 @@ class Scheduler:
             for name, turns in given_up.items():
                 news[name] = news.get(name, 0) + turns
 
-    def _deliver(self, group: str) -> Placements:
+    def _deliver(self, group: str) -> _News:
         self._wakeups.setdefault(group, asyncio.Event()).set()
-        return self._outbox.setdefault(group, Placements())
+        return self._outbox.setdefault(group, _News())
 
     def _collect(self, group: str) -> Placements:
-        placements = self._outbox.pop(group, Placements())
+        news = self._outbox.pop(group, _News())
         self._wakeups.setdefault(group, asyncio.Event()).clear()
-        placements.queued = self._core.queued_by_group().get(group, 0)
-        placements.epoch = self._epoch
-        placements.known = self._owners.knows(group) or group in self._meta
-        if placements.placed:
-            placements.run_s = self._learned_run_s(placements.placed[0].task_id)
-        return placements
+        return Placements(placed=news.placed, rejected=news.rejected, turns_given_up=news.turns_given_up,
+                          queued=self._core.queued_by_group().get(group, 0), epoch=self._epoch,
+                          known=self._owners.knows(group) or group in self._meta,
+                          run_s=self._learned_run_s(news.placed[0].task_id) if news.placed else {})
 
     def _learned_run_s(self, task_id: str) -> dict[str, float]:
         """What tasks of this one's type took per node lately: the runner sizes its chunks by it."""
@@ -344,17 +339,13 @@ class Scheduler:
 
     # ------------------------------------------------------------------ the runner's API
 
-    async def submit(self, requests: list[SchedulingRequest], lease_s: float | None = None,
-                     runner: str | None = None, owner: str | None = None, unsent: int = 0,
-                     publish: bool = True) -> Placements:
-        """Queue `requests` and place what fits now. Returns the caller's group's news at once;
-        later placements come with `report` replies or from `wait_placed`. All requests must
-        share one group. With `runner`, the group is a job that runner owns and renews; `owner`
-        is who may complete a leased reservation (`complete_external`); `unsent`, how many more
-        tasks of the job its runner holds back until the window has room (they count toward
-        the queue and its cap all the same); `publish`, whether the LoadBalancer's copy must
-        show the new placements before this returns (a caller that waits for the job's end
-        does not read it meanwhile, and the publish delayed its first task)."""
+    async def submit(self, message: Submit) -> Placements:
+        """Queue a new group's requests and place what fits now. Returns the group's news at
+        once; later placements come with `report` replies or from `wait_placed`. The held-back
+        tasks (`unsent`) count toward the queue and its cap all the same; `publish` makes the
+        LoadBalancer's copy show the new placements before this returns (a caller that waits
+        for the job's end does not read it meanwhile, and the publish delayed its first task)."""
+        requests, runner, unsent = message.requests, message.runner, message.unsent
         groups = {request.group for request in requests}
         if len(groups) != 1:
             raise ValueError("submit() takes the requests of one job (one group) at a time")
@@ -371,14 +362,14 @@ class Scheduler:
                 self._owners.register(group, runner)
             self._hold_back(group, unsent, requests[0].priority)
             for request in requests:
-                self._meta[request.task_id] = _Meta(request.task_type, request.group, lease_s, request.priority, owner,
-                                                    runner=runner is not None)
+                self._meta[request.task_id] = _Meta(request.task_type, request.group, message.lease_s,
+                                                    request.priority, message.owner, runner=runner is not None)
             self._drain_locked(requests)
             placements = self._collect(group)
         # Once per job (unless its caller waits for its end), so the copy shows a new job's
         # placements when submit returns; bounded, so a LoadBalancer being replaced delays a
         # submission by a moment at most.
-        if publish:
+        if message.publish:
             await self._publish(SUBMIT_PUBLISH_TIMEOUT_S)
         if runner is not None:  # the lease runs from when the runner hears it owns the job
             self._owners.renew([group])
@@ -409,27 +400,25 @@ class Scheduler:
         elif unsent is not None:
             self._unsent.pop(group, None)
 
-    async def report(self, group: str, completions: list[Completion], requeue: list[SchedulingRequest] | None = None,
-                     lost_nodes: list[str] | None = None, unsent: int | None = None,
-                     returned: list[str] | None = None) -> Placements:
+    async def report(self, message: Report) -> Placements:
         """A runner's tasks ended: release them, place waiting tasks in the room, and return the
         group's news at once. Renews the group's lease. Sent in batches, one at a time per job,
         while Ray already runs the tasks placed ahead (the lookahead): never awaited per task.
 
         `requeue`: tasks whose worker or node died, to place again (their lost attempts are
-        among `completions`); `lost_nodes`: nodes Ray said died under a task, left out of
-        decisions from now on (until Ray's node table says so too, or `LOST_NODE_S` passes);
-        `unsent`: how many tasks the runner still holds back (`requeue` carries the next ones);
-        `returned`: placements handed back unused (a `grid.remote` caller's, held ahead of its
-        calls): released and no longer counted where they were placed, so spread stays exact."""
+        among `ended`), and the window's next ones; `lost_nodes` are left out of decisions from
+        now on (until Ray's node table says so too, or `LOST_NODE_S` passes); `returned`
+        placements are released and no longer counted where they were placed, so spread stays
+        exact."""
+        group, requeue = message.group, message.requeue
         async with self._lock:
             if requeue:  # a restarted Scheduler's first drain needs nodes: none would read as "never fits"
                 await self._ensure_nodes()
-            self._release(completions)
+            self._release(message.ended)
             for reservation in self._release([Completion.model_construct(task_id=task_id, ok=False, duration_s=None)
-                                              for task_id in returned or []]):
+                                              for task_id in message.returned]):
                 self._core.group_counts.add(group, reservation.node_id, -1)
-            for node_id in lost_nodes or []:
+            for node_id in message.lost_nodes:
                 logger.warning("node %s lost a task of job %s: no new work goes there", node_id[:12], group)
                 self._lost_nodes[node_id] = time.monotonic() + LOST_NODE_S
             if self._owners.renew([group]):
@@ -439,8 +428,8 @@ class Scheduler:
                 # the job ran twice its share (the overfull-queue test's 8 tasks per 2-CPU node)
                 self._drain_locked()
                 return self._collect(group)
-            self._hold_back(group, unsent, requeue[0].priority if requeue else None)
-            fresh = [request for request in requeue or [] if request.task_id not in self._meta]
+            self._hold_back(group, message.unsent, requeue[0].priority if requeue else None)
+            fresh = [request for request in requeue if request.task_id not in self._meta]
             for request in fresh:
                 self._meta[request.task_id] = _Meta(request.task_type, group, None, request.priority, runner=True)
             self._drain_locked(fresh)
@@ -470,23 +459,23 @@ class Scheduler:
         groups it does not know, which the runner must `adopt` again."""
         return self._epoch, self._owners.renew(groups)
 
-    async def adopt(self, runner: str, group: str, running: list[tuple[SchedulingDecision, str]],
-                    waiting: list[SchedulingRequest], placed_per_node: dict[str, int], unsent: int = 0,
-                    priority: TaskPriority | None = None) -> Placements:
+    async def adopt(self, message: Adopt) -> Placements:
         """A runner registers a job this Scheduler does not know (it restarted, or the job's
         lease lapsed): reserve what runs (decision, task type) where it runs, count what the
         job already placed per node (spread stays exact), and queue what waits."""
+        group, waiting = message.group, message.waiting
         async with self._lock:
             await self._ensure_nodes()
             self._drop_group(group)
-            self._owners.register(group, runner)
-            priority = priority or (waiting[0].priority if waiting else TaskPriority.NORMAL)
-            self._hold_back(group, unsent, priority)
-            for decision, task_type in running:
+            self._owners.register(group, message.runner)
+            priority = message.priority or (waiting[0].priority if waiting else TaskPriority.NORMAL)
+            self._hold_back(group, message.unsent, priority)
+            for decision, task_type in message.running:
                 self._meta[decision.task_id] = _Meta(task_type, group, None, priority, runner=True)
-                self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, task_type, group,
-                                     str(decision.strategy), None, decision.placement_group_id, priority.rank)
-            for node_id, count in placed_per_node.items():
+                self._ledger.reserve(decision.task_id, decision.node_id, decision.resources, task_type=task_type,
+                                     group=group, strategy=str(decision.strategy),
+                                     placement_group_id=decision.placement_group_id, rank=priority.rank)
+            for node_id, count in message.placed_per_node.items():
                 self._core.group_counts.add(group, node_id, count)
             fresh = [request for request in waiting if request.task_id not in self._meta]
             for request in fresh:

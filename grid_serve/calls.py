@@ -24,24 +24,12 @@ from dataclasses import dataclass, field
 
 from .ledger import Completion
 from .models import SchedulingDecision, SchedulingRequest
+from .protocol import Report
 
 AHEAD_S = 0.1  # a stream holds placements for about this long of its recent calls
 DEMAND_WINDOW_S = 0.2  # recent calls are counted over this window
 MAX_AHEAD = 256  # placements one stream holds or asks for at most, beyond what it runs
 IDLE_S = 0.5  # a stream with no call for this long hands back what it holds unused
-
-
-@dataclass
-class Report:
-    """What a stream tells the Scheduler next: tasks ended (with run times), placements
-    handed back unused, and new requests to queue."""
-
-    ended: list[Completion]
-    given_back: list[str]
-    asked: list[SchedulingRequest]
-
-    def __bool__(self) -> bool:
-        return bool(self.ended or self.given_back or self.asked)
 
 
 @dataclass
@@ -131,8 +119,9 @@ class Stream:
         return dropped
 
     def take_report(self) -> Report:
-        """What to tell the Scheduler now; cleared once taken."""
-        report = Report(ended=self.ended, given_back=self.given_back, asked=self.unasked)
+        """What to tell the Scheduler now (the requests to queue as `requeue`, the placements
+        handed back unused as `returned`); cleared once taken."""
+        report = Report(group=self.group, ended=self.ended, requeue=self.unasked, returned=self.given_back, unsent=0)
         self.ended, self.given_back, self.unasked = [], [], []
         return report
 
@@ -140,8 +129,8 @@ class Stream:
         """The report never reached the Scheduler (a timeout, a restart): send it again next time,
         before anything newer, so no end, hand-back or request is lost."""
         self.ended[:0] = report.ended
-        self.given_back[:0] = report.given_back
-        self.unasked[:0] = [request for request in report.asked if request.task_id in self.asked]
+        self.given_back[:0] = report.returned
+        self.unasked[:0] = [request for request in report.requeue if request.task_id in self.asked]
 
     def on_scheduler_lost(self) -> tuple[list[SchedulingDecision], list[SchedulingRequest]]:
         """The Scheduler restarted (or forgot the stream): what it must be told again, as a

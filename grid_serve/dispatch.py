@@ -42,6 +42,7 @@ from typing import Any, Callable
 from .calls import Stream
 from .errors import InvalidRequestError, NoCapacityError, plain_seconds
 from .models import ResourceRequirement, SchedulingDecision, SchedulingRequest, SchedulingStrategy, TaskPriority
+from .protocol import Adopt, Placements, Submit
 
 logger = logging.getLogger("grid_serve.remote")
 
@@ -344,18 +345,18 @@ class Dispatcher:
             await self._scheduler.cancel.remote(stream.group)
         try:
             if stream.group not in self._registered:
-                if stream.group not in self._ended and stream.next_index > len(report.asked):
+                if stream.group not in self._ended and stream.next_index > len(report.requeue):
                     # known before, and the Scheduler forgot it (restarted, or its lease lapsed): register again
                     await self._adopt(stream)  # with what runs, is held and waits; older ends no longer matter
                     return
-                if not report.asked:
+                if not report.requeue:
                     return
-                reply = await self._scheduler.submit.remote(report.asked, None, self._name, None, 0, publish=False)
+                reply = await self._scheduler.submit.remote(Submit(requests=report.requeue, runner=self._name,
+                                                                   publish=False))
                 self._registered.add(stream.group)
                 self._ended.discard(stream.group)
             elif report:
-                reply = await self._scheduler.report.remote(stream.group, report.ended, report.asked, [], 0,
-                                                            returned=report.given_back)
+                reply = await self._scheduler.report.remote(report)
             else:
                 reply = None
         except Exception:
@@ -384,7 +385,7 @@ class Dispatcher:
         finally:
             self._polling.discard(stream.group)
 
-    def _take(self, stream: Stream, reply: Any) -> None:
+    def _take(self, stream: Stream, reply: Placements | None) -> None:
         with self._lock:
             stream.on_placed(reply.placed)
             if reply.rejected:
@@ -418,8 +419,9 @@ class Dispatcher:
         counts: dict[str, int] = {}
         for decision in held:
             counts[decision.node_id] = counts.get(decision.node_id, 0) + 1
-        reply = await self._scheduler.adopt.remote(self._name, stream.group, running, waiting, counts, 0,
-                                                   stream.template.priority)
+        reply = await self._scheduler.adopt.remote(Adopt(runner=self._name, group=stream.group, running=running,
+                                                         waiting=waiting, placed_per_node=counts,
+                                                         priority=stream.template.priority))
         self._registered.add(stream.group)
         self._take(stream, reply)
 

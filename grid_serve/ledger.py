@@ -120,7 +120,7 @@ class Ledger:
     _nodes: _Totals = field(default_factory=_Totals, repr=False)  # tasks placed on a node directly
     _groups: _Totals = field(default_factory=_Totals, repr=False)  # tasks inside borrowed allocations
 
-    def reserve(self, task_id: str, node_id: str, resources: Mapping[str, float], task_type: str = "task",
+    def reserve(self, task_id: str, node_id: str, resources: Mapping[str, float], *, task_type: str = "task",
                 group: str = "", strategy: str = "", lease_s: float | None = None,
                 placement_group_id: str | None = None, rank: int = 1) -> None:
         now = self.clock()

@@ -33,9 +33,9 @@ class FakeScheduler:
         uncount what was handed back, queue what was asked and place it."""
         report = stream.take_report()
         self.ledger.release(report.ended)
-        for reservation in self.ledger.release([Completion(task_id=t, ok=False) for t in report.given_back]):
+        for reservation in self.ledger.release([Completion(task_id=t, ok=False) for t in report.returned]):
             self.core.group_counts.add(stream.group, reservation.node_id, -1)
-        result = self.core.submit(report.asked, self.view())
+        result = self.core.submit(report.requeue, self.view())
         for decision in result.placed:
             self.ledger.reserve(decision.task_id, decision.node_id, decision.resources, group=stream.group)
         stream.on_placed(result.placed)
@@ -112,7 +112,7 @@ def test_a_restarted_scheduler_is_told_what_runs_and_what_is_held() -> None:
     held, waiting = stream.on_scheduler_lost()
     assert {d.task_id for d in held} == set(stream.running) | {d.task_id for d in stream.stock}
     assert [r.task_id for r in waiting] == list(stream.asked)
-    assert stream.take_report().asked == []  # the registration carries them, not a later report
+    assert stream.take_report().requeue == []  # the registration carries them, not a later report
 
 
 def test_a_report_that_never_arrived_is_sent_again_whole() -> None:
@@ -125,4 +125,4 @@ def test_a_report_that_never_arrived_is_sent_again_whole() -> None:
     stream.on_report_failed(lost)  # the Scheduler call timed out
     again = stream.take_report()
     assert [c.task_id for c in again.ended] == [done]
-    assert [r.task_id for r in again.asked] == [r.task_id for r in lost.asked]
+    assert [r.task_id for r in again.requeue] == [r.task_id for r in lost.requeue]

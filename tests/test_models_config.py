@@ -124,14 +124,14 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_ledger_reserves_releases_and_learns() -> None:
     ledger = Ledger(clock=lambda: 0.0)
-    ledger.reserve("t1", "n1", {"CPU": 1.0}, "job", "g", "SPREAD")
-    ledger.reserve("t2", "n1", {"CPU": 2.0, "GPU": 1.0}, "job", "g", "SPREAD")
+    ledger.reserve("t1", "n1", {"CPU": 1.0}, task_type="job", group="g", strategy="SPREAD")
+    ledger.reserve("t2", "n1", {"CPU": 2.0, "GPU": 1.0}, task_type="job", group="g", strategy="SPREAD")
     loads = ledger.loads()
     assert loads["n1"].reserved == {"CPU": 3.0, "GPU": 1.0} and loads["n1"].in_flight == 2
     ledger.release([Completion(task_id="t1", duration_s=2.0), Completion(task_id="t2", ok=False, duration_s=9.0)])
     assert ledger.loads() == {}
     assert ledger.durations == {("n1", "job"): 2.0}  # failures teach nothing about speed
-    ledger.reserve("t3", "n1", {"CPU": 1.0}, "job")
+    ledger.reserve("t3", "n1", {"CPU": 1.0}, task_type="job")
     ledger.release([Completion(task_id="t3", duration_s=1.0)])
     assert ledger.durations[("n1", "job")] == pytest.approx(0.7 * 2.0 + 0.3 * 1.0)
 
@@ -153,9 +153,9 @@ def test_ledger_lists_what_runs_on_a_node_with_its_age() -> None:
     allocation (they are counted on the allocation)."""
     now = [5.0]
     ledger = Ledger(clock=lambda: now[0])
-    ledger.reserve("t1", "n1", {"CPU": 1.0}, "job")
-    ledger.reserve("t2", "n2", {"CPU": 1.0}, "job")
-    ledger.reserve("t3", "n1", {"CPU": 1.0}, "job", placement_group_id="pg")
+    ledger.reserve("t1", "n1", {"CPU": 1.0}, task_type="job")
+    ledger.reserve("t2", "n2", {"CPU": 1.0}, task_type="job")
+    ledger.reserve("t3", "n1", {"CPU": 1.0}, task_type="job", placement_group_id="pg")
     now[0] = 7.5
     assert ledger.running_on("n1") == [Running("job", {"CPU": 1.0}, 2.5)]
 
@@ -184,9 +184,9 @@ def test_ledger_learns_each_jobs_own_run_time_beside_its_task_types() -> None:
     """Two jobs of one function with other arguments: each keeps its own run time (what the
     lookahead trusts); a lone /v1/schedule decision keeps none; a finished job's is forgotten."""
     ledger = Ledger()
-    ledger.reserve("a-0", "n1", {"CPU": 1}, "sleep", group="a")
-    ledger.reserve("b-0", "n1", {"CPU": 1}, "sleep", group="b")
-    ledger.reserve("lone", "n1", {"CPU": 1}, "sleep")
+    ledger.reserve("a-0", "n1", {"CPU": 1}, task_type="sleep", group="a")
+    ledger.reserve("b-0", "n1", {"CPU": 1}, task_type="sleep", group="b")
+    ledger.reserve("lone", "n1", {"CPU": 1}, task_type="sleep")
     ledger.release([Completion(task_id="a-0", duration_s=0.02), Completion(task_id="b-0", duration_s=2.0),
                     Completion(task_id="lone", duration_s=1.0)])
     assert ledger.snapshot().group_run_s == {"a": 0.02, "b": 2.0}

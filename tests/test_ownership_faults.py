@@ -18,11 +18,13 @@ import httpx
 import psutil
 import pytest
 import ray
+import ray.util.state
 from ray import serve
 
 from grid_serve.client import GridClient
 from grid_serve.errors import GridError
 from grid_serve.models import ResourceRequirement, SchedulingRequest
+from grid_serve.protocol import Submit
 from tests.test_api import owned
 
 pytestmark = pytest.mark.cluster
@@ -140,13 +142,33 @@ def test_a_live_runner_whose_renewals_stop_arriving_keeps_its_job(client: GridCl
         requests = [SchedulingRequest(task_id=f"{job_id}-{i}", job_id=job_id, task_type="sleep_task",
                                       requirements=ResourceRequirement(cpu_count=1)) for i in range(3)]
         scheduler = serve.get_deployment_handle("Scheduler", app_name="grid")
-        assert len(scheduler.submit.remote(requests, None, name, None, 0).result().placed) == 3
+        assert len(scheduler.submit.remote(Submit(requests=requests, runner=name)).result().placed) == 3
         time.sleep(8.0)  # past the 5 s lease with no renewal: the runner answers that it holds the job
         assert not idle_and_unreserved(client) and client.cluster_status().jobs_running >= 1
         ray.get(runner.hold.remote(job_id, held=False))  # now it does not: reclaimed at the next lapse
         eventually(lambda: idle_and_unreserved(client), timeout_s=30, what="the released job reclaimed")
     finally:
         ray.kill(runner)
+
+
+def test_a_stopped_runner_s_capacity_is_reclaimed_and_its_job_goes_on_when_it_resumes(
+        client: GridClient, http: httpx.Client) -> None:
+    eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
+    job_id = start_job(http, tasks=24, seconds=0.5)
+    time.sleep(0.8)
+    runner = runner_actors()[job_id[:TAG_LEN]]
+    process = psutil.Process(ray.util.state.get_actor(runner._actor_id.hex()).pid)
+    process.suspend()  # SIGSTOP: no renewal, and no answer when the Scheduler asks whether it holds the job
+    try:
+        eventually(lambda: idle_and_unreserved(client), timeout_s=30, what="a stopped runner's reservations reclaimed")
+        read = http.get(f"/v1/jobs/{job_id}")  # answered (503), never held while the runner is stopped
+        assert read.status_code == 503 and read.json()["field"] == "job_id", read.text
+        assert http.get("/v1/jobs").status_code == 200  # the other runners' jobs are still listed
+    finally:
+        process.resume()
+    final = ended(client, job_id)  # resumed, it registers the job again and finishes it
+    assert (final.state, final.succeeded) == ("succeeded", 24), final
+    assert_recovered(client, http)
 
 
 def test_any_ingress_replica_answers_for_any_job(client: GridClient, http: httpx.Client, base_url: str) -> None:
