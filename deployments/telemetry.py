@@ -8,6 +8,8 @@ Each deployment makes its own instance in its replica (metric objects are per pr
 
 from __future__ import annotations
 
+import collections
+
 from ray.util.metrics import Counter, Gauge, Histogram
 
 from grid_serve.models import NodeStatus, SchedulingDecision
@@ -64,10 +66,13 @@ class SchedulerMetrics:
 
     def record_drain(self, placed: list[SchedulingDecision], decided: int, elapsed_s: float, queued: int) -> None:
         """One drain pass: what it placed, how many tasks it decided on and how long it took."""
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()
         for decision in placed:
             strategy = str(decision.strategy)
-            self.placements.inc(1.0, {"node": decision.node_name, "strategy": strategy})
+            counts[decision.node_name, strategy] += 1
             self.queue_wait.observe(decision.waited_s, {"strategy": strategy})
+        for (node, strategy), count in counts.items():  # one call per node: each crosses into Ray's metrics
+            self.placements.inc(float(count), {"node": node, "strategy": strategy})
         if decided:
             self.decision_latency.observe(elapsed_s / decided)
         self.queue_length.set(float(queued))

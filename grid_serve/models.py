@@ -62,8 +62,12 @@ class TaskPriority(_CaseInsensitiveEnum):
 
     @property
     def rank(self) -> int:
-        """Higher runs first: low=0 < normal=1 < high=2 < critical=3."""
-        return list(TaskPriority).index(self)
+        """Higher runs first: low=0 < normal=1 < high=2 < critical=3. Looked up, not found by
+        listing the enum: it is asked several times per decision (BENCHMARKS.md)."""
+        return _PRIORITY_RANKS[self]
+
+
+_PRIORITY_RANKS = {priority: rank for rank, priority in enumerate(TaskPriority)}
 
 
 class _Model(BaseModel):
