@@ -566,15 +566,17 @@ class JobRunner:
         job.waiting.clear()
         self._record_unsent(job, job.error or "cancelled")
         job.finished_at = time.time()
-        job.done.set()  # a waiting caller gets its answer while the upkeep below goes on
+        job.result_bytes = job.outcomes.result_bytes(_size_of)
+        job.done.set()  # a waiting caller gets its answer while the Scheduler's upkeep below goes on
+        # Before any await: a caller woken by `done` reads the kept results within their bound
+        # (after the Scheduler's reply, a read of an older job's results could still find them)
+        self._forget_old_jobs()
         batch, job.unreported = job.unreported, []
         try:  # the last ends carry run times worth learning; then everything of the job is released
             async with job.exchange:  # after an adopt in flight (a later one sees `done` and stays away)
                 await self._ask(lambda: self._scheduler.finished.remote(job.id, completions=batch), grace_s=CALL_TIMEOUT_S)
         except Exception:  # its lease lapses and the Scheduler reclaims it anyway
             logger.warning("could not tell the Scheduler that job %s finished; its lease will lapse", job.id)
-        job.result_bytes = job.outcomes.result_bytes(_size_of)
-        self._forget_old_jobs()
 
     @staticmethod
     def _cancel_running(job: _Job) -> None:

@@ -6,7 +6,9 @@ Pure unit tests never touch it: only tests that ask for a cluster fixture start 
 
 from __future__ import annotations
 
+import datetime
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -105,7 +107,7 @@ def _app_warnings_since(started: float) -> str:
         if path.stat().st_mtime < started:
             continue
         with path.open(errors="replace") as text:
-            lines = [line.rstrip() for line in text if _is_warning(line)]
+            lines = [line.rstrip() for line in text if _is_warning(line) and _logged_at(line) >= started - 1.0]
         shown.extend(f"{path.relative_to(logs)}: {line}" for line in lines[-APP_LOG_LINES_PER_FILE:])
     return "\n".join(shown) or f"(no warnings in {logs})"
 
@@ -114,3 +116,9 @@ def _is_warning(line: str) -> bool:
     """Ray's lines start "<time>\tWARNING", Serve's "WARNING <time>"."""
     head = line[:40]
     return "WARNING" in head or "ERROR" in head
+
+
+def _logged_at(line: str) -> float:
+    """When a log line was written (its own timestamp, local time); 0 when it has none."""
+    found = re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line[:60])
+    return datetime.datetime.strptime(found.group(), "%Y-%m-%d %H:%M:%S").timestamp() if found else 0.0

@@ -18,7 +18,6 @@ import httpx
 import psutil
 import pytest
 import ray
-import ray.util.state
 from ray import serve
 
 from grid_serve.client import GridClient
@@ -157,7 +156,7 @@ def test_a_stopped_runner_s_capacity_is_reclaimed_and_its_job_goes_on_when_it_re
     job_id = start_job(http, tasks=24, seconds=0.5)
     time.sleep(0.8)
     runner = runner_actors()[job_id[:TAG_LEN]]
-    process = psutil.Process(ray.util.state.get_actor(runner._actor_id.hex()).pid)
+    process = psutil.Process(ray.get(runner.__ray_call__.remote(lambda _: os.getpid())))  # not the state API: slow under load
     process.suspend()  # SIGSTOP: no renewal, and no answer when the Scheduler asks whether it holds the job
     try:
         eventually(lambda: idle_and_unreserved(client), timeout_s=30, what="a stopped runner's reservations reclaimed")
