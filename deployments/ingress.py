@@ -282,10 +282,33 @@ class Ingress:
         self._app = serve.get_replica_context().app_name
         own_name = context.get_actor_name()
         self._parent = (own_name, SERVE_NAMESPACE) if own_name else None
-        self._tag = uuid.uuid4().hex[:TAG_LEN]
-        self._runner = self._start_runner()
+        self._tag, self._runner = self._take_over_orphan() or self._new_runner()
         self._status_call: asyncio.Future | None = None
         self._health_status: tuple[float, ClusterStatus] | None = None  # (monotonic time, status)
+
+    def _take_over_orphan(self) -> tuple[str, ActorHandle] | None:
+        """A runner of this app whose Ingress replica is gone, made this replica's own (its tag
+        and its jobs with it): a killed or replaced replica's jobs stay readable, listed and
+        cancellable, and no runner is left behind. None when there is none to take."""
+        if self._parent is None:
+            return None
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            if entry["namespace"] != self._namespace or not is_runner_of(entry["name"], self._app):
+                continue
+            try:
+                runner = ray.get_actor(entry["name"], namespace=self._namespace)
+                taken = ray.get(runner.take_over.remote(self._parent, self._limits, self._interval_s, self._chunk_s),
+                                timeout=RUNNER_ANSWER_S)
+            except Exception:  # gone meanwhile, or not answering: not one to take
+                continue
+            if taken:
+                logger.info("Ingress replica %s took over runner %s and its jobs", self._parent[0], entry["name"])
+                return entry["name"].rsplit("-", 1)[1], runner
+        return None
+
+    def _new_runner(self) -> tuple[str, ActorHandle]:
+        self._tag = uuid.uuid4().hex[:TAG_LEN]
+        return self._tag, self._start_runner()
 
     def _start_runner(self) -> ActorHandle:
         """This replica's JobRunner: detached, so jobs outlive a replaced replica, on this node."""
@@ -396,8 +419,7 @@ class Ingress:
 
     def _replace_runner(self, why: str) -> None:
         logger.warning("runner %s %s; starting a new one", runner_name(self._app, self._tag), why)
-        self._tag = uuid.uuid4().hex[:TAG_LEN]
-        self._runner = self._start_runner()
+        self._tag, self._runner = self._new_runner()
 
     async def get_job(self, job_id: str, results: bool = False, reader: Caller | None = None) -> JobStatus:
         """`reader` (HTTP with tokens only) must own the job to read its results."""

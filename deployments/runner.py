@@ -63,7 +63,7 @@ RUNNER_NAMESPACE = "grid-serve"  # runners of every grid app on the cluster, nam
 TAG_LEN = 4  # a job id starts with its runner's tag
 REPORT_SPACING_S = 0.05  # at most ~20 reports a second per job: the lookahead (100 ms) covers the wait
 CALL_TIMEOUT_S = 30.0
-REPLACED_KEEP_S = 300.0  # a replaced runner keeps its finished jobs readable this long before it leaves
+ORPHAN_KEEP_S = 300.0  # a runner no replica holds keeps its finished jobs readable this long, then leaves
 LATE_RENEWAL_S = 1.0  # a renewal slower than this is logged: leases lapse after 5 s without one
 SCHEDULER_GRACE_S = 60.0  # how long a job rides out an unreachable Scheduler before it fails
 MAX_ATTEMPTS = 3  # runs of one task when its worker or node dies under it
@@ -656,6 +656,26 @@ class JobRunner:
         finally:
             self._adopting.discard(job.id)
 
+    async def take_over(self, parent: tuple[str, str], limits: Limits, interval_s: float, chunk_s: float) -> bool:
+        """A new Ingress replica asks to make this runner its own: accepted when the replica that
+        made it is gone (killed, replaced by a deploy, scaled down), so its jobs, running or
+        finished, stay readable by id instead of leaving with it once idle. The new replica's
+        settings apply from now on."""
+        if self._replaced or (self._parent is not None and self._parent != parent and self._parent_alive()):
+            return False
+        self._parent, self._parent_seen = parent, True
+        self._limits, self._interval_s, self._chunk_s = limits, interval_s, chunk_s
+        self._start()
+        logger.info("runner %s now belongs to Ingress replica %s", self._name, parent[0])
+        return True
+
+    def _parent_alive(self) -> bool:
+        try:
+            ray.get_actor(self._parent[0], namespace=self._parent[1])
+            return True
+        except ValueError:
+            return False
+
     async def retire(self) -> None:
         """Its Ingress replica runs new jobs elsewhere now (this runner did not answer, stopped
         or stuck): leave once the jobs it has are over, as an orphan does."""
@@ -663,29 +683,28 @@ class JobRunner:
         self._start()
 
     def _exit_if_orphaned(self) -> None:
-        """No job left and the Ingress replica that made this runner is gone (or replaced this
-        runner): leave. (Asked only once the parent was seen alive, so a wrong name can never
-        make a runner leave early.)"""
-        if self._replaced:
-            last_end = max((job.finished_at or 0.0 for job in self._jobs.values()), default=0.0)
-            if time.time() - last_end > REPLACED_KEEP_S:
-                logger.info("runner %s was replaced and no job has run for %g s; exiting", self._name, REPLACED_KEEP_S)
-                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
-            return
-        if self._parent is None:
-            return
-        try:
-            ray.get_actor(self._parent[0], namespace=self._parent[1])
-            self._parent_seen = True
-        except ValueError:
+        """No job left, and the Ingress replica that made this runner is gone (or replaced this
+        runner), and no new replica took it over: leave, once its finished jobs have been
+        readable for ORPHAN_KEEP_S. (Asked only once the parent was seen alive, so a wrong name
+        can never make a runner leave early.)"""
+        if not self._replaced:
+            if self._parent is None:
+                return
+            if self._parent_alive():
+                self._parent_seen = True
+                return
             if not self._parent_seen:
                 logger.warning("runner %s cannot see its Ingress replica %s; it stays", self._name, self._parent)
                 self._parent = None
                 return
-            logger.info("runner %s: its Ingress replica is gone and no job runs; exiting", self._name)
-            # exit_actor() only works inside an actor method; this runs in the heartbeat task,
-            # where it raised AsyncioActorExit into the loop's error log instead of exiting
-            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+        last_end = max((job.finished_at or 0.0 for job in self._jobs.values()), default=0.0)
+        if time.time() - last_end <= ORPHAN_KEEP_S:
+            return
+        logger.info("runner %s: its Ingress replica is gone or replaced it, and no job has ended for %g s; exiting",
+                    self._name, ORPHAN_KEEP_S)
+        # exit_actor() only works inside an actor method; this runs in the heartbeat task,
+        # where it raised AsyncioActorExit into the loop's error log instead of exiting
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     # ================================================================== upkeep
 

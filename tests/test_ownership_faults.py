@@ -117,6 +117,26 @@ def test_a_dead_runner_s_capacity_is_reclaimed_and_its_job_explains(client: Grid
     assert_recovered(client, http)
 
 
+def test_a_killed_ingress_replica_s_jobs_stay_readable_after_they_end(client: GridClient, http: httpx.Client) -> None:
+    """Its runner is taken over by the replica Serve starts in its place: the jobs, the finished
+    one and the one that was running, are read by id and listed long after the runner went idle
+    (an orphaned runner used to leave once idle, and its jobs answered 404)."""
+    eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
+    running = start_job(http, tasks=6, seconds=3.0)
+    runner = runner_actors()[running[:TAG_LEN]]
+    finished = eventually(lambda: (r := http.post("/v1/jobs", json={"task": "noop", "count": 10, "wait": True})).json()
+                          ["job_id"].startswith(running[:TAG_LEN]) and r.json(), what="a finished job on that runner")
+    parent = ray.get(runner.__ray_call__.remote(lambda self: self._parent))
+    ray.kill(ray.get_actor(parent[0], namespace=parent[1]), no_restart=False)
+    assert ended(client, running).state == "succeeded"
+    time.sleep(3.0)  # several heartbeats with no job left: an orphan would have gone by now
+    for job_id in (running, finished["job_id"]):
+        assert http.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded"
+    assert {running, finished["job_id"]} <= {job["job_id"] for job in http.get("/v1/jobs").json()}
+    assert running[:TAG_LEN] in runner_actors() and len(runner_actors()) == 2  # taken over, none left behind
+    assert_recovered(client, http)
+
+
 @ray.remote(num_cpus=0)
 class SilentRunner:
     """A live runner whose lease renewals never reach the Scheduler (as when Serve's router held
