@@ -170,26 +170,6 @@ def test_a_live_runner_whose_renewals_stop_arriving_keeps_its_job(client: GridCl
         ray.kill(runner)
 
 
-def test_a_stopped_runner_s_capacity_is_reclaimed_and_its_job_goes_on_when_it_resumes(
-        client: GridClient, http: httpx.Client) -> None:
-    eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
-    job_id = start_job(http, tasks=24, seconds=0.5)
-    time.sleep(0.8)
-    runner = runner_actors()[job_id[:TAG_LEN]]
-    process = psutil.Process(ray.get(runner.__ray_call__.remote(lambda _: os.getpid())))  # not the state API: slow under load
-    process.suspend()  # SIGSTOP: no renewal, and no answer when the Scheduler asks whether it holds the job
-    try:
-        eventually(lambda: idle_and_unreserved(client), timeout_s=30, what="a stopped runner's reservations reclaimed")
-        read = http.get(f"/v1/jobs/{job_id}")  # answered (503), never held while the runner is stopped
-        assert read.status_code == 503 and read.json()["field"] == "job_id", read.text
-        assert http.get("/v1/jobs").status_code == 200  # the other runners' jobs are still listed
-    finally:
-        process.resume()
-    final = ended(client, job_id)  # resumed, it registers the job again and finishes it
-    assert (final.state, final.succeeded) == ("succeeded", 24), final
-    assert_recovered(client, http)
-
-
 def test_any_ingress_replica_answers_for_any_job(client: GridClient, http: httpx.Client, base_url: str) -> None:
     eventually(lambda: len(runner_actors()) >= 2, what="two runners (one per Ingress replica)")
     jobs: list[str] = []
