@@ -292,31 +292,35 @@ class Ingress:
         cancellable, and no runner is left behind. None when there is none to take."""
         if self._parent is None:
             return None
-        for entry in ray.util.list_named_actors(all_namespaces=True):
-            if entry["namespace"] != self._namespace or not is_runner_of(entry["name"], self._app):
-                continue
+        for name in self._runner_names():
             try:
-                runner = ray.get_actor(entry["name"], namespace=self._namespace)
+                runner = ray.get_actor(name, namespace=self._namespace)
                 taken = ray.get(runner.take_over.remote(self._parent, self._limits, self._interval_s, self._chunk_s),
                                 timeout=RUNNER_ANSWER_S)
             except Exception:  # gone meanwhile, or not answering: not one to take
                 continue
             if taken:
-                logger.info("Ingress replica %s took over runner %s and its jobs", self._parent[0], entry["name"])
-                return entry["name"].rsplit("-", 1)[1], runner
+                logger.info("Ingress replica %s took over runner %s and its jobs", self._parent[0], name)
+                return name.rsplit("-", 1)[1], runner
         return None
 
-    def _new_runner(self) -> tuple[str, ActorHandle]:
-        self._tag = uuid.uuid4().hex[:TAG_LEN]
-        return self._tag, self._start_runner()
+    def _runner_names(self) -> list[str]:
+        """This app's runners on the cluster, every replica's (a GCS lookup: it blocks)."""
+        return sorted(entry["name"] for entry in ray.util.list_named_actors(all_namespaces=True)
+                      if entry["namespace"] == self._namespace and is_runner_of(entry["name"], self._app))
 
-    def _start_runner(self) -> ActorHandle:
+    def _new_runner(self) -> tuple[str, ActorHandle]:
+        """A new tag and a runner started under it."""
+        tag = uuid.uuid4().hex[:TAG_LEN]
+        return tag, self._start_runner(tag)
+
+    def _start_runner(self, tag: str) -> ActorHandle:
         """This replica's JobRunner: detached, so jobs outlive a replaced replica, on this node."""
         return _RunnerActor.options(
-            name=runner_name(self._app, self._tag), namespace=self._namespace, lifetime="detached",
+            name=runner_name(self._app, tag), namespace=self._namespace, lifetime="detached",
             get_if_exists=True, num_cpus=0, max_concurrency=10_000,
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
-        ).remote(self._scheduler, self._task_modules, runner_name(self._app, self._tag), self._tag,
+        ).remote(self._scheduler, self._task_modules, runner_name(self._app, tag), tag,
                  self._parent, self._interval_s, self._limits, self._chunk_s)
 
     # ================================================================== handle API
@@ -451,9 +455,7 @@ class Ingress:
         blocks), and the runners answer at once."""
         limit = int(require_number("limit", limit, 1, 1000))
         offset = int(require_number("offset", offset, 0, 10**9))
-        actors = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
-        runners = sorted(entry["name"] for entry in actors
-                         if entry["namespace"] == self._namespace and is_runner_of(entry["name"], self._app))
+        runners = await asyncio.to_thread(self._runner_names)
         answers = await asyncio.gather(*(self._jobs_of_runner(name) for name in runners))
         jobs = sorted((job for jobs in answers for job in jobs), key=lambda job: job.submitted_at, reverse=True)
         return jobs[offset:offset + limit]
