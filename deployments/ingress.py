@@ -48,6 +48,7 @@ from grid_serve.errors import (
     require_id,
     require_number,
 )
+from grid_serve.handles import stop_safe
 from grid_serve.ledger import EXTERNAL_PREFIX, Completion
 from grid_serve.limits import Limits
 from grid_serve.models import (
@@ -269,8 +270,9 @@ class Ingress:
                                           critical_callers=tuple(critical_callers) if critical_callers else None)
         self._limits = limits or Limits()
         self._waiting_requests = 0
-        self._scheduler = scheduler
-        self._sharing = sharing
+        self._scheduler = stop_safe(scheduler)
+        self._unheard: set[asyncio.Task] = set()  # releases of /v1/schedule requests whose caller left
+        self._sharing = stop_safe(sharing)
         self._lb = load_balancer
         self._metrics = metrics
         self._task_modules = task_modules or ["grid_serve.tasks"]
@@ -320,7 +322,7 @@ class Ingress:
             name=runner_name(self._app, tag), namespace=self._namespace, lifetime="detached",
             get_if_exists=True, num_cpus=0, max_concurrency=10_000,
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
-        ).remote(self._scheduler, self._task_modules, runner_name(self._app, tag), tag,
+        ).remote(self._scheduler.handle, self._task_modules, runner_name(self._app, tag), tag,
                  self._parent, self._interval_s, self._limits, self._chunk_s)
 
     # ================================================================== handle API
@@ -500,10 +502,14 @@ class Ingress:
         self._check_priority(request.priority, caller)
         owner, key = self._claim(caller)
         inner = request.model_copy(update={"task_id": EXTERNAL_PREFIX + request.task_id, "job_id": None})
-        placements = await self._scheduler.submit.remote(Submit(requests=[inner], lease_s=lease_s, owner=owner))
-        deadline = time.monotonic() + wait_s
-        while not placements.placed and not placements.rejected and time.monotonic() < deadline:
-            placements = await self._scheduler.wait_placed.remote(inner.group, min(5.0, wait_s))
+        try:
+            placements = await self._scheduler.submit.remote(Submit(requests=[inner], lease_s=lease_s, owner=owner))
+            deadline = time.monotonic() + wait_s
+            while not placements.placed and not placements.rejected and time.monotonic() < deadline:
+                placements = await self._scheduler.wait_placed.remote(inner.group, min(5.0, wait_s))
+        except asyncio.CancelledError:  # the caller went away (its connection closed) before it heard the decision
+            self._forget_unheard(inner.group)
+            raise
         if placements.rejected:
             reason = placements.rejected[0].reason.replace(repr(inner.task_id), repr(request.task_id))
             raise InvalidRequestError(reason, field="task_id" if reason.startswith("task id") else "requirements")
@@ -513,6 +519,14 @@ class Ingress:
                                   "cluster is busy: try again later, or wait longer (wait_s)", field="wait_s",
                                   retry_after_s=self._limits.retry_after_s)
         return placements.placed[0].model_copy(update={"task_id": request.task_id, "owner_key": key})
+
+    def _forget_unheard(self, group: str) -> None:
+        """A /v1/schedule request whose caller left before its answer: nobody got its owner key,
+        so nobody could ever release it; released now (or dropped from the queue), not held for
+        its lease. In a task of its own: the request's own task is being cancelled."""
+        task = asyncio.get_running_loop().create_task(self._scheduler.finished.remote(group))
+        self._unheard.add(task)
+        task.add_done_callback(self._unheard.discard)
 
     async def complete(self, task_id: str, ok: bool = True, duration_s: float | None = None,
                        caller: Caller | None = None) -> dict[str, Any]:

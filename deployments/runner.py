@@ -53,6 +53,7 @@ from grid_serve.lookahead import chunk_sizes, interleave
 from grid_serve.models import (JobState, JobStatus, JobSubmission, ResourceRequirement, SchedulingDecision, SchedulingRequest,
                                SchedulingStrategy)
 from grid_serve.caller_code import CallerCode
+from grid_serve.handles import stop_safe
 from grid_serve.protocol import Adopt, Placements, Report, Submit
 from grid_serve.tasks import TaskType, load_task_modules, run_call, run_chunk
 
@@ -235,7 +236,7 @@ class JobRunner:
                  chunk_s: float = 0.0) -> None:
         """`chunk_s`: learned run time a Ray task may carry when very short tasks share one
         (the app's `chunk_ms`); 0 runs every task as its own Ray task."""
-        self._scheduler = scheduler
+        self._scheduler = stop_safe(scheduler)
         self._chunk_s = chunk_s
         self._limits = limits or Limits()
         self._tasks: dict[str, TaskType] = load_task_modules(task_modules)
@@ -615,7 +616,7 @@ class JobRunner:
             try:
                 live = [job.id for job in self._jobs.values() if not job.done.is_set()]
                 if not live:
-                    self._exit_if_orphaned()
+                    await self._exit_if_orphaned()
                     continue
                 began = time.monotonic()
                 epoch, unknown = await call_with_timeout(self._scheduler.renew.remote(live), CALL_TIMEOUT_S)
@@ -661,7 +662,7 @@ class JobRunner:
         made it is gone (killed, replaced by a deploy, scaled down), so its jobs, running or
         finished, stay readable by id instead of leaving with it once idle. The new replica's
         settings apply from now on."""
-        if self._replaced or (self._parent is not None and self._parent != parent and self._parent_alive()):
+        if self._replaced or (self._parent is not None and self._parent != parent and await self._parent_alive()):
             return False
         self._parent, self._parent_seen = parent, True
         self._limits, self._interval_s, self._chunk_s = limits, interval_s, chunk_s
@@ -669,9 +670,11 @@ class JobRunner:
         logger.info("runner %s now belongs to Ingress replica %s", self._name, parent[0])
         return True
 
-    def _parent_alive(self) -> bool:
+    async def _parent_alive(self) -> bool:
+        """Whether the Ingress replica that made this runner lives: a GCS lookup, in a thread so
+        that this runner's loop (its jobs' reads, its reports) never waits on the GCS."""
         try:
-            ray.get_actor(self._parent[0], namespace=self._parent[1])
+            await asyncio.to_thread(ray.get_actor, self._parent[0], namespace=self._parent[1])
             return True
         except ValueError:
             return False
@@ -682,7 +685,7 @@ class JobRunner:
         self._replaced = True
         self._start()
 
-    def _exit_if_orphaned(self) -> None:
+    async def _exit_if_orphaned(self) -> None:
         """No job left, and the Ingress replica that made this runner is gone (or replaced this
         runner), and no new replica took it over: leave, once its finished jobs have been
         readable for ORPHAN_KEEP_S. (Asked only once the parent was seen alive, so a wrong name
@@ -690,7 +693,7 @@ class JobRunner:
         if not self._replaced:
             if self._parent is None:
                 return
-            if self._parent_alive():
+            if await self._parent_alive():
                 self._parent_seen = True
                 return
             if not self._parent_seen:

@@ -22,6 +22,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, placement_
 from grid_serve.access import Caller, may_touch, refusal_to_touch
 from grid_serve.config import ClusterConfig
 from grid_serve.errors import ForbiddenError, UnavailableError
+from grid_serve.handles import stop_safe
 from grid_serve.models import NODE_LABEL
 from grid_serve.sharing import (
     PLACEMENT_GROUP_PREFIX,
@@ -78,8 +79,8 @@ def create_group(record: Allocation) -> PlacementGroup:
 class SharingManager:
     def __init__(self, config: ClusterConfig | None, metrics: DeploymentHandle, load_balancer: DeploymentHandle,
                  interval_s: float | None = None) -> None:
-        self._metrics = metrics
-        self._lb = load_balancer
+        self._metrics = stop_safe(metrics)
+        self._lb = stop_safe(load_balancer)
         interval = interval_s or (config.resource_sharing.monitoring_interval_seconds if config else 1.0)
         # an ended allocation keeps its group a little past its last task: the Scheduler may
         # still be placing into it from a view up to one interval old

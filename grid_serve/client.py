@@ -21,6 +21,7 @@ import httpx
 
 from .access import OWNER_KEY_HEADER
 from .caller_code import CallerCode
+from .handles import stop_safe
 from .errors import ForbiddenError, GoneError, GridError, InvalidRequestError, NotFoundError, TooBusyError, UnavailableError
 from .models import ClusterStatus, JobStatus, JobSubmission, RecentDecisions, SchedulingDecision, SchedulingRequest
 from .sharing import Allocation, SharingRequest, SharingStatus
@@ -267,7 +268,7 @@ class HandleClient:
     """
 
     def __init__(self, handle: Any) -> None:
-        self._handle = handle
+        self._handle = stop_safe(handle)  # a caller stopped mid-call must not freeze the Ingress
 
     @classmethod
     def connect(cls, app_name: str = APP_NAME) -> HandleClient:

@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 from .calls import Stream
 from .errors import InvalidRequestError, NoCapacityError, plain_seconds
+from .handles import stop_safe
 from .models import ResourceRequirement, SchedulingDecision, SchedulingRequest, SchedulingStrategy, TaskPriority
 from .protocol import Adopt, Placements, Submit
 
@@ -254,7 +255,7 @@ class Dispatcher:
         from .client import connect_ray
 
         connect_ray()
-        self._scheduler = serve.get_deployment_handle("Scheduler", app_name=app_name)
+        self._scheduler = stop_safe(serve.get_deployment_handle("Scheduler", app_name=app_name))
         self._name = f"grid-caller-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._tag = uuid.uuid4().hex[:6]
         self._lock = threading.Condition()

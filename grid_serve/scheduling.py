@@ -158,6 +158,10 @@ class SchedulerCore:
     def __len__(self) -> int:
         return len(self._waiting)
 
+    def task_ids(self) -> set[str]:
+        """The ids of the tasks waiting."""
+        return {item.request.task_id for item in self._waiting}
+
     def queued_by_group(self) -> Mapping[str, int]:
         """Tasks waiting per group (kept up to date, not counted per call); read-only."""
         return MappingProxyType(self._queued)

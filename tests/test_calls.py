@@ -1,46 +1,41 @@
-"""`grid_serve.calls.Stream`, the books of `grid.remote` calls, driven against the real pure
-Scheduler core (SchedulerCore + Ledger + a ClusterView): no cluster, no Ray."""
+"""`grid_serve.calls.Stream`, the books of `grid.remote` calls, driven against the Scheduler's
+own books (`grid_serve.books.SchedulerBooks`) through the protocol's messages: no cluster, no Ray."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+from grid_serve.books import SchedulerBooks
 from grid_serve.calls import IDLE_S, MAX_AHEAD, Stream
-from grid_serve.ledger import Completion, Ledger
-from grid_serve.models import SchedulingRequest
-from grid_serve.scheduling import SchedulerCore
-from grid_serve.view import ClusterView, make_node
+from grid_serve.models import NodeStatus, SchedulingRequest
+from grid_serve.protocol import Submit
 
-NODES = [make_node("a", cpus=2), make_node("b", cpus=2), make_node("c", cpus=2)]
+NODES = [NodeStatus(name=name, node_id=name, address="127.0.0.1", alive=True, resources_total={"CPU": 2.0})
+         for name in ("a", "b", "c")]
 
 
 class FakeScheduler:
-    """The Scheduler deployment's books without its shell: queue, place, reserve, release."""
+    """The Scheduler deployment without its shell (its books), and the dispatcher's exchange:
+    a stream's first report registers it (`Submit`), later ones are `Report`s."""
 
     def __init__(self, admission: float = 50.0) -> None:
-        self.core = SchedulerCore(clock=lambda: 0.0)
-        self.ledger = Ledger(clock=lambda: 0.0)
-        self.admission = admission
-
-    def view(self) -> ClusterView:
-        loads = self.ledger.loads()
-        nodes = [node.reserve(loads[node.node_id].reserved, tasks=0) if node.node_id in loads else node
-                 for node in NODES]
-        return ClusterView.of(nodes, admission=self.admission)
+        self.books = SchedulerBooks(epoch="e", lease_s=5.0, tick_s=1.0, lookahead_s=None, admission=admission,
+                                    clock=lambda: 0.0, wall=lambda: 0.0)
+        self.books.on_nodes(NODES, taken_at=0.0)
+        self.ledger = self.books.ledger
 
     def exchange(self, stream: Stream) -> None:
-        """What `Scheduler.report` does with a stream's report: release what ended, release and
-        uncount what was handed back, queue what was asked and place it."""
         report = stream.take_report()
-        self.ledger.release(report.ended)
-        for reservation in self.ledger.release([Completion(task_id=t, ok=False) for t in report.returned]):
-            self.core.group_counts.add(stream.group, reservation.node_id, -1)
-        result = self.core.submit(report.requeue, self.view())
-        for decision in result.placed:
-            self.ledger.reserve(decision.task_id, decision.node_id, decision.resources, group=stream.group)
-        stream.on_placed(result.placed)
-        if result.rejected:
-            stream.on_refused([r.task_id for r in result.rejected], result.rejected[0].reason)
+        if self.books.owners.knows(stream.group):
+            reply = self.books.on_reported(report)
+        elif report.requeue:  # nothing was placed before: the first report holds only requests
+            reply = self.books.on_submitted(Submit(requests=report.requeue, runner="grid-caller-test"))
+        else:
+            return
+        self.books.check()
+        stream.on_placed(reply.placed)
+        if reply.rejected:
+            stream.on_refused([r.task_id for r in reply.rejected], reply.rejected[0].reason)
 
 
 def stream_of(**template: object) -> Stream:

@@ -104,6 +104,35 @@ def test_a_replica_killed_mid_job_loses_nothing(deployment: str, client: GridCli
         eventually(lambda: len(runner_actors()) == 2, what="the orphaned runner exiting")
 
 
+def test_a_schedule_reservation_survives_a_scheduler_restart(client: GridClient, http: httpx.Client) -> None:
+    """A /v1/schedule caller's 2 CPUs on gpu1, then the Scheduler killed: the new Scheduler shows
+    them reserved (new work does not land on them), its owner's `complete` releases them."""
+    eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
+    body = {"task_id": "survivor", "strategy": "node_specific", "target_node": "gpu1", "requirements": {"cpu_count": 2}}
+    decision = http.post("/v1/schedule", params={"lease_s": 600}, json=body)
+    assert decision.status_code == 200 and decision.json()["node_name"] == "gpu1", decision.text
+    time.sleep(1.0)  # the reservation is written to the GCS off the request's path
+    scheduler = serve.get_deployment_handle("Scheduler", app_name="grid")
+    old_epoch = scheduler.caller_settings.remote().result()["epoch"]
+    ray.kill(serve_actor("Scheduler"), no_restart=True)
+
+    def a_new_scheduler() -> bool:
+        try:
+            return scheduler.caller_settings.remote().result(timeout_s=5)["epoch"] != old_epoch
+        except Exception:  # being replaced: no replica answers yet
+            return False
+
+    eventually(a_new_scheduler, what="a new Scheduler")
+
+    def gpu1_reserved() -> float:
+        return next(node.reserved.get("CPU", 0.0) for node in client.cluster_status().nodes if node.name == "gpu1")
+
+    assert gpu1_reserved() == 2.0  # before: 0, and new work landed on them
+    done = http.post("/v1/schedule/survivor/complete", headers=owned(decision.json()))
+    assert done.status_code == 200 and done.json()["released"] is True, done.text
+    assert_recovered(client, http)
+
+
 def test_a_dead_runner_s_capacity_is_reclaimed_and_its_job_explains(client: GridClient, http: httpx.Client) -> None:
     eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
     job_id = start_job(http, tasks=60, seconds=0.5)
@@ -168,6 +197,26 @@ def test_a_live_runner_whose_renewals_stop_arriving_keeps_its_job(client: GridCl
         eventually(lambda: idle_and_unreserved(client), timeout_s=30, what="the released job reclaimed")
     finally:
         ray.kill(runner)
+
+
+def test_a_stopped_runner_s_capacity_is_reclaimed_and_its_job_goes_on_when_it_resumes(
+        client: GridClient, http: httpx.Client) -> None:
+    eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
+    job_id = start_job(http, tasks=24, seconds=0.5)
+    time.sleep(0.8)
+    runner = runner_actors()[job_id[:TAG_LEN]]
+    process = psutil.Process(ray.get(runner.__ray_call__.remote(lambda _: os.getpid())))  # not the state API: slow under load
+    process.suspend()  # SIGSTOP: no renewal, and no answer when the Scheduler asks whether it holds the job
+    try:
+        eventually(lambda: idle_and_unreserved(client), timeout_s=30, what="a stopped runner's reservations reclaimed")
+        read = http.get(f"/v1/jobs/{job_id}")  # answered (503), never held while the runner is stopped
+        assert read.status_code == 503 and read.json()["field"] == "job_id", read.text
+        assert http.get("/v1/jobs").status_code == 200  # the other runners' jobs are still listed
+    finally:
+        process.resume()
+    final = ended(client, job_id)  # resumed, it registers the job again and finishes it
+    assert (final.state, final.succeeded) == ("succeeded", 24), final
+    assert_recovered(client, http)
 
 
 def test_any_ingress_replica_answers_for_any_job(client: GridClient, http: httpx.Client, base_url: str) -> None:

@@ -1,0 +1,467 @@
+"""The Scheduler's books: what is queued, placed and owned, and every change to them.
+
+One pure object (no Ray, no asyncio) with named transitions, one per message of
+`grid_serve.protocol` and one per input of the Scheduler's tick, so the whole exchange between
+a job's owner and the Scheduler can be driven in a table test without a cluster
+(tests/test_books.py). The Scheduler deployment (`deployments/scheduler.py`) is its shell: it
+holds the lock, makes the remote calls (node snapshots, the runner asks, publishing), wakes
+long-polls for the groups `take_woken` names, and calls these.
+
+What the books hold, and the invariant `check()` asserts after every transition in tests:
+  - `core`: the queue and each group's per-node counts (exact spread);
+  - `ledger`: what is reserved where, and learned run times;
+  - `owners`: each job's owner lease;
+  - `meta`: what the Scheduler knows of each live task id. A task id is in `meta` exactly when
+    it is queued or reserved, so a task the owner reports twice, or one that was rejected,
+    reclaimed or cancelled, frees nothing twice;
+  - `unsent`: tasks an owner holds back beyond its window (they count toward the queue's cap);
+  - `outbox`: each group's news until its owner collects it (`collect`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable
+
+from .access import Caller, may_touch, refusal_to_touch
+from .decision_log import DecisionLog
+from .errors import ForbiddenError, InvalidRequestError, TooBusyError
+from .ledger import EXTERNAL_PREFIX, Completion, Ledger, Reservation
+from .limits import Limits
+from .models import ClusterStatus, NodeStatus, QueueLevel, SchedulingDecision, SchedulingRequest, TaskPriority
+from .owners import Owners
+from .protocol import Adopt, Placements, Report, Submit
+from .scheduling import DrainResult, Rejected, SchedulerCore
+from .sharing import Allocation, fold_allocations
+from .view import ClusterView, view_from
+
+logger = logging.getLogger("ray.serve")  # the Scheduler replica's log, where its operators read
+
+SNAPSHOT_TRUST_INTERVALS = 5  # a node snapshot older than this many intervals (and 10 s) is not trusted
+MIN_SNAPSHOT_TRUST_S = 10.0
+LOST_NODE_S = 30.0  # a node a runner saw die stays out this long unless Ray's table agrees sooner
+
+DrainObserver = Callable[[list[SchedulingDecision], int, float, int], None]  # placed, decided, seconds, queued
+
+
+@dataclass
+class _News:
+    """What a group got since it last asked, gathered until its owner collects it as `Placements`."""
+
+    placed: list[SchedulingDecision] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    turns_given_up: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Meta:
+    task_type: str
+    group: str
+    lease_s: float | None
+    priority: TaskPriority = TaskPriority.NORMAL
+    owner: str | None = None  # who may complete a /v1/schedule reservation (grid_serve.access)
+    runner: bool = False  # a job runner's task (not a /v1/schedule caller's)
+
+
+class SchedulerBooks:
+    """The Scheduler's state and its transitions. Not thread-safe: its shell serialises calls."""
+
+    def __init__(self, *, epoch: str, lease_s: float, tick_s: float, lookahead_s: float | None,
+                 admission: float = 1.0, limits: Limits | None = None, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time, on_drain: DrainObserver | None = None) -> None:
+        """`lookahead_s` None keeps the fixed `admission`; `clock` orders leases and waits,
+        `wall` dates node snapshots (the MetricsCollector stamps them with wall time)."""
+        self.epoch = epoch
+        self.tick_s = tick_s
+        self.limits = limits or Limits()
+        self.admission = admission
+        self.core = SchedulerCore(clock=clock, lookahead_s=lookahead_s)
+        self.ledger = Ledger(clock=clock)
+        self.owners = Owners(lease_s=lease_s, tick_s=tick_s, clock=clock)
+        self.log = DecisionLog()  # what was decided lately and why: for /v1/decisions and the web page
+        self.meta: dict[str, _Meta] = {}
+        self.unsent: dict[str, tuple[int, TaskPriority]] = {}  # group -> tasks its owner holds back (its window)
+        self.outbox: dict[str, _News] = {}
+        self.nodes: list[NodeStatus] = []
+        self.nodes_at = 0.0
+        self.allocations: list[Allocation] = []  # held by borrowers: reserved on their donors
+        self._lost_nodes: dict[str, float] = {}  # node id -> until when it stays out (clock)
+        self._woken: set[str] = set()
+        self.callers_version = 0  # grows whenever a /v1/schedule reservation is made or ends (`held_for_callers`)
+        self._distrusted = False  # the node snapshot is too old: said once in the log per episode
+        self._clock, self._wall = clock, wall
+        self._on_drain = on_drain
+
+    # ------------------------------------------------------------------ the tick's inputs
+
+    def on_nodes(self, nodes: list[NodeStatus], taken_at: float) -> None:
+        """A node snapshot from the MetricsCollector (taken at wall time `taken_at`)."""
+        self.nodes, self.nodes_at = nodes, taken_at
+
+    def on_allocations(self, allocations: list[Allocation] | None) -> None:
+        """The SharingManager's allocations; None (it is restarting) keeps the last known."""
+        if allocations is not None:
+            self.allocations = allocations
+
+    def on_leases_checked(self, overdue: Iterable[str], held: set[str]) -> list[str]:
+        """The tick's lease check: of the `overdue` groups, those whose runner answered that it
+        still holds them (`held`) are renewed, the rest reclaimed with everything they held;
+        /v1/schedule reservations whose lease ran out are released. Returns the groups reclaimed."""
+        if held:
+            logger.warning("job(s) %s: no lease renewal came for %g s, but the runner answers that it holds "
+                           "them: kept", ", ".join(sorted(held)), self.owners.lease_s)
+            self.owners.renew(held)
+        reclaimed = self.owners.reclaim(group for group in overdue if group not in held)
+        for group in reclaimed:
+            logger.warning("job %s: %s", group, self.owners.gone.get(group))
+            self._drop_group(group)
+        for reservation in self.ledger.expire():  # /v1/schedule callers that never reported
+            self._forget_lone_decision(reservation.task_id)
+        self._drain()
+        return reclaimed
+
+    def on_sharing_changed(self, allocations: list[Allocation] | None) -> None:
+        """An allocation was granted or ended: place what it allows."""
+        self.on_allocations(allocations)
+        self._drain()
+
+    # ------------------------------------------------------------------ an owner's messages
+
+    def on_submitted(self, message: Submit) -> Placements:
+        """A new group's requests: queued, and what fits placed now. Raises TooBusyError (429) or
+        InvalidRequestError when the queue cannot take them; refuses a live task id."""
+        requests, runner = message.requests, message.runner
+        groups = {request.group for request in requests}
+        if len(groups) != 1:
+            raise ValueError("submit() takes the requests of one job (one group) at a time")
+        group = groups.pop()
+        self._check_queue_room(len(requests) + message.unsent)
+        duplicates = [request for request in requests if request.task_id in self.meta]
+        if duplicates:  # a live task id: a second reservation would overwrite the first's
+            return Placements(rejected=[Rejected(r.task_id, r.group, f"task id {r.task_id!r} is already reserved "
+                                                 "or waiting; give each task its own id") for r in duplicates],
+                              epoch=self.epoch)
+        if runner is not None:
+            self.owners.register(group, runner)
+        self._hold_back(group, message.unsent, requests[0].priority)
+        for request in requests:
+            self.meta[request.task_id] = _Meta(request.task_type, group, message.lease_s, request.priority,
+                                               message.owner, runner=runner is not None)
+        self._drain(requests)
+        return self.collect(group)
+
+    def on_reported(self, message: Report) -> Placements:
+        """An owner's batch of news: release what ended, release and uncount what it handed back
+        unused (spread stays exact), leave out the nodes it saw die, and queue `requeue`. A
+        group these books do not know (reclaimed, or this Scheduler restarted) gets nothing
+        queued or placed: the reply says unknown, and its owner adopts it with all it holds
+        (placed now, beside what already runs unreserved, a job ran twice its share)."""
+        group, requeue = message.group, message.requeue
+        self._release(message.ended)
+        for reservation in self._release([Completion.model_construct(task_id=task_id, ok=False, duration_s=None)
+                                          for task_id in message.returned]):
+            self.core.group_counts.add(group, reservation.node_id, -1)
+        for node_id in message.lost_nodes:
+            logger.warning("node %s lost a task of job %s: no new work goes there", node_id[:12], group)
+            self._lost_nodes[node_id] = self._clock() + LOST_NODE_S
+        if self.owners.renew([group]):
+            self._drain()
+            return self.collect(group)
+        self._hold_back(group, message.unsent, requeue[0].priority if requeue else None)
+        fresh = [request for request in requeue if request.task_id not in self.meta]
+        for request in fresh:
+            self.meta[request.task_id] = _Meta(request.task_type, group, None, request.priority, runner=True)
+        self._drain(fresh)
+        return self.collect(group)
+
+    def on_adopted(self, message: Adopt) -> Placements:
+        """A group registered again with all it holds: what runs reserved where it runs, what it
+        placed counted per node (spread stays exact), what waits queued. Replaces whatever the
+        books had of it (an adopt that crosses a report)."""
+        group, waiting = message.group, message.waiting
+        self._drop_group(group)
+        self.owners.register(group, message.runner)
+        priority = message.priority or (waiting[0].priority if waiting else TaskPriority.NORMAL)
+        self._hold_back(group, message.unsent, priority)
+        for decision, task_type in message.running:
+            self.meta[decision.task_id] = _Meta(task_type, group, None, priority, runner=True)
+            self.ledger.reserve(decision.task_id, decision.node_id, decision.resources, task_type=task_type,
+                                group=group, strategy=str(decision.strategy),
+                                placement_group_id=decision.placement_group_id, rank=priority.rank)
+        for node_id, count in message.placed_per_node.items():
+            self.core.group_counts.add(group, node_id, count)
+        fresh = [request for request in waiting if request.task_id not in self.meta]
+        for request in fresh:
+            self.meta[request.task_id] = _Meta(request.task_type, group, None, request.priority, runner=True)
+        self._drain(fresh)
+        return self.collect(group)
+
+    def on_renewed(self, groups: Iterable[str]) -> list[str]:
+        """Owners' heartbeat: extends the leases; returns the groups unknown here (to adopt)."""
+        return self.owners.renew(groups)
+
+    def on_cancelled(self, group: str) -> list[str]:
+        """The group's waiting tasks dropped (running ones are its owner's to cancel); their ids."""
+        self.unsent.pop(group, None)
+        return self._drop_waiting(group)
+
+    def on_finished(self, group: str, reason: str | None = None, completions: Iterable[Completion] = ()) -> None:
+        """The group's job is over: learn from its last ends, release whatever it still held,
+        forget its counts, outbox and lease."""
+        self._release(completions)
+        self._drop_group(group)
+        self.owners.forget(group, reason)
+        self._drain()
+
+    def on_completed(self, completions: list[Completion]) -> int:
+        """Tasks ended (a /v1/schedule caller's): released, and waiting tasks placed in the room."""
+        released = self._release(completions)
+        self._drain()
+        return len(released)
+
+    def check_may_complete(self, completion: Completion, caller: Caller | None) -> bool:
+        """Whether `completion` names a leased /v1/schedule reservation (a job's tasks are released
+        by its own runner, never by a guess at their ids); ForbiddenError unless `caller` owns it."""
+        meta = self.meta.get(completion.task_id)
+        if meta is None or meta.lease_s is None:
+            return False
+        if not may_touch(caller, meta.owner):
+            what = f"reservation {completion.task_id.removeprefix(EXTERNAL_PREFIX)}"
+            raise ForbiddenError(refusal_to_touch(meta.owner, what), field="task_id")
+        return True
+
+    # ------------------------------------------------------------------ /v1/schedule reservations kept
+
+    def held_for_callers(self) -> list[dict[str, Any]]:
+        """The /v1/schedule reservations (each its own group, no runner holds them), as plain data
+        to keep outside this process: a restarted Scheduler takes them back (`on_restored`), so a
+        caller's reserved node stays reserved and its `complete` still finds it. Lease ends as
+        wall time, since the next process's monotonic clock is another one."""
+        now, wall = self._clock(), self._wall()
+        held = []
+        for task_id, reservation in self.ledger.reservations.items():
+            meta = self.meta.get(task_id)
+            if meta is None or meta.runner or reservation.lease_until is None:
+                continue
+            held.append({"task_id": task_id, "node_id": reservation.node_id, "resources": dict(reservation.resources),
+                         "task_type": reservation.task_type, "priority": meta.priority.value, "owner": meta.owner,
+                         "placement_group_id": reservation.placement_group_id,
+                         "lease_ends_at": wall + (reservation.lease_until - now)})
+        return held
+
+    def on_restored(self, held: Iterable[dict[str, Any]]) -> int:
+        """Take back what `held_for_callers` kept (a predecessor's); leases that ran out meanwhile
+        are not. Returns how many were restored."""
+        wall = self._wall()
+        restored = 0
+        for record in held:
+            remaining = float(record["lease_ends_at"]) - wall
+            task_id = record["task_id"]
+            if remaining <= 0 or task_id in self.meta:
+                continue
+            priority = TaskPriority(record["priority"])
+            self.meta[task_id] = _Meta(record["task_type"], task_id, remaining, priority, record.get("owner"))
+            self.ledger.reserve(task_id, record["node_id"], record["resources"], task_type=record["task_type"],
+                                group=task_id, lease_s=remaining, placement_group_id=record.get("placement_group_id"),
+                                rank=priority.rank)
+            restored += 1
+        if restored:
+            self.callers_version += 1
+        return restored
+
+    # ------------------------------------------------------------------ news
+
+    def has_news(self, group: str) -> bool:
+        return group in self.outbox
+
+    def take_woken(self) -> set[str]:
+        """Groups that got news since the last call: their long-polls are to be woken."""
+        woken, self._woken = self._woken, set()
+        return woken
+
+    def collect(self, group: str) -> Placements:
+        """The group's news, taken out of the outbox."""
+        news = self.outbox.pop(group, _News())
+        return Placements(placed=news.placed, rejected=news.rejected, turns_given_up=news.turns_given_up,
+                          queued=self.core.queued_by_group().get(group, 0), epoch=self.epoch,
+                          known=self.owners.knows(group) or group in self.meta,
+                          run_s=self._learned_run_s(news.placed[0].task_id) if news.placed else {})
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def needs_nodes(self) -> bool:
+        """No node snapshot yet: a drain now would read every task as never fitting."""
+        return not self.nodes
+
+    def queued_total(self) -> int:
+        """Tasks waiting: in the queue, and held back by owners beyond their windows."""
+        return len(self.core) + sum(count for count, _ in self.unsent.values())
+
+    def status(self) -> ClusterStatus:
+        """Nodes with their reservations folded in, and the queue per priority."""
+        view = self.view()
+        nodes = []
+        for status in self.trusted_nodes():
+            node = view.nodes.get(status.node_id)
+            nodes.append(status.model_copy(update={"reserved": dict(node.reserved) if node else {},
+                                                   "in_flight": node.in_flight if node else 0}))
+        return ClusterStatus(nodes=nodes, queued=self.queued_total(), queue=self.queue_levels(),
+                             jobs_running=len(self.owners), snapshot_age_s=max(0.0, self._wall() - self.nodes_at))
+
+    def queue_levels(self) -> list[QueueLevel]:
+        """Waiting tasks per priority, highest first, counting what owners hold back beyond their
+        windows (it waits as much as what the queue holds; the oldest wait is the queue's)."""
+        levels = {priority: [tasks, wait] for priority, tasks, wait in self.core.waiting_by_priority()}
+        for count, priority in self.unsent.values():
+            levels.setdefault(priority, [0, 0.0])[0] += count
+        return [QueueLevel(priority=priority, tasks=tasks, oldest_wait_s=round(wait, 3))
+                for priority, (tasks, wait) in sorted(levels.items(), key=lambda item: -item[0].rank)]
+
+    def trusted_nodes(self) -> list[NodeStatus]:
+        """The nodes, every one marked stale when the snapshot is too old to trust (the collector
+        or Ray's state calls stalled): a stale node gets no new work."""
+        age = self._wall() - self.nodes_at
+        limit = max(MIN_SNAPSHOT_TRUST_S, SNAPSHOT_TRUST_INTERVALS * self.tick_s)
+        if age <= limit or not self.nodes:
+            if self._distrusted:
+                logger.warning("the node snapshot is fresh again (%.1f s old): placing work again", age)
+            self._distrusted = False
+            return self.nodes
+        if not self._distrusted:
+            logger.warning("the MetricsCollector's node snapshot is %.0f s old (trusted up to %.0f s): every node "
+                           "counts as stale, so no new work is placed until a fresh one arrives", age, limit)
+            self._distrusted = True
+        return [node.model_copy(update={"stale": True}) for node in self.nodes]
+
+    def view(self) -> ClusterView:
+        """What placement reads: trusted nodes, the ledger's reservations, lost nodes left out,
+        borrowed capacity folded in."""
+        ledger = self.ledger.snapshot()
+        view = self._without_lost_nodes(view_from(self.trusted_nodes(), ledger, self.admission, self.nodes_at))
+        return replace(fold_allocations(view, self.allocations, ledger.group_loads), running=self.ledger.running_on)
+
+    def check(self) -> None:
+        """The invariants every transition keeps (asserted by the table tests)."""
+        queued = self.core.task_ids()
+        reserved = set(self.ledger.reservations)
+        assert set(self.meta) == queued | reserved, ("meta is not queued | reserved",
+                                                     set(self.meta) ^ (queued | reserved))
+        assert not queued & reserved, ("queued and reserved at once", queued & reserved)
+        unowned = {m.group for m in self.meta.values() if m.runner and not self.owners.knows(m.group)}
+        assert not unowned, ("a runner's tasks with no owner lease", unowned)
+        assert all(count > 0 for count, _ in self.unsent.values()), self.unsent
+
+    # ------------------------------------------------------------------ internals
+
+    def _drain(self, submitted: list[SchedulingRequest] | None = None) -> None:
+        """Queue `submitted` (if any), place whatever fits, reserve it and hand it out."""
+        submitted = submitted or []
+        if not submitted and not len(self.core):
+            return
+        began = time.perf_counter()
+        result = self.core.submit(submitted, self.view())
+        if self._on_drain is not None:
+            self._on_drain(result.placed, len(result.placed) + len(result.rejected), time.perf_counter() - began,
+                           len(self.core))
+        self._commit(result)
+
+    def _commit(self, result: DrainResult) -> None:
+        """Reserve what was placed, then hand each group its news (placements, rejections, spread
+        turns its nodes gave up)."""
+        for decision in result.placed:
+            meta = self.meta[decision.task_id]
+            self.ledger.reserve(decision.task_id, decision.node_id, decision.resources, task_type=meta.task_type,
+                                group=meta.group, strategy=str(decision.strategy), lease_s=meta.lease_s,
+                                placement_group_id=decision.placement_group_id, rank=meta.priority.rank)
+            self.log.record(decision, meta.group, meta.task_type, meta.priority)
+            if not meta.runner:
+                self.callers_version += 1
+            # a job runner only runs the task; a /v1/schedule caller is shown why
+            self._deliver(meta.group).placed.append(decision.to_run() if meta.runner else decision)
+        for rejection in result.rejected:
+            self._deliver(rejection.group).rejected.append(rejection)
+            self.meta.pop(rejection.task_id, None)
+        for group, given_up in result.turns_given_up.items():
+            news = self._deliver(group).turns_given_up
+            for name, turns in given_up.items():
+                news[name] = news.get(name, 0) + turns
+
+    def _deliver(self, group: str) -> _News:
+        self._woken.add(group)
+        return self.outbox.setdefault(group, _News())
+
+    def _learned_run_s(self, task_id: str) -> dict[str, float]:
+        """What tasks of this one's type took per node lately: the runner sizes its chunks by it."""
+        meta = self.meta.get(task_id)
+        if meta is None:
+            return {}
+        return {node_id: seconds for (node_id, kind), seconds in self.ledger.durations.items()
+                if kind == meta.task_type}
+
+    def _without_lost_nodes(self, view: ClusterView) -> ClusterView:
+        """The view with nodes a runner saw die marked dead: Ray's node table marks a killed
+        raylet dead only after its health checks fail (about 15 s by default)."""
+        now = self._clock()
+        for node_id, until in list(self._lost_nodes.items()):
+            node = view.nodes.get(node_id)
+            if until < now or node is None or not node.alive:
+                del self._lost_nodes[node_id]  # expired, or Ray's own table says it now
+            else:
+                view = view.with_node(replace(node, alive=False))
+        return view
+
+    def _check_queue_room(self, arriving: int) -> None:
+        """Never an unbounded queue: a job that would pass `max_queued_tasks` is turned away
+        (429, retry later), or refused outright if it alone is larger than the cap."""
+        cap = self.limits.max_queued_tasks
+        if arriving > cap:
+            raise InvalidRequestError(f"a job of {arriving} tasks is larger than the queue may ever hold "
+                                      f"(max_queued_tasks {cap}); split it", field="count")
+        queued = self.queued_total()
+        if queued + arriving > cap:
+            raise TooBusyError(f"the queue holds {queued} waiting tasks and may hold {cap} "
+                               f"(max_queued_tasks); {arriving} more do not fit now: retry later", field="count",
+                               retry_after_s=self.limits.retry_after_s)
+
+    def _hold_back(self, group: str, unsent: int | None, priority: TaskPriority | None = None) -> None:
+        """Record how many tasks of `group` its owner holds back (None: no news); `priority`
+        None keeps the one recorded (a job's priority never changes)."""
+        if unsent:
+            self.unsent[group] = (unsent, priority or self.unsent.get(group, (0, TaskPriority.NORMAL))[1])
+        elif unsent is not None:
+            self.unsent.pop(group, None)
+
+    def _release(self, completions: Iterable[Completion]) -> list[Reservation]:
+        released = self.ledger.release(completions)
+        for reservation in released:
+            self.meta.pop(reservation.task_id, None)
+            if reservation.group == reservation.task_id:  # a lone external decision
+                self._forget_lone_decision(reservation.task_id)
+        return released
+
+    def _forget_lone_decision(self, task_id: str) -> None:
+        self.callers_version += 1
+        self.meta.pop(task_id, None)
+        self.core.forget_group(task_id)
+        self.outbox.pop(task_id, None)
+
+    def _drop_waiting(self, group: str) -> list[str]:
+        """Take the group's waiting tasks out of the queue and the books; returns their ids."""
+        dropped = self.core.cancel(group=group)
+        for task_id in dropped:
+            self.meta.pop(task_id, None)
+        return dropped
+
+    def _drop_group(self, group: str) -> None:
+        """Everything of `group` out of the books: waiting tasks, reservations, counts, outbox."""
+        self._drop_waiting(group)
+        for reservation in self.ledger.release_group(group):
+            self.meta.pop(reservation.task_id, None)
+            if reservation.lease_until is not None:
+                self.callers_version += 1
+        self.core.forget_group(group)
+        self.unsent.pop(group, None)
+        self.outbox.pop(group, None)
