@@ -502,13 +502,15 @@ class Ingress:
         self._check_priority(request.priority, caller)
         owner, key = self._claim(caller)
         inner = request.model_copy(update={"task_id": EXTERNAL_PREFIX + request.task_id, "job_id": None})
+        request_key = uuid.uuid4().hex  # this request's alone: a hang-up releases only what it made
         try:
-            placements = await self._scheduler.submit.remote(Submit(requests=[inner], lease_s=lease_s, owner=owner))
+            placements = await self._scheduler.submit.remote(Submit(requests=[inner], lease_s=lease_s, owner=owner,
+                                                                    request_key=request_key))
             deadline = time.monotonic() + wait_s
             while not placements.placed and not placements.rejected and time.monotonic() < deadline:
                 placements = await self._scheduler.wait_placed.remote(inner.group, min(5.0, wait_s))
         except asyncio.CancelledError:  # the caller went away (its connection closed) before it heard the decision
-            self._forget_unheard(inner.group)
+            self._forget_unheard(inner.task_id, request_key)
             raise
         if placements.rejected:
             reason = placements.rejected[0].reason.replace(repr(inner.task_id), repr(request.task_id))
@@ -520,13 +522,19 @@ class Ingress:
                                   retry_after_s=self._limits.retry_after_s)
         return placements.placed[0].model_copy(update={"task_id": request.task_id, "owner_key": key})
 
-    def _forget_unheard(self, group: str) -> None:
+    def _forget_unheard(self, task_id: str, request_key: str) -> None:
         """A /v1/schedule request whose caller left before its answer: nobody got its owner key,
         so nobody could ever release it; released now (or dropped from the queue), not held for
         its lease. In a task of its own: the request's own task is being cancelled."""
-        task = asyncio.get_running_loop().create_task(self._scheduler.finished.remote(group))
+        task = asyncio.get_running_loop().create_task(self._scheduler.abandon.remote(task_id, request_key))
         self._unheard.add(task)
-        task.add_done_callback(self._unheard.discard)
+        task.add_done_callback(self._after_unheard)
+
+    def _after_unheard(self, task: asyncio.Task) -> None:
+        self._unheard.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("could not release a /v1/schedule request whose caller left (%s); its lease ends it",
+                           task.exception())
 
     async def complete(self, task_id: str, ok: bool = True, duration_s: float | None = None,
                        caller: Caller | None = None) -> dict[str, Any]:

@@ -24,6 +24,9 @@ said died, which the Scheduler stops using at once. Ray's own retries are off fo
 tasks: they are pinned hard, so Ray would retry on the dead node. `node_specific` tasks stay
 on their node: they fail, naming it.
 
+Each job's books (window, running, outcomes, what to report, what to register again) are a
+pure `grid_serve.job_books.JobBooks`; this module adds Ray and the events callers wait on.
+
 Ownership: the runner renews its jobs' leases with the Scheduler every half interval. If the
 Scheduler restarted (a new epoch) or forgot a job (its lease lapsed), the runner registers
 the job again (`adopt`): what runs where, what the job placed per node, what waits.
@@ -45,16 +48,15 @@ import ray
 from ray.serve.handle import DeploymentHandle
 
 from grid_serve.access import Caller, may_touch, refusal_to_touch
-from grid_serve.errors import ForbiddenError, GoneError, GridError, InvalidRequestError, NotFoundError
-from grid_serve.ledger import Completion
+from grid_serve.errors import ForbiddenError, GridError, InvalidRequestError, NotFoundError
 from grid_serve.outcomes import OutcomeTable
 from grid_serve.limits import Limits
 from grid_serve.lookahead import chunk_sizes, interleave
-from grid_serve.models import (JobState, JobStatus, JobSubmission, ResourceRequirement, SchedulingDecision, SchedulingRequest,
-                               SchedulingStrategy)
+from grid_serve.models import (JobStatus, JobSubmission, ResourceRequirement, SchedulingDecision)
 from grid_serve.caller_code import CallerCode
+from grid_serve.job_books import MAX_ATTEMPTS, JobBooks
 from grid_serve.handles import stop_safe
-from grid_serve.protocol import Adopt, Placements, Report, Submit
+from grid_serve.protocol import Placements, Submit
 from grid_serve.tasks import TaskType, load_task_modules, run_call, run_chunk
 
 from ._common import call_with_timeout, logger
@@ -67,9 +69,7 @@ CALL_TIMEOUT_S = 30.0
 ORPHAN_KEEP_S = 300.0  # a runner no replica holds keeps its finished jobs readable this long, then leaves
 LATE_RENEWAL_S = 1.0  # a renewal slower than this is logged: leases lapse after 5 s without one
 SCHEDULER_GRACE_S = 60.0  # how long a job rides out an unreachable Scheduler before it fails
-MAX_ATTEMPTS = 3  # runs of one task when its worker or node dies under it
 CHUNK_OVERRUN = 2.0  # a chunk hands back its rest once it has run this many times its budget
-MIN_WINDOW = 2048  # tasks of one job the Scheduler holds at most (or twice what runs, when more)
 FIRST_WINDOW = 128  # tasks sent with the submission; the rest of the window follows with the first report
 _run_remote = ray.remote(run_call)
 _run_chunk_remote = ray.remote(run_chunk)
@@ -109,36 +109,15 @@ def is_runner_of(name: str, app: str) -> bool:
 
 
 @dataclass
-class _Job:
-    """One job's bookkeeping inside its runner."""
+class _Job(JobBooks):
+    """One job inside its runner: its books (`JobBooks`), what Ray needs to run it, and the
+    events its callers and its driver wait on."""
 
-    id: str
-    spec: JobSubmission
-    fn_ref: Any  # what dispatch passes as the function: a registered task itself, or an object ref
-    task_name: str
-    requirements: ResourceRequirement  # the task type's default, for requests made again
+    fn_ref: Any = None  # what dispatch passes as the function: a registered task itself, or an object ref
     runtime_env: dict[str, Any] = field(default_factory=dict)  # a handle caller's, for its own function
     code_key: str = ""  # its CallerCode's key: what Ray's remote functions are grouped by beside the placement
     refs_in_args: bool = False  # some argument is an ObjectRef: each task goes to Ray alone, with Ray's own args
     task_type: TaskType | None = None  # the registered task (None: a handle caller's own function)
-    owner: str | None = None  # who may cancel it (grid_serve.access)
-    submitted_at: float = field(default_factory=time.time)
-    waiting: dict[str, SchedulingRequest] = field(default_factory=dict)  # not yet placed, by task id
-    running: dict[int, tuple[SchedulingDecision, ray.ObjectRef]] = field(default_factory=dict)
-    outcomes: OutcomeTable = field(default_factory=lambda: OutcomeTable("", 0))  # sized at submission
-    unreported: list[Completion] = field(default_factory=list)  # ended, not yet told to the Scheduler
-    requeue: list[SchedulingRequest] = field(default_factory=list)  # lost attempts to place again, not yet sent
-    lost_nodes: set[str] = field(default_factory=set)  # node ids Ray said died, not yet told
-    attempts: dict[int, int] = field(default_factory=dict)  # task index -> runs started, when more than one
-    placed_per_node: dict[str, int] = field(default_factory=dict)  # node id -> tasks placed there
-    next_index: int = 0  # tasks 0..next_index-1 have been handed to the Scheduler (the window)
-    run_s: dict[str, float] = field(default_factory=dict)  # node id -> learned run time (the Scheduler's)
-    turns_given_up: dict[str, int] = field(default_factory=dict)  # node name -> spread turns it gave up
-    ray_tasks: int = 0  # Ray tasks submitted for it (a chunk counts once)
-    cancelled: bool = False
-    finished_at: float | None = None
-    error: str | None = None
-    result_bytes: int = 0  # pickled size of its results, once finished
     news: asyncio.Event = field(default_factory=asyncio.Event)  # a task ended, or the job was cancelled
     # one report, cancel or registration of the job with the Scheduler at a time: two in flight
     # may land in either order (Serve routes each call on its own), and window requests a report
@@ -147,63 +126,12 @@ class _Job:
     last_ended: asyncio.Event = field(default_factory=asyncio.Event)  # every task has an outcome
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
-    @staticmethod
-    def index_of(task_id: str) -> int:
-        return int(task_id.rsplit("-", 1)[1])
+    def __post_init__(self) -> None:
+        if self.sized_by is None and self.task_type is not None and self.task_type.sized_by is not None:
+            self.sized_by = self.task_type.requirements_for  # memory_task reserves the block it allocates
 
-    @property
-    def unsent(self) -> int:
-        """Tasks not yet handed to the Scheduler (beyond its window)."""
-        return self.spec.task_count - self.next_index
-
-    def next_requests(self, count: int) -> list[SchedulingRequest]:
-        """The job's next `count` tasks as requests, waiting from now on."""
-        end = min(self.spec.task_count, self.next_index + count)
-        requests = [self.spec.scheduling_request(self.id, i, self.requirements_of(i)) for i in range(self.next_index, end)]
-        self.next_index = end
-        self.waiting.update((request.task_id, request) for request in requests)
-        return requests
-
-    def requirements_of(self, index: int) -> ResourceRequirement:
-        """What task `index` needs unless the job says (`resources`): what its task type asks for
-        its arguments (memory_task reserves the block it allocates), else the type's default."""
-        if self.spec.resources is not None or self.task_type is None or self.task_type.sized_by is None:
-            return self.requirements
-        return self.task_type.requirements_for(*self.spec.call_args(index))
-
-    @property
-    def all_ended(self) -> bool:
-        """Every task has an outcome."""
-        return len(self.outcomes) >= self.spec.task_count
-
-    @property
-    def settled(self) -> bool:
-        """Every task has an outcome, or the job was cancelled and nothing of it runs."""
-        return self.all_ended or (self.cancelled and not self.running)
-
-    @property
-    def state(self) -> JobState:
-        """A cancel that stopped nothing (it landed after every task ended on its own, before
-        the end was recorded) leaves the job as its tasks made it."""
-        if self.cancelled and not (self.all_ended and not self.outcomes.cancelled):
-            return "cancelled"
-        if self.done.is_set():
-            return "failed" if self.error or self.outcomes.failed or self.outcomes.cancelled else "succeeded"
-        return "running" if self.running or len(self.outcomes) else "queued"
-
-    def status(self, with_results: bool = False) -> JobStatus:
-        """O(nodes), not O(tasks), unless `with_results`."""
-        if with_results and self.outcomes.results_dropped:
-            raise GoneError(f"the results of job {self.id} were dropped to keep finished jobs' results under "
-                            "results_bytes_kept; its status remains", field="results")
-        return JobStatus(
-            job_id=self.id, task=self.task_name, strategy=self.spec.strategy, priority=self.spec.priority,
-            state=self.state, total=self.spec.task_count, queued=len(self.waiting) + self.unsent, running=len(self.running),
-            succeeded=self.outcomes.succeeded, failed=self.outcomes.failed, cancelled=self.outcomes.cancelled,
-            per_node=self.outcomes.per_node(), ray_tasks=self.ray_tasks, turns_given_up=dict(self.turns_given_up),
-            submitted_at=self.submitted_at,
-            finished_at=self.finished_at, error=self.error, results=self.outcomes.all() if with_results else None,
-        )
+    def _on_all_ended(self) -> None:
+        self.last_ended.set()
 
 
 class _PinnedFunctions:
@@ -329,12 +257,9 @@ class JobRunner:
             return job.status()
         job.cancelled = True  # from now on no window requests are made
         async with job.exchange:  # a report in flight lands first, so the cancel drops what it queued
-            never_sent, job.requeue = job.requeue, []  # the Scheduler must not queue them after the cancel
+            never_sent = job.begin_cancel()
             dropped = await self._ask(lambda: self._scheduler.cancel.remote(job.id))
-        for task_id in [request.task_id for request in never_sent] + dropped:
-            if job.waiting.pop(task_id, None) is not None:
-                self._record(job, job.index_of(task_id), None, ok=False, error="cancelled")
-        self._record_unsent(job, "cancelled")
+        job.on_cancelled([request.task_id for request in never_sent] + dropped)
         self._cancel_running(job)
         job.news.set()
         return job.status()
@@ -354,46 +279,17 @@ class JobRunner:
         return task_type.name, task_type.fn, task_type.requirements, task_type
 
     def _take(self, job: _Job, placements: Placements) -> None:
-        """Dispatch what the Scheduler placed; record what it rejected. Placements that reach a
-        cancelled job never run; they are reported back as ended so their room frees."""
+        """Hand Ray what the Scheduler placed (the books record the rest), then top up the window."""
         if not placements.known and not job.done.is_set():
             self._spawn(self._adopt(job), f"register job {job.id} again")
-        job.run_s.update(placements.run_s)
-        for name, turns in placements.turns_given_up.items():  # news since the last reply: add it up
-            job.turns_given_up[name] = job.turns_given_up.get(name, 0) + turns
         alike: dict[tuple, list[tuple[int, SchedulingDecision]]] = {}  # pinned alike: may share a Ray task
-        for decision in placements.placed:
-            if job.waiting.pop(decision.task_id, None) is None:
-                continue  # already placed (a duplicate after a re-registration)
-            index = job.index_of(decision.task_id)
-            job.placed_per_node[decision.node_id] = job.placed_per_node.get(decision.node_id, 0) + 1
-            if job.cancelled:
-                self._record(job, index, decision, ok=False, error="cancelled")
-                job.unreported.append(Completion(task_id=decision.task_id, ok=False))
-                continue
+        for index, decision in job.on_placements(placements):
             alike.setdefault(decision.pin_key(), []).append((index, decision))
         # every node's first tasks go to Ray before any node's later ones (see `interleave`)
         for chunk in interleave([self._chunks(job, tasks) for tasks in alike.values()]):
             self._send(job, chunk)
-        for rejection in placements.rejected:
-            if job.waiting.pop(rejection.task_id, None) is not None:
-                self._record(job, job.index_of(rejection.task_id), None, ok=False, error=rejection.reason)
-        self._top_up(job)
+        job.top_up()
         job.news.set()
-
-    @staticmethod
-    def _top_up(job: _Job) -> None:
-        """Hand the Scheduler more of the job once half its window was placed: it keeps enough
-        to fill the cluster (twice what runs), never the whole job."""
-        window = max(MIN_WINDOW, 2 * len(job.running))
-        if job.unsent and not job.cancelled and len(job.waiting) < window // 2:
-            job.requeue.extend(job.next_requests(window - len(job.waiting)))
-
-    def _record_unsent(self, job: _Job, error: str) -> None:
-        """Tasks never handed to the Scheduler end with `error` (the job was cancelled or failed)."""
-        for index in range(job.next_index, job.spec.task_count):
-            self._record(job, index, None, ok=False, error=error)
-        job.next_index = job.spec.task_count
 
     def _chunks(self, job: _Job, tasks: list[tuple[int, SchedulingDecision]]) -> list[list[tuple[int, SchedulingDecision]]]:
         """Tasks placed alike, grouped as they go to Ray: one Ray task each, or several per Ray
@@ -423,10 +319,8 @@ class JobRunner:
             calls = [job.spec.call_args(index) for index, _ in chunk]
             ref = self._pinned.for_decision(first, chunk=True, job=job).remote(job.fn_ref, calls,
                                                                                 CHUNK_OVERRUN * self._chunk_s)
-        job.ray_tasks += 1
+        job.on_sent(chunk, ref)
         indices = [index for index, _ in chunk]
-        for index, decision in chunk:
-            job.running[index] = (decision, ref)
         ref.future().add_done_callback(partial(self._from_ray_thread, asyncio.get_running_loop(), job, indices))
 
     def _from_ray_thread(self, loop: asyncio.AbstractEventLoop, job: _Job, indices: list[int], future: Any) -> None:
@@ -447,69 +341,23 @@ class JobRunner:
         for task in leftover:
             self._send(job, [task])
 
-    def _task_ended(self, job: _Job, index: int, envelope: dict[str, Any] | None,
-                    failure: BaseException | None) -> None:
-        entry = job.running.pop(index, None)
-        if entry is None:
-            return
-        decision, _ = entry
-        if failure is None:
-            ok, error = envelope["ok"], envelope["error"]
-        elif isinstance(failure, CANCELLED):
-            envelope, ok, error = None, False, "cancelled"
-        elif isinstance(failure, LOST_WORKER):
-            if self._place_again(job, index, decision, failure):
-                return
-            envelope, ok, error = None, False, self._lost_reason(job, index, decision, failure)
-        else:  # anything else Ray raised: a failed task, not a failed job
-            envelope, ok, error = None, False, f"{type(failure).__name__}: {failure}"
-        self._record(job, index, decision, ok, error, envelope)
-        # model_construct: these values come from our own envelope, and validating two models per
-        # task was a visible share of the runner's CPU on the no-op path (py-spy)
-        job.unreported.append(Completion.model_construct(task_id=decision.task_id, ok=ok,
-                                                         duration_s=envelope["duration_s"] if envelope else None))
-        job.news.set()
-
-    def _place_again(self, job: _Job, index: int, decision: SchedulingDecision, exc: Exception) -> bool:
-        """Queue a task whose worker or node died for another placement, if its strategy may
-        move and it has attempts left. Its lost attempt is reported (the room frees), and so is
-        the node when Ray says it died, so the Scheduler stops using it before Ray's node table
-        catches up."""
-        if isinstance(exc, LOST_NODE):
-            job.lost_nodes.add(decision.node_id)
-        attempts = job.attempts.get(index, 1)
-        if job.cancelled or job.spec.strategy is SchedulingStrategy.NODE_SPECIFIC or attempts >= MAX_ATTEMPTS:
-            return False
-        logger.warning("job %s task %d: %s on %s; placing it again (attempt %d of %d)", job.id, index,
-                       type(exc).__name__, decision.node_name, attempts + 1, MAX_ATTEMPTS)
-        job.attempts[index] = attempts + 1
-        job.unreported.append(Completion.model_construct(task_id=decision.task_id, ok=False, duration_s=None))
-        request = job.spec.scheduling_request(job.id, index, job.requirements_of(index))
-        job.waiting[request.task_id] = request
-        job.requeue.append(request)
-        job.news.set()
-        return True
-
     @staticmethod
-    def _lost_reason(job: _Job, index: int, decision: SchedulingDecision, exc: Exception) -> str:
-        what = f"{type(exc).__name__} on node {decision.node_name}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        if job.spec.strategy is SchedulingStrategy.NODE_SPECIFIC:
-            return f"node {decision.node_name} was lost ({what}); node_specific tasks are not moved"
-        return f"lost {job.attempts.get(index, 1)} time(s), the last: {what}"
-
-    def _record(self, job: _Job, index: int, decision: SchedulingDecision | None, ok: bool,
-                error: str | None = None, envelope: dict[str, Any] | None = None) -> None:
-        envelope = envelope or {}
-        job.outcomes.record(
-            index, node_id=envelope.get("node_id") or (decision.node_id if decision else ""),
-            # the app's name for the node: a task sees only its labels and IP, not how the app named it
-            node_name=decision.node_name if decision else envelope.get("node_name") or "(not placed)",
-            ok=ok, result=envelope.get("result"), error=error,
-            started_at=envelope.get("started_at", 0.0), duration_s=envelope.get("duration_s", 0.0),
-            attempts=job.attempts.get(index, 1),
-        )
-        if job.all_ended:
-            job.last_ended.set()
+    def _task_ended(job: _Job, index: int, envelope: dict[str, Any] | None, failure: BaseException | None) -> None:
+        if index not in job.running:
+            return
+        if failure is None:
+            job.on_task_ended(index, envelope["ok"], envelope["error"], envelope)
+        elif isinstance(failure, CANCELLED):
+            job.on_task_ended(index, False, "cancelled", None)
+        elif isinstance(failure, LOST_WORKER):
+            decision = job.running[index][0]
+            what = f"{type(failure).__name__} on node {decision.node_name}: {str(failure).splitlines()[0] if str(failure) else ''}"
+            if job.on_lost(index, isinstance(failure, LOST_NODE), what) is None:
+                logger.warning("job %s task %d: %s on %s; placing it again (attempt %d of %d)", job.id, index,
+                               type(failure).__name__, decision.node_name, job.attempts[index], MAX_ATTEMPTS)
+        else:  # anything else Ray raised: a failed task, not a failed job
+            job.on_task_ended(index, False, f"{type(failure).__name__}: {failure}", None)
+        job.news.set()
 
     async def _drive(self, job: _Job) -> None:
         """Report ends and collect placements until every task has an outcome; then release."""
@@ -532,12 +380,9 @@ class JobRunner:
         """Tell the Scheduler what ended and what to place again (the window's next requests
         among them), and take its news; False when there was nothing to tell."""
         async with job.exchange:
-            if not (job.unreported or job.requeue) or job.settled:
+            report = job.take_report()
+            if report is None:
                 return False
-            batch, job.unreported = job.unreported, []
-            requeue, job.requeue = job.requeue, []
-            lost, job.lost_nodes = sorted(job.lost_nodes), set()
-            report = Report(group=job.id, ended=batch, requeue=requeue, lost_nodes=lost, unsent=job.unsent)
             self._take(job, await self._ask(lambda: self._scheduler.report.remote(report)))
             return True
 
@@ -559,20 +404,12 @@ class JobRunner:
 
     async def _end(self, job: _Job) -> None:
         self._cancel_running(job)  # only after a failure: stop what runs
-        for index, (decision, _) in list(job.running.items()):
-            self._record(job, index, decision, ok=False, error=job.error or "cancelled")
-        job.running.clear()
-        for task_id in list(job.waiting):
-            self._record(job, job.index_of(task_id), None, ok=False, error=job.error or "cancelled")
-        job.waiting.clear()
-        self._record_unsent(job, job.error or "cancelled")
-        job.finished_at = time.time()
+        batch = job.on_end()
         job.result_bytes = job.outcomes.result_bytes(_size_of)
         job.done.set()  # a waiting caller gets its answer while the Scheduler's upkeep below goes on
         # Before any await: a caller woken by `done` reads the kept results within their bound
         # (after the Scheduler's reply, a read of an older job's results could still find them)
         self._forget_old_jobs()
-        batch, job.unreported = job.unreported, []
         try:  # the last ends carry run times worth learning; then everything of the job is released
             async with job.exchange:  # after an adopt in flight (a later one sees `done` and stays away)
                 await self._ask(lambda: self._scheduler.finished.remote(job.id, completions=batch), grace_s=CALL_TIMEOUT_S)
@@ -643,14 +480,7 @@ class JobRunner:
             async with job.exchange:
                 if job.done.is_set():
                     return
-                # what waits goes with the registration, requests not yet sent included: sent again
-                # with a later report, one that ended in between would be queued a second time
-                job.requeue = []
-                running = [(decision, job.task_name) for decision, _ in job.running.values()]
-                waiting = [] if job.cancelled else list(job.waiting.values())  # a cancelled job queues nothing
-                adoption = Adopt(runner=self._name, group=job.id, running=running, waiting=waiting,
-                                 placed_per_node=dict(job.placed_per_node), unsent=job.unsent,
-                                 priority=job.spec.priority)
+                adoption = job.adoption(self._name)
                 placements = await self._ask(lambda: self._scheduler.adopt.remote(adoption))
                 self._epoch = placements.epoch
                 self._take(job, placements)

@@ -78,20 +78,23 @@ class Scheduler:
         self._published = -1  # ledger version the LoadBalancer last got
         self._publisher: asyncio.Task | None = None
         self._kv_key = f"{RESERVATIONS_KEY}:{serve.get_replica_context().app_name}"
-        self._kept_version = self._restore_reservations()
+        self._kept_version = -1  # callers_version last written to the GCS; -1: not read back yet
         self._keeper: asyncio.Task | None = None
+        self._restore_reservations()
         self._tick_loop = every(interval_s, self._tick, "scheduler-tick")
 
-    def _restore_reservations(self) -> int:
-        """A predecessor's /v1/schedule reservations, from the GCS (they outlive this replica)."""
+    def _restore_reservations(self) -> None:
+        """A predecessor's /v1/schedule reservations, from the GCS (they outlive this replica).
+        Until they are read back nothing is written there, so a failed read (tried again each
+        tick) never overwrites them with this replica's empty books."""
         try:
             restored = self._books.on_restored(load_saved(self._kv_key) or [])
-        except Exception:  # the GCS not answering must not keep the Scheduler from starting
-            logger.exception("could not read the kept /v1/schedule reservations; starting without them")
-            return -1
+        except Exception as exc:  # the GCS not answering must not keep the Scheduler from starting
+            logger.warning("could not read the kept /v1/schedule reservations yet (%s); trying again", exc)
+            return
         if restored:
             logger.warning("%d /v1/schedule reservation(s) taken back from before this Scheduler started", restored)
-        return self._books.callers_version
+        self._kept_version = self._books.callers_version
 
     # ------------------------------------------------------------------ inputs
 
@@ -104,6 +107,8 @@ class Scheduler:
         overdue = self._books.owners.overdue()
         held = await self._still_held(overdue)
         async with self._lock:
+            if self._kept_version < 0:
+                self._restore_reservations()
             self._books.on_allocations(allocations)
             self._books.on_nodes(nodes, taken_at)
             self._books.on_leases_checked(overdue, held)
@@ -166,7 +171,8 @@ class Scheduler:
         for group in self._books.take_woken():
             for waiter in self._waiters.get(group, ()):
                 waiter.set()
-        if self._books.callers_version != self._kept_version and (self._keeper is None or self._keeper.done()):
+        if (self._kept_version >= 0 and self._books.callers_version != self._kept_version
+                and (self._keeper is None or self._keeper.done())):
             self._keeper = asyncio.get_running_loop().create_task(self._keep_reservations())
         if self._books.ledger.version == self._published or (self._publisher is not None
                                                             and not self._publisher.done()):
@@ -307,6 +313,14 @@ class Scheduler:
             released = self._books.on_completed(completions)
             self._after_change()
         return released
+
+    async def abandon(self, task_id: str, request_key: str) -> bool:
+        """A /v1/schedule request whose caller left before its answer: released if `request_key`
+        made it (`SchedulerBooks.on_abandoned`)."""
+        async with self._lock:
+            abandoned = self._books.on_abandoned(task_id, request_key)
+            self._after_change()
+        return abandoned
 
     async def complete_external(self, completion: Completion, caller: Caller | None = None) -> int:
         """A `/v1/schedule` caller reports its task: only its leased reservation, by its owner."""

@@ -62,6 +62,7 @@ class _Meta:
     lease_s: float | None
     priority: TaskPriority = TaskPriority.NORMAL
     owner: str | None = None  # who may complete a /v1/schedule reservation (grid_serve.access)
+    request_key: str | None = None  # the /v1/schedule request that made it (`on_abandoned`)
     runner: bool = False  # a job runner's task (not a /v1/schedule caller's)
 
 
@@ -148,7 +149,7 @@ class SchedulerBooks:
         self._hold_back(group, message.unsent, requests[0].priority)
         for request in requests:
             self.meta[request.task_id] = _Meta(request.task_type, group, message.lease_s, request.priority,
-                                               message.owner, runner=runner is not None)
+                                               message.owner, message.request_key, runner=runner is not None)
         self._drain(requests)
         return self.collect(group)
 
@@ -221,6 +222,18 @@ class SchedulerBooks:
         self._drain()
         return len(released)
 
+    def on_abandoned(self, task_id: str, request_key: str) -> bool:
+        """A /v1/schedule request whose caller left before its answer (nobody holds its owner key):
+        released, or dropped from the queue, if it is still the one that `request_key` made; a
+        duplicate that was refused leaves the first request's reservation alone."""
+        meta = self.meta.get(task_id)
+        if meta is None or meta.runner or meta.request_key != request_key:
+            return False
+        self._drop_group(task_id)
+        self._forget_lone_decision(task_id)
+        self._drain()
+        return True
+
     def check_may_complete(self, completion: Completion, caller: Caller | None) -> bool:
         """Whether `completion` names a leased /v1/schedule reservation (a job's tasks are released
         by its own runner, never by a guess at their ids); ForbiddenError unless `caller` owns it."""
@@ -284,6 +297,7 @@ class SchedulerBooks:
     def collect(self, group: str) -> Placements:
         """The group's news, taken out of the outbox."""
         news = self.outbox.pop(group, _News())
+        self._woken.discard(group)  # taken with this reply: a long-poll has nothing to wake for
         return Placements(placed=news.placed, rejected=news.rejected, turns_given_up=news.turns_given_up,
                           queued=self.core.queued_by_group().get(group, 0), epoch=self.epoch,
                           known=self.owners.knows(group) or group in self.meta,

@@ -26,7 +26,9 @@ class StopSafeHandle:
 
     `.remote()` returns a coroutine (await it, or wrap it in a task): cancelling it before the
     reply (a timeout) releases the reserved slot. `handle` is the plain one, to pass on to
-    another process.
+    another process. (Serve's reserved slot has no lease of its own: a caller killed between
+    the reservation and the dispatch, a window of one local call, leaves one of the replica's
+    `max_ongoing_requests` slots taken until the replica restarts.)
     """
 
     def __init__(self, handle: Any) -> None:

@@ -39,6 +39,7 @@ class Submit:
     runner: str | None = None  # the owner that renews the group's lease; None: a /v1/schedule request
     lease_s: float | None = None  # a /v1/schedule reservation's own lease (no runner renews it)
     owner: str | None = None  # who may complete a /v1/schedule reservation (grid_serve.access)
+    request_key: str | None = None  # a /v1/schedule request's own secret: it alone may `abandon` it
     unsent: int = 0  # tasks of the group its owner holds back beyond the window: they count in the queue
     publish: bool = True  # publish the ledger before replying, so a status read next shows the placements
 

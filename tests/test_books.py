@@ -1,22 +1,25 @@
-"""The Scheduler's books (`grid_serve.books.SchedulerBooks`) driven by a fake job runner through
-the protocol's messages: no cluster, no Ray. Each table row is a sequence of what an owner and
-the Scheduler do, including the races the notes found (cancel during the window, a report that
-crosses an adopt, a restart between reports, a lease that lapses while its runner lives); after
-every step the books' invariants hold, and at the end spread is exact and nothing is left held."""
+"""The Scheduler's books (`grid_serve.books.SchedulerBooks`) and a job runner's books for one job
+(`grid_serve.job_books.JobBooks`) driven against each other through the protocol's messages,
+with a shell as thin as the runner's: no cluster, no Ray. Each test is a sequence of what a
+runner and the Scheduler do, including the races the notes found (cancel during the window, a
+report that crosses an adopt, a restart between reports, a lease that lapses while its runner
+lives, a node lost under a task); after every step both books' invariants hold, and at the end
+spread is exact and nothing is left held."""
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 
 import pytest
 
 from grid_serve.books import SchedulerBooks
 from grid_serve.errors import TooBusyError
+from grid_serve.job_books import JobBooks
 from grid_serve.ledger import Completion
 from grid_serve.limits import Limits
-from grid_serve.models import NodeStatus, ResourceRequirement, SchedulingDecision, SchedulingRequest
-from grid_serve.protocol import Adopt, Placements, Report, Submit
+from grid_serve.models import JobSubmission, NodeStatus, ResourceRequirement, SchedulingRequest
+from grid_serve.outcomes import OutcomeTable
+from grid_serve.protocol import Placements, Report, Submit
 
 NODES = [NodeStatus(name=name, node_id=f"id-{name}", address="127.0.0.1", alive=True,
                     resources_total={"CPU": 2.0}, resources_available={"CPU": 2.0})
@@ -49,79 +52,60 @@ def books_at(clock: Clock, **limits: int) -> SchedulerBooks:
     return books
 
 
-@dataclass
-class FakeRunner:
-    """What a job runner does with one job, reduced to its messages: a window of `window`
-    requests at the Scheduler, the rest held back (`unsent`), ends reported in batches, and an
-    `Adopt` of everything it holds when a reply says the Scheduler does not know the job."""
+class Runner:
+    """A job runner's shell reduced to its messages, around the runner's real books (`JobBooks`):
+    what `deployments/runner.py` does with one job, with Ray's task ends played by the test."""
 
-    books: SchedulerBooks
-    job: str
-    tasks: int
-    window: int = 4
-    sent: int = 0
-    running: dict[str, SchedulingDecision] = field(default_factory=dict)
-    waiting: dict[str, SchedulingRequest] = field(default_factory=dict)
-    placed_on: Counter[str] = field(default_factory=Counter)  # node name -> tasks placed there
-    placed_per_node: Counter[str] = field(default_factory=Counter)  # node id -> the same, as adopt tells it
-    unreported: list[Completion] = field(default_factory=list)  # placements of a cancelled job, handed back
-    cancelled: bool = False
-
-    def _next(self, count: int) -> list[SchedulingRequest]:
-        count = 0 if self.cancelled else min(count, self.tasks - self.sent)
-        requests = [SchedulingRequest(task_id=f"{self.job}-{self.sent + i}", job_id=self.job, task_type="sleep",
-                                      requirements=ResourceRequirement(cpu_count=1)) for i in range(count)]
-        self.sent += count
-        self.waiting.update({r.task_id: r for r in requests})
-        return requests
-
-    @property
-    def unsent(self) -> int:
-        return 0 if self.cancelled else self.tasks - self.sent
+    def __init__(self, books: SchedulerBooks, job: str, tasks: int, first_window: int = 4,
+                 strategy: str = "spread") -> None:
+        self.books = books
+        self.job = JobBooks(id=job, spec=JobSubmission(task="sleep", count=tasks, strategy=strategy),
+                            task_name="sleep", requirements=ResourceRequirement(cpu_count=1),
+                            outcomes=OutcomeTable(job, tasks))
+        self.first_window = first_window
+        self.placed_on: Counter[str] = Counter()  # node name -> tasks placed there
 
     def submit(self) -> None:
-        requests = self._next(self.window)
-        self.take(self.books.on_submitted(Submit(requests=requests, runner=RUNNER, unsent=self.tasks - self.sent)))
+        requests = self.job.next_requests(self.first_window)
+        self.take(self.books.on_submitted(Submit(requests=requests, runner=RUNNER, unsent=self.job.unsent)))
 
     def take(self, reply: Placements) -> None:
+        for index, decision in self.job.on_placements(reply):
+            self.job.on_sent([(index, decision)], ref=None)
+            self.placed_on[decision.node_name] += 1
+        self.job.top_up()
+        self.job.check()
         if not reply.known:
             self.adopt()
-            return
-        for decision in reply.placed:
-            self.waiting.pop(decision.task_id, None)
-            self.placed_on[decision.node_name] += 1
-            self.placed_per_node[decision.node_id] += 1
-            if self.cancelled:  # placed as the cancel crossed: released at once, as the runner does
-                self.unreported.append(Completion(task_id=decision.task_id, ok=False))
-            else:
-                self.running[decision.task_id] = decision
 
-    def report(self, ended: int) -> Report:
-        """Ends `ended` running tasks (oldest first); the report that tells it, not yet sent."""
-        done = list(self.running)[:ended]
-        completions = [Completion(task_id=task_id, ok=True, duration_s=0.5) for task_id in done] + self.unreported
-        self.unreported = []
-        for task_id in done:
-            del self.running[task_id]
-        return Report(group=self.job, ended=completions, requeue=self._next(len(done)), unsent=self.unsent)
+    def end(self, count: int, ok: bool = True) -> None:
+        """`count` running tasks end (oldest first)."""
+        for index in list(self.job.running)[:count]:
+            decision, _ = self.job.running[index]
+            self.job.on_task_ended(index, ok, None if ok else "failed", {
+                "ok": ok, "error": None, "duration_s": 0.5, "node_id": decision.node_id, "result": index,
+                "started_at": 0.0})
 
-    def send(self, report: Report) -> None:
-        self.take(self.books.on_reported(report))
+    def report(self) -> Report | None:
+        return self.job.take_report()
+
+    def send(self, report: Report | None) -> None:
+        if report is not None:
+            self.take(self.books.on_reported(report))
 
     def adopt(self) -> None:
-        running = [(decision, "sleep") for decision in self.running.values()]
-        self.take(self.books.on_adopted(Adopt(runner=RUNNER, group=self.job, running=running,
-                                              waiting=list(self.waiting.values()),
-                                              placed_per_node=dict(self.placed_per_node), unsent=self.unsent)))
+        self.take(self.books.on_adopted(self.job.adoption(RUNNER)))
 
     def run_to_end(self, batch: int = 2) -> None:
-        for _ in range(self.tasks + 2):
-            if not (self.running or self.waiting or self.unreported):
+        for _ in range(self.job.spec.task_count + 2):
+            if self.job.settled:
                 break
-            self.send(self.report(batch))
+            self.end(batch)
+            self.send(self.report())
             self.books.check()
-        assert not (self.running or self.waiting), "the job stopped moving"
-        self.books.on_finished(self.job)
+        assert self.job.settled, "the job stopped moving"
+        self.books.on_finished(self.job.id, completions=self.job.on_end())
+        self.job.check()
 
 
 def assert_empty(books: SchedulerBooks) -> None:
@@ -132,47 +116,52 @@ def assert_empty(books: SchedulerBooks) -> None:
 
 def test_a_job_runs_through_its_window_with_exact_spread_and_leaves_nothing_held() -> None:
     books = books_at(Clock())
-    runner = FakeRunner(books, "job1", tasks=30)
+    runner = Runner(books, "job1", tasks=30)
     runner.submit()
     books.check()
-    assert len(runner.running) == 4 and books.queued_total() == 26  # the window placed, the rest held back
+    assert len(runner.job.running) == 4 and books.queued_total() == 26  # the window placed, the rest held back
     runner.run_to_end()
     assert runner.placed_on == {"gpu-master": 10, "gpu1": 10, "gpu2": 10}
+    assert runner.job.status().state == "succeeded" and runner.job.outcomes.succeeded == 30
     assert_empty(books)
 
 
 def test_a_report_sent_twice_frees_nothing_twice() -> None:
     books = books_at(Clock())
-    first, second = FakeRunner(books, "a", tasks=6, window=6), FakeRunner(books, "b", tasks=3, window=3)
+    first, second = Runner(books, "a", tasks=6, first_window=6), Runner(books, "b", tasks=3, first_window=3)
     first.submit()
     second.submit()
-    assert len(first.running) == 6 and second.running == {}  # the cluster's 6 CPUs are first's
-    report = first.report(1)
+    assert len(first.job.running) == 6 and second.job.running == {}  # the cluster's 6 CPUs are first's
+    first.end(1)
+    report = first.report()
+    assert report is not None
     first.send(report)
     first.send(Report(group="a", ended=report.ended))  # a retried call: the same end again
     books.check()
     assert len(books.ledger.reservations) == 6  # first's 5 and one of second's, not two of second's
 
 
-@pytest.mark.parametrize("crossing", [True, False], ids=["report-crosses-cancel", "cancel-alone"])
-def test_cancel_during_the_window_drops_what_waits_and_what_a_crossing_report_asked_for(crossing: bool) -> None:
+@pytest.mark.parametrize("report_first", [True, False], ids=["report-lands-before-cancel", "cancel-alone"])
+def test_cancel_during_the_window_drops_what_waits_and_what_a_report_in_flight_asked_for(report_first: bool) -> None:
     books = books_at(Clock())
-    filler = FakeRunner(books, "filler", tasks=6, window=6)
+    filler = Runner(books, "filler", tasks=6, first_window=6)
     filler.submit()
-    runner = FakeRunner(books, "job", tasks=20)
+    runner = Runner(books, "job", tasks=20)
     runner.submit()
-    assert runner.running == {} and books.queued_total() == 20
-    in_flight = runner.report(0)
-    runner.cancelled = True
-    assert sorted(books.on_cancelled("job")) == sorted(runner.waiting)
-    runner.waiting.clear()
+    assert runner.job.running == {} and books.queued_total() == 20 and len(runner.job.requeue) == 16
+    if report_first:  # the window's next 16 went with a report just before the cancel (the runner's lock orders them)
+        runner.send(runner.report())
+        assert books.core.queued_by_group()["job"] == 20
+    never_sent = runner.job.begin_cancel()
+    assert len(never_sent) == (0 if report_first else 16)
+    dropped = books.on_cancelled("job")
+    runner.job.on_cancelled([request.task_id for request in never_sent] + dropped)
     books.check()
-    assert books.queued_total() == 0
-    if crossing:  # sent before the runner heard of its cancel: its requeue is empty, its unsent says 16
-        runner.send(in_flight)
-        books.check()
-    books.on_finished("job")
+    runner.job.check()
+    assert books.queued_total() == 0 and runner.job.settled and runner.job.outcomes.cancelled == 20
+    books.on_finished("job", completions=runner.job.on_end())
     filler.run_to_end()
+    assert runner.job.status().state == "cancelled"
     assert_empty(books)
 
 
@@ -180,22 +169,23 @@ def test_cancel_during_the_window_drops_what_waits_and_what_a_crossing_report_as
 def test_a_restart_between_reports_is_adopted_with_spread_kept_exact(order: str) -> None:
     clock = Clock()
     books = books_at(clock)
-    runner = FakeRunner(books, "job", tasks=30)
+    runner = Runner(books, "job", tasks=30)
     runner.submit()
-    runner.send(runner.report(2))
-    before = Counter(runner.placed_on)
+    runner.end(2)
+    runner.send(runner.report())
     clock.now += 1
     runner.books = books = books_at(clock)  # the Scheduler restarted: a new epoch knows nothing
-    in_flight = runner.report(2)
+    runner.end(2)
+    in_flight = runner.report()
     if order == "report-then-adopt":
-        runner.send(in_flight)  # unknown: nothing placed, the runner adopts with all it holds
-        assert books.owners.knows("job")
+        runner.send(in_flight)  # unknown: nothing placed; the runner adopts with all it holds
     else:  # the heartbeat saw the new epoch first; the report crossed the adopt
         runner.adopt()
-        runner.send(in_flight)
+        runner.send(in_flight)  # its ends name tasks the adopt did not hold: nothing freed twice
     books.check()
-    assert dict(books.core.group_counts.live("job")) == dict(runner.placed_per_node)  # what it placed, counted again
-    assert set(books.ledger.reservations) == set(runner.running) and sum(before.values()) == 6
+    assert books.owners.knows("job")
+    assert dict(books.core.group_counts.live("job")) == runner.job.placed_per_node  # what it placed, counted again
+    assert set(books.ledger.reservations) == {d.task_id for d, _ in runner.job.running.values()}
     runner.run_to_end()
     assert runner.placed_on == {"gpu-master": 10, "gpu1": 10, "gpu2": 10}
     assert_empty(books)
@@ -204,7 +194,7 @@ def test_a_restart_between_reports_is_adopted_with_spread_kept_exact(order: str)
 def test_a_lapsed_lease_is_kept_while_its_runner_answers_and_reclaimed_when_it_does_not() -> None:
     clock = Clock()
     books = books_at(clock)
-    runner = FakeRunner(books, "job", tasks=12)
+    runner = Runner(books, "job", tasks=12)
     runner.submit()
     overdue = clock.tick(books, 6)  # past the 5 s lease with no renewal
     assert overdue == ["job"]
@@ -214,27 +204,47 @@ def test_a_lapsed_lease_is_kept_while_its_runner_answers_and_reclaimed_when_it_d
     assert books.on_leases_checked(clock.tick(books, 6), held=set()) == ["job"]
     assert_empty(books)
     assert "stopped renewing" in (books.owners.gone.get("job") or "")
-    runner.send(runner.report(1))  # it was alive after all: its next report is answered "unknown"; it adopts
+    runner.end(1)
+    runner.send(runner.report())  # it was alive after all: its report is answered "unknown"; it adopts
     books.check()
-    assert books.owners.knows("job") and len(books.ledger.reservations) == len(runner.running)
+    assert books.owners.knows("job")
+    assert set(books.ledger.reservations) == {d.task_id for d, _ in runner.job.running.values()}
     runner.run_to_end()
+    assert runner.job.outcomes.succeeded == 12
+    assert_empty(books)
+
+
+def test_a_task_lost_with_its_node_is_placed_again_elsewhere() -> None:
+    books = books_at(Clock())
+    runner = Runner(books, "job", tasks=4, first_window=4)  # 2/1/1 on three 2-CPU nodes: room beside gpu2
+    runner.submit()
+    index = next(i for i, (d, _) in runner.job.running.items() if d.node_name == "gpu2")
+    assert runner.job.on_lost(index, node_died=True, what="NodeDiedError") is None  # moved, not ended
+    report = runner.report()
+    assert report is not None and report.lost_nodes == ["id-gpu2"] and [r.task_id for r in report.requeue] == [
+        f"job-{index}"]
+    runner.send(report)
+    books.check()
+    again, _ = runner.job.running[index]
+    assert again.node_name != "gpu2" and runner.job.attempts[index] == 2
+    runner.run_to_end()
+    assert runner.job.outcomes.succeeded == 4
     assert_empty(books)
 
 
 def test_the_queue_cap_counts_what_runners_hold_back() -> None:
     books = books_at(Clock(), max_queued_tasks=50)
-    FakeRunner(books, "filler", tasks=6, window=6).submit()
-    FakeRunner(books, "big", tasks=40).submit()
+    Runner(books, "filler", tasks=6, first_window=6).submit()
+    Runner(books, "big", tasks=40).submit()
     with pytest.raises(TooBusyError):
-        FakeRunner(books, "late", tasks=20).submit()
+        Runner(books, "late", tasks=20).submit()
     books.check()
     assert books.queued_total() == 40 and "late" not in {m.group for m in books.meta.values()}
 
 
 def test_a_live_task_id_is_refused_and_the_first_stays_reserved() -> None:
     books = books_at(Clock())
-    runner = FakeRunner(books, "job", tasks=2, window=2)
-    runner.submit()
+    Runner(books, "job", tasks=2, first_window=2).submit()
     again = SchedulingRequest(task_id="job-0", job_id="other", task_type="sleep")
     reply = books.on_submitted(Submit(requests=[again], runner=RUNNER))
     assert [r.task_id for r in reply.rejected] == ["job-0"] and "already reserved" in reply.rejected[0].reason
@@ -243,25 +253,60 @@ def test_a_live_task_id_is_refused_and_the_first_stays_reserved() -> None:
 
 
 def test_returned_placements_are_released_and_uncounted() -> None:
+    """A grid.remote stream hands back placements it did not use: no longer counted for spread."""
     books = books_at(Clock())
-    runner = FakeRunner(books, "job", tasks=3, window=3)
-    runner.submit()
-    back = list(runner.running)[:2]
-    for task_id in back:
-        runner.placed_on[runner.running.pop(task_id).node_name] -= 1
-    books.on_reported(Report(group="job", returned=back))
+    Runner(books, "job", tasks=3, first_window=3).submit()
+    books.on_reported(Report(group="job", returned=["job-0", "job-1"]))
     books.check()
-    assert sum(books.core.group_counts.live("job").values()) == 1 and len(books.ledger.reservations) == 1
+    assert sum(books.core.group_counts.live("job").values()) == 1 and list(books.ledger.reservations) == ["job-2"]
 
 
 def test_news_wakes_only_the_groups_it_is_for() -> None:
     books = books_at(Clock())
-    filler = FakeRunner(books, "filler", tasks=6, window=6)
+    filler = Runner(books, "filler", tasks=8, first_window=8)  # 6 run, 2 wait: older than the other job's
     filler.submit()
-    waiting = FakeRunner(books, "waiting", tasks=2, window=2)
-    waiting.submit()
+    Runner(books, "waiting", tasks=2, first_window=2).submit()
     books.take_woken()
-    filler.send(filler.report(1))  # one slot frees: the waiting job's first task is placed
+    filler.end(1)
+    filler.send(filler.report())  # its own 7th task takes the slot, and goes with the reply
+    assert books.take_woken() == set()  # so no long-poll of it is woken to find nothing
+    filler.end(2)
+    filler.send(filler.report())  # its 8th, then the other job's first
     assert books.take_woken() == {"waiting"} and books.has_news("waiting")
     assert [d.task_id for d in books.collect("waiting").placed] == ["waiting-0"]
     assert not books.has_news("waiting")
+
+
+def test_reservations_kept_for_callers_come_back_with_what_is_left_of_their_lease() -> None:
+    clock = Clock()
+    books = books_at(clock)
+    request = SchedulingRequest(task_id="schedule:mine", task_type="external",
+                                requirements=ResourceRequirement(cpu_count=2))
+    placed = books.on_submitted(Submit(requests=[request], lease_s=60.0, owner="alice")).placed
+    Runner(books, "job", tasks=2, first_window=2).submit()  # a runner's: never kept (its runner re-registers it)
+    kept = books.held_for_callers()
+    assert [record["task_id"] for record in kept] == ["schedule:mine"] and books.callers_version > 0
+    clock.now += 20
+    restarted = books_at(clock)
+    assert restarted.on_restored(kept) == 1
+    restarted.check()
+    reservation = restarted.ledger.reservations["schedule:mine"]
+    assert reservation.node_id == placed[0].node_id and reservation.lease_until == pytest.approx(clock.now + 40)
+    version = restarted.callers_version
+    assert restarted.on_completed([Completion(task_id="schedule:mine")]) == 1
+    assert restarted.held_for_callers() == [] and restarted.callers_version > version  # the release is kept too
+    clock.now += 60
+    assert books_at(clock).on_restored(kept) == 0  # its lease ran out meanwhile: not taken back
+
+
+def test_a_request_whose_caller_left_releases_only_what_it_made() -> None:
+    books = books_at(Clock())
+    mine = SchedulingRequest(task_id="schedule:x", task_type="external", requirements=ResourceRequirement(cpu_count=1))
+    assert books.on_submitted(Submit(requests=[mine], lease_s=60.0, owner="alice", request_key="alice-key")).placed
+    refused = books.on_submitted(Submit(requests=[mine], lease_s=60.0, owner="mallory", request_key="mallory-key"))
+    assert refused.rejected  # the same task id: refused, and its caller then hangs up
+    assert books.on_abandoned("schedule:x", "mallory-key") is False
+    assert "schedule:x" in books.ledger.reservations  # alice's stays
+    assert books.on_abandoned("schedule:x", "alice-key") is True
+    books.check()
+    assert books.ledger.reservations == {} and books.held_for_callers() == []

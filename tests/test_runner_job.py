@@ -1,5 +1,5 @@
-"""A job runner's bookkeeping without a cluster: `_Job` records and `JobRunner` calls that never
-reach Ray or the Scheduler on the paths tested here (real objects, no stand-ins)."""
+"""A job runner's bookkeeping without a cluster: `_Job` (its `JobBooks`) records and `JobRunner`
+calls that never reach Ray or the Scheduler on the paths tested here (real objects, no stand-ins)."""
 
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ def every_task_succeeds(job: _Job) -> None:
 
 
 def test_a_cancel_after_every_task_succeeded_leaves_the_job_succeeded() -> None:
-    """The race: the last task ended, its end is not recorded yet (`done` unset), a cancel lands."""
+    """The race: the last task ended, its end is not recorded yet (`ended` unset), a cancel lands."""
     job = job_of({"task": "noop", "count": 2})
     every_task_succeeds(job)
     job.cancelled = True  # what a cancel that lands now sets
     assert job.all_ended and job.state == "running"  # every task has an outcome; the end is on its way
-    job.done.set()
+    job.ended = True  # its end recorded (JobBooks.on_end)
     assert job.state == "succeeded"
     assert job.status().cancelled == 0 and job.status().succeeded == 2
 
@@ -44,7 +44,7 @@ def test_a_cancel_that_stopped_a_task_leaves_the_job_cancelled() -> None:
     job.cancelled = True
     assert job.state == "cancelled"  # a cancel in flight: what runs is being stopped
     job.outcomes.record(1, node_id="", node_name="(not placed)", ok=False, error="cancelled")
-    job.done.set()
+    job.ended = True
     assert job.state == "cancelled"
 
 
@@ -59,7 +59,7 @@ def test_cancelling_a_job_whose_every_task_ended_changes_nothing() -> None:
 
     status = asyncio.run(asyncio.wait_for(runner.cancel_job(job.id), 5))
     assert not job.cancelled and status.cancelled == 0 and status.succeeded == 3
-    job.done.set()
+    job.ended = True
     assert job.state == "succeeded"
 
 
