@@ -267,13 +267,17 @@ class HandleClient:
     refs among a job's arguments reach the task as their values, as in Ray.
     """
 
-    def __init__(self, handle: Any) -> None:
-        self._handle = stop_safe(handle)  # a caller stopped mid-call must not freeze the Ingress
+    def __init__(self, handle: Any, stop_safe_calls: bool = False) -> None:
+        """`stop_safe_calls`: call the Ingress so that this process, stopped (SIGSTOP, Ctrl-Z)
+        while a call ends, cannot hold the Ingress replica's event loop until it resumes
+        (`grid_serve.handles`); it costs about 7 ms a call (33 -> 40 ms per one-task job,
+        BENCHMARKS.md), so it is off by default."""
+        self._handle = stop_safe(handle) if stop_safe_calls else handle
 
     @classmethod
-    def connect(cls, app_name: str = APP_NAME) -> HandleClient:
+    def connect(cls, app_name: str = APP_NAME, stop_safe_calls: bool = False) -> HandleClient:
         """Connect to the running app, joining its Ray cluster first if this process has not."""
-        return cls(handle=app_handle(app_name))
+        return cls(handle=app_handle(app_name), stop_safe_calls=stop_safe_calls)
 
     async def health(self) -> dict[str, Any]:
         return await self._handle.health.remote()
