@@ -250,6 +250,15 @@ def _asset_response(name: str) -> Response:
                              "Content-Security-Policy": ui.CONTENT_SECURITY_POLICY})
 
 
+def head_node_id() -> str:
+    """The head node's id (Ray gives it the resource `node:__internal_head__`); this node's when
+    no live node says so."""
+    for node in ray.nodes():
+        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
+            return str(node["NodeID"])
+    return ray.get_runtime_context().get_node_id()
+
+
 @serve.deployment(**COORDINATOR_OPTIONS)
 @serve.ingress(fastapi_app)
 class Ingress:
@@ -270,6 +279,7 @@ class Ingress:
                                           critical_callers=tuple(critical_callers) if critical_callers else None)
         self._limits = limits or Limits()
         self._waiting_requests = 0
+        self._schedule_waits = 0  # /v1/schedule requests waiting for room now (max_schedule_waits)
         self._scheduler = stop_safe(scheduler)
         self._unheard: set[asyncio.Task] = set()  # releases of /v1/schedule requests whose caller left
         self._sharing = stop_safe(sharing)
@@ -284,6 +294,7 @@ class Ingress:
         self._app = serve.get_replica_context().app_name
         own_name = context.get_actor_name()
         self._parent = (own_name, SERVE_NAMESPACE) if own_name else None
+        self._runner_node = head_node_id()  # where its runners live (it never changes)
         self._tag, self._runner = self._take_over_orphan() or self._new_runner()
         self._status_call: asyncio.Future | None = None
         self._health_status: tuple[float, ClusterStatus] | None = None  # (monotonic time, status)
@@ -317,11 +328,13 @@ class Ingress:
         return tag, self._start_runner(tag)
 
     def _start_runner(self, tag: str) -> ActorHandle:
-        """This replica's JobRunner: detached, so jobs outlive a replaced replica, on this node."""
+        """This replica's JobRunner: detached, so jobs outlive a replaced replica, on the head node,
+        so that no worker node's death takes a runner's jobs and results with it (the head's
+        takes the cluster's GCS anyway)."""
         return _RunnerActor.options(
             name=runner_name(self._app, tag), namespace=self._namespace, lifetime="detached",
             get_if_exists=True, num_cpus=0, max_concurrency=10_000,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
+            scheduling_strategy=NodeAffinitySchedulingStrategy(self._runner_node, soft=False),
         ).remote(self._scheduler.handle, self._task_modules, runner_name(self._app, tag), tag,
                  self._parent, self._interval_s, self._limits, self._chunk_s)
 
@@ -503,15 +516,16 @@ class Ingress:
         owner, key = self._claim(caller)
         inner = request.model_copy(update={"task_id": EXTERNAL_PREFIX + request.task_id, "job_id": None})
         request_key = uuid.uuid4().hex  # this request's alone: a hang-up releases only what it made
-        try:
-            placements = await self._scheduler.submit.remote(Submit(requests=[inner], lease_s=lease_s, owner=owner,
-                                                                    request_key=request_key))
-            deadline = time.monotonic() + wait_s
-            while not placements.placed and not placements.rejected and time.monotonic() < deadline:
-                placements = await self._scheduler.wait_placed.remote(inner.group, min(5.0, wait_s))
-        except asyncio.CancelledError:  # the caller went away (its connection closed) before it heard the decision
-            self._forget_unheard(inner.task_id, request_key)
-            raise
+        with self._schedule_wait_slot():
+            try:
+                placements = await self._scheduler.submit.remote(Submit(requests=[inner], lease_s=lease_s, owner=owner,
+                                                                        request_key=request_key))
+                deadline = time.monotonic() + wait_s
+                while not placements.placed and not placements.rejected and time.monotonic() < deadline:
+                    placements = await self._scheduler.wait_placed.remote(inner.group, min(5.0, wait_s))
+            except asyncio.CancelledError:  # the caller went away (its connection closed) before it heard the decision
+                self._forget_unheard(inner.task_id, request_key)
+                raise
         if placements.rejected:
             reason = placements.rejected[0].reason.replace(repr(inner.task_id), repr(request.task_id))
             raise InvalidRequestError(reason, field="task_id" if reason.startswith("task id") else "requirements")
@@ -521,6 +535,21 @@ class Ingress:
                                   "cluster is busy: try again later, or wait longer (wait_s)", field="wait_s",
                                   retry_after_s=self._limits.retry_after_s)
         return placements.placed[0].model_copy(update={"task_id": request.task_id, "owner_key": key})
+
+    @contextlib.contextmanager
+    def _schedule_wait_slot(self) -> Iterator[None]:
+        """Count a /v1/schedule request while it may wait: each holds a long-poll in the Scheduler,
+        whose request slots the runners' lease renewals share, so past `max_schedule_waits` per
+        replica it is turned away (429) before it can take them."""
+        if self._schedule_waits >= self._limits.max_schedule_waits:
+            raise TooBusyError(f"{self._schedule_waits} /v1/schedule requests already wait on this replica "
+                               "(max_schedule_waits); ask again later", field="wait_s",
+                               retry_after_s=self._limits.retry_after_s)
+        self._schedule_waits += 1
+        try:
+            yield
+        finally:
+            self._schedule_waits -= 1
 
     def _forget_unheard(self, task_id: str, request_key: str) -> None:
         """A /v1/schedule request whose caller left before its answer: nobody got its owner key,

@@ -333,8 +333,8 @@ class IntelligentScheduler(HandleClient):
     """
 
     def __init__(self, cluster_config: Any = None, metrics_collector: Any = None, resource_manager: Any = None,
-                 *, handle: Any = None) -> None:
-        super().__init__(handle if handle is not None else app_handle())
+                 *, handle: Any = None, stop_safe_calls: bool = False) -> None:
+        super().__init__(handle if handle is not None else app_handle(), stop_safe_calls=stop_safe_calls)
 
     async def schedule_task(self, request: SchedulingRequest, lease_s: float = 300.0,
                             wait_s: float = 30.0) -> SchedulingDecision:

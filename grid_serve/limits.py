@@ -27,4 +27,8 @@ class Limits(BaseModel):
     max_waiting_requests: int = Field(
         500, ge=1, le=100_000,
         description="requests that wait for a job (wait, wait_s) at once per Ingress replica; more get 429")
+    max_schedule_waits: int = Field(
+        100, ge=1, le=10_000,
+        description="/v1/schedule requests that wait for room (wait_s) at once per Ingress replica; more get 429. "
+                    "Each holds one of the Scheduler's 1,000 request slots, which runners' lease renewals need too")
     retry_after_s: int = Field(5, ge=1, le=3600, description="the Retry-After a 429 carries")

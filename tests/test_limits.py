@@ -89,3 +89,48 @@ def test_the_job_list_pages_newest_first(http: httpx.Client) -> None:
     assert stamps == sorted(stamps, reverse=True)
     assert {job["job_id"] for job in first}.isdisjoint(job["job_id"] for job in second)
     assert http.get("/v1/jobs", params={"limit": 0}).status_code == 422
+
+
+def test_schedule_waits_are_capped_per_replica_and_renewals_still_get_through(
+        http: httpx.Client, base_url: str, client: GridClient) -> None:
+    """gpu2 full; 20 /v1/schedule requests wait for it at once: each Ingress replica lets 5 wait
+    (max_schedule_waits) and turns the rest away with 429 naming wait_s, so their long-polls
+    cannot take the Scheduler's request slots; a job runs meanwhile (its lease renewals pass)."""
+    eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
+    full = {"strategy": "node_specific", "target_node": "gpu2", "requirements": {"cpu_count": 2}}
+    holds = [http.post("/v1/schedule", json={"task_id": f"cap-hold-{i}", **full}).json() for i in range(2)]
+    assert all(hold["node_name"] == "gpu2" for hold in holds), holds
+    answers: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def wait_for_room(i: int) -> None:
+        with httpx.Client(base_url=base_url, timeout=60) as own:
+            response = own.post("/v1/schedule", params={"wait_s": 8}, json={"task_id": f"cap-wait-{i}", **full})
+        with lock:
+            answers.append(response)
+
+    waiters = [threading.Thread(target=wait_for_room, args=(i,)) for i in range(20)]
+    try:
+        for waiter in waiters:
+            waiter.start()
+
+        def turned_away() -> list[httpx.Response]:
+            with lock:
+                return [a for a in answers if a.status_code == 429 and "max_schedule_waits" in a.text]
+
+        eventually(lambda: len(turned_away()) >= 10, timeout_s=30, what="waiters past the cap turned away")
+        assert all(a.json()["field"] == "wait_s" and a.headers["retry-after"] == "5" for a in turned_away())
+        job = client.submit_job({"task": "sleep_task", "args": [[i, 0.2] for i in range(4)],
+                                 "strategy": "load_balanced", "wait": True, "timeout_s": 60})
+        assert job.state == "succeeded"  # placed and renewed while the allowed ones wait
+    finally:
+        for waiter in waiters:
+            waiter.join(timeout=60)
+        for i, hold in enumerate(holds):
+            http.post(f"/v1/schedule/cap-hold-{i}/complete", headers=owned(hold))
+        for answer in answers:
+            if answer.status_code == 200:  # placed once the holds went
+                decision = answer.json()
+                http.post(f"/v1/schedule/{decision['task_id']}/complete", headers=owned(decision))
+    assert len(answers) == 20 and {a.status_code for a in answers} <= {200, 429}
+    eventually(lambda: idle_and_unreserved(client), timeout_s=30, what="nothing held afterwards")

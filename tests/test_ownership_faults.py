@@ -104,6 +104,17 @@ def test_a_replica_killed_mid_job_loses_nothing(deployment: str, client: GridCli
         eventually(lambda: len(runner_actors()) == 2, what="the orphaned runner exiting")
 
 
+def test_job_runners_live_on_the_head_node(client: GridClient) -> None:
+    """A runner holds its jobs and results: on the head node, no worker node's death takes them
+    (its Ingress replica may sit anywhere; a new replica takes an orphaned runner over)."""
+    head = next(node["NodeID"] for node in ray.nodes()
+                if node["Alive"] and "node:__internal_head__" in node["Resources"])
+    runners = eventually(lambda: len(runner_actors()) >= 2 and runner_actors(), what="two runners")
+    where = {tag: ray.get(runner.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()))
+             for tag, runner in runners.items()}
+    assert set(where.values()) == {head}, where
+
+
 def test_a_schedule_reservation_survives_a_scheduler_restart(client: GridClient, http: httpx.Client) -> None:
     """A /v1/schedule caller's 2 CPUs on gpu1, then the Scheduler killed: the new Scheduler shows
     them reserved (new work does not land on them), its owner's `complete` releases them."""

@@ -24,6 +24,7 @@ const state = {
   activeOnly: false,
   selectedJob: null,
   selectedJobSettled: false, // its final state and decisions are shown: no need to ask again
+  mergedAt: new Map(), // job id -> when a newer answer for it (a cancel's) was shown: older lists must not undo it
   decisions: null, // the last answers, drawn again every tick so ages and lease ends keep counting
   sharing: null,
   serverSkew: 0, // server clock minus ours, seconds (lease ends and ages are server times)
@@ -430,6 +431,7 @@ function updateJobRow(row, job) {
 }
 
 function mergeJob(job) {
+  state.mergedAt.set(job.job_id, performance.now());
   const index = state.jobs.findIndex((j) => j.job_id === job.job_id);
   if (index >= 0) state.jobs[index] = job;
   else state.jobs.push(job);
@@ -745,8 +747,15 @@ function showLive() {
 
 /** Jobs and recent decisions, fetched together. */
 async function refreshActivity() {
+  const asked = performance.now();
   const [jobs, decisions] = await Promise.all([get("v1/jobs?limit=1000"), get("v1/decisions?limit=25")]);
-  state.jobs = jobs;
+  // a job answered for after this list was asked (a cancel's reply) keeps that newer answer:
+  // the list, read before the cancel landed, showed it running again, its Cancel button back
+  const newer = new Map(state.jobs.filter((job) => (state.mergedAt.get(job.job_id) || 0) > asked)
+    .map((job) => [job.job_id, job]));
+  state.jobs = jobs.map((job) => newer.get(job.job_id) || job);
+  const listed = new Set(jobs.map((job) => job.job_id));
+  for (const [jobId, job] of newer) if (!listed.has(jobId)) state.jobs.push(job); // submitted meanwhile
   state.serverSkew = decisions.now - Date.now() / 1000;
   state.decisions = decisions;
   renderJobs();
