@@ -49,6 +49,21 @@ def every(interval_s: float, step: Callable[[], Awaitable[None]], name: str) -> 
     return asyncio.get_running_loop().create_task(loop(), name=name)
 
 
+def spawn(background: set[asyncio.Task], work: Awaitable[Any], what: str) -> None:
+    """Run `work` in a task of its own, kept in `background` until it ends (the loop holds only
+    a weak reference to a task); a failure is logged as "could not <what>", never lost."""
+
+    async def run() -> None:
+        try:
+            await work
+        except Exception:
+            logger.exception("could not %s", what)
+
+    task = asyncio.get_running_loop().create_task(run())
+    background.add(task)
+    task.add_done_callback(background.discard)
+
+
 async def call_with_timeout(call: Awaitable[Any], timeout_s: float) -> Any:
     """Await a call to another deployment or actor, for at most `timeout_s`: no control path
     may hang on a peer that is stuck or being replaced."""

@@ -66,7 +66,7 @@ from grid_serve.protocol import Submit
 from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules
 
-from ._common import COORDINATOR_OPTIONS, call_with_timeout, grid_call, logger
+from ._common import COORDINATOR_OPTIONS, call_with_timeout, grid_call, logger, spawn
 from .runner import RUNNER_NAMESPACE, TAG_LEN, JobRunner, is_runner_of, runner_name
 
 API_VERSION = "v1"
@@ -555,15 +555,8 @@ class Ingress:
         """A /v1/schedule request whose caller left before its answer: nobody got its owner key,
         so nobody could ever release it; released now (or dropped from the queue), not held for
         its lease. In a task of its own: the request's own task is being cancelled."""
-        task = asyncio.get_running_loop().create_task(self._scheduler.abandon.remote(task_id, request_key))
-        self._unheard.add(task)
-        task.add_done_callback(self._after_unheard)
-
-    def _after_unheard(self, task: asyncio.Task) -> None:
-        self._unheard.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.warning("could not release a /v1/schedule request whose caller left (%s); its lease ends it",
-                           task.exception())
+        spawn(self._unheard, self._scheduler.abandon.remote(task_id, request_key),
+              f"release /v1/schedule request {task_id} whose caller left (its lease ends it)")
 
     async def complete(self, task_id: str, ok: bool = True, duration_s: float | None = None,
                        caller: Caller | None = None) -> dict[str, Any]:

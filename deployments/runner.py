@@ -59,7 +59,7 @@ from grid_serve.handles import stop_safe
 from grid_serve.protocol import Placements, Submit
 from grid_serve.tasks import TaskType, load_task_modules, run_call, run_chunk
 
-from ._common import call_with_timeout, logger
+from ._common import call_with_timeout, logger, spawn
 
 RUNNER_PREFIX = "grid-runner-"
 RUNNER_NAMESPACE = "grid-serve"  # runners of every grid app on the cluster, named by app and tag
@@ -546,15 +546,7 @@ class JobRunner:
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
     def _spawn(self, work: Awaitable[Any], what: str) -> None:
-        async def run() -> None:
-            try:
-                await work
-            except Exception:
-                logger.exception("could not %s", what)
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        spawn(self._background, work, what)
 
     def _job(self, job_id: str) -> _Job:
         job = self._jobs.get(job_id)

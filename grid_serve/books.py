@@ -229,8 +229,7 @@ class SchedulerBooks:
         meta = self.meta.get(task_id)
         if meta is None or meta.runner or meta.request_key != request_key:
             return False
-        self._drop_group(task_id)
-        self._forget_lone_decision(task_id)
+        self._drop_group(task_id)  # its reservation (counted as kept: callers_version) or its place in the queue
         self._drain()
         return True
 
