@@ -30,9 +30,19 @@ from .decision_log import DecisionLog
 from .errors import ForbiddenError, InvalidRequestError, TooBusyError
 from .ledger import EXTERNAL_PREFIX, Completion, Ledger, Reservation
 from .limits import Limits
-from .models import ClusterStatus, NodeStatus, QueueLevel, SchedulingDecision, SchedulingRequest, TaskPriority
+from .models import (
+    ClusterStatus,
+    Explanation,
+    NodeScores,
+    NodeStatus,
+    QueueLevel,
+    SchedulingDecision,
+    SchedulingRequest,
+    SchedulingStrategy,
+    TaskPriority,
+)
 from .owners import Owners
-from .protocol import Adopt, Placements, Report, Submit
+from .protocol import Adopt, Placements, Report, Reuse, Submit
 from .scheduling import DrainResult, Rejected, SchedulerCore
 from .sharing import Allocation, fold_allocations
 from .view import ClusterView, view_from
@@ -160,7 +170,10 @@ class SchedulerBooks:
         queued or placed: the reply says unknown, and its owner adopts it with all it holds
         (placed now, beside what already runs unreserved, a job ran twice its share)."""
         group, requeue = message.group, message.requeue
-        self._release(message.ended)
+        rank = self._reuse(group, message.reused)  # first: a slot reused and its next call's end may share a report
+        released = self._release(message.ended)
+        if rank is None and released:
+            rank = released[0].rank
         for reservation in self._release([Completion.model_construct(task_id=task_id, ok=False, duration_s=None)
                                           for task_id in message.returned]):
             self.core.group_counts.add(group, reservation.node_id, -1)
@@ -175,7 +188,7 @@ class SchedulerBooks:
         for request in fresh:
             self.meta[request.task_id] = _Meta(request.task_type, group, None, request.priority, runner=True)
         self._drain(fresh)
-        return self.collect(group)
+        return self.collect(group, reuse=None if rank is None else self.may_reuse(group, rank))
 
     def on_adopted(self, message: Adopt) -> Placements:
         """A group registered again with all it holds: what runs reserved where it runs, what it
@@ -293,14 +306,24 @@ class SchedulerBooks:
         woken, self._woken = self._woken, set()
         return woken
 
-    def collect(self, group: str) -> Placements:
+    def collect(self, group: str, reuse: bool | None = None) -> Placements:
         """The group's news, taken out of the outbox."""
         news = self.outbox.pop(group, _News())
         self._woken.discard(group)  # taken with this reply: a long-poll has nothing to wake for
         return Placements(placed=news.placed, rejected=news.rejected, turns_given_up=news.turns_given_up,
                           queued=self.core.queued_by_group().get(group, 0), epoch=self.epoch,
                           known=self.owners.knows(group) or group in self.meta,
-                          run_s=self._learned_run_s(news.placed[0].task_id) if news.placed else {})
+                          run_s=self._learned_run_s(news.placed[0].task_id) if news.placed else {}, reuse=reuse)
+
+    def may_reuse(self, group: str, rank: int) -> bool:
+        """Whether `group` (of priority `rank`) may run its next calls in the slots its ended
+        calls free without asking: only while no other job's work waits at its priority or
+        above (queued here, or held back by its owner), since that work came first or matters
+        more. Conservative: work that could never use those nodes also stops reuse."""
+        others = self.core.waiting_at_or_above(rank) - self.core.queued_by_group().get(group, 0)
+        held_back = sum(count for other, (count, priority) in self.unsent.items()
+                        if other != group and priority.rank >= rank)
+        return others + held_back == 0
 
     # ------------------------------------------------------------------ reading
 
@@ -401,6 +424,40 @@ class SchedulerBooks:
             news = self._deliver(group).turns_given_up
             for name, turns in given_up.items():
                 news[name] = news.get(name, 0) + turns
+
+    def _reuse(self, group: str, reuses: list[Reuse]) -> int | None:
+        """Move each reused slot's reservation from the call that ended to the one its owner ran
+        in it (same node and resources), counted and logged like a placement; learns the ended
+        call's run time. Returns the group's priority rank (None: nothing was reused)."""
+        rank, decisions = None, []
+        for reuse in reuses:
+            meta = self.meta.get(reuse.ended.task_id)
+            if meta is None or meta.group != group or reuse.ended.task_id not in self.ledger.reservations:
+                continue  # not this group's live reservation (reclaimed, or reported twice)
+            slot = self._release([reuse.ended])[0]
+            self.meta[reuse.task_id] = replace(meta)
+            self.ledger.reserve(reuse.task_id, slot.node_id, slot.resources, task_type=slot.task_type, group=group,
+                                strategy=reuse.strategy, placement_group_id=slot.placement_group_id, rank=slot.rank)
+            self.core.group_counts.add(group, slot.node_id, 1)
+            decision = self._reused_decision(reuse, slot)
+            self.log.record(decision, group, slot.task_type, meta.priority)
+            decisions.append(decision)
+            rank = slot.rank
+        if decisions and self._on_drain is not None:
+            self._on_drain(decisions, 0, 0.0, len(self.core))
+        return rank
+
+    def _reused_decision(self, reuse: Reuse, slot: Reservation) -> SchedulingDecision:
+        """What `/v1/decisions` and `grid explain` show for a call run in a reused slot."""
+        name = next((node.name for node in self.nodes if node.node_id == slot.node_id), slot.node_id[:12])
+        summary = (f"{reuse.strategy}: ran in the slot {reuse.ended.task_id} freed on {name} "
+                   "(no other job's work waited at its priority or above)")
+        return SchedulingDecision.model_construct(
+            task_id=reuse.task_id, node_id=slot.node_id, node_name=name, node_ip="",
+            strategy=SchedulingStrategy(reuse.strategy), score=0.0, reasons=[summary], waited_s=0.0,
+            resources=dict(slot.resources),
+            explanation=Explanation(summary=summary, winner=NodeScores(node=name, score=0.0, scores={}), nodes=1),
+            placement_group_id=slot.placement_group_id, bundle_index=None, owner_key=None)
 
     def _deliver(self, group: str) -> _News:
         self._woken.add(group)

@@ -14,6 +14,15 @@ bound the lookahead puts on work handed to Ray ahead of free capacity.
 
 The Scheduler sees a stream as a job: a group with an owner lease (the caller's process renews
 it), its tasks reserved while they run, ends reported in batches with their run times.
+
+Slots reused: a call that ends frees a slot the stream already holds (its node, its
+resources). While the Scheduler says no other job's work waits at the stream's priority or
+above (`Placements.reuse`), the stream runs its next call in that slot at once, with no round
+trip, and tells the Scheduler afterwards (`Reuse`): a service calling one task at a time, or a
+loop of short calls, then pays nothing per call for placement. Under SPREAD a slot is reused
+only on a node that has no more of the stream's calls than any other, so spread stays exact.
+How long another job can wait behind reuse: until the Scheduler's next reply says stop (one
+report, about a tick).
 """
 
 from __future__ import annotations
@@ -23,13 +32,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .ledger import Completion
-from .models import SchedulingDecision, SchedulingRequest
-from .protocol import Report
+from .models import SchedulingDecision, SchedulingRequest, SchedulingStrategy
+from .protocol import Placements, Report, Reuse
 
 AHEAD_S = 0.1  # a stream holds placements for about this long of its recent calls
 DEMAND_WINDOW_S = 0.2  # recent calls are counted over this window
 MAX_AHEAD = 256  # placements one stream holds or asks for at most, beyond what it runs
 IDLE_S = 0.5  # a stream with no call for this long hands back what it holds unused
+TURN_SCAN = 8  # a SPREAD call looks this far into what is held for a node whose turn it is
 
 
 @dataclass
@@ -50,6 +60,10 @@ class Stream:
     given_back: list[str] = field(default_factory=list)  # handed back unused, not yet told
     unasked: list[SchedulingRequest] = field(default_factory=list)  # made, not yet sent
     refusal: str | None = None  # why the Scheduler refused the stream's tasks (they can never fit)
+    reused: list[Reuse] = field(default_factory=list)  # slots ended calls freed and new ones took, not yet told
+    counts: dict[str, int] = field(default_factory=dict)  # node id -> placements of this stream (the Scheduler's count)
+    taken: dict[str, int] = field(default_factory=dict)  # node id -> calls this stream ran there
+    may_reuse: bool = False  # the Scheduler's last word: no other job's work waits at this priority or above
     calls: deque[float] = field(default_factory=deque)  # when the recent calls came
     last_call: float = -math.inf
     burst: int = 1  # doubles each time a call finds nothing held (a loop of calls ramps up fast)
@@ -68,29 +82,43 @@ class Stream:
         return decision
 
     def take(self) -> SchedulingDecision | None:
-        """The oldest placement held, now running; None when none is held."""
+        """The oldest placement held, now running (under SPREAD, the oldest on a node that ran
+        the fewest of this stream's calls, so reused slots keep the calls exactly even); None
+        when none is held."""
         if not self.stock:
             return None
-        decision = self.stock.popleft()
+        index = self._in_turn() if self.template.strategy is SchedulingStrategy.SPREAD else 0
+        decision = self.stock[index]
+        del self.stock[index]
         self.running[decision.task_id] = decision
+        self.taken[decision.node_id] = self.taken.get(decision.node_id, 0) + 1
         return decision
 
     def ask(self, count: int) -> list[SchedulingRequest]:
         """Make `count` more requests; they go with the next report."""
         requests = []
         for _ in range(count):
-            request = self.template.model_copy(update={"task_id": f"{self.group}-{self.next_index}"})
-            self.next_index += 1
+            request = self.template.model_copy(update={"task_id": self._new_task_id()})
             self.asked[request.task_id] = request
             requests.append(request)
         self.unasked.extend(requests)
         return requests
+
+    def on_reply(self, reply: Placements) -> None:
+        """The Scheduler's answer to a report or a long-poll: what it placed or refused, and
+        whether slots may be reused."""
+        self.on_placed(reply.placed)
+        if reply.rejected:
+            self.on_refused([r.task_id for r in reply.rejected], reply.rejected[0].reason)
+        if reply.reuse is not None:
+            self.may_reuse = reply.reuse
 
     def on_placed(self, decisions: list[SchedulingDecision]) -> None:
         """The Scheduler placed some of what was asked: held, in the order it placed them."""
         for decision in decisions:
             if self.asked.pop(decision.task_id, None) is not None:
                 self.stock.append(decision)
+                self.counts[decision.node_id] = self.counts.get(decision.node_id, 0) + 1
 
     def on_refused(self, task_ids: list[str], reason: str) -> None:
         """The Scheduler refused requests (they can never fit): every waiting call fails."""
@@ -98,10 +126,22 @@ class Stream:
             self.asked.pop(task_id, None)
         self.refusal = reason
 
-    def on_ended(self, task_id: str, ok: bool, duration_s: float | None) -> None:
-        """A call's task ended (Ray said so): its reservation is released with the next report."""
-        if self.running.pop(task_id, None) is not None:
-            self.ended.append(Completion.model_construct(task_id=task_id, ok=ok, duration_s=duration_s))
+    def on_ended(self, task_id: str, ok: bool, duration_s: float | None, now: float) -> bool:
+        """A call's task ended (Ray said so): its slot is held again for the next call when it
+        may be reused (`reusable`), else released with the next report. Returns whether it
+        is held again."""
+        decision = self.running.pop(task_id, None)
+        if decision is None:
+            return False
+        completion = Completion.model_construct(task_id=task_id, ok=ok, duration_s=duration_s)
+        if not ok or not self.reusable(decision, now):  # a failed call's node may be dead: ask afresh
+            self.ended.append(completion)
+            return False
+        slot = decision.model_copy(update={"task_id": self._new_task_id()})
+        self.stock.append(slot)
+        self.counts[slot.node_id] = self.counts.get(slot.node_id, 0) + 1
+        self.reused.append(Reuse(ended=completion, task_id=slot.task_id, strategy=str(decision.strategy)))
+        return True
 
     def on_idle(self, now: float) -> list[str]:
         """Hand back what is held beyond the recent demand (all of it once idle); returns the
@@ -110,7 +150,9 @@ class Stream:
         if not keep:
             self.burst = 1
         while len(self.stock) > keep:
-            self.given_back.append(self.stock.pop().task_id)  # the newest go first: the oldest stay in order
+            returned = self.stock.pop()  # the newest go first: the oldest stay in order
+            self.given_back.append(returned.task_id)
+            self.counts[returned.node_id] -= 1
         if now - self.last_call < IDLE_S or not self.asked:
             return []
         dropped = list(self.asked)
@@ -121,24 +163,43 @@ class Stream:
     def take_report(self) -> Report:
         """What to tell the Scheduler now (the requests to queue as `requeue`, the placements
         handed back unused as `returned`); cleared once taken."""
-        report = Report(group=self.group, ended=self.ended, requeue=self.unasked, returned=self.given_back, unsent=0)
-        self.ended, self.given_back, self.unasked = [], [], []
+        report = Report(group=self.group, ended=self.ended, requeue=self.unasked, returned=self.given_back, unsent=0,
+                        reused=self.reused)
+        self.ended, self.given_back, self.unasked, self.reused = [], [], [], []
         return report
 
     def on_report_failed(self, report: Report) -> None:
         """The report never reached the Scheduler (a timeout, a restart): send it again next time,
         before anything newer, so no end, hand-back or request is lost."""
         self.ended[:0] = report.ended
+        self.reused[:0] = report.reused
         self.given_back[:0] = report.returned
         self.unasked[:0] = [request for request in report.requeue if request.task_id in self.asked]
 
     def on_scheduler_lost(self) -> tuple[list[SchedulingDecision], list[SchedulingRequest]]:
         """The Scheduler restarted (or forgot the stream): what it must be told again, as a
-        registration: every placement held or running (their reservations), and what waits."""
+        registration: every placement held or running (their reservations, counted per node
+        again), and what waits. Reuses not yet told are in the registration already."""
         self.unasked.clear()
-        return list(self.running.values()) + list(self.stock), list(self.asked.values())
+        self.reused.clear()
+        self.may_reuse = False  # until the new Scheduler says so
+        held = list(self.running.values()) + list(self.stock)
+        self.counts = {}
+        for decision in held:
+            self.counts[decision.node_id] = self.counts.get(decision.node_id, 0) + 1
+        return held, list(self.asked.values())
 
     # ------------------------------------------------------------------ reading
+
+    def reusable(self, decision: SchedulingDecision, now: float) -> bool:
+        """Whether the slot `decision`'s ended call frees is held again for the next call: the
+        Scheduler allows reuse, the stream wants more than it holds, and under SPREAD the node
+        has no more of this stream's calls than any other (spread stays exact)."""
+        if not self.may_reuse or len(self.stock) >= self.target(now):
+            return False
+        if self.template.strategy is SchedulingStrategy.SPREAD:
+            return self.counts.get(decision.node_id, 0) <= min(self.counts.values(), default=0)
+        return True
 
     def target(self, now: float) -> int:
         """Placements to hold ahead: about `AHEAD_S` of recent calls (or the burst, while a loop
@@ -156,7 +217,21 @@ class Stream:
     def quiet(self, now: float) -> bool:
         """Idle and holding nothing, with nothing left to tell: the Scheduler may forget it."""
         return (self.target(now) == 0 and not self.asked and not self.stock and not self.running
-                and not self.ended and not self.given_back and not self.unasked)
+                and not self.ended and not self.given_back and not self.unasked and not self.reused)
+
+    def _in_turn(self) -> int:
+        """Where in the stock the next SPREAD call's placement is: the first of the oldest few
+        on a node with the fewest calls taken. The Scheduler placed them in turn, but slots
+        reused before it heard of them can put a node one ahead in what is held."""
+        fewest = min((self.taken.get(node_id, 0) for node_id in self.counts), default=0)
+        for index in range(min(TURN_SCAN, len(self.stock))):
+            if self.taken.get(self.stock[index].node_id, 0) <= fewest:
+                return index
+        return 0
+
+    def _new_task_id(self) -> str:
+        self.next_index += 1
+        return f"{self.group}-{self.next_index - 1}"
 
     @property
     def holds(self) -> int:

@@ -8,8 +8,9 @@ positional arguments, and its receiver reads it without changing it.
     owner                                        Scheduler
     Submit(requests, runner, unsent)   ---->     queue; place what fits; the group's lease starts
                                        <----     Placements (placed, rejected, queued, epoch, known)
-    Report(group, ended, requeue, ...) ---->     release what ended, place in the room; renews
-                                       <----     Placements
+    Report(group, ended, reused, ...)  ---->     release what ended, move each reused slot to its
+                                                 new task, place in the room; renews
+                                       <----     Placements (with `reuse`: may the owner reuse slots)
     wait_placed(group, timeout_s)      ---->     long-poll: Placements once there is news
     renew(groups)                      ---->     (epoch, the groups it does not know)
     Adopt(group, running, waiting, ...) --->     a group it does not know (it restarted, or the
@@ -45,6 +46,16 @@ class Submit:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Reuse:
+    """A call ended and its owner ran a new one in the slot it freed (same node, same
+    resources) without a round trip: the reservation moves from `ended` to `task_id`."""
+
+    ended: Completion
+    task_id: str
+    strategy: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Report:
     """What changed for a group since its owner last said: sent in batches, never per task."""
 
@@ -54,10 +65,11 @@ class Report:
     lost_nodes: list[str] = field(default_factory=list)  # nodes Ray said died under a task
     unsent: int | None = None  # tasks still held back; None: no news
     returned: list[str] = field(default_factory=list)  # placements handed back unused (a grid.remote stream's)
+    reused: list[Reuse] = field(default_factory=list)  # slots a grid.remote stream ran its next calls in, in order
 
     def __bool__(self) -> bool:
         """Whether there is anything to tell."""
-        return bool(self.ended or self.requeue or self.lost_nodes or self.returned)
+        return bool(self.ended or self.requeue or self.lost_nodes or self.returned or self.reused)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,3 +98,6 @@ class Placements:
     known: bool = True  # False: this Scheduler does not know the group (restarted, or lease lapsed)
     run_s: dict[str, float] = field(default_factory=dict)  # node id -> learned run time of the placed tasks' type
     turns_given_up: dict[str, int] = field(default_factory=dict)  # node name -> spread turns it gave up lately
+    # whether the owner may run its next calls in the slots its ended calls free (`Reuse`): no
+    # other job's work waits at its priority or above; None: no news (a reply to no ends)
+    reuse: bool | None = None

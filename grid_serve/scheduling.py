@@ -187,6 +187,11 @@ class SchedulerCore:
                 levels.append((priority, end - first, max(0.0, now - self._waiting[first].enqueued_at)))
         return levels
 
+    def waiting_at_or_above(self, rank: int) -> int:
+        """Tasks waiting at priority `rank` or higher: one bisection of the sorted queue."""
+        stop: tuple[float, ...] = (-rank + 1,)
+        return bisect.bisect_left(self._waiting, stop, key=_key)
+
     def _keep_only(self, keep: list[_Waiting]) -> None:
         self._waiting = keep
         self._queued = {}

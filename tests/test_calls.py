@@ -7,7 +7,7 @@ from collections import Counter
 
 from grid_serve.books import SchedulerBooks
 from grid_serve.calls import IDLE_S, MAX_AHEAD, Stream
-from grid_serve.models import NodeStatus, SchedulingRequest
+from grid_serve.models import NodeStatus, SchedulingDecision, SchedulingRequest
 from grid_serve.protocol import Submit
 
 NODES = [NodeStatus(name=name, node_id=name, address="127.0.0.1", alive=True, resources_total={"CPU": 2.0})
@@ -33,9 +33,7 @@ class FakeScheduler:
         else:
             return
         self.books.check()
-        stream.on_placed(reply.placed)
-        if reply.rejected:
-            stream.on_refused([r.task_id for r in reply.rejected], reply.rejected[0].reason)
+        stream.on_reply(reply)
 
 
 def stream_of(**template: object) -> Stream:
@@ -74,7 +72,7 @@ def test_idle_streams_hand_back_what_they_hold_and_spread_stays_exact_after() ->
     scheduler.exchange(stream)
     assert len(scheduler.ledger.reservations) == 10  # only the calls that run stay reserved
     for task_id in list(stream.running):
-        stream.on_ended(task_id, True, 0.01)
+        stream.on_ended(task_id, True, 0.01, now=IDLE_S + 1)
     scheduler.exchange(stream)
     assert scheduler.ledger.reservations == {}
     ran += call_loop(stream, scheduler, 20, now=IDLE_S + 2)
@@ -114,10 +112,114 @@ def test_a_report_that_never_arrived_is_sent_again_whole() -> None:
     stream, scheduler = stream_of(), FakeScheduler()
     call_loop(stream, scheduler, 2)
     done = next(iter(stream.running))
-    stream.on_ended(done, True, 0.5)
+    stream.on_ended(done, True, 0.5, now=0.0)
     stream.ask(3)
     lost = stream.take_report()
     stream.on_report_failed(lost)  # the Scheduler call timed out
     again = stream.take_report()
     assert [c.task_id for c in again.ended] == [done]
     assert [r.task_id for r in again.requeue] == [r.task_id for r in lost.requeue]
+
+
+def sequential_calls(stream: Stream, scheduler: FakeScheduler, calls: int, every: int = 10) -> tuple[list[str], int]:
+    """A service's calls one at a time, each ending before the next; the dispatcher's tick
+    (ask what is wanted, report) after every `every` calls. Returns the nodes and how many calls
+    found nothing held and had to wait for the Scheduler."""
+    ran, waited = [], 0
+    for i in range(calls):
+        now = i * 0.001
+        decision = stream.on_call(now)
+        if decision is None:
+            waited += 1
+            while decision is None:
+                stream.ask(stream.wanted(now, waiting_calls=1))
+                scheduler.exchange(stream)
+                decision = stream.take()
+        ran.append(decision.node_name)
+        stream.on_ended(decision.task_id, True, 0.0005, now)
+        if i % every == every - 1:
+            stream.ask(stream.wanted(now))
+            scheduler.exchange(stream)
+    return ran, waited
+
+
+def test_calls_one_at_a_time_reuse_their_slots_without_waiting_and_spread_stays_exact() -> None:
+    stream, scheduler = stream_of(), FakeScheduler()
+    warm, _ = sequential_calls(stream, scheduler, 20)  # the first report with an end allows reuse
+    assert stream.may_reuse
+    ran, waited = sequential_calls(stream, scheduler, 90)
+    assert waited == 0  # no call paid a round trip
+    assert sorted(Counter(warm + ran).values()) == [36, 37, 37]  # every call counted, the reused ones too
+    assert stream.reused == [] and any("ran in the slot" in d.reasons[0] for *_, d in scheduler.books.log._recent)
+    books = scheduler.books
+    assert set(scheduler.ledger.reservations) == {d.task_id for d in stream.stock}  # only what is held
+    assert {n: c for n, c in books.core.group_counts.of("g").items() if c} == stream.counts
+    books.check()
+
+
+def test_no_slot_is_reused_while_another_jobs_work_waits_and_that_work_gets_the_room() -> None:
+    stream, scheduler = stream_of(), FakeScheduler(admission=1.0)  # 6 CPUs, no lookahead
+    ran = call_loop(stream, scheduler, 6)  # the cluster is full
+    for task_id in list(stream.running)[:1]:
+        stream.on_ended(task_id, True, 0.01, now=0.0)
+    scheduler.exchange(stream)
+    assert stream.may_reuse
+    other = scheduler.books.on_submitted(Submit(requests=[SchedulingRequest(job_id="other", task_id="o-1")],
+                                                runner="r"))
+    assert len(ran) == 6 and other.placed == []  # the cluster is full: it waits
+    done = next(iter(stream.running))
+    held_again = stream.on_ended(done, True, 0.01, now=0.0)  # reuse was still allowed when it ended
+    scheduler.exchange(stream)
+    assert stream.may_reuse is False  # the other job's task waits: reuse stops
+    assert held_again  # reuse lasts until the Scheduler's next reply says stop: one tick at most
+    for task_id in list(stream.running):
+        assert stream.on_ended(task_id, True, 0.01, now=0.0) is False
+    stream.on_idle(IDLE_S + 1)
+    scheduler.exchange(stream)
+    books = scheduler.books
+    assert "o-1" in books.ledger.reservations  # the waiting job got the room the calls freed
+    books.check()
+
+
+def test_a_reused_slot_and_its_calls_end_in_one_report_leave_nothing_reserved() -> None:
+    stream, scheduler = stream_of(strategy="load_balanced"), FakeScheduler()
+    sequential_calls(stream, scheduler, 5)
+    assert stream.may_reuse
+    chained = False
+    for _ in range(20):  # until a call runs in a slot reused since the last report, and ends too
+        decision = stream.on_call(1.0)
+        assert decision is not None
+        chained = decision.task_id in {reuse.task_id for reuse in stream.reused}
+        stream.on_ended(decision.task_id, True, 0.01, now=1.0)
+        if chained:
+            break
+    assert chained
+    lost = stream.take_report()
+    stream.on_report_failed(lost)  # lost once: sent again whole, freeing nothing twice
+    scheduler.exchange(stream)
+    stream.on_idle(IDLE_S + 2)
+    scheduler.exchange(stream)
+    assert scheduler.ledger.reservations == {} and stream.holds == 0
+    scheduler.books.check()
+
+
+def test_under_spread_a_slot_is_reused_only_where_the_stream_has_the_fewest_calls() -> None:
+    stream = stream_of()
+    stream.may_reuse = True
+    stream.counts = {"a": 2, "b": 1, "c": 1}
+    stream.on_call(0.0)
+    decision_on = {node: SchedulingDecision(task_id=f"g-{node}", node_id=node, node_name=node, node_ip="",
+                                            strategy="spread", score=0.0) for node in "ab"}
+    for decision in decision_on.values():
+        stream.running[decision.task_id] = decision
+    assert stream.on_ended("g-a", True, 0.01, now=0.0) is False  # a is ahead: its slot goes back
+    assert stream.on_ended("g-b", True, 0.01, now=0.0) is True
+    assert stream.counts == {"a": 2, "b": 2, "c": 1}
+
+
+def test_under_spread_a_call_takes_what_is_held_on_a_node_whose_turn_it_is() -> None:
+    stream = stream_of()
+    stream.counts, stream.taken = {"a": 3, "b": 3}, {"a": 2, "b": 1}
+    stream.stock.extend(SchedulingDecision(task_id=f"g-{i}", node_id=node, node_name=node, node_ip="",
+                                           strategy="spread", score=0.0) for i, node in enumerate("aab"))
+    assert [stream.take().node_name for _ in range(3)] == ["b", "a", "a"]  # b was a call behind

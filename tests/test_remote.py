@@ -104,6 +104,18 @@ def test_the_decisions_are_explained_and_counted_like_jobs(client: GridClient, h
     wait_idle(client)  # every reservation released once the calls ended (and the unused ones handed back)
 
 
+def test_calls_one_at_a_time_run_in_reused_slots_evenly_and_say_so(client: GridClient, http) -> None:
+    wait_idle(client)
+    names = node_names(client)
+    one_by_one = where.options(scheduling_strategy="SPREAD", priority="normal")
+    ran = [names[ray.get(one_by_one.remote(i))] for i in range(60)]
+    assert sorted(Counter(ran).values()) == [20, 20, 20]
+    decisions = http.get("/v1/decisions", params={"job_id": one_by_one._stream.group, "limit": 200}).json()
+    reused = [d for d in decisions["decisions"] if "ran in the slot" in d["reasons"][0]]
+    assert reused, "no call reused its predecessor's slot"
+    wait_idle(client)  # the reused slots are released like any placement once the stream goes idle
+
+
 CALLER = textwrap.dedent('''
     import os, sys, time, ray
     ray.init(address=sys.argv[1], log_to_driver=False,
