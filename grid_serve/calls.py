@@ -189,6 +189,13 @@ class Stream:
             self.counts[decision.node_id] = self.counts.get(decision.node_id, 0) + 1
         return held, list(self.asked.values())
 
+    def on_forgotten(self) -> None:
+        """The Scheduler forgot the stream while it was quiet (`finished`), its spread counts with
+        it: the stream's mirror of them, and its calls taken per node, start from nothing too, so
+        its next calls spread exactly on their own, as the Scheduler places them."""
+        self.counts, self.taken = {}, {}
+        self.may_reuse = False  # until the Scheduler's first reply to the stream registered again
+
     # ------------------------------------------------------------------ reading
 
     def reusable(self, decision: SchedulingDecision, now: float) -> bool:

@@ -291,15 +291,12 @@ class Dispatcher:
         deadline = time.monotonic() + timeout_s
         with self._lock:
             decision = stream.on_call(time.monotonic())
+            if decision is None and len(self._ends) <= SYNC_ENDS:  # a call that ended may have freed a slot
+                self._collect_ends()
+                decision = stream.take()
             if decision is not None:
                 self._nudge_if_low(stream)
                 return decision
-            if len(self._ends) <= SYNC_ENDS:  # a call that ended may have freed a slot to reuse now
-                self._collect_ends()
-                decision = stream.take()
-                if decision is not None:
-                    self._nudge_if_low(stream)
-                    return decision
             self._waiting[stream.group] = self._waiting.get(stream.group, 0) + 1
             try:
                 self._poke()
@@ -356,8 +353,8 @@ class Dispatcher:
 
     def _nudge_if_low(self, stream: Stream) -> None:
         """Ask ahead before the stream runs dry: once what it holds and asked for is down to half
-        its target (a wake-up per call, at every call below the target, cost a Scheduler
-        exchange per few calls and 0.5-1 ms a call on a 2-core machine)."""
+        its target, not at every call below it (that woke the thread, and made a Scheduler
+        exchange, every few calls; BENCHMARKS.md, "slots reused")."""
         if 2 * (len(stream.stock) + len(stream.asked)) <= stream.target(time.monotonic()):
             self._poke()
 
@@ -430,6 +427,8 @@ class Dispatcher:
             quiet = stream.group in self._registered and stream.quiet(time.monotonic())
         if quiet:  # an idle stream holds nothing at the Scheduler, not even what a lost reply left behind
             await self._scheduler.finished.remote(stream.group)
+            with self._lock:  # nothing was placed for it meanwhile: only this loop hears the Scheduler
+                stream.on_forgotten()
             self._registered.discard(stream.group)
             self._ended.add(stream.group)
         if stream.asked and stream.group in self._registered and stream.group not in self._polling:
@@ -474,10 +473,8 @@ class Dispatcher:
     async def _adopt(self, stream: Stream) -> None:
         with self._lock:
             held, waiting = stream.on_scheduler_lost()
+            counts = dict(stream.counts)  # what it holds, per node: the new Scheduler's spread counts
         running = [(decision, stream.template.task_type) for decision in held]
-        counts: dict[str, int] = {}
-        for decision in held:
-            counts[decision.node_id] = counts.get(decision.node_id, 0) + 1
         reply = await self._scheduler.adopt.remote(Adopt(runner=self._name, group=stream.group, running=running,
                                                          waiting=waiting, placed_per_node=counts,
                                                          priority=stream.template.priority))

@@ -121,13 +121,14 @@ def test_a_report_that_never_arrived_is_sent_again_whole() -> None:
     assert [r.task_id for r in again.requeue] == [r.task_id for r in lost.requeue]
 
 
-def sequential_calls(stream: Stream, scheduler: FakeScheduler, calls: int, every: int = 10) -> tuple[list[str], int]:
+def sequential_calls(stream: Stream, scheduler: FakeScheduler, calls: int, every: int = 10,
+                     start: float = 0.0) -> tuple[list[str], int]:
     """A service's calls one at a time, each ending before the next; the dispatcher's tick
     (ask what is wanted, report) after every `every` calls. Returns the nodes and how many calls
     found nothing held and had to wait for the Scheduler."""
     ran, waited = [], 0
     for i in range(calls):
-        now = i * 0.001
+        now = start + i * 0.001
         decision = stream.on_call(now)
         if decision is None:
             waited += 1
@@ -223,3 +224,23 @@ def test_under_spread_a_call_takes_what_is_held_on_a_node_whose_turn_it_is() -> 
     stream.stock.extend(SchedulingDecision(task_id=f"g-{i}", node_id=node, node_name=node, node_ip="",
                                            strategy="spread", score=0.0) for i, node in enumerate("aab"))
     assert [stream.take().node_name for _ in range(3)] == ["b", "a", "a"]  # b was a call behind
+
+
+def test_a_stream_the_scheduler_forgot_while_idle_spreads_its_next_calls_exactly_again() -> None:
+    """The Scheduler forgets a quiet stream's spread counts (`finished`), so the stream forgets
+    its mirror of them and its calls taken per node: kept, a 35/34/33 left by earlier bursts
+    steered the next 30 calls to 9/10/11 (SPREAD takes and reuses by them)."""
+    stream, scheduler = stream_of(), FakeScheduler()
+    bursts = []
+    for start, calls in enumerate((100, 2, 30)):
+        now = start * (IDLE_S + 2)
+        bursts.append(sorted(Counter(call_loop(stream, scheduler, calls, now=now)).values()))
+        for task_id in list(stream.running):
+            stream.on_ended(task_id, True, 0.01, now)
+        stream.on_idle(now + IDLE_S + 1)
+        scheduler.exchange(stream)
+        assert stream.quiet(now + IDLE_S + 1) and scheduler.ledger.reservations == {}
+        scheduler.books.on_finished(stream.group)  # the dispatcher's word for a quiet stream
+        stream.on_forgotten()
+        assert stream.counts == {} == scheduler.books.core.group_counts.of("g") and stream.taken == {}
+    assert bursts == [[33, 33, 34], [1, 1], [10, 10, 10]]
