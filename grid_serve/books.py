@@ -449,11 +449,12 @@ class SchedulerBooks:
 
     def _reused_decision(self, reuse: Reuse, slot: Reservation) -> SchedulingDecision:
         """What `/v1/decisions` and `grid explain` show for a call run in a reused slot."""
-        name = next((node.name for node in self.nodes if node.node_id == slot.node_id), slot.node_id[:12])
+        node = next((node for node in self.nodes if node.node_id == slot.node_id), None)
+        name, ip = (node.name, node.address) if node is not None else (slot.node_id[:12], "")
         summary = (f"{reuse.strategy}: ran in the slot {reuse.ended.task_id} freed on {name} "
                    "(no other job's work waited at its priority or above)")
         return SchedulingDecision.model_construct(
-            task_id=reuse.task_id, node_id=slot.node_id, node_name=name, node_ip="",
+            task_id=reuse.task_id, node_id=slot.node_id, node_name=name, node_ip=ip,
             strategy=SchedulingStrategy(reuse.strategy), score=0.0, reasons=[summary], waited_s=0.0,
             resources=dict(slot.resources),
             explanation=Explanation(summary=summary, winner=NodeScores(node=name, score=0.0, scores={}), nodes=1),
