@@ -182,19 +182,27 @@ class Stream:
         again), and what waits. Reuses not yet told are in the registration already."""
         self.unasked.clear()
         self.reused.clear()
-        self.may_reuse = False  # until the new Scheduler says so
-        held = list(self.running.values()) + list(self.stock)
-        self.counts = {}
-        for decision in held:
-            self.counts[decision.node_id] = self.counts.get(decision.node_id, 0) + 1
-        return held, list(self.asked.values())
+        self._recount()
+        return list(self.running.values()) + list(self.stock), list(self.asked.values())
 
     def on_forgotten(self) -> None:
         """The Scheduler forgot the stream while it was quiet (`finished`), its spread counts with
         it: the stream's mirror of them, and its calls taken per node, start from nothing too, so
         its next calls spread exactly on their own, as the Scheduler places them."""
+        self._recount()
+
+    def _recount(self) -> None:
+        """The per-node books as a Scheduler that knows only what the stream holds counts them
+        (a new one after `on_scheduler_lost`, the same one after `on_forgotten`): placements
+        held or running per node, calls taken per node those running. A history kept from
+        before would steer SPREAD's takes and reuses by counts no Scheduler has."""
         self.counts, self.taken = {}, {}
-        self.may_reuse = False  # until the Scheduler's first reply to the stream registered again
+        for decision in self.stock:
+            self.counts[decision.node_id] = self.counts.get(decision.node_id, 0) + 1
+        for decision in self.running.values():
+            self.counts[decision.node_id] = self.counts.get(decision.node_id, 0) + 1
+            self.taken[decision.node_id] = self.taken.get(decision.node_id, 0) + 1
+        self.may_reuse = False  # until that Scheduler's first reply says so
 
     # ------------------------------------------------------------------ reading
 

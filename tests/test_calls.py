@@ -8,7 +8,7 @@ from collections import Counter
 from grid_serve.books import SchedulerBooks
 from grid_serve.calls import IDLE_S, MAX_AHEAD, Stream
 from grid_serve.models import NodeStatus, SchedulingDecision, SchedulingRequest
-from grid_serve.protocol import Submit
+from grid_serve.protocol import Adopt, Submit
 
 NODES = [NodeStatus(name=name, node_id=name, address="127.0.0.1", alive=True, resources_total={"CPU": 2.0})
          for name in ("a", "b", "c")]
@@ -34,6 +34,14 @@ class FakeScheduler:
             return
         self.books.check()
         stream.on_reply(reply)
+
+    def settle(self, stream: Stream, now: float) -> None:
+        """The dispatcher's step after an exchange: a stream now quiet is forgotten by the
+        Scheduler (`finished`) and forgets its own per-node books (`on_forgotten`)."""
+        self.exchange(stream)
+        if stream.quiet(now):
+            self.books.on_finished(stream.group)
+            stream.on_forgotten()
 
 
 def stream_of(**template: object) -> Stream:
@@ -62,21 +70,26 @@ def test_a_loop_of_calls_lands_in_the_schedulers_spread_order_and_ramps_up() -> 
     assert len(stream.running) == 100 and stream.holds >= 100
 
 
-def test_idle_streams_hand_back_what_they_hold_and_spread_stays_exact_after() -> None:
+def test_idle_streams_hand_back_what_they_hold_and_each_burst_spreads_exactly() -> None:
+    """What an idle stream holds unused goes back; once it is quiet the Scheduler forgets it,
+    so its next burst spreads exactly on its own (bursts apart by more than IDLE_S are not
+    balanced against each other, as with Ray's SPREAD)."""
     stream, scheduler = stream_of(), FakeScheduler()
-    ran = call_loop(stream, scheduler, 10)
+    first = call_loop(stream, scheduler, 10)
     held = len(stream.stock)
     assert held > 0
     assert stream.on_idle(IDLE_S + 1) == []  # nothing waits at the Scheduler
     assert stream.stock == type(stream.stock)() and len(stream.given_back) == held
-    scheduler.exchange(stream)
+    scheduler.settle(stream, IDLE_S + 1)
     assert len(scheduler.ledger.reservations) == 10  # only the calls that run stay reserved
+    assert scheduler.books.owners.knows("g")  # calls still run: not forgotten
     for task_id in list(stream.running):
         stream.on_ended(task_id, True, 0.01, now=IDLE_S + 1)
-    scheduler.exchange(stream)
-    assert scheduler.ledger.reservations == {}
-    ran += call_loop(stream, scheduler, 20, now=IDLE_S + 2)
-    assert sorted(Counter(ran).values()) == [10, 10, 10]  # the handed-back ones were uncounted
+    scheduler.settle(stream, IDLE_S + 1)
+    assert scheduler.ledger.reservations == {} and not scheduler.books.owners.knows("g")
+    second = call_loop(stream, scheduler, 20, now=IDLE_S + 2)
+    assert sorted(Counter(first).values()) == [3, 3, 4]  # the handed-back ones were uncounted
+    assert sorted(Counter(second).values()) == [6, 7, 7]
 
 
 def test_what_a_stream_holds_ahead_follows_its_demand_and_is_bounded() -> None:
@@ -239,9 +252,31 @@ def test_a_stream_the_scheduler_forgot_while_idle_spreads_its_next_calls_exactly
         for task_id in list(stream.running):
             stream.on_ended(task_id, True, 0.01, now)
         stream.on_idle(now + IDLE_S + 1)
-        scheduler.exchange(stream)
+        scheduler.settle(stream, now + IDLE_S + 1)
         assert stream.quiet(now + IDLE_S + 1) and scheduler.ledger.reservations == {}
-        scheduler.books.on_finished(stream.group)  # the dispatcher's word for a quiet stream
-        stream.on_forgotten()
         assert stream.counts == {} == scheduler.books.core.group_counts.of("g") and stream.taken == {}
     assert bursts == [[33, 33, 34], [1, 1], [10, 10, 10]]
+
+
+def test_after_a_scheduler_restart_a_stream_counts_only_what_it_holds_and_spreads_exactly_from_there() -> None:
+    """A new Scheduler counts the stream's spread from what it is told runs and is held (the
+    adoption), so the stream's own per-node books start there too: calls taken per node are
+    those running, not the history the old Scheduler had counted."""
+    stream, old = stream_of(), FakeScheduler()
+    call_loop(stream, old, 100)  # 34/33/33 taken
+    for task_id in list(stream.running)[:40]:
+        stream.on_ended(task_id, True, 0.01, now=0.0)
+    old.exchange(stream)
+    new = FakeScheduler()
+    held, waiting = stream.on_scheduler_lost()
+    running = Counter(decision.node_id for decision in stream.running.values())
+    assert stream.taken == dict(running)
+    assert stream.counts == dict(running + Counter(decision.node_id for decision in stream.stock))
+    stream.on_reply(new.books.on_adopted(Adopt(runner="grid-caller-test", group="g", waiting=waiting,
+                                               running=[(decision, "f") for decision in held],
+                                               placed_per_node=dict(stream.counts))))
+    new.books.check()
+    assert new.books.core.group_counts.of("g") == stream.counts
+    ran = call_loop(stream, new, 30)
+    taken = Counter(ran) + running
+    assert max(taken.values()) - min(taken.values()) <= 1, taken  # even from what the new Scheduler counted
