@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 logger = logging.getLogger("ray.serve")
 
@@ -83,3 +84,30 @@ async def grid_call(call: Awaitable[Any]) -> Any:
         if isinstance(exc.cause, GridError):
             raise exc.cause from None
         raise
+
+
+class WaitingCap:
+    """Requests of one kind that may wait on this replica, counted: past `cap` a new one is
+    turned away (429, retry after `retry_after_s`) before it can take a slot the health and
+    status requests, or the runners' renewals, need. `refusal` says why, with `{count}`."""
+
+    def __init__(self, cap: int, refusal: str, field: str, retry_after_s: float) -> None:
+        self._cap, self._refusal, self._field, self._retry_after_s = cap, refusal, field, retry_after_s
+        self.count = 0
+
+    @contextlib.contextmanager
+    def slot(self, waits: bool = True) -> Iterator[None]:
+        """Held while the request may wait; a request that will not wait is not counted."""
+        if not waits:
+            yield
+            return
+        if self.count >= self._cap:
+            from grid_serve.errors import TooBusyError
+
+            raise TooBusyError(self._refusal.format(count=self.count), field=self._field,
+                               retry_after_s=self._retry_after_s)
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1

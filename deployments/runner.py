@@ -35,12 +35,9 @@ the job again (`adopt`): what runs where, what the job placed per node, what wai
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import pickle
 import time
 import uuid
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Awaitable, Callable
 
@@ -54,12 +51,12 @@ from grid_serve.limits import Limits
 from grid_serve.lookahead import chunk_sizes, interleave
 from grid_serve.models import (JobStatus, JobSubmission, ResourceRequirement, SchedulingDecision)
 from grid_serve.caller_code import CallerCode
-from grid_serve.job_books import MAX_ATTEMPTS, JobBooks
 from grid_serve.handles import stop_safe
 from grid_serve.protocol import Placements, Submit
-from grid_serve.tasks import TaskType, load_task_modules, run_call, run_chunk
+from grid_serve.tasks import TaskType, load_task_modules
 
 from ._common import call_with_timeout, logger, spawn
+from .runner_job import PinnedFunctions, RunnerJob, record_ray_end, size_of
 
 RUNNER_PREFIX = "grid-runner-"
 RUNNER_NAMESPACE = "grid-serve"  # runners of every grid app on the cluster, named by app and tag
@@ -71,24 +68,6 @@ LATE_RENEWAL_S = 1.0  # a renewal slower than this is logged: leases lapse after
 SCHEDULER_GRACE_S = 60.0  # how long a job rides out an unreachable Scheduler before it fails
 CHUNK_OVERRUN = 2.0  # a chunk hands back its rest once it has run this many times its budget
 FIRST_WINDOW = 128  # tasks sent with the submission; the rest of the window follows with the first report
-_run_remote = ray.remote(run_call)
-_run_chunk_remote = ray.remote(run_chunk)
-# Ray's errors for a task whose worker, raylet or node went away (not the task's own error:
-# run_task catches those and returns them in its envelope)
-LOST_WORKER = (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError, ray.exceptions.TaskUnschedulableError,
-               ray.exceptions.LocalRayletDiedError, ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError)
-LOST_NODE = (ray.exceptions.NodeDiedError, ray.exceptions.TaskUnschedulableError)
-CANCELLED = (ray.exceptions.TaskCancelledError, asyncio.CancelledError, concurrent.futures.CancelledError)
-
-
-def _size_of(value: Any) -> int:
-    """Bytes a result takes when pickled (what keeping it costs, roughly)."""
-    if value is None or isinstance(value, (int, float, bool)):
-        return 16
-    try:
-        return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-    except Exception:  # not picklable by the standard library: its text form is an estimate
-        return len(repr(value))
 
 
 def runner_name(app: str, tag: str) -> str:
@@ -108,54 +87,6 @@ def is_runner_of(name: str, app: str) -> bool:
     return name.startswith(prefix) and len(tag) == TAG_LEN and all(c in "0123456789abcdef" for c in tag)
 
 
-@dataclass
-class _Job(JobBooks):
-    """One job inside its runner: its books (`JobBooks`), what Ray needs to run it, and the
-    events its callers and its driver wait on."""
-
-    fn_ref: Any = None  # what dispatch passes as the function: a registered task itself, or an object ref
-    runtime_env: dict[str, Any] = field(default_factory=dict)  # a handle caller's, for its own function
-    code_key: str = ""  # its CallerCode's key: what Ray's remote functions are grouped by beside the placement
-    refs_in_args: bool = False  # some argument is an ObjectRef: each task goes to Ray alone, with Ray's own args
-    task_type: TaskType | None = None  # the registered task (None: a handle caller's own function)
-    news: asyncio.Event = field(default_factory=asyncio.Event)  # a task ended, or the job was cancelled
-    # one report, cancel or registration of the job with the Scheduler at a time: two in flight
-    # may land in either order (Serve routes each call on its own), and window requests a report
-    # carried, landing after the cancel, were queued for a job already cancelled
-    exchange: asyncio.Lock = field(default_factory=asyncio.Lock)
-    last_ended: asyncio.Event = field(default_factory=asyncio.Event)  # every task has an outcome
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        if self.sized_by is None and self.task_type is not None and self.task_type.sized_by is not None:
-            self.sized_by = self.task_type.requirements_for  # memory_task reserves the block it allocates
-
-    def _on_all_ended(self) -> None:
-        self.last_ended.set()
-
-
-class _PinnedFunctions:
-    """`.options()` is costly per call; tasks pinned to the same node with the same
-    resources share one configured remote function."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple, Any] = {}
-
-    def for_decision(self, decision: SchedulingDecision, chunk: bool = False, job: _Job | None = None) -> Any:
-        key = (decision.pin_key(), chunk, job.code_key if job else "")
-        remote = self._cache.get(key)
-        if remote is None:
-            if len(self._cache) > 4096:
-                self._cache.clear()
-            # max_retries=0: Ray would retry a lost task on the node it is pinned to, dead or
-            # not; the runner places it again instead (MAX_ATTEMPTS). A caller's own function
-            # runs in the caller's runtime_env, where its modules are.
-            env = {"runtime_env": job.runtime_env} if job and job.runtime_env else {}
-            remote = self._cache[key] = (_run_chunk_remote if chunk else _run_remote).options(
-                **decision.ray_options(), max_retries=0, **env)
-        return remote
-
-
 class JobRunner:
     """Runs the jobs submitted through one Ingress replica (a detached, named async actor)."""
 
@@ -172,8 +103,8 @@ class JobRunner:
         self._tag = tag
         self._parent = parent  # (actor name, namespace) of the Ingress replica that made this runner
         self._interval_s = interval_s
-        self._jobs: dict[str, _Job] = {}
-        self._pinned = _PinnedFunctions()
+        self._jobs: dict[str, RunnerJob] = {}
+        self._pinned = PinnedFunctions()
         self._epoch: str | None = None  # the Scheduler instance that knows our jobs
         self._adopting: set[str] = set()
         self._background: set[asyncio.Task] = set()
@@ -202,7 +133,7 @@ class JobRunner:
         job_id = self._tag + uuid.uuid4().hex[:12 - TAG_LEN]
         # A registered task travels inline (pickled by reference: a few bytes); a caller's own
         # function goes to the object store once per job rather than once per task.
-        job = _Job(id=job_id, spec=spec, fn_ref=fn, task_name=task_name, requirements=default, task_type=task_type,
+        job = RunnerJob(id=job_id, spec=spec, fn_ref=fn, task_name=task_name, requirements=default, task_type=task_type,
                    owner=owner,
                    outcomes=OutcomeTable(job_id, spec.task_count))
         # The Scheduler holds a window of the job, not all of it: a 100,000-task job costs it
@@ -239,7 +170,7 @@ class JobRunner:
         await self._wait(job, timeout_s)
         return job.status(with_results=results)
 
-    def _readable(self, job_id: str, results: bool, reader: Caller | None) -> _Job:
+    def _readable(self, job_id: str, results: bool, reader: Caller | None) -> RunnerJob:
         """The job, once `reader` may read what it asks for: its results are its maker's."""
         job = self._job(job_id)
         if results and not may_touch(reader, job.owner):
@@ -278,7 +209,7 @@ class JobRunner:
             raise InvalidRequestError(f"unknown task {spec.task!r}; registered tasks: {known}", field="task")
         return task_type.name, task_type.fn, task_type.requirements, task_type
 
-    def _take(self, job: _Job, placements: Placements) -> None:
+    def _take(self, job: RunnerJob, placements: Placements) -> None:
         """Hand Ray what the Scheduler placed (the books record the rest), then top up the window."""
         if not placements.known and not job.done.is_set():
             self._spawn(self._adopt(job), f"register job {job.id} again")
@@ -291,7 +222,7 @@ class JobRunner:
         job.top_up()
         job.news.set()
 
-    def _chunks(self, job: _Job, tasks: list[tuple[int, SchedulingDecision]]) -> list[list[tuple[int, SchedulingDecision]]]:
+    def _chunks(self, job: RunnerJob, tasks: list[tuple[int, SchedulingDecision]]) -> list[list[tuple[int, SchedulingDecision]]]:
         """Tasks placed alike, grouped as they go to Ray: one Ray task each, or several per Ray
         task when they are learned to be very short. A task placed again after a lost attempt
         runs alone, so a task that kills its worker cannot take others down with it twice."""
@@ -309,7 +240,7 @@ class JobRunner:
                 chunks.append(chunk)
         return chunks
 
-    def _send(self, job: _Job, chunk: list[tuple[int, SchedulingDecision]]) -> None:
+    def _send(self, job: RunnerJob, chunk: list[tuple[int, SchedulingDecision]]) -> None:
         """Hand Ray one chunk of tasks placed alike, as one Ray task."""
         first = chunk[0][1]
         if len(chunk) == 1:  # the arguments as Ray's own, so Ray resolves ObjectRefs among them
@@ -323,10 +254,10 @@ class JobRunner:
         indices = [index for index, _ in chunk]
         ref.future().add_done_callback(partial(self._from_ray_thread, asyncio.get_running_loop(), job, indices))
 
-    def _from_ray_thread(self, loop: asyncio.AbstractEventLoop, job: _Job, indices: list[int], future: Any) -> None:
+    def _from_ray_thread(self, loop: asyncio.AbstractEventLoop, job: RunnerJob, indices: list[int], future: Any) -> None:
         loop.call_soon_threadsafe(self._ended, job, indices, future)
 
-    def _ended(self, job: _Job, indices: list[int], future: Any) -> None:
+    def _ended(self, job: RunnerJob, indices: list[int], future: Any) -> None:
         """A Ray task finished (Ray already started the slot's next one): record its tasks,
         nothing more. A chunk that stopped early hands back the tasks it did not run: they go
         to Ray again on their own, on the node they were placed on."""
@@ -336,30 +267,12 @@ class JobRunner:
             value, failure = None, exc
         envelopes = value if isinstance(value, list) else [value] * len(indices)
         for index, envelope in zip(indices, envelopes):
-            self._task_ended(job, index, envelope, failure)
+            record_ray_end(job, index, envelope, failure)
         leftover = [(index, job.running[index][0]) for index in indices[len(envelopes):] if index in job.running]
         for task in leftover:
             self._send(job, [task])
 
-    @staticmethod
-    def _task_ended(job: _Job, index: int, envelope: dict[str, Any] | None, failure: BaseException | None) -> None:
-        if index not in job.running:
-            return
-        if failure is None:
-            job.on_task_ended(index, envelope["ok"], envelope["error"], envelope)
-        elif isinstance(failure, CANCELLED):
-            job.on_task_ended(index, False, "cancelled", None)
-        elif isinstance(failure, LOST_WORKER):
-            decision = job.running[index][0]
-            what = f"{type(failure).__name__} on node {decision.node_name}: {str(failure).splitlines()[0] if str(failure) else ''}"
-            if job.on_lost(index, isinstance(failure, LOST_NODE), what) is None:
-                logger.warning("job %s task %d: %s on %s; placing it again (attempt %d of %d)", job.id, index,
-                               type(failure).__name__, decision.node_name, job.attempts[index], MAX_ATTEMPTS)
-        else:  # anything else Ray raised: a failed task, not a failed job
-            job.on_task_ended(index, False, f"{type(failure).__name__}: {failure}", None)
-        job.news.set()
-
-    async def _drive(self, job: _Job) -> None:
+    async def _drive(self, job: RunnerJob) -> None:
         """Report ends and collect placements until every task has an outcome; then release."""
         poller = asyncio.get_running_loop().create_task(self._poll(job))
         try:
@@ -376,7 +289,7 @@ class JobRunner:
             poller.cancel()
             await self._end(job)
 
-    async def _report(self, job: _Job) -> bool:
+    async def _report(self, job: RunnerJob) -> bool:
         """Tell the Scheduler what ended and what to place again (the window's next requests
         among them), and take its news; False when there was nothing to tell."""
         async with job.exchange:
@@ -387,14 +300,14 @@ class JobRunner:
             return True
 
     @staticmethod
-    async def _space_reports(job: _Job, seconds: float) -> None:
+    async def _space_reports(job: RunnerJob, seconds: float) -> None:
         """Wait before the next report, but not past the job's last task: the job ends (and
         a waiting caller gets its answer) as soon as every task has an outcome."""
         if seconds > 0 and not job.last_ended.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(job.last_ended.wait(), seconds)
 
-    async def _poll(self, job: _Job) -> None:
+    async def _poll(self, job: RunnerJob) -> None:
         """Long-poll for placements made as other jobs free capacity."""
         while not job.settled:
             if job.waiting and not job.cancelled:
@@ -402,10 +315,10 @@ class JobRunner:
             else:
                 await asyncio.sleep(self._interval_s / 2)
 
-    async def _end(self, job: _Job) -> None:
+    async def _end(self, job: RunnerJob) -> None:
         self._cancel_running(job)  # only after a failure: stop what runs
         batch = job.on_end()
-        job.result_bytes = job.outcomes.result_bytes(_size_of)
+        job.result_bytes = job.outcomes.result_bytes(size_of)
         job.done.set()  # a waiting caller gets its answer while the Scheduler's upkeep below goes on
         # Before any await: a caller woken by `done` reads the kept results within their bound
         # (after the Scheduler's reply, a read of an older job's results could still find them)
@@ -417,12 +330,12 @@ class JobRunner:
             logger.warning("could not tell the Scheduler that job %s finished; its lease will lapse", job.id)
 
     @staticmethod
-    def _cancel_running(job: _Job) -> None:
+    def _cancel_running(job: RunnerJob) -> None:
         """Ask Ray to stop what the job has running (a chunk once, however many tasks it holds)."""
         for ref in {ref for _, ref in job.running.values()}:
             ray.cancel(ref, force=False)
 
-    async def _wait(self, job: _Job, timeout_s: float) -> None:
+    async def _wait(self, job: RunnerJob, timeout_s: float) -> None:
         try:
             await asyncio.wait_for(asyncio.shield(job.done.wait()), timeout_s)
         except asyncio.TimeoutError:
@@ -472,7 +385,7 @@ class JobRunner:
             except Exception as exc:
                 logger.warning("lease renewal failed (%s: %s); retrying", type(exc).__name__, exc)
 
-    async def _adopt(self, job: _Job) -> None:
+    async def _adopt(self, job: RunnerJob) -> None:
         if job.id in self._adopting:
             return
         self._adopting.add(job.id)
@@ -548,7 +461,7 @@ class JobRunner:
     def _spawn(self, work: Awaitable[Any], what: str) -> None:
         spawn(self._background, work, what)
 
-    def _job(self, job_id: str) -> _Job:
+    def _job(self, job_id: str) -> RunnerJob:
         job = self._jobs.get(job_id)
         if job is None:
             raise NotFoundError(f"no job {job_id!r}", field="job_id")

@@ -3,9 +3,9 @@ not yet told, and each task's outcome. The runner's side of `grid_serve.protocol
 `grid_serve.books.SchedulerBooks`.
 
 Pure (no Ray, no asyncio): the runner (`deployments/runner.py`) is its shell. It makes the
-Scheduler calls and hands Ray the tasks `on_placements` returns; its `_Job` adds the Ray
-handles and the events its callers wait on. tests/test_books.py drives these books against the
-Scheduler's own, message by message.
+Scheduler calls and hands Ray the tasks `on_placements` returns; its `RunnerJob`
+(`deployments/runner_job.py`) adds the Ray handles and the events its callers wait on.
+tests/test_books.py drives these books against the Scheduler's own, message by message.
 
 Invariants (`check`): a task index is waiting, running or has an outcome, never two at once;
 nothing is placed that was not asked for; `next_index` tasks have been handed to the

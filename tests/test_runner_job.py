@@ -1,4 +1,4 @@
-"""A job runner's bookkeeping without a cluster: `_Job` (its `JobBooks`) records and `JobRunner`
+"""A job runner's bookkeeping without a cluster: `RunnerJob` (its `JobBooks`) records and `JobRunner`
 calls that never reach Ray or the Scheduler on the paths tested here (real objects, no stand-ins)."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 
-from deployments.runner import JobRunner, _Job
+from deployments.runner import JobRunner
+from deployments.runner_job import RunnerJob
 from grid_serve.models import JobSubmission
 from grid_serve.outcomes import OutcomeTable
 from grid_serve.tasks import load_task_modules
@@ -15,14 +16,14 @@ from grid_serve.tasks import load_task_modules
 TASKS = load_task_modules(["grid_serve.tasks"])
 
 
-def job_of(spec: dict, job_id: str = "abcd00000001") -> _Job:
+def job_of(spec: dict, job_id: str = "abcd00000001") -> RunnerJob:
     submission = JobSubmission.model_validate(spec)
     task = TASKS[submission.task]
-    return _Job(id=job_id, spec=submission, fn_ref=task.fn, task_name=task.name, requirements=task.requirements,
+    return RunnerJob(id=job_id, spec=submission, fn_ref=task.fn, task_name=task.name, requirements=task.requirements,
                 outcomes=OutcomeTable(job_id, submission.task_count), task_type=task)
 
 
-def every_task_succeeds(job: _Job) -> None:
+def every_task_succeeds(job: RunnerJob) -> None:
     for index in range(job.spec.task_count):
         job.outcomes.record(index, node_id="n1", node_name="gpu1", ok=True, result=index)
 

@@ -1,0 +1,108 @@
+"""One job inside its runner, on Ray's side: its books with what Ray needs to run it, the remote
+functions its tasks run as (pinned to their node, one per placement shape), and how Ray's
+errors for a task map to the books' transitions (`JobBooks`)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from grid_serve.job_books import MAX_ATTEMPTS, JobBooks
+from grid_serve.models import SchedulingDecision
+from grid_serve.tasks import TaskType, run_call, run_chunk
+
+from ._common import logger
+
+_run_remote = ray.remote(run_call)
+_run_chunk_remote = ray.remote(run_chunk)
+# Ray's errors for a task whose worker, raylet or node went away (not the task's own error:
+# run_task catches those and returns them in its envelope)
+LOST_WORKER = (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError, ray.exceptions.TaskUnschedulableError,
+               ray.exceptions.LocalRayletDiedError, ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError)
+LOST_NODE = (ray.exceptions.NodeDiedError, ray.exceptions.TaskUnschedulableError)
+CANCELLED = (ray.exceptions.TaskCancelledError, asyncio.CancelledError, concurrent.futures.CancelledError)
+
+
+def size_of(value: Any) -> int:
+    """Bytes a result takes when pickled (what keeping it costs, roughly)."""
+    if value is None or isinstance(value, (int, float, bool)):
+        return 16
+    try:
+        return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:  # not picklable by the standard library: its text form is an estimate
+        return len(repr(value))
+
+
+@dataclass
+class RunnerJob(JobBooks):
+    """One job inside its runner: its books (`JobBooks`), what Ray needs to run it, and the
+    events its callers and its driver wait on."""
+
+    fn_ref: Any = None  # what dispatch passes as the function: a registered task itself, or an object ref
+    runtime_env: dict[str, Any] = field(default_factory=dict)  # a handle caller's, for its own function
+    code_key: str = ""  # its CallerCode's key: what Ray's remote functions are grouped by beside the placement
+    refs_in_args: bool = False  # some argument is an ObjectRef: each task goes to Ray alone, with Ray's own args
+    task_type: TaskType | None = None  # the registered task (None: a handle caller's own function)
+    news: asyncio.Event = field(default_factory=asyncio.Event)  # a task ended, or the job was cancelled
+    # one report, cancel or registration of the job with the Scheduler at a time: two in flight
+    # may land in either order (Serve routes each call on its own), and window requests a report
+    # carried, landing after the cancel, were queued for a job already cancelled
+    exchange: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_ended: asyncio.Event = field(default_factory=asyncio.Event)  # every task has an outcome
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        if self.sized_by is None and self.task_type is not None and self.task_type.sized_by is not None:
+            self.sized_by = self.task_type.requirements_for  # memory_task reserves the block it allocates
+
+    def _on_all_ended(self) -> None:
+        self.last_ended.set()
+
+
+class PinnedFunctions:
+    """`.options()` is costly per call; tasks pinned to the same node with the same
+    resources share one configured remote function."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, Any] = {}
+
+    def for_decision(self, decision: SchedulingDecision, chunk: bool = False, job: RunnerJob | None = None) -> Any:
+        key = (decision.pin_key(), chunk, job.code_key if job else "")
+        remote = self._cache.get(key)
+        if remote is None:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            # max_retries=0: Ray would retry a lost task on the node it is pinned to, dead or
+            # not; the runner places it again instead (MAX_ATTEMPTS). A caller's own function
+            # runs in the caller's runtime_env, where its modules are.
+            env = {"runtime_env": job.runtime_env} if job and job.runtime_env else {}
+            remote = self._cache[key] = (_run_chunk_remote if chunk else _run_remote).options(
+                **decision.ray_options(), max_retries=0, **env)
+        return remote
+
+
+def record_ray_end(job: RunnerJob, index: int, envelope: dict[str, Any] | None, failure: BaseException | None) -> None:
+    """One task's end as Ray reported it: its envelope (what the task itself did), or Ray's
+    error for its whole Ray task: cancelled, lost with its worker or node (placed again while
+    attempts last, `JobBooks.on_lost`), or any other error (the task failed)."""
+    if index not in job.running:
+        return
+    if failure is None:
+        job.on_task_ended(index, envelope["ok"], envelope["error"], envelope)
+    elif isinstance(failure, CANCELLED):
+        job.on_task_ended(index, False, "cancelled", None)
+    elif isinstance(failure, LOST_WORKER):
+        decision = job.running[index][0]
+        first_line = str(failure).splitlines()[0] if str(failure) else ""
+        what = f"{type(failure).__name__} on node {decision.node_name}: {first_line}"
+        if job.on_lost(index, isinstance(failure, LOST_NODE), what) is None:
+            logger.warning("job %s task %d: %s on %s; placing it again (attempt %d of %d)", job.id, index,
+                           type(failure).__name__, decision.node_name, job.attempts[index], MAX_ATTEMPTS)
+    else:  # anything else Ray raised: a failed task, not a failed job
+        job.on_task_ended(index, False, f"{type(failure).__name__}: {failure}", None)
+    job.news.set()
