@@ -12,11 +12,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import balance, decisions, dispatch, http_api, priority, quality, remote, throughput  # noqa: E402
+from bench import balance, decisions, dispatch, handle_jobs, http_api, priority, quality, remote, throughput  # noqa: E402
 from bench.harness import bench_env  # noqa: E402
 
 CLUSTER_BENCHMARKS = {"balance": balance.run, "throughput": throughput.run, "dispatch": dispatch.run,
-                      "quality": quality.run, "priority": priority.run, "http": http_api.run, "remote": remote.run}
+                      "quality": quality.run, "priority": priority.run, "http": http_api.run, "remote": remote.run,
+                      "handle_jobs": handle_jobs.run}
 
 
 def main() -> None:

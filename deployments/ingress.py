@@ -22,6 +22,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from ray import serve
+from ray.actor import ActorHandle
 from ray.serve._private.constants import SERVE_NAMESPACE
 from ray.serve.handle import DeploymentHandle
 
@@ -150,6 +151,11 @@ class Ingress:
         then `spec.task` only labels it. Waits for the results when `spec.wait` is set. A
         `CallerCode` (what `HandleClient` sends) stays packed here and in the runner."""
         return await self._submit(spec, fn, None)
+
+    async def job_runner(self) -> ActorHandle:
+        """This replica's job runner, for handle callers that submit to it directly
+        (`HandleClient`): the jobs are the same, one Serve call fewer each."""
+        return self._runners.current
 
     async def _submit(self, spec: JobSubmission | dict[str, Any], fn: Callable[..., Any] | CallerCode | None,
                       caller: Caller | None) -> JobStatus:

@@ -52,7 +52,7 @@ from grid_serve.lookahead import chunk_sizes, interleave
 from grid_serve.models import (JobStatus, JobSubmission, ResourceRequirement, SchedulingDecision)
 from grid_serve.caller_code import CallerCode
 from grid_serve.handles import stop_safe
-from grid_serve.protocol import Placements, Submit
+from grid_serve.protocol import Finished, Placements, Submit
 from grid_serve.tasks import TaskType, load_task_modules
 
 from ._common import call_with_timeout, logger, spawn
@@ -68,6 +68,9 @@ LATE_RENEWAL_S = 1.0  # a renewal slower than this is logged: leases lapse after
 SCHEDULER_GRACE_S = 60.0  # how long a job rides out an unreachable Scheduler before it fails
 CHUNK_OVERRUN = 2.0  # a chunk hands back its rest once it has run this many times its budget
 FIRST_WINDOW = 128  # tasks sent with the submission; the rest of the window follows with the first report
+# a job's end waits at most this long to ride on the runner's next submission (a service that
+# sends one job after another then pays one Scheduler call per job, not two)
+FINISH_BATCH_S = 0.01
 
 
 def runner_name(app: str, tag: str) -> str:
@@ -107,6 +110,7 @@ class JobRunner:
         self._pinned = PinnedFunctions()
         self._epoch: str | None = None  # the Scheduler instance that knows our jobs
         self._adopting: set[str] = set()
+        self._finished: list[Finished] = []  # jobs over, not yet told (`_tell_finished`)
         self._background: set[asyncio.Task] = set()
         self._heartbeat: asyncio.Task | None = None
         self._parent_seen = False
@@ -141,7 +145,9 @@ class JobRunner:
         # part is small, since the job's first task waits for it (sending and queueing
         # requests costs time per request); the next report, while the first tasks run, fills the window.
         requests = job.next_requests(FIRST_WINDOW)
-        submission = Submit(requests=requests, runner=self._name, unsent=job.unsent, publish=not spec.wait)
+        finished, self._finished = self._finished, []  # told with it: released before it is placed
+        submission = Submit(requests=requests, runner=self._name, unsent=job.unsent, publish=not spec.wait,
+                            finished=finished)
         placements = await self._ask(lambda: self._scheduler.submit.remote(submission))
         if placements.rejected and len(placements.rejected) == len(requests):  # every task is of one kind
             await self._ask(lambda: self._scheduler.finished.remote(job_id))
@@ -323,11 +329,23 @@ class JobRunner:
         # Before any await: a caller woken by `done` reads the kept results within their bound
         # (after the Scheduler's reply, a read of an older job's results could still find them)
         self._forget_old_jobs()
-        try:  # the last ends carry run times worth learning; then everything of the job is released
-            async with job.exchange:  # after an adopt in flight (a later one sees `done` and stays away)
-                await self._ask(lambda: self._scheduler.finished.remote(job.id, completions=batch), grace_s=CALL_TIMEOUT_S)
-        except Exception:  # its lease lapses and the Scheduler reclaims it anyway
-            logger.warning("could not tell the Scheduler that job %s finished; its lease will lapse", job.id)
+        # the last ends carry run times worth learning; then everything of the job is released
+        async with job.exchange:  # after an adopt in flight (a later one sees `done` and stays away)
+            self._finished.append(Finished(group=job.id, completions=batch))
+        if len(self._finished) == 1:  # the first of a batch: told within FINISH_BATCH_S
+            self._spawn(self._tell_finished(), "tell the Scheduler which jobs finished")
+
+    async def _tell_finished(self) -> None:
+        """Tell the Scheduler the jobs over meanwhile, unless a submission carried them first."""
+        await asyncio.sleep(FINISH_BATCH_S)
+        finished, self._finished = self._finished, []
+        if not finished:
+            return
+        try:
+            await self._ask(lambda: self._scheduler.end_groups.remote(finished), grace_s=CALL_TIMEOUT_S)
+        except Exception:  # their leases lapse and the Scheduler reclaims them anyway
+            logger.warning("could not tell the Scheduler that job(s) %s finished; their leases will lapse",
+                           ", ".join(one.group for one in finished))
 
     @staticmethod
     def _cancel_running(job: RunnerJob) -> None:

@@ -37,7 +37,7 @@ from grid_serve.handles import stop_safe
 from grid_serve.ledger import Completion
 from grid_serve.limits import Limits
 from grid_serve.models import ClusterStatus, PlacementHistory, RecentDecisions
-from grid_serve.protocol import Adopt, Placements, Report, Submit
+from grid_serve.protocol import Adopt, Finished, Placements, Report, Submit
 from grid_serve.sharing import Allocation
 
 from ._common import INTERNAL_OPTIONS, call_with_timeout, every, load_saved, logger, save
@@ -299,6 +299,12 @@ class Scheduler:
         outbox and lease."""
         async with self._lock:
             self._books.on_finished(group, reason, completions or [])
+            self._after_change()
+
+    async def end_groups(self, finished: list[Finished]) -> None:
+        """Several groups' jobs over (a runner's, batched): as `finished` for each."""
+        async with self._lock:
+            self._books.on_groups_ended(finished)
             self._after_change()
 
     async def job_fate(self, group: str) -> str | None:

@@ -42,7 +42,7 @@ from .models import (
     TaskPriority,
 )
 from .owners import Owners
-from .protocol import Adopt, Placements, Report, Reuse, Submit
+from .protocol import Adopt, Finished, Placements, Report, Reuse, Submit
 from .scheduling import DrainResult, Rejected, SchedulerCore
 from .sharing import Allocation, fold_allocations
 from .view import ClusterView, view_from
@@ -142,7 +142,10 @@ class SchedulerBooks:
 
     def on_submitted(self, message: Submit) -> Placements:
         """A new group's requests: queued, and what fits placed now. Raises TooBusyError (429) or
-        InvalidRequestError when the queue cannot take them; refuses a live task id."""
+        InvalidRequestError when the queue cannot take them; refuses a live task id. The groups it
+        says are over are released first, whatever becomes of the new requests."""
+        if message.finished:
+            self.on_groups_ended(message.finished)
         requests, runner = message.requests, message.runner
         groups = {request.group for request in requests}
         if len(groups) != 1:
@@ -224,9 +227,14 @@ class SchedulerBooks:
     def on_finished(self, group: str, reason: str | None = None, completions: Iterable[Completion] = ()) -> None:
         """The group's job is over: learn from its last ends, release whatever it still held,
         forget its counts, outbox and lease."""
-        self._release(completions)
-        self._drop_group(group)
-        self.owners.forget(group, reason)
+        self.on_groups_ended([Finished(group=group, completions=list(completions), reason=reason)])
+
+    def on_groups_ended(self, finished: Iterable[Finished]) -> None:
+        """Several groups over at once (`on_finished` for each, one drain for the room they freed)."""
+        for one in finished:
+            self._release(one.completions)
+            self._drop_group(one.group)
+            self.owners.forget(one.group, one.reason)
         self._drain()
 
     def on_completed(self, completions: list[Completion]) -> int:

@@ -17,6 +17,9 @@ positional arguments, and its receiver reads it without changing it.
                                                  lease lapsed) registered again with all it holds
                                        <----     Placements
     finished(group, reason, ended)     ---->     everything of the group released
+    end_groups([Finished])             ---->     the same for several groups (a runner's jobs over
+                                                 meanwhile: at most FINISH_BATCH_S late, or sooner
+                                                 on its next Submit, which carries them)
 
 A reply whose `known` is False says the Scheduler does not know the group: nothing of it was
 queued or placed, and its owner must `Adopt` it. A new `epoch` says the Scheduler restarted.
@@ -33,10 +36,23 @@ from .scheduling import Rejected
 
 
 @dataclass(frozen=True, kw_only=True)
+class Finished:
+    """A group's job is over: its last ends (their run times are worth learning) released with
+    everything else it still held, its counts and lease forgotten."""
+
+    group: str
+    completions: list[Completion] = field(default_factory=list)
+    reason: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Submit:
-    """A new group's first requests (every request of one group)."""
+    """A new group's first requests (every request of one group), and the owner's other groups
+    that are over since it last said (`finished`): released first, so the room they held goes
+    to what waits before these requests queue, as if each had been told on its own just before."""
 
     requests: list[SchedulingRequest]
+    finished: list[Finished] = field(default_factory=list)
     runner: str | None = None  # the owner that renews the group's lease; None: a /v1/schedule request
     lease_s: float | None = None  # a /v1/schedule reservation's own lease (no runner renews it)
     owner: str | None = None  # who may complete a /v1/schedule reservation (grid_serve.access)

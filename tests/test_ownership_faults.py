@@ -8,6 +8,7 @@ spread job lands 33/33/33. A killed runner's job is reported gone, with the reas
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -20,7 +21,7 @@ import pytest
 import ray
 from ray import serve
 
-from grid_serve.client import GridClient
+from grid_serve.client import GridClient, HandleClient
 from grid_serve.errors import GridError
 from grid_serve.models import ResourceRequirement, SchedulingRequest
 from grid_serve.protocol import Submit
@@ -154,6 +155,25 @@ def test_a_dead_runner_s_capacity_is_reclaimed_and_its_job_explains(client: Grid
     response = eventually(lambda: (r := http.get(f"/v1/jobs/{job_id}")).status_code == 404 and r,
                           what="the job's fate")
     assert "stopped renewing" in response.json()["error"]
+    assert_recovered(client, http)
+
+
+def test_a_handle_caller_whose_runner_was_killed_has_its_next_job_run_by_a_new_one(
+        client: GridClient, http: httpx.Client) -> None:
+    """`HandleClient` sends jobs straight to its Ingress replica's runner; that runner killed,
+    the next job goes through the Ingress, which starts another runner and runs it there."""
+    eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
+
+    async def a_job_then_another_after_its_runner_dies() -> tuple[Any, Any]:
+        grid = HandleClient(serve.get_app_handle("grid"))
+        first = await grid.submit_job({"task": "noop", "count": 3, "wait": True})
+        ray.kill(runner_actors()[first.job_id[:TAG_LEN]], no_restart=True)
+        return first, await grid.submit_job({"task": "noop", "count": 3, "wait": True})
+
+    first, second = asyncio.run(a_job_then_another_after_its_runner_dies())
+    assert (first.state, first.succeeded, second.state, second.succeeded) == ("succeeded", 3, "succeeded", 3)
+    assert second.job_id[:TAG_LEN] != first.job_id[:TAG_LEN] and second.job_id[:TAG_LEN] in runner_actors()
+    assert http.get(f"/v1/jobs/{second.job_id}").json()["state"] == "succeeded"
     assert_recovered(client, http)
 
 
