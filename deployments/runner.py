@@ -90,6 +90,13 @@ def is_runner_of(name: str, app: str) -> bool:
     return name.startswith(prefix) and len(tag) == TAG_LEN and all(c in "0123456789abcdef" for c in tag)
 
 
+def _is_answer(exc: BaseException) -> bool:
+    """Whether a Scheduler call's error is its answer (a bad request, a full queue), raised there
+    and carried back by Ray, rather than a Scheduler that is away."""
+    cause = getattr(exc, "cause", None)
+    return isinstance(exc, (GridError, ValueError)) or isinstance(cause, (GridError, ValueError))
+
+
 class JobRunner:
     """Runs the jobs submitted through one Ingress replica (a detached, named async actor)."""
 
@@ -116,7 +123,7 @@ class JobRunner:
         self._parent_seen = False
         self._replaced = False  # its Ingress replica started another runner (this one stopped answering)
 
-    # ================================================================== API (called by the Ingress)
+    # ================================================================== API (the Ingress's, and HandleClient's submit_job)
 
     async def ping(self) -> str:
         self._start()
@@ -148,7 +155,12 @@ class JobRunner:
         finished, self._finished = self._finished, []  # told with it: released before it is placed
         submission = Submit(requests=requests, runner=self._name, unsent=job.unsent, publish=not spec.wait,
                             finished=finished)
-        placements = await self._ask(lambda: self._scheduler.submit.remote(submission))
+        try:
+            placements = await self._ask(lambda: self._scheduler.submit.remote(submission))
+        except BaseException as exc:  # no answer (or this call was cancelled): they are told again, on their own
+            if not _is_answer(exc):  # an answer (a refusal) came after the Scheduler released them
+                self._tell_finished_later(finished)
+            raise
         if placements.rejected and len(placements.rejected) == len(requests):  # every task is of one kind
             await self._ask(lambda: self._scheduler.finished.remote(job_id))
             raise InvalidRequestError(placements.rejected[0].reason, field="node" if spec.node else "resources")
@@ -331,8 +343,13 @@ class JobRunner:
         self._forget_old_jobs()
         # the last ends carry run times worth learning; then everything of the job is released
         async with job.exchange:  # after an adopt in flight (a later one sees `done` and stays away)
-            self._finished.append(Finished(group=job.id, completions=batch))
-        if len(self._finished) == 1:  # the first of a batch: told within FINISH_BATCH_S
+            self._tell_finished_later([Finished(group=job.id, completions=batch)])
+
+    def _tell_finished_later(self, finished: list[Finished]) -> None:
+        """Jobs over, told with the next submission or within FINISH_BATCH_S on their own."""
+        first = not self._finished
+        self._finished[:0] = finished
+        if first and self._finished:  # the first of a batch: its timer
             self._spawn(self._tell_finished(), "tell the Scheduler which jobs finished")
 
     async def _tell_finished(self) -> None:
@@ -368,9 +385,8 @@ class JobRunner:
             try:
                 return await call_with_timeout(call(), CALL_TIMEOUT_S)
             except Exception as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(exc, (GridError, ValueError)) or isinstance(cause, (GridError, ValueError)):
-                    raise  # an answer (a bad request, a full queue), not a Scheduler that is away
+                if _is_answer(exc):
+                    raise
                 if time.monotonic() >= deadline:
                     raise RuntimeError(f"the Scheduler did not answer for {grace_s:g} s "
                                        f"({type(exc).__name__}: {exc})") from None

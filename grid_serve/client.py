@@ -274,8 +274,9 @@ class HandleClient:
     def __init__(self, handle: Any, stop_safe_calls: bool = False) -> None:
         """`stop_safe_calls`: call the Ingress so that this process, stopped (SIGSTOP, Ctrl-Z)
         while a call ends, cannot hold the Ingress replica's event loop until it resumes
-        (`grid_serve.handles`); it costs about 7 ms a call (33 -> 40 ms per one-task job,
-        BENCHMARKS.md), so it is off by default."""
+        (`grid_serve.handles`); it cost about 7 ms a call (33 -> 40 ms per one-task job when
+        jobs went through the Ingress, BENCHMARKS.md), so it is off by default. `submit_job`
+        goes to the job runner by a plain actor call, which a stopped caller cannot hold."""
         self._handle = stop_safe(handle) if stop_safe_calls else handle
         self._runner: tuple[float, Any] | None = None  # (when the Ingress named it, its job runner)
 
@@ -293,7 +294,9 @@ class HandleClient:
     async def submit_job(self, spec: JobSubmission | dict[str, Any], fn: Callable[..., Any] | None = None) -> JobStatus:
         """`fn` travels packed (`CallerCode`): opened only in the worker that runs it, which gets
         this process's runtime_env (working_dir, py_modules, env_vars, pip), so a function from
-        the caller's own module works; `fn` may also be a `@ray.remote` function."""
+        the caller's own module works; `fn` may also be a `@ray.remote` function. An invalid
+        `spec` raises pydantic's ValidationError here, before anything is sent (as GridClient);
+        the job goes straight to the job runner of the Ingress replica this client reaches."""
         code = CallerCode.of(getattr(fn, "_function", fn)) if fn is not None else None
         spec = spec if isinstance(spec, JobSubmission) else JobSubmission.model_validate(spec)
         import ray

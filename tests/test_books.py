@@ -363,5 +363,6 @@ def test_a_submission_the_queue_refuses_still_releases_the_jobs_it_carried() -> 
         Runner(books, "late", tasks=9, first_window=9).submit(finished=[done.over()])
     books.check()
     assert books.queued_total() == 2  # done's room went to queued first; 2 + 9 is past the cap all the same
+    assert "queued" in books.take_woken()  # its long-poll is woken though the submission was refused
     assert "done" not in {reservation.group for reservation in books.ledger.reservations.values()}
     assert "late" not in {meta.group for meta in books.meta.values()}
