@@ -1,6 +1,7 @@
 """The Ingress's HTTP surface: the FastAPI app with its error shapes, its middleware (JSON
-bodies by default, the access guard) and the page and docs responses. The routes themselves are
-the Ingress's methods (`ingress.py`), thin wrappers around its handle API.
+bodies by default, the access guard), and the web page's and the API docs' routes (they read
+nothing of a replica). The API's routes are the Ingress's methods (`ingress.py`), thin wrappers
+around its handle API.
 
 (No `from __future__ import annotations` here: FastAPI must resolve the annotations.)
 """
@@ -11,7 +12,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,6 +22,7 @@ from grid_serve import ui
 from grid_serve.access import AccessPolicy, Caller
 from grid_serve.errors import GridError, NotFoundError, describe_error
 from grid_serve.models import non_finite_path
+from grid_serve.placement import STRATEGIES
 
 from ._common import logger
 
@@ -90,7 +93,7 @@ def _finite(value: Any) -> Any:
 fastapi_app = FastAPI(
     title="grid-serve",
     version="0.1.0",
-    description="Task placement for Ray: spread, load_balanced, performance_optimized, node_specific, pack.",
+    description=f"Task placement for Ray: {', '.join(STRATEGIES)} (GET /v1/strategies says what each does).",
     default_response_class=FiniteJSONResponse,
     responses=ERROR_RESPONSES,
     docs_url=None,  # the Ingress's /docs routes serve them from the package (FastAPI's load scripts from a CDN)
@@ -195,3 +198,52 @@ def asset_response(name: str) -> Response:
     return Response(found.body, media_type=found.media_type,
                     headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
                              "Content-Security-Policy": ui.CONTENT_SECURITY_POLICY})
+
+
+# ---------------------------------------------------------------------- the web page and the API docs, offline
+# (routes of the app itself, not the Ingress's methods: they read nothing of a replica)
+
+@fastapi_app.get("/", include_in_schema=False)
+async def http_root(request: Request) -> RedirectResponse:
+    """`/` is the page: people open the bare address in a browser."""
+    return RedirectResponse(f"{request.scope.get('root_path', '')}/ui", status_code=307)
+
+
+@fastapi_app.get("/ui", include_in_schema=False)
+async def http_ui() -> Response:
+    return asset_response("index.html")
+
+
+@fastapi_app.get("/ui/{name}", include_in_schema=False)
+async def http_ui_asset(name: str) -> Response:
+    return asset_response(name)
+
+
+@fastapi_app.get("/docs", include_in_schema=False)
+async def http_docs(request: Request) -> HTMLResponse:
+    """Swagger UI from the package's files: clusters often have no internet."""
+    root = request.scope.get("root_path", "")
+    return docs_response(get_swagger_ui_html(
+        openapi_url=f"{root}/openapi.json", title="grid-serve API",
+        swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}/docs/assets/swagger-ui.css", swagger_favicon_url=f"{root}/ui/icon.svg",
+        swagger_ui_parameters={"validatorUrl": None}))  # its default sends the document to a public validator
+
+
+@fastapi_app.get("/redoc", include_in_schema=False)
+async def http_redoc(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "")
+    return docs_response(get_redoc_html(
+        openapi_url=f"{root}/openapi.json", title="grid-serve API",
+        redoc_js_url=f"{root}/docs/assets/redoc.standalone.js",
+        redoc_favicon_url=f"{root}/ui/icon.svg", with_google_fonts=False))
+
+
+@fastapi_app.get("/docs/assets/{name}", include_in_schema=False)
+async def http_docs_asset(name: str) -> Response:
+    try:
+        found = ui.docs_asset(name)
+    except KeyError:
+        raise NotFoundError(f"no docs file {name!r}", field="name") from None
+    return Response(found.body, media_type=found.media_type,
+                    headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"})

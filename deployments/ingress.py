@@ -18,15 +18,13 @@ from typing import Any, Callable
 
 import ray
 from fastapi import Query, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.actor import ActorHandle
 from ray.serve._private.constants import SERVE_NAMESPACE
 from ray.serve.handle import DeploymentHandle
 
-from grid_serve import ui
 from grid_serve.access import CLUSTER_OWNER, LOOPBACK_HOSTS, AccessPolicy, Caller, parse_tokens
 from grid_serve.caller_code import CallerCode
 from grid_serve.errors import (
@@ -48,6 +46,7 @@ from grid_serve.models import (
     SchedulingRequest,
     TaskPriority,
 )
+from grid_serve.placement import describe_strategies
 from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules
 
@@ -56,9 +55,7 @@ from .http_app import (
     AccessGuard,
     CompletionReport,
     FiniteJSONResponse,
-    asset_response,
     caller_of,
-    docs_response,
     fastapi_app,
 )
 from .runner_directory import RunnerDirectory, RunnerSettings
@@ -144,6 +141,10 @@ class Ingress:
     async def list_tasks(self) -> list[dict[str, Any]]:
         return [{"name": t.name, "description": t.description, "requirements": t.requirements.model_dump()}
                 for t in sorted(self._tasks.values(), key=lambda t: t.name)]
+
+    async def list_strategies(self) -> list[dict[str, Any]]:
+        """The placement strategies, as their modules declare them (`grid_serve.placement`)."""
+        return describe_strategies()
 
     async def submit_job(self, spec: JobSubmission | dict[str, Any],
                          fn: Callable[..., Any] | CallerCode | None = None) -> JobStatus:
@@ -285,6 +286,12 @@ class Ingress:
     async def http_tasks(self) -> list[dict[str, Any]]:
         return await self.list_tasks()
 
+    @fastapi_app.get(f"/{API_VERSION}/strategies")
+    async def http_strategies(self) -> list[dict[str, Any]]:
+        """Each strategy's name (what `strategy` takes, any case), what it chooses, what makes a
+        task wait for it, and its scorers with their weights."""
+        return await self.list_strategies()
+
     @fastapi_app.post(f"/{API_VERSION}/jobs", response_model=JobStatus, response_model_exclude_none=True)
     async def http_submit(self, body: JobSubmission, request: Request) -> JSONResponse:
         status = await self._submit(body, None, caller_of(request))
@@ -352,48 +359,3 @@ class Ingress:
     async def http_sharing_release(self, record_id: str, request: Request) -> Allocation:
         """Only whoever made the allocation may release it: its token identity, or its owner key."""
         return await self.release_resources(record_id, caller_of(request))
-
-    # ================================================================== the web page
-
-    @fastapi_app.get("/", include_in_schema=False)
-    async def http_root(self, request: Request) -> RedirectResponse:
-        """`/` is the page: people open the bare address in a browser."""
-        return RedirectResponse(f"{request.scope.get('root_path', '')}/ui", status_code=307)
-
-    @fastapi_app.get("/ui", include_in_schema=False)
-    async def http_ui(self) -> Response:
-        return asset_response("index.html")
-
-    @fastapi_app.get("/ui/{name}", include_in_schema=False)
-    async def http_ui_asset(self, name: str) -> Response:
-        return asset_response(name)
-
-    # ================================================================== the API docs, offline
-
-    @fastapi_app.get("/docs", include_in_schema=False)
-    async def http_docs(self, request: Request) -> HTMLResponse:
-        """Swagger UI from the package's files: clusters often have no internet."""
-        root = request.scope.get("root_path", "")
-        return docs_response(get_swagger_ui_html(
-            openapi_url=f"{root}/openapi.json", title="grid-serve API",
-            swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}/docs/assets/swagger-ui.css", swagger_favicon_url=f"{root}/ui/icon.svg",
-            swagger_ui_parameters={"validatorUrl": None}))  # its default sends the document to a public validator
-
-    @fastapi_app.get("/redoc", include_in_schema=False)
-    async def http_redoc(self, request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return docs_response(get_redoc_html(
-            openapi_url=f"{root}/openapi.json", title="grid-serve API",
-            redoc_js_url=f"{root}/docs/assets/redoc.standalone.js",
-            redoc_favicon_url=f"{root}/ui/icon.svg", with_google_fonts=False))
-
-    @fastapi_app.get("/docs/assets/{name}", include_in_schema=False)
-    async def http_docs_asset(self, name: str) -> Response:
-        try:
-            found = ui.docs_asset(name)
-        except KeyError:
-            raise NotFoundError(f"no docs file {name!r}", field="name") from None
-        return Response(found.body, media_type=found.media_type,
-                        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"})
-

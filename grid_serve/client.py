@@ -291,6 +291,9 @@ class HandleClient:
     async def cluster_status(self) -> ClusterStatus:
         return await self._handle.cluster_status.remote()
 
+    async def list_strategies(self) -> list[dict[str, Any]]:
+        return await self._handle.list_strategies.remote()
+
     async def submit_job(self, spec: JobSubmission | dict[str, Any], fn: Callable[..., Any] | None = None) -> JobStatus:
         """`fn` travels packed (`CallerCode`): opened only in the worker that runs it, which gets
         this process's runtime_env (working_dir, py_modules, env_vars, pip), so a function from

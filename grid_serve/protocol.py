@@ -17,9 +17,8 @@ positional arguments, and its receiver reads it without changing it.
                                                  lease lapsed) registered again with all it holds
                                        <----     Placements
     finished(group, reason, ended)     ---->     everything of the group released
-    end_groups([Finished])             ---->     the same for several groups (a runner's jobs over
-                                                 meanwhile: at most FINISH_BATCH_S late, or sooner
-                                                 on its next Submit, which carries them)
+    end_groups([Finished])             ---->     the same for several groups (a runner's jobs that
+                                                 ended together; a Submit made meanwhile carries them)
 
 A reply whose `known` is False says the Scheduler does not know the group: nothing of it was
 queued or placed, and its owner must `Adopt` it. A new `epoch` says the Scheduler restarted.

@@ -97,6 +97,17 @@ def test_registered_tasks_are_listed(http: httpx.Client) -> None:
     assert tasks["gpu_task"]["requirements"]["gpu_count"] == 1
 
 
+def test_the_strategies_are_listed_from_their_modules(http: httpx.Client) -> None:
+    answer = http.get("/v1/strategies")
+    assert answer.status_code == 200, answer.text
+    strategies = {strategy["name"]: strategy for strategy in answer.json()}
+    assert set(strategies) == {"spread", "load_balanced", "performance_optimized", "node_specific", "pack"}
+    spread = strategies["spread"]
+    assert spread["summary"].startswith("the node with the fewest of this job's tasks") and spread["turns"] is True
+    assert {"name": "job share", "weight": 1.0} in spread["scorers"] and "spread turn" in spread["waits_for"]
+    assert "/v1/strategies" in http.get("/openapi.json").json()["paths"]
+
+
 def test_spread_100_tasks_land_34_33_33(http: httpx.Client, client: GridClient) -> None:
     wait_idle(client)
     status = submit(http, task="compute_task", count=100, strategy="spread")

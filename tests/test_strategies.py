@@ -423,3 +423,14 @@ def test_a_group_label_no_node_carries_can_never_fit() -> None:
     outcome = place(request("spread", label_selector={"ray.io/node-group": "tpu-workers"}), pods())
     assert isinstance(outcome, NoFit) and not outcome.can_wait
     assert outcome.message.startswith("0/4 nodes are available: 4 label mismatch (it can never fit)")
+
+
+def test_the_registry_and_the_strategy_names_requests_take_agree() -> None:
+    """One strategy module per name `SchedulingStrategy` accepts, each saying what it chooses."""
+    from grid_serve.models import SchedulingStrategy
+    from grid_serve.placement import STRATEGIES, describe_strategies
+
+    assert set(STRATEGIES) == {strategy.value.lower() for strategy in SchedulingStrategy}
+    described = describe_strategies()
+    assert [one["name"] for one in described] == list(STRATEGIES)
+    assert all(one["summary"] and not one["summary"].startswith(one["name"]) and one["scorers"] for one in described)
