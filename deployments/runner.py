@@ -68,10 +68,10 @@ LATE_RENEWAL_S = 1.0  # a renewal slower than this is logged: leases lapse after
 SCHEDULER_GRACE_S = 60.0  # how long a job rides out an unreachable Scheduler before it fails
 CHUNK_OVERRUN = 2.0  # a chunk hands back its rest once it has run this many times its budget
 FIRST_WINDOW = 128  # tasks sent with the submission; the rest of the window follows with the first report
-# A job's end is told at the event loop's next turn: the ends of jobs that end together go in one
-# call, or with a submission made in that turn. Not later: a 10 ms wait (for the next job of a
-# caller who sends one after another) held the room of a job already answered, and a job sent next
-# through another runner was placed around it (tests/test_metrics_integration.py caught it).
+# A job's end is told at the event loop's next turn, so the ends of jobs that end together go in
+# one call. Not later: a 10 ms wait (for the runner's next submission to carry it) held the room of
+# a job already answered, and a job sent next through another runner was placed around it
+# (tests/test_metrics_integration.py caught it).
 FINISH_BATCH_S = 0.0
 
 
@@ -154,15 +154,8 @@ class JobRunner:
         # part is small, since the job's first task waits for it (sending and queueing
         # requests costs time per request); the next report, while the first tasks run, fills the window.
         requests = job.next_requests(FIRST_WINDOW)
-        finished, self._finished = self._finished, []  # told with it: released before it is placed
-        submission = Submit(requests=requests, runner=self._name, unsent=job.unsent, publish=not spec.wait,
-                            finished=finished)
-        try:
-            placements = await self._ask(lambda: self._scheduler.submit.remote(submission))
-        except BaseException as exc:  # no answer (or this call was cancelled): they are told again, on their own
-            if not _is_answer(exc):  # an answer (a refusal) came after the Scheduler released them
-                self._tell_finished_later(finished)
-            raise
+        submission = Submit(requests=requests, runner=self._name, unsent=job.unsent, publish=not spec.wait)
+        placements = await self._ask(lambda: self._scheduler.submit.remote(submission))
         if placements.rejected and len(placements.rejected) == len(requests):  # every task is of one kind
             await self._ask(lambda: self._scheduler.finished.remote(job_id))
             raise InvalidRequestError(placements.rejected[0].reason, field="node" if spec.node else "resources")
@@ -348,14 +341,14 @@ class JobRunner:
             self._tell_finished_later([Finished(group=job.id, completions=batch)])
 
     def _tell_finished_later(self, finished: list[Finished]) -> None:
-        """Jobs over, told at the loop's next turn (FINISH_BATCH_S), with a submission made first."""
+        """Jobs over, told at the loop's next turn (FINISH_BATCH_S) with any that end meanwhile."""
         first = not self._finished
-        self._finished[:0] = finished
-        if first and self._finished:  # the first of a batch: its timer
+        self._finished.extend(finished)
+        if first:  # the first of a batch: its timer
             self._spawn(self._tell_finished(), "tell the Scheduler which jobs finished")
 
     async def _tell_finished(self) -> None:
-        """Tell the Scheduler the jobs over meanwhile, unless a submission carried them first."""
+        """Tell the Scheduler, in one call, the jobs over since the batch began."""
         await asyncio.sleep(FINISH_BATCH_S)
         finished, self._finished = self._finished, []
         if not finished:

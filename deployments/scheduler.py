@@ -226,10 +226,8 @@ class Scheduler:
         for the job's end does not read it meanwhile, and the publish delayed its first task)."""
         async with self._lock:
             await self._ensure_nodes()
-            try:
-                placements = self._books.on_submitted(message)
-            finally:  # a refused submission still released the jobs it said are over: their room was drained
-                self._after_change()
+            placements = self._books.on_submitted(message)
+            self._after_change()
         # Once per job (unless its caller waits for its end), so the copy shows a new job's
         # placements when submit returns; bounded, so a LoadBalancer being replaced delays a
         # submission by a moment at most.

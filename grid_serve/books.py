@@ -142,10 +142,7 @@ class SchedulerBooks:
 
     def on_submitted(self, message: Submit) -> Placements:
         """A new group's requests: queued, and what fits placed now. Raises TooBusyError (429) or
-        InvalidRequestError when the queue cannot take them; refuses a live task id. The groups it
-        says are over are released first, whatever becomes of the new requests."""
-        if message.finished:
-            self.on_groups_ended(message.finished)
+        InvalidRequestError when the queue cannot take them; refuses a live task id."""
         requests, runner = message.requests, message.runner
         groups = {request.group for request in requests}
         if len(groups) != 1:

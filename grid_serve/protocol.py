@@ -18,7 +18,7 @@ positional arguments, and its receiver reads it without changing it.
                                        <----     Placements
     finished(group, reason, ended)     ---->     everything of the group released
     end_groups([Finished])             ---->     the same for several groups (a runner's jobs that
-                                                 ended together; a Submit made meanwhile carries them)
+                                                 ended together)
 
 A reply whose `known` is False says the Scheduler does not know the group: nothing of it was
 queued or placed, and its owner must `Adopt` it. A new `epoch` says the Scheduler restarted.
@@ -46,12 +46,9 @@ class Finished:
 
 @dataclass(frozen=True, kw_only=True)
 class Submit:
-    """A new group's first requests (every request of one group), and the owner's other groups
-    that are over since it last said (`finished`): released first, so the room they held goes
-    to what waits before these requests queue, as if each had been told on its own just before."""
+    """A new group's first requests (every request of one group)."""
 
     requests: list[SchedulingRequest]
-    finished: list[Finished] = field(default_factory=list)
     runner: str | None = None  # the owner that renews the group's lease; None: a /v1/schedule request
     lease_s: float | None = None  # a /v1/schedule reservation's own lease (no runner renews it)
     owner: str | None = None  # who may complete a /v1/schedule reservation (grid_serve.access)

@@ -65,11 +65,9 @@ class Runner:
         self.first_window = first_window
         self.placed_on: Counter[str] = Counter()  # node name -> tasks placed there
 
-    def submit(self, finished: list[Finished] | None = None) -> None:
-        """The job's first requests, carrying the runner's jobs over since (`finished`)."""
+    def submit(self) -> None:
         requests = self.job.next_requests(self.first_window)
-        self.take(self.books.on_submitted(Submit(requests=requests, runner=RUNNER, unsent=self.job.unsent,
-                                                 finished=finished or [])))
+        self.take(self.books.on_submitted(Submit(requests=requests, runner=RUNNER, unsent=self.job.unsent)))
 
     def over(self) -> Finished:
         """Every task ended and reported: the job's end, as the runner tells it."""
@@ -320,29 +318,6 @@ def test_a_request_whose_caller_left_releases_only_what_it_made() -> None:
     assert books.ledger.reservations == {} and books.held_for_callers() == []
 
 
-def test_a_submission_carries_the_jobs_over_since_and_their_room_goes_first_to_what_waited() -> None:
-    """A runner tells the jobs over since it last spoke with its next submission: released
-    before it is placed, as if told on their own just before, so work that waited for that room
-    gets it first, and the new job queues behind."""
-    books = books_at(Clock())
-    full, waiting = Runner(books, "full", tasks=6, first_window=6), Runner(books, "waiting", tasks=6, first_window=6)
-    full.submit()
-    waiting.submit()
-    assert len(full.job.running) == 6 and waiting.job.running == {}
-    new = Runner(books, "new", tasks=2, first_window=2)
-    new.submit(finished=[full.over()])
-    books.check()
-    waiting.take(books.collect("waiting"))  # its news, as its next report's reply or long-poll brings it
-    assert len(waiting.job.running) == 6 and new.job.running == {}
-    assert "full" not in {reservation.group for reservation in books.ledger.reservations.values()}
-    assert not books.owners.knows("full") and books.core.group_counts.of("full") == {}
-    waiting.run_to_end()
-    new.take(books.collect("new"))  # placed in the room waiting's end freed
-    assert len(new.job.running) == 2
-    new.run_to_end()
-    assert_empty(books)
-
-
 def test_jobs_told_over_twice_or_unknown_change_nothing() -> None:
     books = books_at(Clock())
     job = Runner(books, "job", tasks=2, first_window=2)
@@ -351,18 +326,3 @@ def test_jobs_told_over_twice_or_unknown_change_nothing() -> None:
     books.on_groups_ended([told])
     books.on_groups_ended([told, Finished(group="never-seen")])  # a retried call; a restarted Scheduler's
     assert_empty(books)
-
-
-def test_a_submission_the_queue_refuses_still_releases_the_jobs_it_carried() -> None:
-    books = books_at(Clock(), max_queued_tasks=10)
-    done, queued = Runner(books, "done", tasks=2, first_window=2), Runner(books, "queued", tasks=8, first_window=8)
-    done.submit()
-    queued.submit()
-    assert books.queued_total() == 4  # 6 CPUs: done's 2 and 4 of queued's run
-    with pytest.raises(TooBusyError):
-        Runner(books, "late", tasks=9, first_window=9).submit(finished=[done.over()])
-    books.check()
-    assert books.queued_total() == 2  # done's room went to queued first; 2 + 9 is past the cap all the same
-    assert "queued" in books.take_woken()  # its long-poll is woken though the submission was refused
-    assert "done" not in {reservation.group for reservation in books.ledger.reservations.values()}
-    assert "late" not in {meta.group for meta in books.meta.values()}
