@@ -12,12 +12,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import balance, decisions, dispatch, handle_jobs, http_api, priority, quality, remote, throughput  # noqa: E402
+from bench import (  # noqa: E402
+    balance,
+    decisions,
+    dispatch,
+    handle_jobs,
+    handle_results,
+    http_api,
+    priority,
+    quality,
+    remote,
+    throughput,
+)
 from bench.harness import bench_env  # noqa: E402
 
 CLUSTER_BENCHMARKS = {"balance": balance.run, "throughput": throughput.run, "dispatch": dispatch.run,
                       "quality": quality.run, "priority": priority.run, "http": http_api.run, "remote": remote.run,
-                      "handle_jobs": handle_jobs.run}
+                      "handle_jobs": handle_jobs.run, "handle_results": handle_results.run}
 
 
 def main() -> None:

@@ -294,6 +294,9 @@ class Ingress:
 
     @fastapi_app.post(f"/{API_VERSION}/jobs", response_model=JobStatus, response_model_exclude_none=True)
     async def http_submit(self, body: JobSubmission, request: Request) -> JSONResponse:
+        if body.result_refs:
+            raise InvalidRequestError("result_refs keeps results as Ray ObjectRefs, which cannot travel over HTTP; "
+                                      "submit through the handle (HandleClient) for them", field="result_refs")
         status = await self._submit(body, None, caller_of(request))
         code = 200 if status.state in ("succeeded", "failed", "cancelled") else 202
         return FiniteJSONResponse(status.model_dump(mode="json", exclude_none=True), status_code=code)

@@ -239,8 +239,9 @@ class JobRunner:
         """Tasks placed alike, grouped as they go to Ray: one Ray task each, or several per Ray
         task when they are learned to be very short. A task placed again after a lost attempt
         runs alone, so a task that kills its worker cannot take others down with it twice."""
-        # ObjectRef arguments are resolved by Ray only at a task's top level: such tasks go alone
-        budget_s = 0.0 if job.refs_in_args else self._chunk_s
+        # ObjectRef arguments are resolved by Ray only at a task's top level, and a result kept
+        # in the object store is a Ray task's own return: such tasks go alone
+        budget_s = 0.0 if job.refs_in_args or job.spec.result_refs else self._chunk_s
         sizes = chunk_sizes(len(tasks), job.run_s.get(tasks[0][1].node_id), budget_s)
         chunks: list[list[tuple[int, SchedulingDecision]]] = []
         start = 0
@@ -256,28 +257,36 @@ class JobRunner:
     def _send(self, job: RunnerJob, chunk: list[tuple[int, SchedulingDecision]]) -> None:
         """Hand Ray one chunk of tasks placed alike, as one Ray task."""
         first = chunk[0][1]
+        kept = None  # with `result_refs`: the task's result, left in the object store for the caller
         if len(chunk) == 1:  # the arguments as Ray's own, so Ray resolves ObjectRefs among them
             args, kwargs = job.spec.call_args(chunk[0][0])
             ref = self._pinned.for_decision(first, job=job).remote(job.fn_ref, list(kwargs), *args, *kwargs.values())
+            if job.spec.result_refs:
+                ref, kept = ref
         else:
             calls = [job.spec.call_args(index) for index, _ in chunk]
             ref = self._pinned.for_decision(first, chunk=True, job=job).remote(job.fn_ref, calls,
                                                                                 CHUNK_OVERRUN * self._chunk_s)
         job.on_sent(chunk, ref)
         indices = [index for index, _ in chunk]
-        ref.future().add_done_callback(partial(self._from_ray_thread, asyncio.get_running_loop(), job, indices))
+        ref.future().add_done_callback(partial(self._from_ray_thread, asyncio.get_running_loop(), job, indices, kept))
 
-    def _from_ray_thread(self, loop: asyncio.AbstractEventLoop, job: RunnerJob, indices: list[int], future: Any) -> None:
-        loop.call_soon_threadsafe(self._ended, job, indices, future)
+    def _from_ray_thread(self, loop: asyncio.AbstractEventLoop, job: RunnerJob, indices: list[int], kept: Any,
+                         future: Any) -> None:
+        loop.call_soon_threadsafe(self._ended, job, indices, kept, future)
 
-    def _ended(self, job: RunnerJob, indices: list[int], future: Any) -> None:
+    def _ended(self, job: RunnerJob, indices: list[int], kept: Any, future: Any) -> None:
         """A Ray task finished (Ray already started the slot's next one): record its tasks,
         nothing more. A chunk that stopped early hands back the tasks it did not run: they go
-        to Ray again on their own, on the node they were placed on."""
+        to Ray again on their own, on the node they were placed on. `kept`: the ref to the
+        task's result in the object store (`result_refs`), which becomes its outcome's result."""
         try:
             value, failure = future.result(), None
         except (Exception, asyncio.CancelledError) as exc:  # Ray's error for the whole Ray task: each of its tasks gets it
             value, failure = None, exc
+        if kept is not None and value is not None:
+            job.kept_bytes += value.pop("result_bytes", 0)
+            value["result"] = kept if value["ok"] else None
         envelopes = value if isinstance(value, list) else [value] * len(indices)
         for index, envelope in zip(indices, envelopes):
             record_ray_end(job, index, envelope, failure)
@@ -331,7 +340,7 @@ class JobRunner:
     async def _end(self, job: RunnerJob) -> None:
         self._cancel_running(job)  # only after a failure: stop what runs
         batch = job.on_end()
-        job.result_bytes = job.outcomes.result_bytes(size_of)
+        job.result_bytes = job.kept_bytes if job.spec.result_refs else job.outcomes.result_bytes(size_of)
         job.done.set()  # a waiting caller gets its answer while the Scheduler's upkeep below goes on
         # Before any await: a caller woken by `done` reads the kept results within their bound
         # (after the Scheduler's reply, a read of an older job's results could still find them)

@@ -14,12 +14,13 @@ import ray
 
 from grid_serve.job_books import MAX_ATTEMPTS, JobBooks
 from grid_serve.models import SchedulingDecision
-from grid_serve.tasks import TaskType, run_call, run_chunk
+from grid_serve.tasks import TaskType, run_call, run_call_keeping_result, run_chunk
 
 from ._common import logger
 
 _run_remote = ray.remote(run_call)
 _run_chunk_remote = ray.remote(run_chunk)
+_run_keeping_result_remote = ray.remote(num_returns=2)(run_call_keeping_result)  # (envelope, result)
 # Ray's errors for a task whose worker, raylet or node went away (not the task's own error:
 # run_task catches those and returns them in its envelope)
 LOST_WORKER = (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError, ray.exceptions.TaskUnschedulableError,
@@ -48,6 +49,7 @@ class RunnerJob(JobBooks):
     code_key: str = ""  # its CallerCode's key: what Ray's remote functions are grouped by beside the placement
     refs_in_args: bool = False  # some argument is an ObjectRef: each task goes to Ray alone, with Ray's own args
     task_type: TaskType | None = None  # the registered task (None: a handle caller's own function)
+    kept_bytes: int = 0  # with `result_refs`: what the results it holds refs to take in the object store
     news: asyncio.Event = field(default_factory=asyncio.Event)  # a task ended, or the job was cancelled
     # one report, cancel or registration of the job with the Scheduler at a time: two in flight
     # may land in either order (Serve routes each call on its own), and window requests a report
@@ -72,7 +74,8 @@ class PinnedFunctions:
         self._cache: dict[tuple, Any] = {}
 
     def for_decision(self, decision: SchedulingDecision, chunk: bool = False, job: RunnerJob | None = None) -> Any:
-        key = (decision.pin_key(), chunk, job.code_key if job else "")
+        keep_result = bool(job and job.spec.result_refs)
+        key = (decision.pin_key(), chunk, keep_result, job.code_key if job else "")
         remote = self._cache.get(key)
         if remote is None:
             if len(self._cache) > 4096:
@@ -81,8 +84,8 @@ class PinnedFunctions:
             # not; the runner places it again instead (MAX_ATTEMPTS). A caller's own function
             # runs in the caller's runtime_env, where its modules are.
             env = {"runtime_env": job.runtime_env} if job and job.runtime_env else {}
-            remote = self._cache[key] = (_run_chunk_remote if chunk else _run_remote).options(
-                **decision.ray_options(), max_retries=0, **env)
+            function = _run_chunk_remote if chunk else _run_keeping_result_remote if keep_result else _run_remote
+            remote = self._cache[key] = function.options(**decision.ray_options(), max_retries=0, **env)
         return remote
 
 

@@ -268,7 +268,8 @@ class HandleClient:
 
     Async, since handle calls are; custom functions (not only registered task names) may be
     passed to `submit_job(spec, fn=...)`: they run in this process's runtime_env, and object
-    refs among a job's arguments reach the task as their values, as in Ray.
+    refs among a job's arguments reach the task as their values, as in Ray. A job with
+    `result_refs` leaves its results in Ray's object store: each outcome's `result` is an ObjectRef.
     """
 
     def __init__(self, handle: Any, stop_safe_calls: bool = False) -> None:

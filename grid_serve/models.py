@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 MAX_TASKS_PER_JOB = 100_000
 # Levels of lists and objects one task's arguments may nest (its argument list is the first):
@@ -377,6 +377,8 @@ class JobSubmission(_Model):
     anti_affinity_nodes: tuple[str, ...] = Field((), max_length=1000)
     wait: bool = Field(False, description="wait for the results instead of returning a job id at once")
     timeout_s: float = Field(600.0, gt=0, le=24 * 3600)
+    result_refs: bool = Field(False, description="handle callers only: each task's result stays in Ray's object "
+                                                 "store and the job's results hold its ObjectRef, not a copy")
 
     @field_validator("args", mode="before")
     @classmethod
@@ -425,10 +427,10 @@ class JobSubmission(_Model):
 
     def has_object_refs(self) -> bool:
         """Whether a task's argument is an object reference (a handle caller's `ray.put` or a
-        task's result): found by its type's name, so this module needs no Ray."""
+        task's result)."""
         for entry in self.args or ():
             for value in entry if isinstance(entry, list) else entry.values():
-                if type(value).__name__ == "ObjectRef":
+                if is_object_ref(value):
                     return True
         return False
 
@@ -450,6 +452,11 @@ class JobSubmission(_Model):
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
+def is_object_ref(value: Any) -> bool:
+    """A Ray ObjectRef, found by its type's name, so this module needs no Ray."""
+    return type(value).__name__ == "ObjectRef"
+
+
 class TaskOutcome(BaseModel):
     """What one task did, as measured inside the task itself."""
 
@@ -458,11 +465,16 @@ class TaskOutcome(BaseModel):
     node_id: str
     node_name: str
     ok: bool
-    result: Any = None
+    result: Any = None  # an ObjectRef for a job with `result_refs`
     error: str | None = None
     started_at: float = 0.0
     duration_s: float = 0.0
     attempts: int = 1  # runs started: more than one when a worker or node died under it
+
+    @field_serializer("result", when_used="json")
+    def _result_as_json(self, result: Any) -> Any:
+        """A result kept in Ray's object store (`result_refs`) reads over HTTP as its object id."""
+        return {"object_ref": result.hex()} if is_object_ref(result) else result
 
 
 class JobStatus(BaseModel):

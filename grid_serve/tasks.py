@@ -195,6 +195,28 @@ def run_call(fn: Callable[..., Any], keywords: list[str], *values: Any) -> dict[
     return run_task(fn, list(values[:split]), dict(zip(keywords, values[split:])))
 
 
+def run_call_keeping_result(fn: Callable[..., Any], keywords: list[str], *values: Any) -> tuple[dict[str, Any], Any]:
+    """`run_call` for a job with `result_refs`, as a Ray task with two returns: the envelope
+    (without the result: its runner reads only this) and the result, which stays in Ray's
+    object store for the caller. `result_bytes` says roughly what keeping it holds there."""
+    envelope = run_call(fn, keywords, *values)
+    result = envelope.pop("result")
+    envelope["result_bytes"] = _rough_size(result)
+    return envelope, result
+
+
+def _rough_size(value: Any) -> int:
+    """Bytes a result holds, cheaply: an array's or a buffer's own size, else 64 a value."""
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(value, (bytes, bytearray, str)):
+        return len(value)
+    if isinstance(value, (list, tuple, dict)):
+        return 64 * (len(value) + 1)
+    return 64
+
+
 def run_chunk(fn: Callable[..., Any], calls: list[tuple[list[Any], dict[str, Any]]],
               stop_after_s: float) -> list[dict[str, Any]]:
     """Run several tasks of one job back to back in one Ray task (very short ones: see

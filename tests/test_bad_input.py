@@ -50,6 +50,7 @@ def test_resource_amounts_ray_would_refuse_are_refused_before_anything_is_reserv
     ('{"task": "noop", "timeout_s": Infinity}', "timeout_s"),
     ('{"task": "noop", "resources": {"cpu_count": NaN}}', "resources.cpu_count"),
     ('{"task": "' + "t" * 201 + '"}', "task"),
+    ('{"task": "noop", "result_refs": true}', "result_refs"),  # ObjectRefs cannot travel over HTTP
 ])
 def test_empty_and_non_finite_job_bodies_are_refused(http: httpx.Client, body: str, field: str) -> None:
     refused(http.post("/v1/jobs", content=body, headers=RAW_JSON), field)

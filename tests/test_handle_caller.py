@@ -1,8 +1,9 @@
 """A Ray program's own function through the handle (`HandleClient.submit_job(spec, fn=...)`),
 from a separate driver with its own module and runtime_env, on the real 3-node cluster: the
 function is opened only in the worker (the app's processes have no `mymod`), runs with the
-caller's env_vars, and ObjectRef arguments reach it as Ray passes them (top-level ones as
-their values, nested ones as refs)."""
+caller's env_vars, ObjectRef arguments reach it as Ray passes them (top-level ones as
+their values, nested ones as refs), and with `result_refs` its results stay in the object store,
+the caller getting their ObjectRefs (read over HTTP as their object ids)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ MODULE = textwrap.dedent('''
         return [i, os.environ.get("MY_SETTING")]
     def measure(data, i, nested=None):
         return [len(data), i, type(nested[0]).__name__ if nested else None]
+    def blob(i):
+        if i == 3:
+            raise ValueError("no blob 3")
+        return bytes([i]) * 500_000  # 3 of them stay within the tests' results_bytes_kept
 ''')
 
 CALLER = textwrap.dedent('''
@@ -40,8 +45,15 @@ CALLER = textwrap.dedent('''
         data = ray.put(b"x" * 1_000_000)  # once, read by every task
         args = [{"data": data, "i": i, "nested": [data]} if i % 2 else [data, i] for i in range(6)]
         second = await client.submit_job({"args": args, "wait": True}, fn=mymod.measure)
+        kept = await client.submit_job({"args": [[i] for i in range(4)], "result_refs": True, "wait": True},
+                                       fn=mymod.blob)
+        refs = [o.result for o in kept.results]
+        blobs = ray.get(refs[:3])
         print(json.dumps({"first": [first.state, first.task, first.per_node, [o.result for o in first.results]],
-                          "second": [second.state, [o.result for o in second.results], second.error]}), flush=True)
+                          "second": [second.state, [o.result for o in second.results], second.error],
+                          "kept": [kept.job_id, kept.failed, [type(ref).__name__ for ref in refs],
+                                   [ref.hex() for ref in refs[:3]], [(len(b), b[0]) for b in blobs],
+                                   kept.results[3].error]}), flush=True)
 
     asyncio.run(main())
 ''')
@@ -62,3 +74,9 @@ def test_a_callers_module_function_runs_in_its_runtime_env_with_object_refs_reso
     state, results, error = seen["second"]
     assert state == "succeeded", (results, error)
     assert results == [[1_000_000, i, "ObjectRef" if i % 2 else None] for i in range(6)]
+    job_id, failed, kinds, hexes, blobs, error = seen["kept"]
+    assert (failed, kinds[:3], kinds[3]) == (1, ["ObjectRef"] * 3, "NoneType")
+    assert blobs == [[500_000, i] for i in range(3)]
+    assert error == "ValueError: no blob 3"
+    over_http = client.get_job(job_id, results=True).results
+    assert [outcome.result for outcome in over_http] == [{"object_ref": h} for h in hexes] + [None]
