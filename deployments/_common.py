@@ -34,6 +34,84 @@ def save(key: str, state_json: str) -> None:
     internal_kv._internal_kv_put(key, state_json, overwrite=True, namespace=KV_NAMESPACE)
 
 
+class ReplacedError(Exception):
+    """A newer replica took the record over since this one last wrote it: this one must stop
+    writing it (and stop acting on what it holds)."""
+
+
+class SoleWriterRecord:
+    """A JSON record in Ray's GCS that one replica at a time writes, such as a deployment's
+    state across a restart or a rolling update (old and new replica alive together).
+
+    Each write puts the next version under a key of its own, and only if that key is absent:
+    the GCS's put-if-absent is its one atomic check, so it serves as compare-and-set. A replica
+    `claim`s the record when it starts (reads the newest version and writes the next one); from
+    then on an older replica's next write finds its version taken and raises `ReplacedError`
+    instead of overwriting what the newer one keeps. Readers take the newest version, and only
+    the two newest are kept: an older replica whose next version was pruned meanwhile writes a
+    version below the newest, which no reader takes; it sees that, deletes it and is replaced
+    all the same. A record saved by `save(key, ...)` (before versions) is read as version -1."""
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+        self._version: int | None = None  # the version this replica last wrote; None: not claimed
+
+    def claim(self) -> Any:
+        """The newest state (None: nothing saved yet), with this replica its only writer."""
+        while True:
+            version, raw = self._newest()
+            if self._put(version + 1, raw if raw is not None else b"null"):
+                self._version = version + 1
+                self._prune()
+                return json.loads(raw) if raw else None
+
+    def save(self, state_json: str) -> None:
+        """Write the next version, unless a newer replica claimed the record (`ReplacedError`)."""
+        if self._version is None:
+            raise RuntimeError("claim the record before saving it")
+        version = self._version + 1
+        if not self._put(version, state_json):
+            raise ReplacedError(f"another replica took over {self._key}")
+        if self._versions()[-1] != version:  # written below a newer replica's versions: read by no one
+            self._delete(version)
+            raise ReplacedError(f"another replica took over {self._key}")
+        self._version = version
+        self._prune()
+
+    def _versioned(self, version: int) -> str:
+        return f"{self._key}@{version:012d}"
+
+    def _versions(self) -> list[int]:
+        from ray.experimental import internal_kv
+
+        keys = internal_kv._internal_kv_list(f"{self._key}@", namespace=KV_NAMESPACE)
+        return sorted(int(key.decode().rsplit("@", 1)[1]) for key in keys)
+
+    def _newest(self) -> tuple[int, bytes | None]:
+        from ray.experimental import internal_kv
+
+        versions = self._versions()
+        key = self._versioned(versions[-1]) if versions else self._key
+        return (versions[-1] if versions else -1), internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
+
+    def _put(self, version: int, value: str | bytes) -> bool:
+        """True when this wrote `version`; False when it was there already."""
+        from ray.experimental import internal_kv
+
+        existed = internal_kv._internal_kv_put(self._versioned(version), value, overwrite=False,
+                                               namespace=KV_NAMESPACE)
+        return not existed
+
+    def _prune(self) -> None:
+        for version in self._versions()[:-2]:
+            self._delete(version)
+
+    def _delete(self, version: int) -> None:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_del(self._versioned(version), namespace=KV_NAMESPACE)
+
+
 def every(interval_s: float, step: Callable[[], Awaitable[None]], name: str) -> asyncio.Task:
     """Run `step` every `interval_s` on the replica's loop; a failing step is logged, not fatal."""
 

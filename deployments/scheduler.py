@@ -40,7 +40,7 @@ from grid_serve.models import ClusterStatus, PlacementHistory, RecentDecisions
 from grid_serve.protocol import Adopt, Finished, Placements, Report, Submit
 from grid_serve.sharing import Allocation
 
-from ._common import INTERNAL_OPTIONS, call_with_timeout, every, load_saved, logger, save
+from ._common import INTERNAL_OPTIONS, ReplacedError, SoleWriterRecord, call_with_timeout, every, logger
 from .runner import RUNNER_NAMESPACE, RUNNER_PREFIX
 from .telemetry import SchedulerMetrics
 
@@ -52,6 +52,8 @@ MIN_OWNER_LEASE_S = 5.0
 RUNNER_ASK_TIMEOUT_S = 2.0  # a runner whose lease lapsed must answer this fast that it still holds its jobs
 SUBMIT_PUBLISH_TIMEOUT_S = 0.5
 RESERVATIONS_KEY = "scheduler-reservations"  # GCS KV key (per app) of the /v1/schedule reservations
+NOT_READ_BACK = -1  # `_kept_version` before the kept reservations are read back: nothing is written
+REPLACED = -2  # ... once a newer replica keeps them: nothing is written any more
 PUBLISH_SPACING_S = 0.25  # publishing every 20 ms kept the LoadBalancer busy (py-spy; BENCHMARKS.md)
 
 
@@ -77,8 +79,9 @@ class Scheduler:
         self._recovered = False  # learned run times taken back from the LoadBalancer's copy
         self._published = -1  # ledger version the LoadBalancer last got
         self._publisher: asyncio.Task | None = None
-        self._kv_key = f"{RESERVATIONS_KEY}:{serve.get_replica_context().app_name}"
-        self._kept_version = -1  # callers_version last written to the GCS; -1: not read back yet
+        # one writer at a time: an outgoing replica (a rolling update) must not overwrite this one's
+        self._kept = SoleWriterRecord(f"{RESERVATIONS_KEY}:{serve.get_replica_context().app_name}")
+        self._kept_version = NOT_READ_BACK  # callers_version last written to the GCS
         self._keeper: asyncio.Task | None = None
         self._restore_reservations()
         self._tick_loop = every(interval_s, self._tick, "scheduler-tick")
@@ -88,7 +91,7 @@ class Scheduler:
         Until they are read back nothing is written there, so a failed read (tried again each
         tick) never overwrites them with this replica's empty books."""
         try:
-            restored = self._books.on_restored(load_saved(self._kv_key) or [])
+            restored = self._books.on_restored(self._kept.claim() or [])
         except Exception as exc:  # the GCS not answering must not keep the Scheduler from starting
             logger.warning("could not read the kept /v1/schedule reservations yet (%s); trying again", exc)
             return
@@ -107,7 +110,7 @@ class Scheduler:
         overdue = self._books.owners.overdue()
         held = await self._still_held(overdue)
         async with self._lock:
-            if self._kept_version < 0:
+            if self._kept_version == NOT_READ_BACK:
                 self._restore_reservations()
             self._books.on_allocations(allocations)
             self._books.on_nodes(nodes, taken_at)
@@ -190,7 +193,12 @@ class Scheduler:
         while self._books.callers_version != self._kept_version:
             version, held = self._books.callers_version, self._books.held_for_callers()
             try:
-                await asyncio.to_thread(save, self._kv_key, json.dumps(held))
+                await asyncio.to_thread(self._kept.save, json.dumps(held))
+            except ReplacedError:  # a newer Scheduler replica keeps them now: never write over its
+                logger.warning("a newer Scheduler replica keeps the /v1/schedule reservations now; this one "
+                               "no longer writes them")
+                self._kept_version = REPLACED
+                return
             except Exception as exc:
                 logger.warning("could not keep the /v1/schedule reservations in the GCS (%s); retrying", exc)
                 return

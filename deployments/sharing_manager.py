@@ -36,8 +36,7 @@ from grid_serve.sharing import (
 )
 from grid_serve.view import ClusterView, view_from
 
-from ._common import INTERNAL_OPTIONS, every, load_saved, logger
-from ._common import save as save_in_gcs
+from ._common import INTERNAL_OPTIONS, ReplacedError, SoleWriterRecord, every, logger
 
 KV_KEY = "sharing-ledger"  # one per app: `sharing-ledger:<app>`
 READY_WAIT_S = 10.0
@@ -48,10 +47,10 @@ FAULTS_NAMESPACE = "grid_serve_faults"
 FAIL_SAVE_KEY = "sharing-save"
 
 
-def save(key: str, state_json: str) -> None:
+def save(record: SoleWriterRecord, state_json: str) -> None:
     if internal_kv._internal_kv_get(FAIL_SAVE_KEY, namespace=FAULTS_NAMESPACE) == b"fail":
         raise ConnectionError("GCS KV put failed (injected fault)")
-    save_in_gcs(key, state_json)
+    record.save(state_json)
 
 
 def live_groups(owns: Callable[[str], bool]) -> dict[str, tuple[str, str]]:
@@ -85,13 +84,16 @@ class SharingManager:
         # an ended allocation keeps its group a little past its last task: the Scheduler may
         # still be placing into it from a view up to one interval old
         app = serve.get_replica_context().app_name
-        self._kv_key = f"{KV_KEY}:{app}"
+        # One writer at a time: in a rolling update the outgoing replica, still alive, must not
+        # overwrite this one's ledger or sweep the groups of grants it never heard of
+        self._record = SoleWriterRecord(f"{KV_KEY}:{app}")
+        self._replaced = False  # a newer replica took the ledger over: this one grants nothing more
         self._ledger = SharingLedger(config, drain_grace_s=2 * interval + 1.0,
                                      group_prefix=f"{PLACEMENT_GROUP_PREFIX}{app}-")
         self._lock = asyncio.Lock()
         self._saved = ""
         self._ticks = 0
-        saved = load_saved(self._kv_key)
+        saved = self._record.claim()
         if saved:
             self._ledger.load_state(saved)
         groups = live_groups(self._ledger.owns_group)
@@ -111,8 +113,10 @@ class SharingManager:
         Only `owner` may release it (a handle call may release anything). When the request
         cannot be recorded (the GCS's KV store fails), nothing of it stays: 503, retry."""
         request = body if isinstance(body, SharingRequest) else SharingRequest.model_validate(body)
+        self._refuse_if_replaced()
         view, available, in_flight = await self._observe()
         async with self._lock:
+            self._refuse_if_replaced()
             self._ledger.set_in_flight(in_flight)
             record, changes = self._ledger.submit(request, view, available, owner)
             self._apply(changes, fresh=record.id)
@@ -129,9 +133,15 @@ class SharingManager:
         if not may_touch(caller, owner):
             raise ForbiddenError(refusal_to_touch(owner, f"allocation {record_id}"), field="id")
         async with self._lock:
+            self._refuse_if_replaced()
             record, changes = self._ledger.release(record_id)
             self._apply(changes)
         return record
+
+    def _refuse_if_replaced(self) -> None:
+        if self._replaced:
+            raise UnavailableError("this sharing manager replica was replaced by a newer one, which keeps the "
+                                   "ledger now: retry", field="resource_sharing")
 
     async def holding(self) -> list[Allocation]:
         """Allocations holding capacity on their donors: what the Scheduler folds into its view."""
@@ -146,8 +156,12 @@ class SharingManager:
     # ------------------------------------------------------------------ the loop
 
     async def _tick(self) -> None:
+        if self._replaced:  # the newer replica ticks, expires and sweeps now
+            return
         view, available, in_flight = await self._observe()
         async with self._lock:
+            if self._replaced:
+                return
             self._ledger.set_in_flight(in_flight)
             self._note_ready()
             try:
@@ -243,12 +257,19 @@ class SharingManager:
     def _save(self) -> None:
         state = json.dumps(self._ledger.to_state(), sort_keys=True)
         if state != self._saved:
-            save(self._kv_key, state)
+            try:
+                save(self._record, state)
+            except ReplacedError:
+                self._replaced = True
+                logger.warning("sharing: a newer sharing manager replica keeps the ledger now; this one stops")
+                raise
             self._saved = state
 
     def _save_or_log(self) -> None:
         """Save; a failure is retried on the next change or tick (the state differs from the saved one)."""
         try:
             self._save()
+        except ReplacedError:
+            pass
         except Exception as exc:
             logger.warning("sharing: could not save the ledger (%s: %s); retrying", type(exc).__name__, exc)

@@ -17,7 +17,8 @@ import ray
 from ray.util import placement_group_table
 from ray.util.state import list_actors
 
-from deployments.sharing_manager import FAIL_SAVE_KEY, FAULTS_NAMESPACE
+from deployments._common import SoleWriterRecord
+from deployments.sharing_manager import FAIL_SAVE_KEY, FAULTS_NAMESPACE, KV_KEY
 from grid_serve.client import GridClient, HandleClient
 from grid_serve.errors import InvalidRequestError
 from tests.test_api import owned
@@ -188,24 +189,48 @@ def test_lease_expires_and_frees_the_resources(http, sharing):
     assert nodes["gpu2"]["reserved"].get("GPU", 0) == 0
 
 
+def manager_actors(cluster_address: str) -> list:
+    # name this cluster: other clusters on the machine have dashboards too
+    return [a for a in list_actors(address=cluster_address, filters=[("state", "=", "ALIVE")], limit=1000)
+            if "SharingManager" in (a.class_name or "")]
+
+
+def kill_the_manager(cluster_address: str) -> None:
+    """`ray.kill` the SharingManager replica and wait until Serve has started another."""
+    (before,) = manager_actors(cluster_address)
+    ray.kill(ray.get_actor(before.name, namespace=before.ray_namespace), no_restart=True)
+    after = eventually(lambda: [a for a in manager_actors(cluster_address) if a.actor_id != before.actor_id],
+                       "replica restarted")
+    assert len(after) == 1
+
+
 def test_killing_the_manager_replica_loses_no_allocation(http, sharing, cluster_address):
     record = sharing(expect=201, node="gpu-master", type="memory", amount=1)
     assert record["donor"] == "gpu2"
-
-    def manager_actors() -> list:
-        # name this cluster: other clusters on the machine have dashboards too
-        return [a for a in list_actors(address=cluster_address, filters=[("state", "=", "ALIVE")], limit=1000)
-                if "SharingManager" in (a.class_name or "")]
-
-    (before,) = manager_actors()
-    ray.kill(ray.get_actor(before.name, namespace=before.ray_namespace), no_restart=True)
-    after = eventually(lambda: [a for a in manager_actors() if a.actor_id != before.actor_id], "replica restarted")
-    assert len(after) == 1
+    kill_the_manager(cluster_address)
     back = eventually(lambda: (lambda r: r.json() if r.status_code == 200 else None)(
         http.get(f"/v1/sharing/{record['id']}")), "manager answers again")
     assert (back["state"], back["donor"], back["placement_group_id"]) == ("active", "gpu2", record["placement_group_id"])
     assert group_of(record)["state"] == "CREATED"
     assert [a["id"] for a in http.get("/v1/sharing").json()["allocations"]] == [record["id"]]
+
+
+def test_a_manager_replaced_by_a_newer_one_grants_nothing_and_steps_aside(http, sharing, cluster_address):
+    """A rolling update keeps the old replica alive beside the new one: once the new one has
+    claimed the ledger, the old one can neither overwrite it nor make a grant it would lose."""
+    SoleWriterRecord(f"{KV_KEY}:grid").claim()  # what a newer replica does as it starts
+    body = {"node": "gpu-master", "type": "cpu", "amount": 1}
+    refused = http.post("/v1/sharing", json=body)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["field"] == "resource_sharing" and "nothing was granted" in refused.json()["error"]
+    assert no_live_groups()  # write-ahead: the grant's save failed, so no group was created
+    again = http.post("/v1/sharing", json=body)  # from now on it refuses at once
+    assert again.status_code == 503 and "replaced by a newer one" in again.json()["error"]
+    assert http.get("/v1/sharing").json()["allocations"] == []
+    kill_the_manager(cluster_address)  # the old one goes: Serve's next replica claims the ledger and grants
+    eventually(lambda: http.get("/v1/sharing").status_code == 200, "manager answers again")
+    record = sharing(expect=201, **body)
+    assert (record["donor"], group_of(record)["state"]) == ("gpu2", "CREATED")
 
 
 @pytest.mark.parametrize("body, field, words", [
