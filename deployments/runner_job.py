@@ -97,7 +97,10 @@ def record_ray_end(job: RunnerJob, index: int, envelope: dict[str, Any] | None, 
         return
     if failure is None:
         job.on_task_ended(index, envelope["ok"], envelope["error"], envelope)
-    elif isinstance(failure, CANCELLED):
+    elif isinstance(failure, CANCELLED) or (job.cancelled and isinstance(failure, ray.exceptions.RayTaskError)):
+        # A cancel that reaches a task as it ends can fail it with an error of Ray's own instead
+        # (seen in CI: "TypeError: 'Handlers' object is not callable", the interrupt Ray sent
+        # handled after the worker had put its SIGINT handler back): the job was cancelled, so is the task
         job.on_task_ended(index, False, "cancelled", None)
     elif isinstance(failure, LOST_WORKER):
         decision = job.running[index][0]

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import ray
 
 from deployments.runner import JobRunner
-from deployments.runner_job import RunnerJob
-from grid_serve.models import JobSubmission
+from deployments.runner_job import RunnerJob, record_ray_end
+from grid_serve.models import JobSubmission, SchedulingDecision
 from grid_serve.outcomes import OutcomeTable
 from grid_serve.tasks import load_task_modules
 
@@ -47,6 +48,27 @@ def test_a_cancel_that_stopped_a_task_leaves_the_job_cancelled() -> None:
     job.outcomes.record(1, node_id="", node_name="(not placed)", ok=False, error="cancelled")
     job.ended = True
     assert job.state == "cancelled"
+
+
+def test_a_ray_error_for_a_task_of_a_job_being_cancelled_counts_as_its_cancellation() -> None:
+    """CI saw a cancelled job end `failed`: Ray failed one of its tasks, as the cancel reached it,
+    with a TypeError of its own (the interrupt it sent handled after the worker reset SIGINT)."""
+    job = job_of({"task": "sleep_task", "args": [[0, 0.5], [1, 0.5], [2, 0.5]]})
+    for index in range(3):
+        decision = SchedulingDecision(task_id=f"{job.id}-{index}", node_id="n1", node_name="gpu1", node_ip="",
+                                      strategy="spread", score=0.0)
+        job.on_sent([(index, decision)], ref=None)
+    raised_by_ray = ray.exceptions.RayTaskError("run_call", "Traceback ...",
+                                                TypeError("'Handlers' object is not callable"))
+    record_ray_end(job, 0, None, raised_by_ray)  # before any cancel: the task failed
+    job.cancelled = True
+    record_ray_end(job, 1, None, raised_by_ray)  # after it: the cancel's doing
+    record_ray_end(job, 2, None, ray.exceptions.TaskCancelledError())
+    job.ended = True
+    failed, *stopped = job.outcomes.all()
+    assert failed.error.startswith("RayTaskError")  # a Ray error before the cancel stays the task's failure
+    assert [(o.ok, o.error) for o in stopped] == [(False, "cancelled"), (False, "cancelled")]
+    assert (job.state, job.status().cancelled, job.status().failed) == ("cancelled", 2, 1)
 
 
 def test_cancelling_a_job_whose_every_task_ended_changes_nothing() -> None:
