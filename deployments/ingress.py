@@ -220,6 +220,10 @@ class Ingress:
         """Decide and reserve a node for a task the caller will submit itself (`ScheduleDesk`)."""
         request = request if isinstance(request, SchedulingRequest) else SchedulingRequest.model_validate(request)
         lease_s = require_number("lease_s", lease_s, 0, 86400, low_open=True)
+        if lease_s > self._limits.max_schedule_lease_s:
+            raise InvalidRequestError(f"lease_s may be at most {self._limits.max_schedule_lease_s:g} s "
+                                      f"(max_schedule_lease_s in the app's limits), got {lease_s:g}: complete the "
+                                      "reservation when its task ends, whatever its lease", field="lease_s")
         wait_s = require_number("wait_s", wait_s, 0, 600)
         self._check_priority(request.priority, caller)
         return await self._desk.schedule(request, lease_s, wait_s, self._claim(caller))
@@ -334,7 +338,8 @@ class Ingress:
 
     @fastapi_app.post(f"/{API_VERSION}/schedule", response_model=SchedulingDecision)
     async def http_schedule(self, body: SchedulingRequest, request: Request,
-                            lease_s: float = Query(300.0, gt=0, le=86400),
+                            lease_s: float = Query(300.0, gt=0, le=86400,
+                                                   description="at most max_schedule_lease_s (an hour by default)"),
                             wait_s: float = Query(30.0, ge=0, le=600)) -> SchedulingDecision:
         return await self.schedule(body, lease_s, wait_s, caller_of(request))
 

@@ -79,6 +79,20 @@ class Caller:
         return key_owner(key), key
 
 
+def schedule_quota_of(owner: str | None) -> str | None:
+    """Whose `max_schedule_held` a /v1/schedule reservation made by `owner` counts against: a
+    token identity's own; one count shared by every caller without a token (each of their
+    requests has an owner key of its own, so the key cannot tell callers apart); none for a
+    handle call, trusted inside the cluster.
+
+    >>> schedule_quota_of("id:ana"), schedule_quota_of(key_owner("k")), schedule_quota_of(CLUSTER_OWNER)
+    ('id:ana', 'callers without a token', None)
+    """
+    if owner is None or owner == CLUSTER_OWNER:
+        return None
+    return owner if owner.startswith("id:") else "callers without a token"
+
+
 def key_owner(key: str) -> str:
     """An owner key as stored: its hash, so no listing or log ever shows a usable key."""
     return "key:" + hashlib.sha256(key.encode()).hexdigest()[:32]

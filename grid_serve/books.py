@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
-from .access import Caller, may_touch, refusal_to_touch
+from .access import Caller, may_touch, refusal_to_touch, schedule_quota_of
 from .decision_log import DecisionLog
 from .errors import ForbiddenError, InvalidRequestError, TooBusyError
 from .ledger import EXTERNAL_PREFIX, Completion, Ledger, Reservation
@@ -53,7 +53,9 @@ SNAPSHOT_TRUST_INTERVALS = 5  # a node snapshot older than this many intervals (
 MIN_SNAPSHOT_TRUST_S = 10.0
 LOST_NODE_S = 30.0  # a node a runner saw die stays out this long unless Ray's table agrees sooner
 
-DrainObserver = Callable[[list[SchedulingDecision], int, float, int], None]  # placed, decided, seconds, queued
+# placed (each with its priority), decided, seconds, and the queue: (priority, waiting, oldest's wait) per priority
+DrainObserver = Callable[[list[tuple[SchedulingDecision, TaskPriority]], int, float,
+                          list[tuple[TaskPriority, int, float]]], None]
 
 
 @dataclass
@@ -149,6 +151,8 @@ class SchedulerBooks:
             raise ValueError("submit() takes the requests of one job (one group) at a time")
         group = groups.pop()
         self._check_queue_room(len(requests) + message.unsent)
+        if runner is None:
+            self._check_caller_room(schedule_quota_of(message.owner), len(requests))
         duplicates = [request for request in requests if request.task_id in self.meta]
         if duplicates:  # a live task id: a second reservation would overwrite the first's
             return Placements(rejected=[Rejected(r.task_id, r.group, f"task id {r.task_id!r} is already reserved "
@@ -405,8 +409,8 @@ class SchedulerBooks:
         began = time.perf_counter()
         result = self.core.submit(submitted, self.view())
         if self._on_drain is not None:
-            self._on_drain(result.placed, len(result.placed) + len(result.rejected), time.perf_counter() - began,
-                           len(self.core))
+            self._on_drain(self._with_priorities(result.placed), len(result.placed) + len(result.rejected),
+                           time.perf_counter() - began, self.core.waiting_by_priority())
         self._commit(result)
 
     def _commit(self, result: DrainResult) -> None:
@@ -449,8 +453,13 @@ class SchedulerBooks:
             decisions.append(decision)
             rank = slot.rank
         if decisions and self._on_drain is not None:
-            self._on_drain(decisions, 0, 0.0, len(self.core))
+            self._on_drain(self._with_priorities(decisions), 0, 0.0, self.core.waiting_by_priority())
         return rank
+
+    def _with_priorities(self, decisions: list[SchedulingDecision]) -> list[tuple[SchedulingDecision, TaskPriority]]:
+        """Each decision with its task's priority (what the metrics count placements by)."""
+        return [(decision, self.meta[decision.task_id].priority if decision.task_id in self.meta
+                 else TaskPriority.NORMAL) for decision in decisions]
 
     def _reused_decision(self, reuse: Reuse, slot: Reservation) -> SchedulingDecision:
         """What `/v1/decisions` and `grid explain` show for a call run in a reused slot."""
@@ -500,6 +509,20 @@ class SchedulerBooks:
         if queued + arriving > cap:
             raise TooBusyError(f"the queue holds {queued} waiting tasks and may hold {cap} "
                                f"(max_queued_tasks); {arriving} more do not fit now: retry later", field="count",
+                               retry_after_s=self.limits.retry_after_s)
+
+    def _check_caller_room(self, quota: str | None, arriving: int) -> None:
+        """One /v1/schedule caller holds at most `max_schedule_held` reservations, placed or
+        waiting (`schedule_quota_of`): a caller that went away, or a runaway one, cannot hold
+        the whole cluster for its leases."""
+        if quota is None:
+            return
+        cap = self.limits.max_schedule_held
+        held = sum(1 for meta in self.meta.values() if not meta.runner and schedule_quota_of(meta.owner) == quota)
+        if held + arriving > cap:
+            who = quota.removeprefix("id:")
+            raise TooBusyError(f"{who} holds {held} /v1/schedule reservations, placed or waiting, and may hold {cap} "
+                               "(max_schedule_held): complete some, or retry later", field="task_id",
                                retry_after_s=self.limits.retry_after_s)
 
     def _hold_back(self, group: str, unsent: int | None, priority: TaskPriority | None = None) -> None:

@@ -31,4 +31,12 @@ class Limits(BaseModel):
         100, ge=1, le=10_000,
         description="/v1/schedule requests that wait for room (wait_s) at once per Ingress replica; more get 429. "
                     "Each holds one of the Scheduler's 1,000 request slots, which runners' lease renewals need too")
+    max_schedule_held: int = Field(
+        100, ge=1, le=1_000_000,
+        description="/v1/schedule reservations one HTTP caller holds or waits for at once (a token identity; "
+                    "callers without a token share one count); more get 429. Handle calls are not counted")
+    max_schedule_lease_s: float = Field(
+        3600.0, gt=0, le=86400,
+        description="the longest lease (lease_s) a /v1/schedule reservation may ask for; longer is refused (422), "
+                    "so what a caller that went away held comes back within this")
     retry_after_s: int = Field(5, ge=1, le=3600, description="the Retry-After a 429 carries")

@@ -37,6 +37,7 @@ FAST_NODE_DEATH = {"health_check_initial_delay_ms": 1000, "health_check_period_m
 
 # Low enough that tests/test_limits.py reaches each one; no other test comes near them.
 TEST_LIMITS = {"max_queued_tasks": 5000, "max_waiting_requests": 20, "max_schedule_waits": 5,
+               "max_schedule_held": 16,  # above the 12 that test_limits' waiting test holds or queues at once
                "results_bytes_kept": 2_000_000}
 # The tokens (two identities) of the second app tests/test_access.py deploys: raylets (and so
 # replicas) inherit them.

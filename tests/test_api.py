@@ -363,7 +363,7 @@ def test_a_jobs_task_cannot_be_released_through_the_schedule_route(http: httpx.C
 
 def test_a_schedule_caller_that_leaves_while_waiting_holds_nothing(http: httpx.Client, client: GridClient,
                                                                    base_url: str) -> None:
-    """gpu2 is full (two 2-CPU reservations); a third waits for it with a day's lease and wait_s=600,
+    """gpu2 is full (two 2-CPU reservations); a third waits for it with an hour's lease and wait_s=600,
     and its caller hangs up after 2 s, before any answer (so it never got the owner key): once
     gpu2 frees, that request is not placed and held for its lease, and nothing stays queued."""
     wait_idle(client)
@@ -374,10 +374,10 @@ def test_a_schedule_caller_that_leaves_while_waiting_holds_nothing(http: httpx.C
     body = {"task_id": "external-leaver", "strategy": "node_specific", "target_node": "gpu2",
             "requirements": {"cpu_count": 2}}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{base_url}/v1/schedule", params={"wait_s": 600, "lease_s": 86400}, json=body, timeout=2.0)
+        httpx.post(f"{base_url}/v1/schedule", params={"wait_s": 600, "lease_s": 3600}, json=body, timeout=2.0)
     for i, hold in enumerate(holds):
         assert http.post(f"/v1/schedule/external-leave-{i}/complete", headers=owned(hold)).status_code == 200
-    wait_idle(client, timeout_s=30)  # before the fix: the leaver's request was placed and held for a day
+    wait_idle(client, timeout_s=30)  # before the fix: the leaver's request was placed and held for its lease
     time.sleep(2.0)  # a release that raced a placement would show now
     status = client.cluster_status()
     assert status.queued == 0 and not any(node.reserved.get("CPU") for node in status.nodes), status

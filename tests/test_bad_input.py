@@ -73,7 +73,7 @@ def test_schedule_bodies_and_completions_are_bounded_and_finite(http: httpx.Clie
 def test_handle_calls_refuse_what_http_refuses(base_url: str) -> None:
     handle = serve.get_app_handle("grid")
     request = SchedulingRequest(task_id="handle-bounds")
-    for lease in (None, 0, -5, float("nan")):
+    for lease in (None, 0, -5, float("nan"), 7200.0):  # the last past max_schedule_lease_s
         with pytest.raises(InvalidRequestError, match="lease_s"):
             handle.schedule.remote(request, lease).result()
     with pytest.raises(InvalidRequestError, match="wait_s"):

@@ -326,3 +326,38 @@ def test_jobs_told_over_twice_or_unknown_change_nothing() -> None:
     books.on_groups_ended([told])
     books.on_groups_ended([told, Finished(group="never-seen")])  # a retried call; a restarted Scheduler's
     assert_empty(books)
+
+
+def test_one_schedule_caller_holds_at_most_its_cap_and_others_are_not_held_back() -> None:
+    """`max_schedule_held` per caller: placed and waiting reservations both count, callers
+    without a token share one count, handle calls (the cluster) and job runners none; a
+    completed reservation makes room again, and so does one restored after a restart."""
+    clock = Clock()
+    books = books_at(clock, max_schedule_held=3)
+
+    def reserve(task_id: str, owner: str | None) -> Placements:
+        request = SchedulingRequest(task_id=f"schedule:{task_id}", task_type="external",
+                                    requirements=ResourceRequirement(cpu_count=0.5))
+        return books.on_submitted(Submit(requests=[request], lease_s=60.0, owner=owner))
+
+    for i in range(3):
+        reserve(f"ana-{i}", "id:ana")
+    with pytest.raises(TooBusyError, match="ana holds 3 /v1/schedule reservations.*max_schedule_held") as refused:
+        reserve("ana-3", "id:ana")
+    assert refused.value.field == "task_id"
+    restarted = books_at(clock, max_schedule_held=3)
+    restarted.on_restored(books.held_for_callers())
+    with pytest.raises(TooBusyError):  # what a predecessor granted still counts
+        restarted.on_submitted(Submit(requests=[SchedulingRequest(task_id="schedule:ana-9", task_type="external")],
+                                      lease_s=60.0, owner="id:ana"))
+    for i in range(3):
+        reserve(f"bo-{i}", "id:bo")  # another identity has a count of its own
+        reserve(f"anon-{i}", f"key:{i}")  # callers without a token: each request its own key, one count
+    with pytest.raises(TooBusyError, match="callers without a token holds 3"):
+        reserve("anon-3", "key:3")
+    for i in range(5):
+        reserve(f"handle-{i}", "cluster")  # handle calls: not counted
+    Runner(books, "job", tasks=8, first_window=8).submit()  # nor a runner's tasks
+    books.on_completed([Completion(task_id="schedule:ana-0", ok=True, duration_s=None)])
+    reserve("ana-3", "id:ana")  # room again
+    books.check()

@@ -134,3 +134,29 @@ def test_schedule_waits_are_capped_per_replica_and_renewals_still_get_through(
                 http.post(f"/v1/schedule/{decision['task_id']}/complete", headers=owned(decision))
     assert len(answers) == 20 and {a.status_code for a in answers} <= {200, 429}
     eventually(lambda: idle_and_unreserved(client), timeout_s=30, what="nothing held afterwards")
+
+
+def test_one_schedule_caller_holds_at_most_max_schedule_held_and_leases_are_bounded(
+        http: httpx.Client, client: GridClient) -> None:
+    """Callers without a token share one count: 16 small reservations (max_schedule_held in the
+    tests' limits) are granted, the 17th is turned away with 429 until one is completed; and a
+    lease past max_schedule_lease_s (an hour) is refused with 422 naming lease_s."""
+    eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
+    small = {"requirements": {"cpu_count": 0.1}}
+    held = [http.post("/v1/schedule", json={"task_id": f"held-{i}", **small}).json() for i in range(16)]
+    try:
+        assert all(decision.get("node_name") for decision in held), held
+        over = http.post("/v1/schedule", json={"task_id": "held-16", **small})
+        assert over.status_code == 429 and over.json()["field"] == "task_id", over.text
+        assert "max_schedule_held" in over.json()["error"] and over.headers["retry-after"] == "5"
+        assert http.post("/v1/schedule/held-0/complete", headers=owned(held[0])).status_code == 200
+        again = http.post("/v1/schedule", json={"task_id": "held-16", **small})
+        assert again.status_code == 200, again.text
+        held[0] = again.json()
+    finally:
+        for decision in held:
+            http.post(f"/v1/schedule/{decision['task_id']}/complete", headers=owned(decision))
+    long = http.post("/v1/schedule", params={"lease_s": 7200}, json={"task_id": "too-long"})
+    assert long.status_code == 422 and long.json()["field"] == "lease_s", long.text
+    assert "max_schedule_lease_s" in long.json()["error"]
+    eventually(lambda: idle_and_unreserved(client), what="nothing left reserved")
