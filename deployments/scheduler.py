@@ -115,7 +115,7 @@ class Scheduler:
             self._books.on_allocations(allocations)
             self._books.on_nodes(nodes, taken_at)
             self._books.on_leases_checked(overdue, held)
-            self._metrics_out.queue_length.set(float(len(self._books.core)))
+            self._metrics_out.record_queue(self._books.core.waiting_by_priority())
             self._after_change()
         await self._publish()
 

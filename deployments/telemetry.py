@@ -12,7 +12,7 @@ import collections
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
-from grid_serve.models import NodeStatus, SchedulingDecision
+from grid_serve.models import NodeStatus, SchedulingDecision, TaskPriority
 
 _SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300]
 
@@ -55,27 +55,36 @@ class SchedulerMetrics:
     """Placements, queue and decision latency, recorded by the Scheduler."""
 
     def __init__(self) -> None:
-        self.placements = Counter("grid_placements_total", "tasks placed, per node and strategy",
-                                  ("node", "strategy"))
-        self.queue_length = Gauge("grid_queue_length", "tasks waiting in the Scheduler's queue for capacity")
+        self.placements = Counter("grid_placements_total", "tasks placed, per node, strategy and priority",
+                                  ("node", "strategy", "priority"))
+        self.queue_length = Gauge("grid_queue_length", "tasks waiting in the Scheduler's queue for capacity, "
+                                  "per priority", ("priority",))
         self.queue_wait = Histogram("grid_queue_wait_seconds", "time a task waited in the queue before placement",
-                                    _SECONDS, ("strategy",))
+                                    _SECONDS, ("strategy", "priority"))
         self.decision_latency = Histogram("grid_decision_latency_seconds",
                                           "time to decide one task's placement (a drain pass over its tasks)",
                                           _SECONDS)
 
-    def record_drain(self, placed: list[SchedulingDecision], decided: int, elapsed_s: float, queued: int) -> None:
-        """One drain pass: what it placed, how many tasks it decided on and how long it took."""
-        counts: collections.Counter[tuple[str, str]] = collections.Counter()
-        for decision in placed:
+    def record_drain(self, placed: list[tuple[SchedulingDecision, TaskPriority]], decided: int, elapsed_s: float,
+                     queue: list[tuple[TaskPriority, int, float]]) -> None:
+        """One drain pass: what it placed (with each task's priority), how many tasks it decided
+        on, how long it took, and what waits after it (`SchedulerCore.waiting_by_priority`)."""
+        counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        for decision, priority in placed:
             strategy = str(decision.strategy)
-            counts[decision.node_name, strategy] += 1
-            self.queue_wait.observe(decision.waited_s, {"strategy": strategy})
-        for (node, strategy), count in counts.items():  # one call per node: each crosses into Ray's metrics
-            self.placements.inc(float(count), {"node": node, "strategy": strategy})
+            counts[decision.node_name, strategy, str(priority)] += 1
+            self.queue_wait.observe(decision.waited_s, {"strategy": strategy, "priority": str(priority)})
+        for (node, strategy, priority), count in counts.items():  # one call per kind: each crosses into Ray's metrics
+            self.placements.inc(float(count), {"node": node, "strategy": strategy, "priority": priority})
         if decided:
             self.decision_latency.observe(elapsed_s / decided)
-        self.queue_length.set(float(queued))
+        self.record_queue(queue)
+
+    def record_queue(self, queue: list[tuple[TaskPriority, int, float]]) -> None:
+        """Tasks waiting per priority, every priority (0 when none waits), so a sum is always whole."""
+        waiting = {priority: count for priority, count, _ in queue}
+        for priority in TaskPriority:
+            self.queue_length.set(float(waiting.get(priority, 0)), {"priority": str(priority)})
 
 
 def _set(gauge: Gauge, value: float | None, tags: dict[str, str]) -> None:

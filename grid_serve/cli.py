@@ -57,8 +57,8 @@ PriorityName = enum.Enum("PriorityName", {str(p): str(p) for p in TaskPriority},
 UP_TIMEOUT_S = 300.0
 
 app = typer.Typer(
-    help="grid-serve: place Ray work where it should run (spread, load_balanced, "
-         "performance_optimized, node_specific, pack).\n\nStart with `grid up --local`, then "
+    help=f"grid-serve: place Ray work where it should run ({', '.join(StrategyName.__members__)}; "
+         "`grid strategies` says what each does).\n\nStart with `grid up --local`, then "
          "`grid distribute test --strategy spread --tasks 100`.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
 )
@@ -232,7 +232,7 @@ def down() -> None:
 @distribute.command("test")
 def distribute_test(
     strategy: StrategyName = typer.Option("spread", "--strategy", "-s", case_sensitive=False,
-                                          help="How to place the tasks."),
+                                          help="How to place the tasks (`grid strategies` says what each does)."),
     tasks: int = typer.Option(100, "--tasks", "-n", min=1, max=100_000, help="How many tasks."),
     node: str | None = typer.Option(None, "--node",
                                     help="Target node for node_specific: name, Ray node id, IP or hostname."),
@@ -352,6 +352,27 @@ def _percent(value: float | None) -> str:
 
 
 # ================================================================== explain
+
+
+@app.command()
+def strategies(as_json: bool = JsonOption, address: str | None = AddressOption) -> None:
+    """The placement strategies the app runs, as each strategy module declares itself: what it
+    chooses, and what makes a task wait for it rather than go to another node.
+
+    \b
+    Example: grid strategies
+    """
+    with connect(address) as client:
+        listed = client.list_strategies()
+    if as_json:
+        print(json.dumps(listed))
+        return
+    table = Table(title="Placement strategies (--strategy, any case)")
+    for column in ("strategy", "what it chooses", "a task waits for"):
+        table.add_column(column, overflow="fold")
+    for strategy in listed:
+        table.add_row(strategy["name"].lower(), strategy["summary"], ", ".join(strategy["waits_for"]) or "-")
+    Console().print(table)
 
 
 @app.command()

@@ -201,6 +201,10 @@ class GridClient:
     def list_tasks(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/tasks")
 
+    def list_strategies(self) -> list[dict[str, Any]]:
+        """The placement strategies the app runs: name, what each chooses, what makes a task wait."""
+        return self._call("GET", "/v1/strategies")
+
     def submit_job(self, spec: JobSubmission | dict[str, Any]) -> JobStatus:
         spec = spec if isinstance(spec, JobSubmission) else JobSubmission.model_validate(spec)
         body = spec.model_dump(mode="json", exclude_none=True)

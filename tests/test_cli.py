@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from grid_serve.local_cluster import free_port
+from grid_serve.placement import STRATEGIES, SUMMARIES
 
 GRID = [sys.executable, "-m", "grid_serve.cli"]
 
@@ -116,6 +117,16 @@ def test_unreachable_address_is_one_line_and_exit_1() -> None:
     done = grid("distribute", "status", "--address", f"http://127.0.0.1:{port}")
     assert done.returncode == 1
     assert f"not reachable at http://127.0.0.1:{port}" in one_line_error(done)
+
+
+@pytest.mark.cluster
+def test_strategies_lists_what_the_strategy_modules_declare(base_url: str) -> None:
+    listed = json.loads(grid("strategies", "--json", address=base_url).stdout)
+    assert [(s["name"], s["summary"]) for s in listed] == list(SUMMARIES.items())
+    done = grid("strategies", address=base_url)
+    assert done.returncode == 0, done.stderr
+    assert [name.lower() for name in STRATEGIES if name.lower() in done.stdout] == [n.lower() for n in STRATEGIES]
+    assert "`grid strategies`" in " ".join(grid("distribute", "test", "--help").stdout.split())
 
 
 def test_help_explains_with_examples() -> None:

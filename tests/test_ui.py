@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from grid_serve.client import GridClient
+from grid_serve.placement import STRATEGIES, SUMMARIES
 from tests.test_api import owned, submit, wait_idle
 
 pytestmark = pytest.mark.cluster
@@ -130,6 +131,10 @@ def test_page_loads_and_lists_the_three_nodes(ui: Any, console: Console, base_ur
     assert all(row["state"] == "dead" for name, row in nodes.items() if name not in NODES), nodes
     assert nodes["gpu1"]["gpu_reserved"].endswith("/ 1"), nodes["gpu1"]
     assert ui.locator("#queue-body tr").count() == 4  # every priority, waiting or not: no jump
+    strategies = ui.locator("#f-strategy option")  # from /v1/strategies: the registry's, each with its summary
+    strategies.nth(len(STRATEGIES) - 1).wait_for(state="attached")
+    assert strategies.evaluate_all("os => os.map(o => [o.value, o.title])") == [
+        [name.lower(), SUMMARIES[name]] for name in STRATEGIES]
     ui.get_by_label("Filter nodes by name, address, label or state").fill("gpu2")
     assert list(node_rows(ui)) == ["gpu2"]
     ui.get_by_label("Filter nodes by name, address, label or state").fill("")

@@ -729,6 +729,16 @@ async function loadTasks() {
   select.value = tasks.some((t) => t.name === current) ? current : "compute_task";
 }
 
+/** The strategies the app has (each strategy module declares itself), what each chooses as the tooltip. */
+async function loadStrategies() {
+  const strategies = await get("v1/strategies");
+  const select = byId("f-strategy");
+  const current = select.value;
+  const names = strategies.map((strategy) => strategy.name.toLowerCase());
+  select.replaceChildren(...strategies.map((strategy, i) => el("option", { value: names[i], title: strategy.summary }, names[i])));
+  select.value = names.includes(current) ? current : "spread";
+}
+
 // ------------------------------------------------------------------ polling
 
 function showPollError(error) {
@@ -828,4 +838,5 @@ function wire() {
 
 wire();
 loadTasks().catch(showPollError);
+loadStrategies().catch(showPollError);
 pollForever();
