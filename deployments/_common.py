@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import uuid
 from typing import Any, Awaitable, Callable, Iterator
 
 logger = logging.getLogger("ray.serve")
@@ -47,23 +48,26 @@ class SoleWriterRecord:
     the GCS's put-if-absent is its one atomic check, so it serves as compare-and-set. A replica
     `claim`s the record when it starts (reads the newest version and writes the next one); from
     then on an older replica's next write finds its version taken and raises `ReplacedError`
-    instead of overwriting what the newer one keeps. Readers take the newest version, and only
-    the two newest are kept: an older replica whose next version was pruned meanwhile writes a
-    version below the newest, which no reader takes; it sees that, deletes it and is replaced
-    all the same. A record saved by `save(key, ...)` (before versions) is read as version -1."""
+    instead of overwriting what the newer one keeps. Each version names its writer, so a put
+    retried after it had landed (the GCS client retries) is known as this replica's own. Readers
+    take the newest version, and only the two newest are kept: an older replica whose next
+    version was pruned meanwhile writes a version below the newest, which no reader takes; it
+    sees that, deletes it and is replaced all the same. A record saved by `save(key, ...)`
+    (before versions) is read as version -1."""
 
     def __init__(self, key: str) -> None:
         self._key = key
+        self._writer = uuid.uuid4().hex
         self._version: int | None = None  # the version this replica last wrote; None: not claimed
 
     def claim(self) -> Any:
         """The newest state (None: nothing saved yet), with this replica its only writer."""
         while True:
-            version, raw = self._newest()
-            if self._put(version + 1, raw if raw is not None else b"null"):
+            version, state = self._newest()
+            if self._put(version + 1, json.dumps(state)):
                 self._version = version + 1
                 self._prune()
-                return json.loads(raw) if raw else None
+                return state
 
     def save(self, state_json: str) -> None:
         """Write the next version, unless a newer replica claimed the record (`ReplacedError`)."""
@@ -72,11 +76,16 @@ class SoleWriterRecord:
         version = self._version + 1
         if not self._put(version, state_json):
             raise ReplacedError(f"another replica took over {self._key}")
-        if self._versions()[-1] != version:  # written below a newer replica's versions: read by no one
+        self._version = version  # written: whatever happens next, the next save is the one after it
+        if not self.still_mine():  # written below a newer replica's versions: read by no one
             self._delete(version)
             raise ReplacedError(f"another replica took over {self._key}")
-        self._version = version
         self._prune()
+
+    def still_mine(self) -> bool:
+        """Whether the newest version is the one this replica last wrote (one list call)."""
+        versions = self._versions()
+        return bool(versions) and versions[-1] == self._version
 
     def _versioned(self, version: int) -> str:
         return f"{self._key}@{version:012d}"
@@ -87,20 +96,32 @@ class SoleWriterRecord:
         keys = internal_kv._internal_kv_list(f"{self._key}@", namespace=KV_NAMESPACE)
         return sorted(int(key.decode().rsplit("@", 1)[1]) for key in keys)
 
-    def _newest(self) -> tuple[int, bytes | None]:
-        from ray.experimental import internal_kv
-
+    def _newest(self) -> tuple[int, Any]:
+        """The newest version and its state (a record from before versions: -1 and its state)."""
         versions = self._versions()
-        key = self._versioned(versions[-1]) if versions else self._key
-        return (versions[-1] if versions else -1), internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
+        if not versions:
+            return -1, load_saved(self._key)
+        stored = self._stored(versions[-1])
+        return versions[-1], stored["state"] if stored else None
 
-    def _put(self, version: int, value: str | bytes) -> bool:
-        """True when this wrote `version`; False when it was there already."""
+    def _stored(self, version: int) -> dict[str, Any] | None:
         from ray.experimental import internal_kv
 
+        raw = internal_kv._internal_kv_get(self._versioned(version), namespace=KV_NAMESPACE)
+        return json.loads(raw) if raw else None
+
+    def _put(self, version: int, state_json: str) -> bool:
+        """True when this replica wrote `version` (now, or by a put retried after it landed);
+        False when another did."""
+        from ray.experimental import internal_kv
+
+        value = f'{{"writer": {json.dumps(self._writer)}, "state": {state_json}}}'
         existed = internal_kv._internal_kv_put(self._versioned(version), value, overwrite=False,
                                                namespace=KV_NAMESPACE)
-        return not existed
+        if not existed:
+            return True
+        stored = self._stored(version)
+        return bool(stored) and stored.get("writer") == self._writer
 
     def _prune(self) -> None:
         for version in self._versions()[:-2]:

@@ -56,7 +56,7 @@ from grid_serve.protocol import Finished, Placements, Submit
 from grid_serve.tasks import TaskType, load_task_modules
 
 from ._common import call_with_timeout, logger, spawn
-from .runner_job import PinnedFunctions, RunnerJob, record_ray_end, size_of
+from .runner_job import PinnedFunctions, RunnerJob, object_bytes, record_ray_end, size_of
 
 RUNNER_PREFIX = "grid-runner-"
 RUNNER_NAMESPACE = "grid-serve"  # runners of every grid app on the cluster, named by app and tag
@@ -285,7 +285,7 @@ class JobRunner:
         except (Exception, asyncio.CancelledError) as exc:  # Ray's error for the whole Ray task: each of its tasks gets it
             value, failure = None, exc
         if kept is not None and value is not None:
-            job.kept_bytes += value.pop("result_bytes", 0)
+            job.kept_bytes += object_bytes(kept)
             value["result"] = kept if value["ok"] else None
         envelopes = value if isinstance(value, list) else [value] * len(indices)
         for index, envelope in zip(indices, envelopes):
@@ -371,6 +371,7 @@ class JobRunner:
     @staticmethod
     def _cancel_running(job: RunnerJob) -> None:
         """Ask Ray to stop what the job has running (a chunk once, however many tasks it holds)."""
+        job.cancel_sent.update(job.running)
         for ref in {ref for _, ref in job.running.values()}:
             ray.cancel(ref, force=False)
 

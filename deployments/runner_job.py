@@ -27,6 +27,16 @@ LOST_WORKER = (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError, 
                ray.exceptions.LocalRayletDiedError, ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError)
 LOST_NODE = (ray.exceptions.NodeDiedError, ray.exceptions.TaskUnschedulableError)
 CANCELLED = (ray.exceptions.TaskCancelledError, asyncio.CancelledError, concurrent.futures.CancelledError)
+INLINE_OBJECT_BYTES = 100 * 1024  # Ray keeps objects up to this size in its memory store, not in plasma
+
+
+def object_bytes(ref: ray.ObjectRef) -> int:
+    """What an object this process owns takes in the object store, as its own core worker
+    knows it (no RPC); an object Ray has no size for yet counts as Ray's largest inline one."""
+    from ray.experimental.locations import get_local_object_locations
+
+    size = get_local_object_locations([ref]).get(ref, {}).get("object_size")
+    return int(size) if size is not None else INLINE_OBJECT_BYTES
 
 
 def size_of(value: Any) -> int:
@@ -50,6 +60,7 @@ class RunnerJob(JobBooks):
     refs_in_args: bool = False  # some argument is an ObjectRef: each task goes to Ray alone, with Ray's own args
     task_type: TaskType | None = None  # the registered task (None: a handle caller's own function)
     kept_bytes: int = 0  # with `result_refs`: what the results it holds refs to take in the object store
+    cancel_sent: set[int] = field(default_factory=set)  # tasks Ray was asked to stop (`JobRunner._cancel_running`)
     news: asyncio.Event = field(default_factory=asyncio.Event)  # a task ended, or the job was cancelled
     # one report, cancel or registration of the job with the Scheduler at a time: two in flight
     # may land in either order (Serve routes each call on its own), and window requests a report
@@ -97,10 +108,11 @@ def record_ray_end(job: RunnerJob, index: int, envelope: dict[str, Any] | None, 
         return
     if failure is None:
         job.on_task_ended(index, envelope["ok"], envelope["error"], envelope)
-    elif isinstance(failure, CANCELLED) or (job.cancelled and isinstance(failure, ray.exceptions.RayTaskError)):
+    elif isinstance(failure, CANCELLED) or (index in job.cancel_sent
+                                            and isinstance(failure, ray.exceptions.RayTaskError)):
         # A cancel that reaches a task as it ends can fail it with an error of Ray's own instead
         # (seen in CI: "TypeError: 'Handlers' object is not callable", the interrupt Ray sent
-        # handled after the worker had put its SIGINT handler back): the job was cancelled, so is the task
+        # handled after the worker had put its SIGINT handler back): a task Ray was asked to stop is cancelled
         job.on_task_ended(index, False, "cancelled", None)
     elif isinstance(failure, LOST_WORKER):
         decision = job.running[index][0]

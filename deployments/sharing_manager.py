@@ -155,8 +155,15 @@ class SharingManager:
 
     # ------------------------------------------------------------------ the loop
 
+    async def check_health(self) -> None:
+        """Serve's periodic health check: a replica a newer one replaced is replaced by Serve
+        too (it grants nothing; after a rolling update it is going anyway)."""
+        if self._replaced:
+            raise RuntimeError("a newer sharing manager replica keeps the ledger now")
+
     async def _tick(self) -> None:
-        if self._replaced:  # the newer replica ticks, expires and sweeps now
+        if self._replaced or not self._record.still_mine():  # the newer replica ticks, expires and sweeps now
+            self._replaced = True
             return
         view, available, in_flight = await self._observe()
         async with self._lock:
@@ -191,6 +198,9 @@ class SharingManager:
         pending, or, for `fresh` (the request being answered), the record is dropped and the
         caller hears 503, so a retry cannot make a second grant. A removal that fails is
         retried by the orphan sweep."""
+        self._refuse_if_replaced()
+        if changes.remove and not changes.granted:  # a record ends: recorded before its group goes
+            self._save_or_refuse()
         if changes.granted:
             try:
                 self._save()
@@ -208,7 +218,17 @@ class SharingManager:
             group = create_group(record)
             self._ledger.placed(record.id, group.id.hex())
             logger.info("sharing: %s", record.reason)
-        self._save_or_log()
+        self._save_or_refuse()
+
+    def _save_or_refuse(self) -> None:
+        """Save a change: a replica that was replaced answers 503 (the newer one's ledger does
+        not have it); any other failure is retried at the next change or tick."""
+        try:
+            self._save()
+        except ReplacedError:
+            self._refuse_if_replaced()
+        except Exception as exc:
+            logger.warning("sharing: could not save the ledger (%s: %s); retrying", type(exc).__name__, exc)
 
     def _remove_group(self, name: str, group_id: str | None) -> None:
         group_id = group_id or live_groups(self._ledger.owns_group).get(name, ("", ""))[0]

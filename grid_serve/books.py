@@ -89,6 +89,7 @@ class SchedulerBooks:
         self.epoch = epoch
         self.tick_s = tick_s
         self.limits = limits or Limits()
+        self._for_callers: set[str] = set()  # /v1/schedule task ids (some may have ended: `_check_caller_room`)
         self.admission = admission
         self.core = SchedulerCore(clock=clock, lookahead_s=lookahead_s)
         self.ledger = Ledger(clock=clock)
@@ -164,6 +165,8 @@ class SchedulerBooks:
         for request in requests:
             self.meta[request.task_id] = _Meta(request.task_type, group, message.lease_s, request.priority,
                                                message.owner, message.request_key, runner=runner is not None)
+        if runner is None:
+            self._for_callers.update(request.task_id for request in requests)
         self._drain(requests)
         return self.collect(group)
 
@@ -297,6 +300,7 @@ class SchedulerBooks:
                 continue
             priority = TaskPriority(record["priority"])
             self.meta[task_id] = _Meta(record["task_type"], task_id, remaining, priority, record.get("owner"))
+            self._for_callers.add(task_id)
             self.ledger.reserve(task_id, record["node_id"], record["resources"], task_type=record["task_type"],
                                 group=task_id, lease_s=remaining, placement_group_id=record.get("placement_group_id"),
                                 rank=priority.rank)
@@ -518,11 +522,12 @@ class SchedulerBooks:
         if quota is None:
             return
         cap = self.limits.max_schedule_held
-        held = sum(1 for meta in self.meta.values() if not meta.runner and schedule_quota_of(meta.owner) == quota)
+        self._for_callers = {task_id for task_id in self._for_callers if task_id in self.meta}  # ended ones go
+        held = sum(1 for task_id in self._for_callers if schedule_quota_of(self.meta[task_id].owner) == quota)
         if held + arriving > cap:
             who = quota.removeprefix("id:")
-            raise TooBusyError(f"{who} holds {held} /v1/schedule reservations, placed or waiting, and may hold {cap} "
-                               "(max_schedule_held): complete some, or retry later", field="task_id",
+            raise TooBusyError(f"/v1/schedule reservations of {who}: {held} placed or waiting, at most {cap} "
+                               "(max_schedule_held); complete some, or retry later", field="task_id",
                                retry_after_s=self.limits.retry_after_s)
 
     def _hold_back(self, group: str, unsent: int | None, priority: TaskPriority | None = None) -> None:

@@ -198,23 +198,9 @@ def run_call(fn: Callable[..., Any], keywords: list[str], *values: Any) -> dict[
 def run_call_keeping_result(fn: Callable[..., Any], keywords: list[str], *values: Any) -> tuple[dict[str, Any], Any]:
     """`run_call` for a job with `result_refs`, as a Ray task with two returns: the envelope
     (without the result: its runner reads only this) and the result, which stays in Ray's
-    object store for the caller. `result_bytes` says roughly what keeping it holds there."""
+    object store for the caller."""
     envelope = run_call(fn, keywords, *values)
-    result = envelope.pop("result")
-    envelope["result_bytes"] = _rough_size(result)
-    return envelope, result
-
-
-def _rough_size(value: Any) -> int:
-    """Bytes a result holds, cheaply: an array's or a buffer's own size, else 64 a value."""
-    nbytes = getattr(value, "nbytes", None)
-    if isinstance(nbytes, int):
-        return nbytes
-    if isinstance(value, (bytes, bytearray, str)):
-        return len(value)
-    if isinstance(value, (list, tuple, dict)):
-        return 64 * (len(value) + 1)
-    return 64
+    return envelope, envelope.pop("result")
 
 
 def run_chunk(fn: Callable[..., Any], calls: list[tuple[list[Any], dict[str, Any]]],

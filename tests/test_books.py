@@ -342,7 +342,7 @@ def test_one_schedule_caller_holds_at_most_its_cap_and_others_are_not_held_back(
 
     for i in range(3):
         reserve(f"ana-{i}", "id:ana")
-    with pytest.raises(TooBusyError, match="ana holds 3 /v1/schedule reservations.*max_schedule_held") as refused:
+    with pytest.raises(TooBusyError, match="of ana: 3 placed or waiting, at most 3 .max_schedule_held") as refused:
         reserve("ana-3", "id:ana")
     assert refused.value.field == "task_id"
     restarted = books_at(clock, max_schedule_held=3)
@@ -353,7 +353,7 @@ def test_one_schedule_caller_holds_at_most_its_cap_and_others_are_not_held_back(
     for i in range(3):
         reserve(f"bo-{i}", "id:bo")  # another identity has a count of its own
         reserve(f"anon-{i}", f"key:{i}")  # callers without a token: each request its own key, one count
-    with pytest.raises(TooBusyError, match="callers without a token holds 3"):
+    with pytest.raises(TooBusyError, match="of callers without a token: 3 placed"):
         reserve("anon-3", "key:3")
     for i in range(5):
         reserve(f"handle-{i}", "cluster")  # handle calls: not counted
@@ -361,3 +361,23 @@ def test_one_schedule_caller_holds_at_most_its_cap_and_others_are_not_held_back(
     books.on_completed([Completion(task_id="schedule:ana-0", ok=True, duration_s=None)])
     reserve("ana-3", "id:ana")  # room again
     books.check()
+
+
+def test_the_metrics_hear_each_placement_with_its_priority_and_the_queue_per_priority() -> None:
+    """What the Scheduler exports (`deployments/telemetry.py`): the drain observer gets every
+    placement with its task's priority and what waits afterwards, per priority."""
+    heard: list[tuple[list[tuple[str, str]], list[tuple[str, int]]]] = []
+
+    def observe(placed, decided, seconds, queue) -> None:
+        heard.append(([(d.task_id, str(p)) for d, p in placed], [(str(p), n) for p, n, _ in queue]))
+
+    clock = Clock()
+    books = SchedulerBooks(epoch="e", lease_s=5.0, tick_s=1.0, lookahead_s=None, admission=1.0, limits=Limits(),
+                           clock=clock, wall=clock, on_drain=observe)
+    books.on_nodes(NODES, taken_at=clock.now)
+    low = [SchedulingRequest(task_id=f"low-{i}", job_id="low", task_type="t", priority="low") for i in range(8)]
+    books.on_submitted(Submit(requests=low, runner=RUNNER))  # 6 CPUs: 6 placed, 2 wait
+    high = [SchedulingRequest(task_id="high-0", job_id="high", task_type="t", priority="high")]
+    books.on_submitted(Submit(requests=high, runner=RUNNER))  # waits too: nothing is free
+    assert heard[0] == ([(f"low-{i}", "low") for i in range(6)], [("low", 2)])
+    assert heard[-1][1] == [("high", 1), ("low", 2)]

@@ -16,7 +16,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
@@ -28,22 +28,13 @@ from grid_serve.local_cluster import free_port
 from grid_serve.models import TaskPriority
 from tests.test_api import wait_idle
 from tests.test_metrics_integration import live_cluster
+from tests.test_ownership_faults import eventually
 
 pytestmark = pytest.mark.cluster
 
 PROMETHEUS = os.environ.get("GRID_PROMETHEUS", "/usr/bin/prometheus")
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "grid-serve.json"
 NODES = ("gpu-master", "gpu1", "gpu2")
-
-
-def eventually(check: Callable[[], Any], what: str, timeout_s: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"gave up waiting: {what}"
-        time.sleep(1.0)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +65,7 @@ def prometheus(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             except httpx.TransportError:
                 return False
 
-        eventually(ready, "prometheus ready", timeout_s=60)
+        eventually(ready, timeout_s=60, what="prometheus ready")
         yield client
     finally:
         client.close()
@@ -101,7 +92,7 @@ def test_placements_queue_and_node_load_are_queried_through_prometheus_with_thei
     live_cluster(http)
     wait_idle(client)
     placed = 'sum by (node) (ray_grid_placements_total{strategy="spread", priority="high"})'
-    eventually(lambda: query(prometheus, "ray_grid_queue_length"), "the app's first series scraped")
+    eventually(lambda: query(prometheus, "ray_grid_queue_length"), what="the app's first series scraped")
     time.sleep(3)  # a scrape or two after the last export: what came before the job is in
     before = per_label(prometheus, placed, "node")
     job = client.submit_job({"task": "noop", "count": 9, "strategy": "spread", "priority": "high", "wait": True})
@@ -112,7 +103,7 @@ def test_placements_queue_and_node_load_are_queried_through_prometheus_with_thei
         growth = {node: now.get(node, 0.0) - before.get(node, 0.0) for node in NODES}
         return growth if sum(growth.values()) >= 9 else None
 
-    assert eventually(grew, "the job's placements scraped") == {node: 3.0 for node in NODES}
+    assert eventually(grew, timeout_s=120, what="the job's placements scraped") == {node: 3.0 for node in NODES}
     queue = per_label(prometheus, "sum by (priority) (ray_grid_queue_length)", "priority")
     assert set(queue) == {str(priority) for priority in TaskPriority}, queue
     cpu = per_label(prometheus, "max by (node) (ray_grid_node_cpu_percent)", "node")
@@ -133,11 +124,18 @@ def test_every_panel_of_the_grafana_dashboard_returns_data_after_a_job(
     spec = {"task": "sleep_task", "args": [[i, 0.05] for i in range(12)], "strategy": "load_balanced",
             "priority": "low", "wait": True}
     # A series Prometheus first sees after its first observations has no increase to rate: one
-    # job makes the series, a second one (once the first is scraped) is what the panels show
+    # job makes the series (or adds to it), and once Prometheus has its waits, a second one is
+    # what the panels show. Counted, not just looked for: a Scheduler replica killed by an
+    # earlier test leaves its series behind, with the same labels and no new samples
+    waits = 'ray_grid_queue_wait_seconds_count{strategy="load_balanced", priority="low"}'
+
+    def waited() -> dict[frozenset, float]:  # per series: a replica's own, by its labels
+        return {frozenset(series["metric"].items()): float(series["value"][1]) for series in query(prometheus, waits)}
+
+    before = waited()
     assert client.submit_job(spec).state == "succeeded"
-    eventually(lambda: query(prometheus, 'ray_grid_queue_wait_seconds_count{strategy="load_balanced", priority="low"}'),
-               "the first job's waits scraped")
-    time.sleep(3)
+    eventually(lambda: any(count >= before.get(labels, 0.0) + 12 for labels, count in waited().items()),
+               timeout_s=120, what="the first job's waits scraped")
     assert client.submit_job(spec).state == "succeeded"
 
     def empty_panels() -> list[str]:

@@ -61,3 +61,13 @@ def test_a_record_saved_before_versions_is_taken_over(ray_cluster: object) -> No
 def test_saving_before_claiming_is_a_mistake_not_a_silent_write(ray_cluster: object) -> None:
     with pytest.raises(RuntimeError, match="claim"):
         SoleWriterRecord(fresh_key()).save("{}")
+
+
+def test_a_put_retried_after_it_landed_is_the_writer_s_own_not_a_replacement(ray_cluster: object) -> None:
+    """The GCS client retries a put whose answer was lost: the key is there, written by this
+    very writer, so it is not taken for another replica's."""
+    key = fresh_key()
+    record = SoleWriterRecord(key)
+    record.claim()
+    assert record._put(1, "{}") and record._put(1, "{}")  # written, then the same put again
+    assert not SoleWriterRecord(key)._put(1, "{}")  # anyone else finds it taken
