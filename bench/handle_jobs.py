@@ -21,7 +21,7 @@ import ray
 from grid_serve.client import HandleClient
 
 from . import plain_ray
-from .harness import Env, Report, main_for, summarize
+from .harness import Env, Report, interleaved, main_for, summarize
 
 TARGET = 2.0
 
@@ -50,11 +50,7 @@ def run(env: Env) -> Report:
         "handle, the caller's function": lambda n: loop.run_until_complete(handle_ms(client, n, plain_ray.noop)),
         "handle, a registered task": lambda n: loop.run_until_complete(handle_ms(client, n, None)),
     }
-    results: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(runs):
-        for name, measure in sides.items():
-            measure(max(5, calls // 5))  # warmed on the same function just before it is timed
-            results[name].append(measure(calls))
+    results = interleaved(sides, runs, calls, warm_calls=max(5, calls // 5))
     loop.close()
     report = Report(f"{calls} one-task jobs one after another, each awaited: ms per job (median, min–max of {runs})",
                     ["side", "ms per job", "vs plain Ray", "target"])

@@ -20,7 +20,7 @@ import ray
 
 from grid_serve.client import HandleClient
 
-from .harness import Env, Report, main_for, summarize
+from .harness import Env, Report, interleaved, main_for, summarize
 from .remote import array_of
 
 TARGET = 0.9
@@ -54,11 +54,7 @@ def run(env: Env) -> Report:
         "handle job, results copied back": lambda n: loop.run_until_complete(handle_rate(client, n, False)),
         "handle job, result_refs, then ray.get": lambda n: loop.run_until_complete(handle_rate(client, n, True)),
     }
-    results: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(runs):
-        for name, measure in sides.items():
-            measure(calls)  # warmed on the same function just before it is timed
-            results[name].append(measure(calls))
+    results = interleaved(sides, runs, calls)
     loop.close()
     report = Report(f"{calls} tasks returning {MEGABYTES} MB each, one job: results/s (median, min–max of {runs})",
                     ["side", "results/s", "vs plain Ray", "target"])

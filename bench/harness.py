@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -144,6 +144,19 @@ def repeat(measure: Callable[[], float], runs: int, warmup: int = 1) -> Summary:
     for _ in range(warmup):
         measure()
     return summarize([measure() for _ in range(runs)])
+
+
+def interleaved(sides: Mapping[str, Callable[[int], float]], runs: int, calls: int,
+                warm_calls: int | None = None) -> dict[str, list[float]]:
+    """Each side's figure `runs` times, the rounds interleaved (every side once, then every side
+    again), each side warmed on `warm_calls` (default `calls`) just before it is timed on `calls`:
+    plain Ray and grid-serve on the same function, in one run."""
+    results: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(runs):
+        for name, measure in sides.items():
+            measure(calls if warm_calls is None else warm_calls)
+            results[name].append(measure(calls))
+    return results
 
 
 def ratio(ours: float, theirs: float) -> str:

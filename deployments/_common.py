@@ -66,7 +66,7 @@ class SoleWriterRecord:
             version, state = self._newest()
             if self._put(version + 1, json.dumps(state)):
                 self._version = version + 1
-                self._prune()
+                self._prune(self._versions())
                 return state
 
     def save(self, state_json: str) -> None:
@@ -77,14 +77,17 @@ class SoleWriterRecord:
         if not self._put(version, state_json):
             raise ReplacedError(f"another replica took over {self._key}")
         self._version = version  # written: whatever happens next, the next save is the one after it
-        if not self.still_mine():  # written below a newer replica's versions: read by no one
+        versions = self._versions()
+        if not self._is_newest(versions):  # written below a newer replica's versions: read by no one
             self._delete(version)
             raise ReplacedError(f"another replica took over {self._key}")
-        self._prune()
+        self._prune(versions)
 
     def still_mine(self) -> bool:
         """Whether the newest version is the one this replica last wrote (one list call)."""
-        versions = self._versions()
+        return self._is_newest(self._versions())
+
+    def _is_newest(self, versions: list[int]) -> bool:
         return bool(versions) and versions[-1] == self._version
 
     def _versioned(self, version: int) -> str:
@@ -123,8 +126,9 @@ class SoleWriterRecord:
         stored = self._stored(version)
         return bool(stored) and stored.get("writer") == self._writer
 
-    def _prune(self) -> None:
-        for version in self._versions()[:-2]:
+    def _prune(self, versions: list[int]) -> None:
+        """Keep the two newest of `versions` (the list this replica just read)."""
+        for version in versions[:-2]:
             self._delete(version)
 
     def _delete(self, version: int) -> None:
