@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from functools import partial
@@ -46,6 +47,7 @@ from ray.serve.handle import DeploymentHandle
 
 from grid_serve.access import Caller, may_touch, refusal_to_touch
 from grid_serve.errors import ForbiddenError, GridError, InvalidRequestError, NotFoundError
+from grid_serve.job_books import JobBooks
 from grid_serve.outcomes import OutcomeTable
 from grid_serve.limits import Limits
 from grid_serve.lookahead import chunk_sizes, interleave
@@ -171,6 +173,22 @@ class JobRunner:
         if spec.wait:
             await self._wait(job, spec.timeout_s)
         return job.status(with_results=job.done.is_set() and spec.wait)
+
+    async def keep_finished(self, jobs: list[JobBooks]) -> None:
+        """Keep jobs that a handle caller ran from its own process (its own function, awaited:
+        `grid_serve.caller_jobs`) with this runner's finished jobs, so that they read by id like
+        them; their ids start with this runner's tag."""
+        self._start()
+        for books in jobs:
+            if not books.id.startswith(self._tag) or books.id in self._jobs or not books.ended:
+                raise InvalidRequestError(f"job {books.id!r} is not a finished job of runner {self._name}",
+                                          field="job_id")
+        for books in jobs:
+            job = RunnerJob(**{name.name: getattr(books, name.name) for name in dataclasses.fields(JobBooks)})
+            job.last_ended.set()
+            job.done.set()
+            self._jobs[job.id] = job
+        self._forget_old_jobs()
 
     async def get_job(self, job_id: str, results: bool = False, reader: Caller | None = None) -> JobStatus:
         """`reader`: who must own the job to read its results (None: anyone, a handle call)."""

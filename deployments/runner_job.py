@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 
+from grid_serve.caller_jobs import object_bytes  # noqa: F401 (the runner's too)
 from grid_serve.job_books import MAX_ATTEMPTS, JobBooks
 from grid_serve.models import SchedulingDecision
 from grid_serve.tasks import TaskType, run_call, run_call_keeping_result, run_chunk
@@ -27,18 +28,6 @@ LOST_WORKER = (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError, 
                ray.exceptions.LocalRayletDiedError, ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError)
 LOST_NODE = (ray.exceptions.NodeDiedError, ray.exceptions.TaskUnschedulableError)
 CANCELLED = (ray.exceptions.TaskCancelledError, asyncio.CancelledError, concurrent.futures.CancelledError)
-INLINE_OBJECT_BYTES = 100 * 1024  # Ray keeps objects up to this size in its memory store, not in plasma
-
-
-def object_bytes(ref: ray.ObjectRef) -> int:
-    """What an object this process owns takes in the object store, as its own core worker
-    knows it (no RPC); an object Ray has no size for yet counts as Ray's largest inline one."""
-    from ray.experimental.locations import get_local_object_locations
-
-    size = get_local_object_locations([ref]).get(ref, {}).get("object_size")
-    return int(size) if size is not None else INLINE_OBJECT_BYTES
-
-
 def size_of(value: Any) -> int:
     """Bytes a result takes when pickled (what keeping it costs, roughly)."""
     if value is None or isinstance(value, (int, float, bool)):

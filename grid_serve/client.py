@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import time
 import uuid
@@ -22,10 +23,13 @@ import httpx
 
 from .access import CLUSTER_OWNER, OWNER_KEY_HEADER
 from .caller_code import CallerCode
-from .handles import stop_safe
+from .caller_jobs import RESULTS_SENT_BYTES, CallerJobs, Keeping, runs_in_caller
+from .handles import connect_ray, ray_address, stop_safe  # noqa: F401 (ray_address: re-exported)
 from .errors import ForbiddenError, GoneError, GridError, InvalidRequestError, NotFoundError, TooBusyError, UnavailableError
 from .models import ClusterStatus, JobStatus, JobSubmission, RecentDecisions, SchedulingDecision, SchedulingRequest
 from .sharing import Allocation, SharingRequest, SharingStatus
+
+logger = logging.getLogger("grid_serve.client")
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8000"
 APP_NAME = "grid"
@@ -48,29 +52,12 @@ def default_address() -> str:
     return (state or {}).get("http", DEFAULT_ADDRESS).rstrip("/")
 
 
-def ray_address() -> str:
-    """The Ray cluster to join: $RAY_ADDRESS, else the one `grid up` started, else 'auto'."""
-    if os.environ.get("RAY_ADDRESS"):
-        return os.environ["RAY_ADDRESS"]
-    from .local_cluster import read_state
-
-    return (read_state() or {}).get("ray_address", "auto")
-
-
 def app_handle(app_name: str = APP_NAME) -> Any:
     """The running grid app's Serve handle, joining its Ray cluster first if needed."""
     from ray import serve
 
     connect_ray()
     return serve.get_app_handle(app_name)
-
-
-def connect_ray() -> None:
-    """Join the grid's Ray cluster from this process, unless already connected."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=ray_address(), log_to_driver=False)
 
 
 class OwnerKeys:
@@ -284,6 +271,9 @@ class HandleClient:
         goes to the job runner by a plain actor call, which a stopped caller cannot hold."""
         self._handle = stop_safe(handle) if stop_safe_calls else handle
         self._runner: tuple[float, Any] | None = None  # (when the Ingress named it, its job runner)
+        self._runner_tag = ""  # the first characters of its jobs' ids
+        self._caller_jobs = CallerJobs()
+        self._keeping = Keeping()  # jobs run here, on their way to their runner
 
     @classmethod
     def connect(cls, app_name: str = APP_NAME, stop_safe_calls: bool = False) -> HandleClient:
@@ -305,8 +295,10 @@ class HandleClient:
         the caller's own module works; `fn` may also be a `@ray.remote` function. An invalid
         `spec` raises pydantic's ValidationError here, before anything is sent (as GridClient);
         the job goes straight to the job runner of the Ingress replica this client reaches."""
-        code = CallerCode.of(getattr(fn, "_function", fn)) if fn is not None else None
         spec = spec if isinstance(spec, JobSubmission) else JobSubmission.model_validate(spec)
+        if fn is not None and runs_in_caller(spec, fn):
+            return await self._run_here(spec, fn)
+        code = CallerCode.of(getattr(fn, "_function", fn)) if fn is not None else None
         import ray
 
         try:  # straight to the Ingress replica's job runner, as the Ingress would hand it on: one hop less
@@ -316,22 +308,38 @@ class HandleClient:
             self._runner = None
             return await self._handle.submit_job.remote(spec, code)
 
+    async def _run_here(self, spec: JobSubmission, fn: Callable[..., Any]) -> JobStatus:
+        """Run the job from this process (`grid_serve.caller_jobs`), then leave it with the job
+        runner, which keeps it with its finished jobs: readable by id like any other job."""
+        runner = await self._job_runner()
+        books = await self._caller_jobs.run(spec, fn, self._runner_tag + uuid.uuid4().hex[:8])
+        status = books.status(with_results=True)
+        if not spec.result_refs and books.result_bytes > RESULTS_SENT_BYTES:
+            books.outcomes.drop_results()  # the caller has them; the runner keeps the rest of the job
+        self._keeping.add(runner, books)
+        return status
+
     async def _job_runner(self) -> Any:
         """The job runner of the Ingress replica this client reaches, asked again every
         RUNNER_REFRESH_S: a runner replaced meanwhile (it stopped answering) gets no new jobs
         from this client for longer than that."""
         now = time.monotonic()
         if self._runner is None or now - self._runner[0] > RUNNER_REFRESH_S:
-            self._runner = (now, await self._handle.job_runner.remote())
+            runner = await self._handle.job_runner.remote()
+            name = await runner.ping.remote()  # grid-runner-<app>-<tag>: its jobs' ids start with the tag
+            self._runner, self._runner_tag = (now, runner), name.rsplit("-", 1)[1]
         return self._runner[1]
 
     async def get_job(self, job_id: str, results: bool = False) -> JobStatus:
+        await self._keeping.landed()  # this client's own jobs read at once
         return await self._handle.get_job.remote(job_id, results)
 
     async def wait_job(self, job_id: str, timeout_s: float = 600.0, results: bool = True) -> JobStatus:
+        await self._keeping.landed()  # this client's own jobs read at once
         return await self._handle.wait_job.remote(job_id, timeout_s, results)
 
     async def cancel_job(self, job_id: str) -> JobStatus:
+        await self._keeping.landed()  # this client's own jobs read at once
         return await self._handle.cancel_job.remote(job_id)
 
     async def schedule(self, request: SchedulingRequest, lease_s: float = 300.0, wait_s: float = 30.0) -> SchedulingDecision:

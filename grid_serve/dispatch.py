@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 from .calls import Stream
 from .errors import InvalidRequestError, NoCapacityError, plain_seconds
-from .handles import stop_safe
+from .handles import connect_ray, stop_safe
 from .models import ResourceRequirement, SchedulingDecision, SchedulingRequest, SchedulingStrategy, TaskPriority
 from .protocol import Adopt, Placements, Submit
 
@@ -81,9 +81,13 @@ def _wrap(fn: Any, options: dict[str, Any]) -> RemoteFunction:
 class RemoteFunction:
     """A function placed by grid-serve; `.options()` and `.remote()` as on Ray's own."""
 
-    def __init__(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], options: dict[str, Any],
+                 template: SchedulingRequest | None = None) -> None:
+        """`template`: what each call asks the Scheduler for, when the caller has it as grid-serve's
+        request already (a job's spec) rather than as Ray's options."""
         self._fn = fn
         self._options = dict(options)
+        self._template = template
         self._derived: dict[str, RemoteFunction] = {}
         self._stream: Stream | None = None
         self._ray_fn: Any = None
@@ -118,10 +122,18 @@ class RemoteFunction:
         """`.remote()` for async code: waits for a placement without blocking the event loop."""
         if self._passes_through():
             return self._ray_function().remote(*args, **kwargs)
-        stream = self._stream_of()
         timeout = self._options.get("placement_timeout_s", PLACEMENT_TIMEOUT_S)
-        decision = await asyncio.to_thread(dispatcher().placement, stream, timeout)
-        return self._submit(decision, args, kwargs)
+        _, refs = await self.placed_async(args, kwargs, timeout)
+        return refs
+
+    async def placed_async(self, args: tuple | list, kwargs: dict[str, Any],
+                           timeout_s: float) -> tuple[SchedulingDecision, Any]:
+        """`remote_async`, returning where the Scheduler placed the call with its refs (a job run
+        from the caller's process records it: `grid_serve.caller_jobs`). A placement held is
+        taken on this thread; only waiting for one goes to a thread of its own."""
+        stream = self._stream_of()
+        decision = dispatcher().held(stream) or await asyncio.to_thread(dispatcher().wait_for, stream, timeout_s)
+        return decision, self._submit(decision, tuple(args), kwargs)
 
     # ------------------------------------------------------------------ internals
 
@@ -169,7 +181,7 @@ class RemoteFunction:
 
     def _stream_of(self) -> Stream:
         if self._stream is None:
-            self._stream = dispatcher().open(placement_template(self._fn, self._options))
+            self._stream = dispatcher().open(self._template or placement_template(self._fn, self._options))
         return self._stream
 
 
@@ -253,8 +265,6 @@ class Dispatcher:
     def __init__(self, app_name: str = APP_NAME) -> None:
         from ray import serve
 
-        from .client import connect_ray
-
         connect_ray()
         self._scheduler = stop_safe(serve.get_deployment_handle("Scheduler", app_name=app_name))
         self._name = f"grid-caller-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -288,7 +298,10 @@ class Dispatcher:
     def placement(self, stream: Stream, timeout_s: float) -> SchedulingDecision:
         """The next placement for a call of `stream`: at once when one is held, else after the
         Scheduler makes one (at most `timeout_s`)."""
-        deadline = time.monotonic() + timeout_s
+        return self.held(stream) or self.wait_for(stream, timeout_s)
+
+    def held(self, stream: Stream) -> SchedulingDecision | None:
+        """A call of `stream` takes a placement held for it; None when none is (then `wait_for`)."""
         with self._lock:
             decision = stream.on_call(time.monotonic())
             if decision is None and len(self._ends) <= SYNC_ENDS:  # a call that ended may have freed a slot
@@ -296,6 +309,15 @@ class Dispatcher:
                 decision = stream.take()
             if decision is not None:
                 self._nudge_if_low(stream)
+            return decision
+
+    def wait_for(self, stream: Stream, timeout_s: float) -> SchedulingDecision:
+        """Wait for the Scheduler to place the call that `held` found nothing for (at most
+        `timeout_s`); blocks the calling thread."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            decision = stream.take()  # placed since `held` let go of the lock
+            if decision is not None:
                 return decision
             self._waiting[stream.group] = self._waiting.get(stream.group, 0) + 1
             try:

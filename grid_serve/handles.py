@@ -18,6 +18,7 @@ are a few per second per job or batched, so that is the price of a Scheduler no 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -54,3 +55,20 @@ def stop_safe(handle: Any) -> Any:
     if handle is None or isinstance(handle, StopSafeHandle):
         return handle
     return StopSafeHandle(handle)
+
+
+def ray_address() -> str:
+    """The Ray cluster to join: $RAY_ADDRESS, else the one `grid up` started, else 'auto'."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    from .local_cluster import read_state
+
+    return (read_state() or {}).get("ray_address", "auto")
+
+
+def connect_ray() -> None:
+    """Join the grid's Ray cluster from this process, unless already connected."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address(), log_to_driver=False)

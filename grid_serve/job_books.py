@@ -279,7 +279,7 @@ class JobBooks:
             node_name=decision.node_name if decision else envelope.get("node_name") or "(not placed)",
             ok=ok, result=envelope.get("result"), error=error,
             started_at=envelope.get("started_at", 0.0), duration_s=envelope.get("duration_s", 0.0),
-            attempts=self.attempts.get(index, 1),
+            attempts=self.attempts.get(index, 1), task_id=decision.task_id if decision else None,
         )
         if self.all_ended:
             self._on_all_ended()

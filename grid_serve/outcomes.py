@@ -42,6 +42,7 @@ class OutcomeTable:
         self._results: list[Any] = [None] * size
         self._errors: dict[int, str] = {}  # failed and cancelled tasks only
         self._attempts: dict[int, int] = {}  # tasks that ran more than once only
+        self._task_ids: dict[int, str] = {}  # tasks placed under an id not `<job id>-<index>` only
         self._nodes: list[tuple[str, str]] = []  # (node id, node name), each once
         self._node_index: dict[tuple[str, str], int] = {}
         self._counts: Counter[int] = Counter()  # by state
@@ -65,8 +66,12 @@ class OutcomeTable:
         return self._counts[CANCELLED]
 
     def record(self, index: int, node_id: str, node_name: str, ok: bool, result: Any = None, error: str | None = None,
-               started_at: float = 0.0, duration_s: float = 0.0, attempts: int = 1) -> None:
-        """Task `index` ended (recording it again replaces what it had)."""
+               started_at: float = 0.0, duration_s: float = 0.0, attempts: int = 1, task_id: str | None = None) -> None:
+        """Task `index` ended (recording it again replaces what it had). `task_id`: the id it was
+        placed under, when not `<job id>-<index>` (a job run from its caller's process takes
+        placements its caller's stream asked for: `grid_serve.caller_jobs`)."""
+        if task_id is not None and task_id != f"{self._job_id}-{index}":
+            self._task_ids[index] = task_id
         if self._state[index] != UNSET:
             self._counts[self._state[index]] -= 1
             self._per_node[self._node[index]] -= 1
@@ -104,7 +109,8 @@ class OutcomeTable:
         node_id, node_name = self._nodes[self._node[index]]
         # model_construct: built from what this table validated once; one per task asked for
         return TaskOutcome.model_construct(
-            task_id=f"{self._job_id}-{index}", index=index, node_id=node_id, node_name=node_name,
+            task_id=self._task_ids.get(index) or f"{self._job_id}-{index}", index=index, node_id=node_id,
+            node_name=node_name,
             ok=self._state[index] == OK, result=self._results[index], error=self._errors.get(index),
             started_at=self._started[index], duration_s=self._duration[index], attempts=self._attempts.get(index, 1))
 

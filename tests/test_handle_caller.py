@@ -1,9 +1,10 @@
 """A Ray program's own function through the handle (`HandleClient.submit_job(spec, fn=...)`),
-from a separate driver with its own module and runtime_env, on the real 3-node cluster: the
-function is opened only in the worker (the app's processes have no `mymod`), runs with the
-caller's env_vars, ObjectRef arguments reach it as Ray passes them (top-level ones as
-their values, nested ones as refs), and with `result_refs` its results stay in the object store,
-the caller getting their ObjectRefs (read over HTTP as their object ids)."""
+from a separate driver with its own module and runtime_env, on the real 3-node cluster: a job
+with `wait` runs in the caller's own Ray job (the app's processes never open `mymod`), placed
+exactly by the Scheduler, with the caller's env_vars; ObjectRef arguments reach it as Ray passes
+them (top-level ones as their values, nested ones as refs); with `result_refs` its results stay
+in the object store, the caller getting their ObjectRefs (read over HTTP as their object ids);
+the finished job reads by id from its runner; `timeout_s` cancels what has not ended."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from grid_serve.client import GridClient
 pytestmark = pytest.mark.cluster
 
 MODULE = textwrap.dedent('''
-    import os
+    import os, time, ray
     def setting(i):
-        return [i, os.environ.get("MY_SETTING")]
+        return [i, os.environ.get("MY_SETTING"), ray.get_runtime_context().get_job_id()]
+    def nap(i):
+        time.sleep(120)
     def measure(data, i, nested=None):
         return [len(data), i, type(nested[0]).__name__ if nested else None]
     def blob(i):
@@ -49,7 +52,10 @@ CALLER = textwrap.dedent('''
                                        fn=mymod.blob)
         refs = [o.result for o in kept.results]
         blobs = ray.get(refs[:3])
-        print(json.dumps({"first": [first.state, first.task, first.per_node, [o.result for o in first.results]],
+        late = await client.submit_job({"count": 2, "wait": True, "timeout_s": 1.0}, fn=mymod.nap)
+        print(json.dumps({"job": ray.get_runtime_context().get_job_id(), "first_id": first.job_id,
+                          "first": [first.state, first.task, first.per_node, [o.result for o in first.results]],
+                          "late": [late.state, late.cancelled, late.error],
                           "second": [second.state, [o.result for o in second.results], second.error],
                           "kept": [kept.job_id, kept.failed, [type(ref).__name__ for ref in refs],
                                    [ref.hex() for ref in refs[:3]], [(len(b), b[0]) for b in blobs],
@@ -69,8 +75,10 @@ def test_a_callers_module_function_runs_in_its_runtime_env_with_object_refs_reso
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     state, task, per_node, results = seen["first"]
     assert (state, task) == ("succeeded", "setting")
-    assert results == [[i, "from-the-caller"] for i in range(6)]
+    assert results == [[i, "from-the-caller", seen["job"]] for i in range(6)]  # in the caller's own Ray job
     assert per_node == {"gpu-master": 2, "gpu1": 2, "gpu2": 2}
+    kept_first = client.get_job(seen["first_id"])  # the job ran in the caller; its runner keeps it, readable by id
+    assert (kept_first.state, kept_first.per_node) == ("succeeded", per_node)
     state, results, error = seen["second"]
     assert state == "succeeded", (results, error)
     assert results == [[1_000_000, i, "ObjectRef" if i % 2 else None] for i in range(6)]
@@ -80,3 +88,6 @@ def test_a_callers_module_function_runs_in_its_runtime_env_with_object_refs_reso
     assert error == "ValueError: no blob 3"
     over_http = client.get_job(job_id, results=True).results
     assert [outcome.result for outcome in over_http] == [{"object_ref": h} for h in hexes] + [None]
+    state, cancelled, error = seen["late"]  # timeout_s bounds a job run in the caller: what has not ended stops
+    assert (state, cancelled) == ("cancelled", 2), error
+    assert error.startswith("timeout_s (1 s) passed before every task ended: 2 unfinished task(s) cancelled")
