@@ -5,8 +5,11 @@ awaited (`HandleClient.submit_job(spec, wait)`), against plain Ray's `ray.get(f.
 
 Both sides in one run, each warmed on the same function just before it is timed, rounds
 interleaved. The caller's own function is `bench.plain_ray.noop` (a module of the caller's,
-passed as `fn`); the built-in is grid-serve's registered `noop`. The figure is the time per
-job, so lower is better. Target (issue 19): within 2x plain Ray's time.
+passed as `fn`): with `wait` its job runs in this process (`grid_serve.caller_jobs`), each task
+a `grid.remote` stream call, so the side measures the Scheduler's placement and the books
+kept for later reads. The built-in is grid-serve's registered `noop`, whose jobs still go
+through a job runner (two actor hops and the runner's books per job). The figure is the time
+per job, so lower is better. Target (issue 19): within 2x plain Ray's time.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
     python -m bench.throughput [--quick]
 
-grid-serve through one handle call (`submit_job` with wait) and one HTTP POST /v1/jobs with
-wait, against plain Ray submitting the same tasks with SPREAD and with a per-task
+grid-serve through one handle call (`submit_job` with wait), one `HandleClient.submit_job`
+of the caller's own function with wait and its results (a job its own process runs,
+`grid_serve.caller_jobs`) and one HTTP POST /v1/jobs with wait, against plain Ray submitting the same tasks with SPREAD and with a per-task
 NodeAffinitySchedulingStrategy (round-robin over the nodes). Target: the handle path reaches
 at least 0.9x plain Ray SPREAD's tasks/s (bench/dispatch.py adds 10,000 no-ops,
 20 ms and 200 ms tasks and the gap between tasks).
@@ -11,10 +12,13 @@ at least 0.9x plain Ray SPREAD's tasks/s (bench/dispatch.py adds 10,000 no-ops,
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
 import ray
+
+from grid_serve.client import HandleClient
 
 from . import plain_ray
 from .harness import Env, Report, main_for, ratio, summarize
@@ -50,6 +54,18 @@ def grid_handle(env: Env, tasks: int) -> float:
     return tasks / elapsed
 
 
+def grid_own_function(client: HandleClient, loop: asyncio.AbstractEventLoop, tasks: int) -> float:
+    """The caller's own function, its results back in the caller's hands (issue 19's case)."""
+    spec = {"args": [[i] for i in range(tasks)], "strategy": "spread", "wait": True, "timeout_s": 600}
+    began = time.perf_counter()
+    status = loop.run_until_complete(client.submit_job(spec, fn=plain_ray.noop))
+    elapsed = time.perf_counter() - began
+    results = [outcome.result for outcome in status.results or []]
+    if status.succeeded != tasks or sorted(results) != list(range(tasks)):
+        raise RuntimeError(f"own-function job: {status.succeeded}/{tasks} succeeded ({status.state}, {status.error})")
+    return tasks / elapsed
+
+
 def grid_http(env: Env, tasks: int) -> float:
     began = time.perf_counter()
     response = httpx.post(f"{env.base_url}/v1/jobs", json=_job(tasks), timeout=630)
@@ -65,11 +81,13 @@ def run(env: Env) -> Report:
     runs = 1 if env.quick else 5
     report = Report(f"Throughput: {tasks:,} no-op tasks, tasks/s (median, min–max of {runs})",
                     ["path", "tasks/s", "vs Ray SPREAD"])
+    client, loop = HandleClient(env.handle()), asyncio.new_event_loop()
     # Interleave the sides round by round, so machine noise hits both alike.
     sides = {
         "Ray SPREAD (driver)": lambda: ray_spread(tasks),
         "Ray NodeAffinity per task (driver)": lambda: ray_affinity(env, tasks),
         "grid handle submit_job(wait)": lambda: grid_handle(env, tasks),
+        "grid HandleClient, the caller's function, results": lambda: grid_own_function(client, loop, tasks),
         "grid HTTP POST /v1/jobs (wait)": lambda: grid_http(env, tasks),
     }
     for measure in sides.values():
@@ -78,6 +96,7 @@ def run(env: Env) -> Report:
     for _ in range(runs):
         for name, measure in sides.items():
             samples[name].append(measure())
+    loop.close()
     summaries = {name: summarize(values) for name, values in samples.items()}
     base = summaries["Ray SPREAD (driver)"].median
     for name, summary in summaries.items():

@@ -164,6 +164,7 @@ class CallerJobs:
                         sent: dict[int, tuple[SchedulingDecision, Any, Any]], deadline: float) -> None:
         """Hand Ray every task, each as soon as the Scheduler placed it; arguments at the top level
         of the Ray call, so Ray resolves ObjectRefs among them as for `f.remote(ref)`."""
+        placed.expect(spec.task_count)
         for index in range(spec.task_count):
             args, kwargs = spec.call_args(index)
             decision, refs = await placed.placed_async(args, kwargs, max(deadline - time.monotonic(), 0.001))

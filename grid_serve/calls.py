@@ -67,12 +67,20 @@ class Stream:
     calls: deque[float] = field(default_factory=deque)  # when the recent calls came
     last_call: float = -math.inf
     burst: int = 1  # doubles each time a call finds nothing held (a loop of calls ramps up fast)
+    expected: int = 0  # calls the caller said are coming (a job of its own, `expect`), not yet made
 
     # ------------------------------------------------------------------ transitions
+
+    def expect(self, calls: int, now: float) -> None:
+        """The caller will make `calls` calls now (a job's tasks): hold placements for them
+        from the first, rather than ramp up by doubling (each doubling a wait for the
+        Scheduler: 19 of them, most of a 1,000-task job's time; BENCHMARKS.md)."""
+        self.expected, self.last_call = calls, now
 
     def on_call(self, now: float) -> SchedulingDecision | None:
         """A call wants a placement: the oldest one held, or None (ask, then wait for one)."""
         self.last_call = now
+        self.expected = max(0, self.expected - 1)
         self.calls.append(now)
         while self.calls and self.calls[0] < now - DEMAND_WINDOW_S:
             self.calls.popleft()
@@ -148,7 +156,7 @@ class Stream:
         requests still waiting at the Scheduler that are no longer wanted (to cancel)."""
         keep = self.target(now)
         if not keep:
-            self.burst = 1
+            self.burst, self.expected = 1, 0
         while len(self.stock) > keep:
             returned = self.stock.pop()  # the newest go first: the oldest stay in order
             self.given_back.append(returned.task_id)
@@ -222,7 +230,7 @@ class Stream:
         if now - self.last_call >= IDLE_S:
             return 0
         recent = sum(1 for at in self.calls if at >= now - DEMAND_WINDOW_S)
-        return max(1, self.burst, min(MAX_AHEAD, math.ceil(recent * AHEAD_S / DEMAND_WINDOW_S)))
+        return max(1, self.burst, min(MAX_AHEAD, max(self.expected, math.ceil(recent * AHEAD_S / DEMAND_WINDOW_S))))
 
     def wanted(self, now: float, waiting_calls: int = 0) -> int:
         """How many more to ask for now: enough for the calls waiting and the target ahead."""

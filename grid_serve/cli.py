@@ -390,26 +390,56 @@ def explain(
     with connect(address) as client:
         client.get_job(job_id)  # an unknown job is a usage error naming it
         kept = client.recent_decisions(limit=500, job_id=job_id).decisions
-    record = _decision_of(job_id, task_index, kept)
+        task_ids: dict[int, str] = {}
+        if not kept:  # a job its caller's process ran: placed as calls of that caller's stream
+            kept, task_ids = _stream_decisions(client, job_id)
+    record = _decision_of(job_id, task_index, kept, task_ids)
     if as_json:
         print(json.dumps(record.model_dump(mode="json"), indent=2))
         return
     _print_decision(record)
 
 
-def _decision_of(job_id: str, task_index: int | None, kept: list[DecisionRecord]) -> DecisionRecord:
-    """The kept decision of task `task_index` (the latest one when None), or a usage error."""
+def _stream_decisions(client: GridClient, job_id: str) -> tuple[list[DecisionRecord], dict[int, str]]:
+    """The kept decisions of a job that ran in its caller's process (`grid_serve.caller_jobs`):
+    its tasks were calls of one of that process's streams, placed under the stream's ids, which
+    the job's outcomes name. Newest first; with each task's index -> its id there."""
+    try:
+        outcomes = client.get_job(job_id, results=True).results or []
+    except GridError:  # its results are not this caller's to read, or were dropped: no ids to go by
+        return [], {}
+    task_ids = {outcome.index: outcome.task_id for outcome in outcomes
+                if outcome.task_id != f"{job_id}-{outcome.index}"}
+    if not task_ids:
+        return [], {}
+    ids = set(task_ids.values())
+    groups = {task_id.rsplit("-", 1)[0] for task_id in ids}
+    kept = [record for group in groups for record in client.recent_decisions(limit=500, job_id=group).decisions
+            if record.task_id in ids]
+    kept.sort(key=lambda record: record.at, reverse=True)
+    return kept, task_ids
+
+
+def _decision_of(job_id: str, task_index: int | None, kept: list[DecisionRecord],
+                 task_ids: dict[int, str]) -> DecisionRecord:
+    """The kept decision of task `task_index` (the latest one when None), or a usage error.
+    `task_ids`: the tasks placed under ids other than `<job>-<index>`."""
     if not kept:
         fail(f"job {job_id} has no decision kept: nothing placed yet, or the job is too old", 2)
     if task_index is None:
         return kept[0]
-    wanted = f"{job_id}-{task_index}"
+    wanted = task_ids.get(task_index, f"{job_id}-{task_index}")
     found = next((record for record in kept if record.task_id == wanted), None)
     if found is None:
-        indexes = sorted(int(record.task_id.rsplit("-", 1)[1]) for record in kept)
+        indexes = sorted(_index_of(record.task_id, task_ids) for record in kept)
         fail(f"task {task_index} of job {job_id} has no decision kept (kept: tasks {indexes[0]}-{indexes[-1]}, "
              f"{len(indexes)} of them; each job keeps its latest 100)", 2)
     return found
+
+
+def _index_of(task_id: str, task_ids: dict[int, str]) -> int:
+    by_id = {value: index for index, value in task_ids.items()}
+    return by_id[task_id] if task_id in by_id else int(task_id.rsplit("-", 1)[1])
 
 
 def _print_decision(record: DecisionRecord) -> None:

@@ -126,6 +126,12 @@ class RemoteFunction:
         _, refs = await self.placed_async(args, kwargs, timeout)
         return refs
 
+    def expect(self, calls: int) -> None:
+        """Say `calls` calls are coming at once (a job's tasks), so placements for them are asked
+        for together rather than in doublings."""
+        if not self._passes_through():
+            dispatcher().expect(self._stream_of(), calls)
+
     async def placed_async(self, args: tuple | list, kwargs: dict[str, Any],
                            timeout_s: float) -> tuple[SchedulingDecision, Any]:
         """`remote_async`, returning where the Scheduler placed the call with its refs (a job run
@@ -299,6 +305,12 @@ class Dispatcher:
         """The next placement for a call of `stream`: at once when one is held, else after the
         Scheduler makes one (at most `timeout_s`)."""
         return self.held(stream) or self.wait_for(stream, timeout_s)
+
+    def expect(self, stream: Stream, calls: int) -> None:
+        """`stream`'s caller makes `calls` calls now: ask for their placements together."""
+        with self._lock:
+            stream.expect(calls, time.monotonic())
+            self._nudge_if_low(stream)
 
     def held(self, stream: Stream) -> SchedulingDecision | None:
         """A call of `stream` takes a placement held for it; None when none is (then `wait_for`)."""

@@ -70,6 +70,30 @@ def test_a_loop_of_calls_lands_in_the_schedulers_spread_order_and_ramps_up() -> 
     assert len(stream.running) == 100 and stream.holds >= 100
 
 
+def test_a_job_that_says_how_many_calls_come_asks_for_them_in_one_round_trip() -> None:
+    """`expect` (a job of the caller's own function, `grid_serve.caller_jobs`): the first ask
+    covers the job's calls, up to MAX_AHEAD, instead of doubling from one; spread stays exact.
+    What is expected and never called is not held once the stream is idle."""
+    stream, scheduler = stream_of(), FakeScheduler()
+    stream.expect(60, now=0.0)
+    exchanges = 0
+    ran = []
+    for _ in range(60):
+        decision = stream.on_call(0.0)
+        while decision is None:
+            stream.ask(stream.wanted(0.0, waiting_calls=1))
+            scheduler.exchange(stream)
+            exchanges += 1
+            decision = stream.take()
+        ran.append(decision.node_name)
+    assert exchanges == 1 and sorted(Counter(ran).values()) == [20, 20, 20]
+    assert stream.expected == 0
+    stream.expect(MAX_AHEAD * 4, now=1.0)
+    assert stream.wanted(1.0) == MAX_AHEAD - len(stream.stock)  # bounded as a burst is
+    stream.on_idle(1.0 + IDLE_S)
+    assert stream.expected == 0 and not stream.stock
+
+
 def test_idle_streams_hand_back_what_they_hold_and_each_burst_spreads_exactly() -> None:
     """What an idle stream holds unused goes back; once it is quiet the Scheduler forgets it,
     so its next burst spreads exactly on its own (bursts apart by more than IDLE_S are not

@@ -4,7 +4,8 @@ with `wait` runs in the caller's own Ray job (the app's processes never open `my
 exactly by the Scheduler, with the caller's env_vars; ObjectRef arguments reach it as Ray passes
 them (top-level ones as their values, nested ones as refs); with `result_refs` its results stay
 in the object store, the caller getting their ObjectRefs (read over HTTP as their object ids);
-the finished job reads by id from its runner; `timeout_s` cancels what has not ended."""
+the finished job reads by id from its runner and `grid explain` shows its tasks' decisions;
+`timeout_s` cancels what has not ended."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ CALLER = textwrap.dedent('''
 
 
 def test_a_callers_module_function_runs_in_its_runtime_env_with_object_refs_resolved_as_in_ray(
-        client: GridClient, cluster_address: str, tmp_path: Path) -> None:
+        client: GridClient, base_url: str, cluster_address: str, tmp_path: Path) -> None:
     (tmp_path / "mymod.py").write_text(MODULE)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     done = subprocess.run([sys.executable, "-c", CALLER, cluster_address, str(tmp_path)], env=env, cwd=tmp_path,
@@ -79,6 +80,12 @@ def test_a_callers_module_function_runs_in_its_runtime_env_with_object_refs_reso
     assert per_node == {"gpu-master": 2, "gpu1": 2, "gpu2": 2}
     kept_first = client.get_job(seen["first_id"])  # the job ran in the caller; its runner keeps it, readable by id
     assert (kept_first.state, kept_first.per_node) == ("succeeded", per_node)
+    fourth = client.get_job(seen["first_id"], results=True).results[4]
+    explained = subprocess.run([sys.executable, "-m", "grid_serve.cli", "explain", seen["first_id"], "4", "--json"],
+                               capture_output=True, text=True, timeout=60, env={**env, "GRID_ADDRESS": base_url})
+    assert explained.returncode == 0, explained.stderr
+    record = json.loads(explained.stdout)  # placed as a call of the caller's stream: found by the task's id
+    assert (record["task_id"], record["node"], record["strategy"]) == (fourth.task_id, fourth.node_name, "SPREAD")
     state, results, error = seen["second"]
     assert state == "succeeded", (results, error)
     assert results == [[1_000_000, i, "ObjectRef" if i % 2 else None] for i in range(6)]
