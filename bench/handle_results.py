@@ -1,13 +1,16 @@
 """Large results through the handle: a job of 24 tasks returning 8 MB each, its results
-copied back through the job runner (what a job did until now) or kept in Ray's object store
-(`result_refs`: the caller gets ObjectRefs), against plain Ray's `ray.get([f.remote() ...])`.
+returned as values or kept in Ray's object store (`result_refs`: the caller gets ObjectRefs),
+against plain Ray's `ray.get([f.remote() ...])`.
 
     python -m bench.handle_results [--quick]
 
 Both sides in one run, each warmed on the same function just before it is timed. The
 function is the caller's own (`bench.remote.array_of`, numpy arrays), and every side ends
-with the arrays in the caller's hands. The figure is results per second, so higher is better.
-Target (issue 19): at least 0.9x plain Ray with `result_refs`.
+with the arrays in the caller's hands. A job of the caller's own function with `wait` runs in
+the caller's process (`grid_serve.caller_jobs`), so either way the arrays go from Ray to the
+caller with no grid-serve process in between (until session 33 the values were copied through
+the job runner). The figure is results per second, so higher is better. Target (issue 19):
+at least 0.9x plain Ray with `result_refs`.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def run(env: Env) -> Report:
     loop = asyncio.new_event_loop()
     sides: dict[str, Callable[[int], float]] = {
         "plain Ray SPREAD, ray.get of the refs": plain_rate,
-        "handle job, results copied back": lambda n: loop.run_until_complete(handle_rate(client, n, False)),
+        "handle job, results as values": lambda n: loop.run_until_complete(handle_rate(client, n, False)),
         "handle job, result_refs, then ray.get": lambda n: loop.run_until_complete(handle_rate(client, n, True)),
     }
     results = interleaved(sides, runs, calls)

@@ -132,8 +132,32 @@ CALLER = textwrap.dedent('''
 ''')
 
 
+HANDLE_CALLER = textwrap.dedent('''
+    import asyncio, sys, ray
+    ray.init(address=sys.argv[1], log_to_driver=False,
+             runtime_env={"working_dir": sys.argv[2], "env_vars": {"MY_SETTING": "from-the-caller"}})
+    from grid_serve.client import HandleClient
+    import mymod
+
+    async def holding():
+        while True:
+            print("holding", flush=True)
+            await asyncio.sleep(1)
+
+    async def main():  # a handle job of the caller's own function with wait: it runs in this process
+        client = HandleClient.connect()
+        first = await client.submit_job({"args": [[]], "wait": True}, fn=mymod.setting)
+        print(first.results[0].result, flush=True)
+        asyncio.get_running_loop().create_task(holding())
+        await client.submit_job({"args": [[30]] * 6, "wait": True}, fn=mymod.hold)
+
+    asyncio.run(main())
+''')
+
+
+@pytest.mark.parametrize("program", [CALLER, HANDLE_CALLER], ids=["grid.remote", "handle-job"])
 def test_a_callers_module_and_runtime_env_and_its_death_reclaims_what_it_held(
-        client: GridClient, cluster_address: str, tmp_path: Path) -> None:
+        client: GridClient, cluster_address: str, tmp_path: Path, program: str) -> None:
     wait_idle(client)
     (tmp_path / "mymod.py").write_text(textwrap.dedent('''
         import os, time
@@ -143,7 +167,7 @@ def test_a_callers_module_and_runtime_env_and_its_death_reclaims_what_it_held(
             time.sleep(seconds)
     '''))
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    caller = subprocess.Popen([sys.executable, "-c", CALLER, cluster_address, str(tmp_path)], env=env, cwd=tmp_path,
+    caller = subprocess.Popen([sys.executable, "-c", program, cluster_address, str(tmp_path)], env=env, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert caller.stdout is not None and caller.stderr is not None
