@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import (  # noqa: E402
+    alternating,
     balance,
     decisions,
     dispatch,
@@ -28,7 +29,8 @@ from bench.harness import bench_env  # noqa: E402
 
 CLUSTER_BENCHMARKS = {"balance": balance.run, "throughput": throughput.run, "dispatch": dispatch.run,
                       "quality": quality.run, "priority": priority.run, "http": http_api.run, "remote": remote.run,
-                      "handle_jobs": handle_jobs.run, "handle_results": handle_results.run}
+                      "handle_jobs": handle_jobs.run, "handle_results": handle_results.run,
+                      "alternating": alternating.run}
 
 
 def main() -> None:
