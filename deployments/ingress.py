@@ -50,7 +50,7 @@ from grid_serve.placement import describe_strategies
 from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules
 
-from ._common import COORDINATOR_OPTIONS, WaitingCap, grid_call
+from ._common import COORDINATOR_OPTIONS, WaitingCap, call_with_timeout, grid_call
 from .http_app import (
     AccessGuard,
     CompletionReport,
@@ -65,7 +65,10 @@ API_VERSION = "v1"
 
 
 HEALTH_MAX_AGE_S = 0.5
+HEALTH_TIMEOUT_S = 3.0  # a Scheduler that does not answer within this makes /v1/health say so, not hang
 MAX_WAIT_S = 3600.0
+_SCHEDULER_STALLED = (f"the Scheduler did not answer within {HEALTH_TIMEOUT_S:g} s (stopped, overloaded or being "
+                      "replaced): placements wait until it does")
 
 
 @serve.deployment(**COORDINATOR_OPTIONS)
@@ -113,16 +116,25 @@ class Ingress:
         HEALTH_MAX_AGE_S old: probes poll this often, and a Scheduler round trip per probe
         cost much of the route's rate (bench/http_api.py; BENCHMARKS.md). /v1/cluster stays exact."""
         cached = self._health_status
+        stalled: list[str] = []
         if cached is not None and time.monotonic() - cached[0] < HEALTH_MAX_AGE_S:
             status = cached[1]
         else:
-            status = await self._shared_cluster_status()
-            self._health_status = (time.monotonic(), status)
+            try:
+                status = await call_with_timeout(self._shared_cluster_status(), HEALTH_TIMEOUT_S)
+                self._health_status = (time.monotonic(), status)
+            except asyncio.TimeoutError:  # stopped, or being replaced: say so with what was last known
+                if cached is None:
+                    return {"status": "degraded", "stalled": ["scheduler"], "reason": _SCHEDULER_STALLED}
+                status, stalled = cached[1], ["scheduler"]
         alive = sum(1 for node in status.nodes if node.alive)
         stale = sum(1 for node in status.nodes if node.alive and node.stale)
-        return {"status": "degraded" if stale else "ok", "nodes_alive": alive, "nodes_stale": stale,
-                "nodes": len(status.nodes), "queued": status.queued, "jobs_running": status.jobs_running,
-                "snapshot_age_s": round(status.snapshot_age_s, 2)}
+        health = {"status": "degraded" if stale or stalled else "ok", "stalled": stalled, "nodes_alive": alive,
+                  "nodes_stale": stale, "nodes": len(status.nodes), "queued": status.queued,
+                  "jobs_running": status.jobs_running, "snapshot_age_s": round(status.snapshot_age_s, 2)}
+        if stalled:
+            health["reason"] = _SCHEDULER_STALLED + f"; the counts are from {time.monotonic() - cached[0]:.0f} s ago"
+        return health
 
     async def cluster_status(self) -> ClusterStatus:
         return await self._shared_cluster_status()

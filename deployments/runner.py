@@ -54,6 +54,7 @@ from grid_serve.lookahead import chunk_sizes, interleave
 from grid_serve.models import (JobStatus, JobSubmission, ResourceRequirement, SchedulingDecision)
 from grid_serve.caller_code import CallerCode
 from grid_serve.handles import stop_safe
+from grid_serve.stopping import stop_tasks
 from grid_serve.protocol import Finished, Placements, Submit
 from grid_serve.tasks import TaskType, load_task_modules
 
@@ -181,9 +182,8 @@ class JobRunner:
         self._start()
         for books in jobs:
             if not books.id.startswith(self._tag) or books.id in self._jobs or not books.ended:
-                raise InvalidRequestError(f"job {books.id!r} is not a finished job of runner {self._name}",
-                                          field="job_id")
-        for books in jobs:
+                logger.warning("runner %s: not keeping %r: not a finished job of its own", self._name, books.id)
+                continue
             job = RunnerJob(**{name.name: getattr(books, name.name) for name in dataclasses.fields(JobBooks)})
             job.last_ended.set()
             job.done.set()
@@ -232,7 +232,7 @@ class JobRunner:
                       ) -> tuple[str, Callable[..., Any] | CallerCode, ResourceRequirement, TaskType | None]:
         if fn is not None:
             own_name = fn.name if isinstance(fn, CallerCode) else getattr(fn, "__name__", "custom")
-            name = spec.task if spec.task != "compute_task" else own_name
+            name = spec.name_for(own_name)
             return name, fn, ResourceRequirement(), None
         task_type = self._tasks.get(spec.task)
         if task_type is None:
@@ -388,10 +388,10 @@ class JobRunner:
 
     @staticmethod
     def _cancel_running(job: RunnerJob) -> None:
-        """Ask Ray to stop what the job has running (a chunk once, however many tasks it holds)."""
+        """Ask Ray to stop what the job has running (a chunk once, however many tasks it holds),
+        forcing what still runs after a grace (`grid_serve.stopping`)."""
         job.cancel_sent.update(job.running)
-        for ref in {ref for _, ref in job.running.values()}:
-            ray.cancel(ref, force=False)
+        stop_tasks(list({ref for _, ref in job.running.values()}))
 
     async def _wait(self, job: RunnerJob, timeout_s: float) -> None:
         try:

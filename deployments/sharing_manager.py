@@ -36,10 +36,11 @@ from grid_serve.sharing import (
 )
 from grid_serve.view import ClusterView, view_from
 
-from ._common import INTERNAL_OPTIONS, ReplacedError, SoleWriterRecord, every, logger
+from ._common import INTERNAL_OPTIONS, ReplacedError, SoleWriterRecord, call_with_timeout, every, logger
 
 KV_KEY = "sharing-ledger"  # one per app: `sharing-ledger:<app>`
 READY_WAIT_S = 10.0
+OBSERVE_TIMEOUT_S = 5.0  # a tick waits this long for the cluster's view, then ends the leases that are due
 SWEEP_EVERY_TICKS = 5  # how often the manager looks for groups of its own that no record holds
 # Fault injection for tests: while this KV key (namespace FAULTS_NAMESPACE) holds "fail", saving
 # the ledger fails, as it would when the GCS's KV store does.
@@ -114,7 +115,15 @@ class SharingManager:
         cannot be recorded (the GCS's KV store fails), nothing of it stays: 503, retry."""
         request = body if isinstance(body, SharingRequest) else SharingRequest.model_validate(body)
         self._refuse_if_replaced()
-        view, available, in_flight = await self._observe()
+        try:
+            view, available, in_flight = await call_with_timeout(self._observe(), OBSERVE_TIMEOUT_S)
+        except asyncio.TimeoutError:  # the LoadBalancer or MetricsCollector is stalled: time still passes
+            logger.warning("sharing: no view of the cluster within %gs; ending leases that are due, granting "
+                           "and draining nothing until it comes", OBSERVE_TIMEOUT_S)
+            async with self._lock:
+                if not self._replaced:
+                    self._apply(self._ledger.expire())
+            return
         async with self._lock:
             self._refuse_if_replaced()
             self._ledger.set_in_flight(in_flight)
@@ -148,7 +157,15 @@ class SharingManager:
         return self._ledger.holding()
 
     async def status(self) -> SharingStatus:
-        view, available, in_flight = await self._observe()
+        try:
+            view, available, in_flight = await call_with_timeout(self._observe(), OBSERVE_TIMEOUT_S)
+        except asyncio.TimeoutError:  # the LoadBalancer or MetricsCollector is stalled: time still passes
+            logger.warning("sharing: no view of the cluster within %gs; ending leases that are due, granting "
+                           "and draining nothing until it comes", OBSERVE_TIMEOUT_S)
+            async with self._lock:
+                if not self._replaced:
+                    self._apply(self._ledger.expire())
+            return
         async with self._lock:
             self._ledger.set_in_flight(in_flight)
             return sharing_status(self._ledger, view, available)
@@ -165,7 +182,15 @@ class SharingManager:
         if self._replaced or not self._record.still_mine():  # the newer replica ticks, expires and sweeps now
             self._replaced = True
             return
-        view, available, in_flight = await self._observe()
+        try:
+            view, available, in_flight = await call_with_timeout(self._observe(), OBSERVE_TIMEOUT_S)
+        except asyncio.TimeoutError:  # the LoadBalancer or MetricsCollector is stalled: time still passes
+            logger.warning("sharing: no view of the cluster within %gs; ending leases that are due, granting "
+                           "and draining nothing until it comes", OBSERVE_TIMEOUT_S)
+            async with self._lock:
+                if not self._replaced:
+                    self._apply(self._ledger.expire())
+            return
         async with self._lock:
             if self._replaced:
                 return

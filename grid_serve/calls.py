@@ -72,10 +72,11 @@ class Stream:
     # ------------------------------------------------------------------ transitions
 
     def expect(self, calls: int, now: float) -> None:
-        """The caller will make `calls` calls now (a job's tasks): hold placements for them
-        from the first, rather than ramp up by doubling (each doubling a wait for the
-        Scheduler: 19 of them, most of a 1,000-task job's time; BENCHMARKS.md)."""
-        self.expected, self.last_call = calls, now
+        """The caller will make `calls` more calls now (a job's tasks; negative: calls it said
+        would come and will not, its job over early): hold placements for them from the
+        first, rather than ramp up by doubling (each doubling a wait for the Scheduler: 19 of
+        them, most of a 1,000-task job's time; BENCHMARKS.md). Jobs sharing the stream add up."""
+        self.expected, self.last_call = max(0, self.expected + calls), now
 
     def on_call(self, now: float) -> SchedulingDecision | None:
         """A call wants a placement: the oldest one held, or None (ask, then wait for one)."""
@@ -101,6 +102,15 @@ class Stream:
         self.running[decision.task_id] = decision
         self.taken[decision.node_id] = self.taken.get(decision.node_id, 0) + 1
         return decision
+
+    def on_unused(self, task_id: str) -> None:
+        """A call took a placement and never ran it (its caller gave up while it waited, or
+        Ray refused the call): held again for the next call, first, as the oldest it is."""
+        decision = self.running.pop(task_id, None)
+        if decision is None:
+            return
+        self.taken[decision.node_id] -= 1
+        self.stock.appendleft(decision)
 
     def ask(self, count: int) -> list[SchedulingRequest]:
         """Make `count` more requests; they go with the next report."""

@@ -432,8 +432,10 @@ def _decision_of(job_id: str, task_index: int | None, kept: list[DecisionRecord]
     found = next((record for record in kept if record.task_id == wanted), None)
     if found is None:
         indexes = sorted(_index_of(record.task_id, task_ids) for record in kept)
+        keeps = ("the latest 100 of the stream its caller's process placed it with" if task_ids
+                 else "each job keeps its latest 100")
         fail(f"task {task_index} of job {job_id} has no decision kept (kept: tasks {indexes[0]}-{indexes[-1]}, "
-             f"{len(indexes)} of them; each job keeps its latest 100)", 2)
+             f"{len(indexes)} of them; {keeps})", 2)
     return found
 
 

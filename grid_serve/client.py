@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import time
 import uuid
@@ -26,10 +25,9 @@ from .caller_code import CallerCode
 from .caller_jobs import RESULTS_SENT_BYTES, CallerJobs, Keeping, runs_in_caller
 from .handles import connect_ray, ray_address, stop_safe  # noqa: F401 (ray_address: re-exported)
 from .errors import ForbiddenError, GoneError, GridError, InvalidRequestError, NotFoundError, TooBusyError, UnavailableError
-from .models import ClusterStatus, JobStatus, JobSubmission, RecentDecisions, SchedulingDecision, SchedulingRequest
+from .models import (ClusterStatus, JobStatus, JobSubmission, RecentDecisions, SchedulingDecision, SchedulingRequest,
+                     is_object_ref)
 from .sharing import Allocation, SharingRequest, SharingStatus
-
-logger = logging.getLogger("grid_serve.client")
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8000"
 APP_NAME = "grid"
@@ -273,7 +271,7 @@ class HandleClient:
         self._runner: tuple[float, Any] | None = None  # (when the Ingress named it, its job runner)
         self._runner_tag = ""  # the first characters of its jobs' ids
         self._caller_jobs = CallerJobs()
-        self._keeping = Keeping()  # jobs run here, on their way to their runner
+        self._keeping = Keeping(on_failed=self._forget_runner)  # jobs run here, on their way to their runner
 
     @classmethod
     def connect(cls, app_name: str = APP_NAME, stop_safe_calls: bool = False) -> HandleClient:
@@ -311,13 +309,26 @@ class HandleClient:
     async def _run_here(self, spec: JobSubmission, fn: Callable[..., Any]) -> JobStatus:
         """Run the job from this process (`grid_serve.caller_jobs`), then leave it with the job
         runner, which keeps it with its finished jobs: readable by id like any other job."""
-        runner = await self._job_runner()
+        import ray
+
+        try:
+            runner = await self._job_runner()
+        except ray.exceptions.RayActorError:  # gone: the Ingress replica names the one that replaces it
+            self._forget_runner()
+            runner = await self._job_runner()
         books = await self._caller_jobs.run(spec, fn, self._runner_tag + uuid.uuid4().hex[:8])
         status = books.status(with_results=True)
-        if not spec.result_refs and books.result_bytes > RESULTS_SENT_BYTES:
+        if spec.result_refs:  # the runner's copy names the objects: holding the refs would keep them alive there
+            books.outcomes.replace_results(lambda result: {"object_ref": result.hex()} if is_object_ref(result)
+                                           else result)
+        elif books.result_bytes > RESULTS_SENT_BYTES:
             books.outcomes.drop_results()  # the caller has them; the runner keeps the rest of the job
         self._keeping.add(runner, books)
         return status
+
+    def _forget_runner(self) -> None:
+        """Ask the Ingress replica for its job runner again at the next job (this one is gone)."""
+        self._runner = None
 
     async def _job_runner(self) -> Any:
         """The job runner of the Ingress replica this client reaches, asked again every

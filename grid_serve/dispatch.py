@@ -23,7 +23,8 @@ call itself. A call that can never fit (more GPUs than any node has) raises at o
 code, `.remote()` would block the event loop while it waits: use `await f.remote_async(...)`.
 
 Each task is pinned to its node with Ray's soft node affinity: if that node dies, Ray's own
-retries (`max_retries`) run it elsewhere. Ray's own strategy objects and `"DEFAULT"` pass
+retries (`max_retries`) run it elsewhere; a `node_specific` one is pinned hard, with no
+retries, and fails naming its node, as a job's task does. Ray's own strategy objects and `"DEFAULT"` pass
 through to Ray untouched (not placed, not counted by grid-serve).
 """
 
@@ -50,6 +51,7 @@ logger = logging.getLogger("grid_serve.remote")
 APP_NAME = os.environ.get("GRID_APP", "grid")
 PLACEMENT_TIMEOUT_S = 600.0
 TICK_S = 0.05  # the dispatcher tells the Scheduler what ended at most this often
+REST_S = 30.0  # a stream quiet this long leaves the dispatcher's rounds until its next call
 HURRY_S = 0.005  # how often it looks for ends while a call waits for the room they free
 POLL_S = 5.0  # a stream with requests waiting long-polls the Scheduler for their placements
 SYNC_ENDS = 32  # a call finding nothing held looks for ended calls itself while at most this many run
@@ -115,8 +117,8 @@ class RemoteFunction:
             return self._ray_function().remote(*args, **kwargs)
         _refuse_in_event_loop(self._fn.__name__)
         timeout = self._options.get("placement_timeout_s", PLACEMENT_TIMEOUT_S)
-        decision = dispatcher().placement(self._stream_of(), timeout)
-        return self._submit(decision, args, kwargs)
+        stream = self._stream_of()
+        return self._submit(stream, dispatcher().placement(stream, timeout), args, kwargs)
 
     async def remote_async(self, *args: Any, **kwargs: Any) -> Any:
         """`.remote()` for async code: waits for a placement without blocking the event loop."""
@@ -138,8 +140,15 @@ class RemoteFunction:
         from the caller's process records it: `grid_serve.caller_jobs`). A placement held is
         taken on this thread; only waiting for one goes to a thread of its own."""
         stream = self._stream_of()
-        decision = dispatcher().held(stream) or await asyncio.to_thread(dispatcher().wait_for, stream, timeout_s)
-        return decision, self._submit(decision, tuple(args), kwargs)
+        decision = dispatcher().held(stream)
+        if decision is None:
+            waiting = asyncio.ensure_future(asyncio.to_thread(dispatcher().wait_for, stream, timeout_s))
+            try:
+                decision = await asyncio.shield(waiting)
+            except asyncio.CancelledError:  # its caller gave up: what the thread still gets goes back
+                waiting.add_done_callback(functools.partial(_give_back_when_placed, stream))
+                raise
+        return decision, self._submit(stream, decision, tuple(args), kwargs)
 
     # ------------------------------------------------------------------ internals
 
@@ -147,12 +156,15 @@ class RemoteFunction:
         strategy = self._options.get("scheduling_strategy")
         return strategy is not None and (not isinstance(strategy, str) or strategy.upper() in RAY_STRINGS)
 
-    def _submit(self, decision: SchedulingDecision, args: tuple, kwargs: dict) -> Any:
-        """Hand Ray the call, pinned; its end (with its run time) goes back to the books."""
-        refs = self._pinned_function(decision).remote(*args, **kwargs)
+    def _submit(self, stream: Stream, decision: SchedulingDecision, args: tuple, kwargs: dict) -> Any:
+        """Hand Ray the call, pinned; its end (with its run time) goes back to the books. A call
+        Ray refuses (an argument it cannot pickle) gives its placement back for the next."""
+        try:
+            refs = self._pinned_function(decision).remote(*args, **kwargs)
+        except BaseException:
+            dispatcher().unused(stream, decision)
+            raise
         *values, timing = refs
-        stream = self._stream
-        assert stream is not None
         dispatcher().running(timing, stream, decision.task_id)
         return values[0] if len(values) == 1 else values
 
@@ -162,9 +174,18 @@ class RemoteFunction:
         if pinned is None:
             if len(self._pinned) > 1024:
                 self._pinned.clear()
-            options = decision.ray_options(soft=True)
+            options = self._pinning(decision)
             pinned = self._pinned[key] = self._ray_function().options(**options)
         return pinned
+
+    @staticmethod
+    def _pinning(decision: SchedulingDecision) -> dict[str, Any]:
+        """Ray's options for a call placed by `decision`: soft node affinity, so Ray's retries
+        may move it off a node that died, except for `node_specific`, which runs on its node
+        or fails naming it (hard affinity, no retries), as a job's task does."""
+        if decision.strategy is SchedulingStrategy.NODE_SPECIFIC:
+            return {**decision.ray_options(soft=False), "max_retries": 0}
+        return decision.ray_options(soft=True)
 
     def _ray_function(self) -> Any:
         """The Ray remote function: the caller's function, timed, with the caller's own options
@@ -191,6 +212,17 @@ class RemoteFunction:
         return self._stream
 
 
+def _give_back_when_placed(stream: Stream, waiting: asyncio.Future) -> None:
+    """The placement a cancelled call's thread got after all, held again for the next call."""
+    if not waiting.cancelled() and waiting.exception() is None:
+        dispatcher().unused(stream, waiting.result())
+
+
+def task_type_of(fn: Callable[..., Any]) -> str:
+    """What the Scheduler learns a function's run times under: its module and qualified name."""
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', 'task')}"[-200:]
+
+
 def placement_template(fn: Callable[..., Any], options: dict[str, Any]) -> SchedulingRequest:
     """What every call of `fn` with `options` asks the Scheduler for (Ray's option names)."""
     strategy = options.get("scheduling_strategy") or SchedulingStrategy.SPREAD
@@ -199,7 +231,7 @@ def placement_template(fn: Callable[..., Any], options: dict[str, Any]) -> Sched
         strategy = SchedulingStrategy.NODE_SPECIFIC
     try:
         return SchedulingRequest(
-            task_type=f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', 'task')}"[-200:],
+            task_type=task_type_of(fn),
             requirements=requirements_of(options), strategy=SchedulingStrategy(strategy),
             priority=TaskPriority(options.get("priority") or TaskPriority.NORMAL), target_node=node,
             label_selector=dict(options.get("label_selector") or {}),
@@ -276,7 +308,9 @@ class Dispatcher:
         self._name = f"grid-caller-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._tag = uuid.uuid4().hex[:6]
         self._lock = threading.Condition()
-        self._streams: list[Stream] = []
+        self._streams: dict[str, Stream] = {}  # by group: the live ones (a stream long idle rests, `_rest_idle`)
+        self._opened = 0
+        self._rested_at = 0.0
         self._waiting: dict[str, int] = {}  # group -> calls waiting for a placement
         self._registered: set[str] = set()
         self._polling: set[str] = set()  # streams with a wait_placed long-poll open
@@ -296,9 +330,10 @@ class Dispatcher:
 
     def open(self, template: SchedulingRequest) -> Stream:
         with self._lock:
-            group = f"{self._tag}-{len(self._streams)}-{template.task_type.rsplit('.', 1)[-1][:40]}"
+            group = f"{self._tag}-{self._opened}-{template.task_type.rsplit('.', 1)[-1][:40]}"
+            self._opened += 1
             stream = Stream(group=group, template=template.model_copy(update={"job_id": group}))
-            self._streams.append(stream)
+            self._streams[group] = stream
             return stream
 
     def placement(self, stream: Stream, timeout_s: float) -> SchedulingDecision:
@@ -309,12 +344,20 @@ class Dispatcher:
     def expect(self, stream: Stream, calls: int) -> None:
         """`stream`'s caller makes `calls` calls now: ask for their placements together."""
         with self._lock:
+            self._wake_if_resting(stream)
             stream.expect(calls, time.monotonic())
             self._nudge_if_low(stream)
+
+    def unused(self, stream: Stream, decision: SchedulingDecision) -> None:
+        """A call took `decision` and never ran it: held again for the next call."""
+        with self._lock:
+            stream.on_unused(decision.task_id)
+            self._lock.notify_all()
 
     def held(self, stream: Stream) -> SchedulingDecision | None:
         """A call of `stream` takes a placement held for it; None when none is (then `wait_for`)."""
         with self._lock:
+            self._wake_if_resting(stream)
             decision = stream.on_call(time.monotonic())
             if decision is None and len(self._ends) <= SYNC_ENDS:  # a call that ended may have freed a slot
                 self._collect_ends()
@@ -328,6 +371,7 @@ class Dispatcher:
         `timeout_s`); blocks the calling thread."""
         deadline = time.monotonic() + timeout_s
         with self._lock:
+            self._wake_if_resting(stream)
             decision = stream.take()  # placed since `held` let go of the lock
             if decision is not None:
                 return decision
@@ -348,6 +392,23 @@ class Dispatcher:
                     self._lock.wait(min(left, 1.0))
             finally:
                 self._waiting[stream.group] -= 1
+
+    def _wake_if_resting(self, stream: Stream) -> None:
+        """A call of a stream that rests: the dispatcher's thread looks after it again (under the lock)."""
+        if stream.group not in self._streams:
+            self._streams[stream.group] = stream
+
+    def _rest_idle(self, now: float) -> None:
+        """Streams quiet for `REST_S`, which the Scheduler has forgotten, leave the thread's
+        rounds: a service whose jobs vary their options (resources per job) opens a stream
+        per kind, and each live one costs the thread a look every tick. A call wakes one."""
+        if now - self._rested_at < REST_S:
+            return
+        self._rested_at = now
+        with self._lock:
+            for group, stream in list(self._streams.items()):
+                if group in self._ended and stream.quiet(now) and now - stream.last_call >= REST_S:
+                    del self._streams[group]
 
     def running(self, timing: Any, stream: Stream, task_id: str) -> None:
         """A call went to Ray: `timing` (its run-time return) says when it ends. Ends are
@@ -417,12 +478,13 @@ class Dispatcher:
             self._wake.clear()
             self._poked = False
             self._collect_ends()
-            for stream in list(self._streams):
+            for stream in list(self._streams.values()):
                 try:
                     await self._exchange(stream)
                 except Exception as exc:  # the Scheduler is away (restarting): try again next tick
                     logger.warning("grid dispatcher: %s: %s", type(exc).__name__, exc)
                     await asyncio.sleep(0.25)
+            self._rest_idle(time.monotonic())
 
     async def _exchange(self, stream: Stream) -> None:
         """Tell the Scheduler what changed for `stream`; take what it placed."""
@@ -491,7 +553,7 @@ class Dispatcher:
         """Renew the streams' leases; register a stream again with a restarted Scheduler."""
         while True:
             await asyncio.sleep(self._lease_s / 4)
-            groups = [s.group for s in self._streams if s.group in self._registered]
+            groups = [group for group in list(self._streams) if group in self._registered]
             if not groups:
                 continue
             try:
@@ -501,7 +563,7 @@ class Dispatcher:
                 continue
             if epoch != self._epoch:
                 self._epoch, unknown = epoch, groups
-            for stream in [s for s in self._streams if s.group in unknown]:
+            for stream in [s for s in list(self._streams.values()) if s.group in unknown]:
                 await self._adopt(stream)
 
     async def _adopt(self, stream: Stream) -> None:

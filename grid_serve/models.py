@@ -418,6 +418,11 @@ class JobSubmission(_Model):
             return len(self.args)
         return self.count if self.count is not None else 1
 
+    def name_for(self, own_name: str) -> str:
+        """What a job of a caller's own function is called: the `task` it names, or (left at
+        the default) the function's own name."""
+        return self.task if self.task != type(self).model_fields["task"].default else own_name
+
     def call_args(self, index: int) -> tuple[list[Any], dict[str, Any]]:
         """Positional and keyword arguments of task `index`; `count` jobs pass the index."""
         if self.args is None:

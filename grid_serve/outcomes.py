@@ -97,6 +97,14 @@ class OutcomeTable:
     def has(self, index: int) -> bool:
         return self._state[index] != UNSET
 
+    def ok(self, index: int) -> bool:
+        return self._state[index] == OK
+
+    def replace_results(self, convert: Callable[[Any], Any]) -> None:
+        """Each result as `convert` makes it (a caller's ObjectRefs as their ids, before a copy of
+        the job goes where it must not keep the objects alive)."""
+        self._results = [convert(result) if result is not None else None for result in self._results]
+
     def per_node(self) -> dict[str, int]:
         """Ended tasks per node name, sorted by name."""
         counts: Counter[str] = Counter()

@@ -308,12 +308,12 @@ def test_handle_call_from_a_separate_driver_process(base_url: str, cluster_addre
 
 def test_cancel_with_running_tasks_leaves_nothing_reserved(http: httpx.Client, client: GridClient) -> None:
     wait_idle(client)
-    running = hold_job(15, 3.0)  # 6 run, 6 wait inside Ray (the lookahead), 3 wait in grid-serve
+    running = hold_job(15, 600.0)  # 6 run, 6 wait inside Ray (the lookahead), 3 wait in grid-serve
     assert running.running == 12 and running.queued == 3
     cancelled = http.delete(f"/v1/jobs/{running.job_id}").json()
     assert cancelled["state"] == "cancelled"
-    final = client.wait_job(running.job_id, timeout_s=60)
-    assert final.cancelled + final.succeeded + final.failed == 15 and final.cancelled >= 9
+    final = client.wait_job(running.job_id, timeout_s=60)  # the 6 in time.sleep, out of reach of Ray's plain cancel,
+    assert final.cancelled == 15, final  # are stopped by force after a grace (grid_serve.stopping)
     wait_idle(client)  # every reservation came back: nothing leaked
 
 

@@ -94,6 +94,29 @@ def test_a_job_that_says_how_many_calls_come_asks_for_them_in_one_round_trip() -
     assert stream.expected == 0 and not stream.stock
 
 
+def test_a_placement_taken_and_never_run_is_held_again_first_and_spread_stays_exact() -> None:
+    """`on_unused`: a call whose caller gave up while it waited, or whose arguments Ray
+    refused, gives its placement back; the next call takes it, and the counts stay even.
+    `expect` adds up across jobs and takes back what an early end will not call."""
+    stream, scheduler = stream_of(), FakeScheduler()
+    stream.expect(30, now=0.0)
+    stream.expect(30, now=0.0)
+    assert stream.expected == 60
+    ran = call_loop(stream, scheduler, 10)
+    dropped = stream.on_call(0.0)
+    assert dropped is not None
+    stream.on_unused(dropped.task_id)
+    assert stream.stock[0] is dropped and dropped.task_id not in stream.running
+    again = stream.on_call(0.0)
+    assert again is dropped
+    ran += [again.node_name] + call_loop(stream, scheduler, 19)
+    assert sorted(Counter(ran).values()) == [10, 10, 10]
+    stream.expect(-1000, now=0.0)
+    assert stream.expected == 0
+    stream.on_unused("never-taken")  # not running: nothing to give back
+    assert len(stream.running) == 30
+
+
 def test_idle_streams_hand_back_what_they_hold_and_each_burst_spreads_exactly() -> None:
     """What an idle stream holds unused goes back; once it is quiet the Scheduler forgets it,
     so its next burst spreads exactly on its own (bursts apart by more than IDLE_S are not

@@ -5,7 +5,7 @@ exactly by the Scheduler, with the caller's env_vars; ObjectRef arguments reach 
 them (top-level ones as their values, nested ones as refs); with `result_refs` its results stay
 in the object store, the caller getting their ObjectRefs (read over HTTP as their object ids);
 the finished job reads by id from its runner and `grid explain` shows its tasks' decisions;
-`timeout_s` cancels what has not ended."""
+`timeout_s` cancels what has not ended, and it stops even when blocked outside Python."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ MODULE = textwrap.dedent('''
         return [i, os.environ.get("MY_SETTING"), ray.get_runtime_context().get_job_id()]
     def nap(i):
         time.sleep(120)
+    def sleep_for(seconds):
+        time.sleep(seconds)
+        return seconds
     def measure(data, i, nested=None):
         return [len(data), i, type(nested[0]).__name__ if nested else None]
     def blob(i):
@@ -43,6 +46,15 @@ CALLER = textwrap.dedent('''
     from grid_serve.client import HandleClient
     import mymod
 
+    async def stopped(name):
+        """Whether Ray's tasks of `name` all ended within 60 s (what a cancelled job held is free again)."""
+        from ray.util.state import list_tasks
+        for _ in range(120):
+            if not list_tasks(address=sys.argv[1], filters=[("name", "=", name), ("state", "=", "RUNNING")]):
+                return True
+            await asyncio.sleep(0.5)
+        return False
+
     async def main():
         client = HandleClient.connect()
         first = await client.submit_job({"count": 6, "strategy": "spread", "wait": True}, fn=mymod.setting)
@@ -54,9 +66,17 @@ CALLER = textwrap.dedent('''
         refs = [o.result for o in kept.results]
         blobs = ray.get(refs[:3])
         late = await client.submit_job({"count": 2, "wait": True, "timeout_s": 1.0}, fn=mymod.nap)
+        naps_stopped = await stopped("nap")  # blocked in time.sleep: Ray's plain cancel does not reach them
+        # one slot: the short task ends, the 4th waits for room past timeout_s (its wait raises)
+        crowded = await client.submit_job({"args": [[0.2], [60], [60], [60]], "strategy": "node_specific",
+                                           "node": "gpu1", "resources": {"cpu_count": 2}, "wait": True,
+                                           "timeout_s": 10.0}, fn=mymod.sleep_for)
+        crowded_stopped = await stopped("sleep_for")
         print(json.dumps({"job": ray.get_runtime_context().get_job_id(), "first_id": first.job_id,
                           "first": [first.state, first.task, first.per_node, [o.result for o in first.results]],
-                          "late": [late.state, late.cancelled, late.error],
+                          "late": [late.state, late.cancelled, late.error, naps_stopped],
+                          "crowded": [crowded.state, crowded.succeeded, crowded.cancelled, crowded.error,
+                                      [o.result for o in crowded.results if o.ok], crowded_stopped],
                           "second": [second.state, [o.result for o in second.results], second.error],
                           "kept": [kept.job_id, kept.failed, [type(ref).__name__ for ref in refs],
                                    [ref.hex() for ref in refs[:3]], [(len(b), b[0]) for b in blobs],
@@ -95,6 +115,9 @@ def test_a_callers_module_function_runs_in_its_runtime_env_with_object_refs_reso
     assert error == "ValueError: no blob 3"
     over_http = client.get_job(job_id, results=True).results
     assert [outcome.result for outcome in over_http] == [{"object_ref": h} for h in hexes] + [None]
-    state, cancelled, error = seen["late"]  # timeout_s bounds a job run in the caller: what has not ended stops
-    assert (state, cancelled) == ("cancelled", 2), error
+    state, cancelled, error, stopped = seen["late"]  # timeout_s bounds a job run in the caller: what has not ended stops
+    assert (state, cancelled, stopped) == ("cancelled", 2, True), error
     assert error.startswith("timeout_s (1 s) passed before every task ended: 2 unfinished task(s) cancelled")
+    state, succeeded, cancelled, error, results, stopped = seen["crowded"]  # what ended before the deadline is kept
+    assert (state, succeeded, cancelled, results, stopped) == ("cancelled", 1, 3, [0.2], True), error
+    assert error.startswith("timeout_s (10 s) passed before every task ended: 3 unfinished task(s) cancelled")

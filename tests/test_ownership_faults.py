@@ -293,6 +293,23 @@ def replica_process(deployment: str) -> psutil.Process:
     raise AssertionError(f"no {deployment} process")
 
 
+def test_a_stalled_scheduler_makes_health_say_so_instead_of_hanging(client: GridClient, http: httpx.Client) -> None:
+    """Issue 20: with the Scheduler stopped, `/v1/health` answers (degraded, naming it) within
+    its own timeout instead of waiting for it; the counts are the last it knew."""
+    eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
+    scheduler = replica_process("Scheduler")
+    scheduler.suspend()  # SIGSTOP: it answers nothing
+    try:
+        time.sleep(1.0)  # past the health route's cache of the last answer
+        health = http.get("/v1/health", timeout=20).json()
+    finally:
+        scheduler.resume()
+    assert (health["status"], health["stalled"]) == ("degraded", ["scheduler"]), health
+    assert health["reason"].startswith("the Scheduler did not answer within 3 s")
+    assert eventually(lambda: http.get("/v1/health").json()["stalled"] == [], what="health without a stall")
+    assert_recovered(client, http)
+
+
 def test_a_stalled_metrics_collector_is_not_trusted_forever(client: GridClient, http: httpx.Client) -> None:
     eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
     collector = replica_process("MetricsCollector")

@@ -43,6 +43,28 @@ def test_a_loop_of_100_spread_calls_lands_34_33_33(client: GridClient) -> None:
     assert sorted(Counter(names[node] for node in ray.get(refs)).values()) == [33, 33, 34]
 
 
+def test_a_stream_long_idle_rests_and_its_next_calls_wake_it(client: GridClient,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream quiet for `REST_S`, forgotten by the Scheduler, leaves the dispatcher's rounds
+    (a service opening a stream per kind of job would otherwise pay a look per stream per
+    tick); its next calls bring it back and spread exactly on their own."""
+    from grid_serve import dispatch
+
+    wait_idle(client)
+    monkeypatch.setattr(dispatch, "REST_S", 0.5)
+    names = node_names(client)
+    resting = where.options(scheduling_strategy="SPREAD", priority="low")
+    ray.get([resting.remote(i) for i in range(3)])
+    group = resting._stream.group
+    deadline = time.monotonic() + 30
+    while group in dispatch.dispatcher()._streams:
+        assert time.monotonic() < deadline, "the idle stream never rested"
+        time.sleep(0.2)
+    ran = ray.get([resting.remote(i) for i in range(30)], timeout=60)
+    assert sorted(Counter(names[node] for node in ran).values()) == [10, 10, 10]
+    assert group in dispatch.dispatcher()._streams
+
+
 def test_six_one_gpu_calls_run_three_and_three(client: GridClient) -> None:
     wait_idle(client)
     names = node_names(client)

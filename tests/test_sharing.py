@@ -287,6 +287,24 @@ def test_lease_ends_and_the_group_is_removed_once_its_tasks_are_done():
     assert book.lent("gpu2", ResourceType.CPU) == 0
 
 
+def test_without_a_view_leases_and_waits_still_end_but_nothing_is_granted_or_drained():
+    """`expire` is what a tick does when the cluster cannot be observed (a stalled
+    LoadBalancer): time ends what it ends; the groups stay until a view says their tasks are done."""
+    book, clock = ledger(timeout_min=1)
+    book.drain_grace_s = 0
+    view = cluster()
+    leased = fill_gpu_cpus(book, view, "critical")
+    waiting, _ = book.submit(ask(amount=1, priority="low"), view)
+    assert book.get(waiting.id).state == "pending"
+    clock.now = max(record.expires_at or 0 for record in leased) + 61
+    changes = book.expire()
+    assert sorted(r.id for r in changes.ended) == sorted([r.id for r in leased] + [waiting.id])
+    assert [book.get(r.id).state for r in leased] == ["expired", "expired"]
+    assert book.get(waiting.id).state == "timed_out"
+    assert changes.remove == [] and changes.granted == [] and all(book.get(r.id).holding for r in leased)
+    assert sorted(r.id for r in book.tick(view, in_flight={}).remove) == sorted(r.id for r in leased)
+
+
 def test_release_grace_keeps_the_group_briefly_even_when_idle():
     book, clock = ledger()
     book.drain_grace_s = 3

@@ -22,6 +22,7 @@ from deployments.sharing_manager import FAIL_SAVE_KEY, FAULTS_NAMESPACE, KV_KEY
 from grid_serve.client import GridClient, HandleClient
 from grid_serve.errors import InvalidRequestError
 from tests.test_api import owned
+from tests.test_ownership_faults import replica_process
 
 pytestmark = pytest.mark.cluster
 
@@ -187,6 +188,21 @@ def test_lease_expires_and_frees_the_resources(http, sharing):
     eventually(gpu2_gpu_spare, "gpu2's GPU spare again")
     nodes = {n["name"]: n for n in http.get("/v1/cluster").json()["nodes"]}
     assert nodes["gpu2"]["reserved"].get("GPU", 0) == 0
+
+
+def test_a_stalled_load_balancer_does_not_keep_a_lease_alive(http, sharing):
+    """Issue 20: a tick waits for the cluster's view at most `OBSERVE_TIMEOUT_S`, then ends the
+    leases that are due anyway; the group goes once a view shows its tasks are done."""
+    record = sharing(expect=201, node="gpu1", type="gpu", amount=1, duration_s="3s")
+    balancer = replica_process("LoadBalancer")
+    balancer.suspend()  # SIGSTOP: its snapshot never comes
+    try:
+        ended = eventually(lambda: (lambda r: r if r["state"] == "expired" else None)(
+            http.get(f"/v1/sharing/{record['id']}").json()), "lease expired with the LoadBalancer stopped", 30)
+    finally:
+        balancer.resume()
+    assert ended["reason"].startswith("lease ended")
+    eventually(lambda: group_of(record).get("state") == "REMOVED", "expired group removed once it is seen again")
 
 
 def manager_actors(cluster_address: str) -> list:

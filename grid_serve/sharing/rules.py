@@ -194,9 +194,18 @@ class SharingLedger:
     def tick(self, view: ClusterView, available: Mapping[str, Mapping[str, float]] | None = None,
              in_flight: Mapping[str, int] | None = None) -> Changes:
         """Time passes: end leases, time out waiting requests, grant what now fits, drain."""
+        changes = self.expire({node.name for node in view.nodes.values() if not node.alive})
+        changes = changes.merge(self._drain(in_flight or {}))
+        changes = changes.merge(self._grant_pending(view, available))
+        self._forget_old()
+        return changes
+
+    def expire(self, dead: set[str] | frozenset[str] = frozenset()) -> Changes:
+        """End what time ends (leases, waits for a donor) and what lent from a `dead` donor.
+        Alone when the cluster cannot be observed (a stalled LoadBalancer or MetricsCollector):
+        leases still end on time, and granting and draining wait for the next view."""
         now = self.clock()
         changes = Changes()
-        dead = {node.name for node in view.nodes.values() if not node.alive}
         for record in list(self.records.values()):
             if record.state == "active" and record.donor in dead:
                 lost = self._end(record, Event.DONOR_DIES, f"donor {record.donor} died: what it lent is gone, and "
@@ -209,9 +218,6 @@ class SharingLedger:
                 changes.ended.append(self._end(record, Event.TIME_OUT,
                                                f"no donor had {record.amount:g} {record.resource.unit} "
                                                f"to spare within {record.timeout_at - record.requested_at:g}s"))
-        changes = changes.merge(self._drain(in_flight or {}))
-        changes = changes.merge(self._grant_pending(view, available))
-        self._forget_old()
         return changes
 
     def set_in_flight(self, in_flight: Mapping[str, int]) -> None:
