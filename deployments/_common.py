@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from typing import Any, Awaitable, Callable, Iterator
+
+from grid_serve.errors import GridError
 
 logger = logging.getLogger("ray.serve")
 
@@ -18,6 +21,8 @@ COORDINATOR_OPTIONS = {"ray_actor_options": {"num_cpus": 0}, "max_ongoing_reques
 INTERNAL_OPTIONS = {**COORDINATOR_OPTIONS, "logging_config": {"enable_access_log": False}}
 
 
+CALL_TIMEOUT_S = 30.0  # a call to another deployment or actor on a control path answers within this
+SCHEDULER_GRACE_S = 60.0  # how long a job rides out an unreachable Scheduler before it fails
 KV_NAMESPACE = "grid_serve"
 
 
@@ -172,6 +177,29 @@ async def call_with_timeout(call: Awaitable[Any], timeout_s: float) -> Any:
     """Await a call to another deployment or actor, for at most `timeout_s`: no control path
     may hang on a peer that is stuck or being replaced."""
     return await asyncio.wait_for(call, timeout_s)
+
+
+def is_answer(exc: BaseException) -> bool:
+    """Whether a Scheduler call's error is its answer (a bad request, a full queue), raised there
+    and carried back by Ray, rather than a Scheduler that is away."""
+    cause = getattr(exc, "cause", None)
+    return isinstance(exc, (GridError, ValueError)) or isinstance(cause, (GridError, ValueError))
+
+
+async def ask_riding_restarts(call: Callable[[], Awaitable[Any]], grace_s: float = SCHEDULER_GRACE_S) -> Any:
+    """Call the Scheduler, riding out its restart: retry until `grace_s` has passed."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        try:
+            return await call_with_timeout(call(), CALL_TIMEOUT_S)
+        except Exception as exc:
+            if is_answer(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"the Scheduler did not answer for {grace_s:g} s "
+                                   f"({type(exc).__name__}: {exc})") from None
+            logger.warning("Scheduler call failed (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(0.25)
 
 
 async def grid_call(call: Awaitable[Any]) -> Any:

@@ -39,67 +39,36 @@ import contextlib
 import dataclasses
 import time
 import uuid
-from functools import partial
 from typing import Any, Awaitable, Callable
 
 import ray
 from ray.serve.handle import DeploymentHandle
 
 from grid_serve.access import Caller, may_touch, refusal_to_touch
-from grid_serve.errors import ForbiddenError, GridError, InvalidRequestError, NotFoundError
+from grid_serve.errors import ForbiddenError, InvalidRequestError, NotFoundError
 from grid_serve.job_books import JobBooks
 from grid_serve.outcomes import OutcomeTable
 from grid_serve.limits import Limits
-from grid_serve.lookahead import chunk_sizes, interleave
-from grid_serve.models import (JobStatus, JobSubmission, ResourceRequirement, SchedulingDecision)
+from grid_serve.lookahead import interleave
+from grid_serve.models import (JobStatus, JobSubmission, SchedulingDecision)
 from grid_serve.caller_code import CallerCode
 from grid_serve.handles import stop_safe
 from grid_serve.stopping import stop_tasks
 from grid_serve.protocol import Finished, Placements, Submit
 from grid_serve.tasks import TaskType, load_task_modules
 
-from ._common import call_with_timeout, logger, spawn
-from .runner_job import PinnedFunctions, RunnerJob, object_bytes, record_ray_end, size_of
+from ._common import CALL_TIMEOUT_S, ask_riding_restarts, call_with_timeout, logger, spawn
+from .runner_parent import ORPHAN_KEEP_S, TAG_LEN, Parentage
+from .runner_job import RunnerJob, TaskSender, chunks_of, forget_old_jobs, resolve_task, size_of
 
-RUNNER_PREFIX = "grid-runner-"
-RUNNER_NAMESPACE = "grid-serve"  # runners of every grid app on the cluster, named by app and tag
-TAG_LEN = 4  # a job id starts with its runner's tag
 REPORT_SPACING_S = 0.05  # at most ~20 reports a second per job: the lookahead (100 ms) covers the wait
-CALL_TIMEOUT_S = 30.0
-ORPHAN_KEEP_S = 300.0  # a runner no replica holds keeps its finished jobs readable this long, then leaves
 LATE_RENEWAL_S = 1.0  # a renewal slower than this is logged: leases lapse after 5 s without one
-SCHEDULER_GRACE_S = 60.0  # how long a job rides out an unreachable Scheduler before it fails
-CHUNK_OVERRUN = 2.0  # a chunk hands back its rest once it has run this many times its budget
 FIRST_WINDOW = 128  # tasks sent with the submission; the rest of the window follows with the first report
 # A job's end is told at the event loop's next turn, so the ends of jobs that end together go in
 # one call. Not later: a 10 ms wait (for the runner's next submission to carry it) held the room of
 # a job already answered, and a job sent next through another runner was placed around it
 # (tests/test_metrics_integration.py caught it).
 FINISH_BATCH_S = 0.0
-
-
-def runner_name(app: str, tag: str) -> str:
-    return f"{RUNNER_PREFIX}{app}-{tag}"
-
-
-def is_runner_of(name: str, app: str) -> bool:
-    """Whether the actor `name` is one of `app`'s runners: its name is the prefix, the app's
-    name and a tag, exactly. Another app whose name starts alike (`grid-auth` beside `grid`)
-    has runners that share the prefix `grid-runner-grid-`, never the exact shape.
-
-    >>> is_runner_of("grid-runner-grid-1a2b", "grid"), is_runner_of("grid-runner-grid-auth-1a2b", "grid")
-    (True, False)
-    """
-    prefix = runner_name(app, "")
-    tag = name[len(prefix):]
-    return name.startswith(prefix) and len(tag) == TAG_LEN and all(c in "0123456789abcdef" for c in tag)
-
-
-def _is_answer(exc: BaseException) -> bool:
-    """Whether a Scheduler call's error is its answer (a bad request, a full queue), raised there
-    and carried back by Ray, rather than a Scheduler that is away."""
-    cause = getattr(exc, "cause", None)
-    return isinstance(exc, (GridError, ValueError)) or isinstance(cause, (GridError, ValueError))
 
 
 class JobRunner:
@@ -111,22 +80,19 @@ class JobRunner:
         """`chunk_s`: learned run time a Ray task may carry when very short tasks share one
         (the app's `chunk_ms`); 0 runs every task as its own Ray task."""
         self._scheduler = stop_safe(scheduler)
-        self._chunk_s = chunk_s
+        self._sender = TaskSender(chunk_s)
         self._limits = limits or Limits()
         self._tasks: dict[str, TaskType] = load_task_modules(task_modules)
         self._name = name
         self._tag = tag
-        self._parent = parent  # (actor name, namespace) of the Ingress replica that made this runner
+        self._parentage = Parentage(name, parent)
         self._interval_s = interval_s
         self._jobs: dict[str, RunnerJob] = {}
-        self._pinned = PinnedFunctions()
         self._epoch: str | None = None  # the Scheduler instance that knows our jobs
         self._adopting: set[str] = set()
         self._finished: list[Finished] = []  # jobs over, not yet told (`_tell_finished`)
         self._background: set[asyncio.Task] = set()
         self._heartbeat: asyncio.Task | None = None
-        self._parent_seen = False
-        self._replaced = False  # its Ingress replica started another runner (this one stopped answering)
 
     # ================================================================== API (the Ingress's, and HandleClient's submit_job)
 
@@ -145,7 +111,7 @@ class JobRunner:
         Only `owner` may cancel it (`grid_serve.access`)."""
         self._start()
         custom = fn is not None
-        task_name, fn, default, task_type = self._resolve_task(spec, fn)
+        task_name, fn, default, task_type = resolve_task(self._tasks, spec, fn)
         job_id = self._tag + uuid.uuid4().hex[:12 - TAG_LEN]
         # A registered task travels inline (pickled by reference: a few bytes); a caller's own
         # function goes to the object store once per job rather than once per task.
@@ -158,9 +124,9 @@ class JobRunner:
         # requests costs time per request); the next report, while the first tasks run, fills the window.
         requests = job.next_requests(FIRST_WINDOW)
         submission = Submit(requests=requests, runner=self._name, unsent=job.unsent, publish=not spec.wait)
-        placements = await self._ask(lambda: self._scheduler.submit.remote(submission))
+        placements = await ask_riding_restarts(lambda: self._scheduler.submit.remote(submission))
         if placements.rejected and len(placements.rejected) == len(requests):  # every task is of one kind
-            await self._ask(lambda: self._scheduler.finished.remote(job_id))
+            await ask_riding_restarts(lambda: self._scheduler.finished.remote(job_id))
             raise InvalidRequestError(placements.rejected[0].reason, field="node" if spec.node else "resources")
         if isinstance(fn, CallerCode):  # its bytes go to the worker unopened, to run in the caller's runtime_env
             job.fn_ref, job.runtime_env, job.code_key = ray.put(fn.blob), dict(fn.runtime_env), fn.key
@@ -188,7 +154,7 @@ class JobRunner:
             job.last_ended.set()
             job.done.set()
             self._jobs[job.id] = job
-        self._forget_old_jobs()
+        forget_old_jobs(self._jobs, self._limits)
 
     async def get_job(self, job_id: str, results: bool = False, reader: Caller | None = None) -> JobStatus:
         """`reader`: who must own the job to read its results (None: anyone, a handle call)."""
@@ -220,25 +186,13 @@ class JobRunner:
         job.cancelled = True  # from now on no window requests are made
         async with job.exchange:  # a report in flight lands first, so the cancel drops what it queued
             never_sent = job.begin_cancel()
-            dropped = await self._ask(lambda: self._scheduler.cancel.remote(job.id))
+            dropped = await ask_riding_restarts(lambda: self._scheduler.cancel.remote(job.id))
         job.on_cancelled([request.task_id for request in never_sent] + dropped)
         self._cancel_running(job)
         job.news.set()
         return job.status()
 
     # ================================================================== dispatch
-
-    def _resolve_task(self, spec: JobSubmission, fn: Callable[..., Any] | CallerCode | None
-                      ) -> tuple[str, Callable[..., Any] | CallerCode, ResourceRequirement, TaskType | None]:
-        if fn is not None:
-            own_name = fn.name if isinstance(fn, CallerCode) else getattr(fn, "__name__", "custom")
-            name = spec.name_for(own_name)
-            return name, fn, ResourceRequirement(), None
-        task_type = self._tasks.get(spec.task)
-        if task_type is None:
-            known = ", ".join(sorted(self._tasks))
-            raise InvalidRequestError(f"unknown task {spec.task!r}; registered tasks: {known}", field="task")
-        return task_type.name, task_type.fn, task_type.requirements, task_type
 
     def _take(self, job: RunnerJob, placements: Placements) -> None:
         """Hand Ray what the Scheduler placed (the books record the rest), then top up the window."""
@@ -248,69 +202,10 @@ class JobRunner:
         for index, decision in job.on_placements(placements):
             alike.setdefault(decision.pin_key(), []).append((index, decision))
         # every node's first tasks go to Ray before any node's later ones (see `interleave`)
-        for chunk in interleave([self._chunks(job, tasks) for tasks in alike.values()]):
-            self._send(job, chunk)
+        for chunk in interleave([chunks_of(job, tasks, self._sender.chunk_s) for tasks in alike.values()]):
+            self._sender.send(job, chunk)
         job.top_up()
         job.news.set()
-
-    def _chunks(self, job: RunnerJob, tasks: list[tuple[int, SchedulingDecision]]) -> list[list[tuple[int, SchedulingDecision]]]:
-        """Tasks placed alike, grouped as they go to Ray: one Ray task each, or several per Ray
-        task when they are learned to be very short. A task placed again after a lost attempt
-        runs alone, so a task that kills its worker cannot take others down with it twice."""
-        # ObjectRef arguments are resolved by Ray only at a task's top level, and a result kept
-        # in the object store is a Ray task's own return: such tasks go alone
-        budget_s = 0.0 if job.refs_in_args or job.spec.result_refs else self._chunk_s
-        sizes = chunk_sizes(len(tasks), job.run_s.get(tasks[0][1].node_id), budget_s)
-        chunks: list[list[tuple[int, SchedulingDecision]]] = []
-        start = 0
-        for size in sizes:
-            chunk = tasks[start:start + size]
-            start += size
-            if size > 1 and any(index in job.attempts for index, _ in chunk):
-                chunks += [[task] for task in chunk]
-            else:
-                chunks.append(chunk)
-        return chunks
-
-    def _send(self, job: RunnerJob, chunk: list[tuple[int, SchedulingDecision]]) -> None:
-        """Hand Ray one chunk of tasks placed alike, as one Ray task."""
-        first = chunk[0][1]
-        kept = None  # with `result_refs`: the task's result, left in the object store for the caller
-        if len(chunk) == 1:  # the arguments as Ray's own, so Ray resolves ObjectRefs among them
-            args, kwargs = job.spec.call_args(chunk[0][0])
-            ref = self._pinned.for_decision(first, job=job).remote(job.fn_ref, list(kwargs), *args, *kwargs.values())
-            if job.spec.result_refs:
-                ref, kept = ref
-        else:
-            calls = [job.spec.call_args(index) for index, _ in chunk]
-            ref = self._pinned.for_decision(first, chunk=True, job=job).remote(job.fn_ref, calls,
-                                                                                CHUNK_OVERRUN * self._chunk_s)
-        job.on_sent(chunk, ref)
-        indices = [index for index, _ in chunk]
-        ref.future().add_done_callback(partial(self._from_ray_thread, asyncio.get_running_loop(), job, indices, kept))
-
-    def _from_ray_thread(self, loop: asyncio.AbstractEventLoop, job: RunnerJob, indices: list[int], kept: Any,
-                         future: Any) -> None:
-        loop.call_soon_threadsafe(self._ended, job, indices, kept, future)
-
-    def _ended(self, job: RunnerJob, indices: list[int], kept: Any, future: Any) -> None:
-        """A Ray task finished (Ray already started the slot's next one): record its tasks,
-        nothing more. A chunk that stopped early hands back the tasks it did not run: they go
-        to Ray again on their own, on the node they were placed on. `kept`: the ref to the
-        task's result in the object store (`result_refs`), which becomes its outcome's result."""
-        try:
-            value, failure = future.result(), None
-        except (Exception, asyncio.CancelledError) as exc:  # Ray's error for the whole Ray task: each of its tasks gets it
-            value, failure = None, exc
-        if kept is not None and value is not None:
-            job.kept_bytes += object_bytes(kept)
-            value["result"] = kept if value["ok"] else None
-        envelopes = value if isinstance(value, list) else [value] * len(indices)
-        for index, envelope in zip(indices, envelopes):
-            record_ray_end(job, index, envelope, failure)
-        leftover = [(index, job.running[index][0]) for index in indices[len(envelopes):] if index in job.running]
-        for task in leftover:
-            self._send(job, [task])
 
     async def _drive(self, job: RunnerJob) -> None:
         """Report ends and collect placements until every task has an outcome; then release."""
@@ -336,7 +231,7 @@ class JobRunner:
             report = job.take_report()
             if report is None:
                 return False
-            self._take(job, await self._ask(lambda: self._scheduler.report.remote(report)))
+            self._take(job, await ask_riding_restarts(lambda: self._scheduler.report.remote(report)))
             return True
 
     @staticmethod
@@ -351,7 +246,7 @@ class JobRunner:
         """Long-poll for placements made as other jobs free capacity."""
         while not job.settled:
             if job.waiting and not job.cancelled:
-                self._take(job, await self._ask(lambda: self._scheduler.wait_placed.remote(job.id, 5.0)))
+                self._take(job, await ask_riding_restarts(lambda: self._scheduler.wait_placed.remote(job.id, 5.0)))
             else:
                 await asyncio.sleep(self._interval_s / 2)
 
@@ -362,7 +257,7 @@ class JobRunner:
         job.done.set()  # a waiting caller gets its answer while the Scheduler's upkeep below goes on
         # Before any await: a caller woken by `done` reads the kept results within their bound
         # (after the Scheduler's reply, a read of an older job's results could still find them)
-        self._forget_old_jobs()
+        forget_old_jobs(self._jobs, self._limits)
         # the last ends carry run times worth learning; then everything of the job is released
         async with job.exchange:  # after an adopt in flight (a later one sees `done` and stays away)
             self._tell_finished_later([Finished(group=job.id, completions=batch)])
@@ -381,7 +276,7 @@ class JobRunner:
         if not finished:
             return
         try:
-            await self._ask(lambda: self._scheduler.end_groups.remote(finished), grace_s=CALL_TIMEOUT_S)
+            await ask_riding_restarts(lambda: self._scheduler.end_groups.remote(finished), grace_s=CALL_TIMEOUT_S)
         except Exception:  # their leases lapse and the Scheduler reclaims them anyway
             logger.warning("could not tell the Scheduler that job(s) %s finished; their leases will lapse",
                            ", ".join(one.group for one in finished))
@@ -400,21 +295,6 @@ class JobRunner:
             pass
 
     # ================================================================== ownership
-
-    async def _ask(self, call: Callable[[], Awaitable[Any]], grace_s: float = SCHEDULER_GRACE_S) -> Any:
-        """Call the Scheduler, riding out its restart: retry until `grace_s` has passed."""
-        deadline = time.monotonic() + grace_s
-        while True:
-            try:
-                return await call_with_timeout(call(), CALL_TIMEOUT_S)
-            except Exception as exc:
-                if _is_answer(exc):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise RuntimeError(f"the Scheduler did not answer for {grace_s:g} s "
-                                       f"({type(exc).__name__}: {exc})") from None
-                logger.warning("Scheduler call failed (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(0.25)
 
     async def _beat(self) -> None:
         """Renew every live job's lease; register again what the Scheduler does not know."""
@@ -451,7 +331,7 @@ class JobRunner:
                 if job.done.is_set():
                     return
                 adoption = job.adoption(self._name)
-                placements = await self._ask(lambda: self._scheduler.adopt.remote(adoption))
+                placements = await ask_riding_restarts(lambda: self._scheduler.adopt.remote(adoption))
                 self._epoch = placements.epoch
                 self._take(job, placements)
         finally:
@@ -462,46 +342,22 @@ class JobRunner:
         made it is gone (killed, replaced by a deploy, scaled down), so its jobs, running or
         finished, stay readable by id instead of leaving with it once idle. The new replica's
         settings apply from now on."""
-        if self._replaced or (self._parent is not None and self._parent != parent and await self._parent_alive()):
+        if not await self._parentage.take_over(parent):
             return False
-        self._parent, self._parent_seen = parent, True
-        self._limits, self._interval_s, self._chunk_s = limits, interval_s, chunk_s
+        self._limits, self._interval_s, self._sender.chunk_s = limits, interval_s, chunk_s
         self._start()
         logger.info("runner %s now belongs to Ingress replica %s", self._name, parent[0])
         return True
 
-    async def _parent_alive(self) -> bool:
-        """Whether the Ingress replica that made this runner lives: a GCS lookup, in a thread so
-        that this runner's loop (its jobs' reads, its reports) never waits on the GCS."""
-        try:
-            await asyncio.to_thread(ray.get_actor, self._parent[0], namespace=self._parent[1])
-            return True
-        except ValueError:
-            return False
-
     async def retire(self) -> None:
         """Its Ingress replica runs new jobs elsewhere now (this runner did not answer, stopped
         or stuck): leave once the jobs it has are over, as an orphan does."""
-        self._replaced = True
+        self._parentage.replaced = True
         self._start()
 
     async def _exit_if_orphaned(self) -> None:
-        """No job left, and the Ingress replica that made this runner is gone (or replaced this
-        runner), and no new replica took it over: leave, once its finished jobs have been
-        readable for ORPHAN_KEEP_S. (Asked only once the parent was seen alive, so a wrong name
-        can never make a runner leave early.)"""
-        if not self._replaced:
-            if self._parent is None:
-                return
-            if await self._parent_alive():
-                self._parent_seen = True
-                return
-            if not self._parent_seen:
-                logger.warning("runner %s cannot see its Ingress replica %s; it stays", self._name, self._parent)
-                self._parent = None
-                return
-        last_end = max((job.finished_at or 0.0 for job in self._jobs.values()), default=0.0)
-        if time.time() - last_end <= ORPHAN_KEEP_S:
+        """No job left: leave if no Ingress replica holds this runner any more (`Parentage`)."""
+        if not await self._parentage.may_leave(job.finished_at for job in self._jobs.values()):
             return
         logger.info("runner %s: its Ingress replica is gone or replaced it, and no job has ended for %g s; exiting",
                     self._name, ORPHAN_KEEP_S)
@@ -523,18 +379,3 @@ class JobRunner:
         if job is None:
             raise NotFoundError(f"no job {job_id!r}", field="job_id")
         return job
-
-    def _forget_old_jobs(self) -> None:
-        """Keep finished jobs within Limits: their results under `results_bytes_kept` (the
-        newest kept, the oldest dropped first, their status kept), and at most
-        `finished_jobs_kept` of them at all."""
-        finished = [job for job in self._jobs.values() if job.done.is_set()]  # oldest first
-        kept_bytes = 0
-        for job in reversed(finished):
-            if job.outcomes.results_dropped:
-                continue
-            kept_bytes += job.result_bytes
-            if kept_bytes > self._limits.results_bytes_kept:
-                job.outcomes.drop_results()
-        for job in finished[:max(0, len(finished) - self._limits.finished_jobs_kept)]:
-            del self._jobs[job.id]

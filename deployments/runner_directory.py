@@ -22,7 +22,8 @@ from grid_serve.limits import Limits
 from grid_serve.models import JobStatus
 
 from ._common import call_with_timeout, grid_call, logger
-from .runner import RUNNER_NAMESPACE, TAG_LEN, JobRunner, is_runner_of, runner_name
+from .runner import JobRunner
+from .runner_parent import RUNNER_NAMESPACE, TAG_LEN, is_runner_of, runner_name
 
 RUNNER_ANSWER_S = 10.0  # a runner answers a read or a cancel within this (beyond a wait), or it is called stopped
 _RunnerActor = ray.remote(JobRunner)

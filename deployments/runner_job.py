@@ -1,6 +1,7 @@
 """One job inside its runner, on Ray's side: its books with what Ray needs to run it, the remote
-functions its tasks run as (pinned to their node, one per placement shape), and how Ray's
-errors for a task map to the books' transitions (`JobBooks`)."""
+functions its tasks run as (pinned to their node, one per placement shape), how its tasks go to
+Ray (`chunks_of`, `TaskSender`) and how Ray's errors for a task map to the books' transitions
+(`JobBooks`); and the runner's bookkeeping of its jobs (`resolve_task`, `forget_old_jobs`)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ import asyncio
 import concurrent.futures
 import pickle
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import ray
 
+from grid_serve.caller_code import CallerCode
 from grid_serve.caller_jobs import object_bytes  # noqa: F401 (the runner's too)
+from grid_serve.errors import InvalidRequestError
 from grid_serve.job_books import MAX_ATTEMPTS, JobBooks
-from grid_serve.models import SchedulingDecision
+from grid_serve.limits import Limits
+from grid_serve.lookahead import chunk_sizes
+from grid_serve.models import JobSubmission, ResourceRequirement, SchedulingDecision
 from grid_serve.tasks import TaskType, run_call, run_call_keeping_result, run_chunk
 
 from ._common import logger
@@ -22,6 +28,7 @@ from ._common import logger
 _run_remote = ray.remote(run_call)
 _run_chunk_remote = ray.remote(run_chunk)
 _run_keeping_result_remote = ray.remote(num_returns=2)(run_call_keeping_result)  # (envelope, result)
+CHUNK_OVERRUN = 2.0  # a chunk hands back its rest once it has run this many times its budget
 # Ray's errors for a task whose worker, raylet or node went away (not the task's own error:
 # run_task catches those and returns them in its envelope)
 LOST_WORKER = (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError, ray.exceptions.TaskUnschedulableError,
@@ -113,3 +120,103 @@ def record_ray_end(job: RunnerJob, index: int, envelope: dict[str, Any] | None, 
     else:  # anything else Ray raised: a failed task, not a failed job
         job.on_task_ended(index, False, f"{type(failure).__name__}: {failure}", None)
     job.news.set()
+
+
+class TaskSender:
+    """Hands a job's placed tasks to Ray, pinned to their node, and records their ends in the
+    job's books as Ray reports them (on the runner's loop)."""
+
+    def __init__(self, chunk_s: float) -> None:
+        self.chunk_s = chunk_s  # learned run time one Ray task may carry (`chunks_of`); 0: one task each
+        self._pinned = PinnedFunctions()
+
+    def send(self, job: RunnerJob, chunk: list[tuple[int, SchedulingDecision]]) -> None:
+        """Hand Ray one chunk of tasks placed alike, as one Ray task."""
+        first = chunk[0][1]
+        kept = None  # with `result_refs`: the task's result, left in the object store for the caller
+        if len(chunk) == 1:  # the arguments as Ray's own, so Ray resolves ObjectRefs among them
+            args, kwargs = job.spec.call_args(chunk[0][0])
+            ref = self._pinned.for_decision(first, job=job).remote(job.fn_ref, list(kwargs), *args, *kwargs.values())
+            if job.spec.result_refs:
+                ref, kept = ref
+        else:
+            calls = [job.spec.call_args(index) for index, _ in chunk]
+            ref = self._pinned.for_decision(first, chunk=True, job=job).remote(job.fn_ref, calls,
+                                                                                CHUNK_OVERRUN * self.chunk_s)
+        job.on_sent(chunk, ref)
+        indices = [index for index, _ in chunk]
+        ref.future().add_done_callback(partial(self._from_ray_thread, asyncio.get_running_loop(), job, indices, kept))
+
+    def _from_ray_thread(self, loop: asyncio.AbstractEventLoop, job: RunnerJob, indices: list[int], kept: Any,
+                         future: Any) -> None:
+        loop.call_soon_threadsafe(self._ended, job, indices, kept, future)
+
+    def _ended(self, job: RunnerJob, indices: list[int], kept: Any, future: Any) -> None:
+        """A Ray task finished (Ray already started the slot's next one): record its tasks,
+        nothing more. A chunk that stopped early hands back the tasks it did not run: they go
+        to Ray again on their own, on the node they were placed on. `kept`: the ref to the
+        task's result in the object store (`result_refs`), which becomes its outcome's result."""
+        try:
+            value, failure = future.result(), None
+        except (Exception, asyncio.CancelledError) as exc:  # Ray's error for the whole Ray task, each of its tasks'
+            value, failure = None, exc
+        if kept is not None and value is not None:
+            job.kept_bytes += object_bytes(kept)
+            value["result"] = kept if value["ok"] else None
+        envelopes = value if isinstance(value, list) else [value] * len(indices)
+        for index, envelope in zip(indices, envelopes):
+            record_ray_end(job, index, envelope, failure)
+        leftover = [(index, job.running[index][0]) for index in indices[len(envelopes):] if index in job.running]
+        for task in leftover:
+            self.send(job, [task])
+
+
+def resolve_task(tasks: dict[str, TaskType], spec: JobSubmission, fn: Callable[..., Any] | CallerCode | None
+                 ) -> tuple[str, Callable[..., Any] | CallerCode, ResourceRequirement, TaskType | None]:
+    """What a job runs: the caller's own `fn`, or the registered task its spec names (with
+    that task's default requirements); an unknown name is the caller's error, naming the known."""
+    if fn is not None:
+        own_name = fn.name if isinstance(fn, CallerCode) else getattr(fn, "__name__", "custom")
+        return spec.name_for(own_name), fn, ResourceRequirement(), None
+    task_type = tasks.get(spec.task)
+    if task_type is None:
+        known = ", ".join(sorted(tasks))
+        raise InvalidRequestError(f"unknown task {spec.task!r}; registered tasks: {known}", field="task")
+    return task_type.name, task_type.fn, task_type.requirements, task_type
+
+
+def chunks_of(job: RunnerJob, tasks: list[tuple[int, SchedulingDecision]], chunk_s: float
+              ) -> list[list[tuple[int, SchedulingDecision]]]:
+    """Tasks placed alike, grouped as they go to Ray: one Ray task each, or several per Ray
+    task when they are learned to be very short (at most `chunk_s` of learned run time). A
+    task placed again after a lost attempt runs alone, so a task that kills its worker cannot
+    take others down with it twice."""
+    # ObjectRef arguments are resolved by Ray only at a task's top level, and a result kept
+    # in the object store is a Ray task's own return: such tasks go alone
+    budget_s = 0.0 if job.refs_in_args or job.spec.result_refs else chunk_s
+    sizes = chunk_sizes(len(tasks), job.run_s.get(tasks[0][1].node_id), budget_s)
+    chunks: list[list[tuple[int, SchedulingDecision]]] = []
+    start = 0
+    for size in sizes:
+        chunk = tasks[start:start + size]
+        start += size
+        if size > 1 and any(index in job.attempts for index, _ in chunk):
+            chunks += [[task] for task in chunk]
+        else:
+            chunks.append(chunk)
+    return chunks
+
+
+def forget_old_jobs(jobs: dict[str, RunnerJob], limits: Limits) -> None:
+    """Keep finished jobs within `limits`: their results under `results_bytes_kept` (the newest
+    kept, the oldest dropped first, their status kept), and at most `finished_jobs_kept` of them."""
+    finished = [job for job in jobs.values() if job.done.is_set()]  # oldest first
+    kept_bytes = 0
+    for job in reversed(finished):
+        if job.outcomes.results_dropped:
+            continue
+        kept_bytes += job.result_bytes
+        if kept_bytes > limits.results_bytes_kept:
+            job.outcomes.drop_results()
+    for job in finished[:max(0, len(finished) - limits.finished_jobs_kept)]:
+        del jobs[job.id]

@@ -41,7 +41,7 @@ from grid_serve.protocol import Adopt, Finished, Placements, Report, Submit
 from grid_serve.sharing import Allocation
 
 from ._common import INTERNAL_OPTIONS, ReplacedError, SoleWriterRecord, call_with_timeout, every, logger
-from .runner import RUNNER_NAMESPACE, RUNNER_PREFIX
+from .runner_parent import RUNNER_NAMESPACE, RUNNER_PREFIX
 from .telemetry import SchedulerMetrics
 
 OWNER_LEASE_INTERVALS = 2.0  # a runner that misses this many intervals of renewals is gone

@@ -186,7 +186,7 @@ def test_a_killed_ingress_replica_s_jobs_stay_readable_after_they_end(client: Gr
     runner = runner_actors()[running[:TAG_LEN]]
     finished = eventually(lambda: (r := http.post("/v1/jobs", json={"task": "noop", "count": 10, "wait": True})).json()
                           ["job_id"].startswith(running[:TAG_LEN]) and r.json(), what="a finished job on that runner")
-    parent = ray.get(runner.__ray_call__.remote(lambda self: self._parent))
+    parent = ray.get(runner.__ray_call__.remote(lambda self: self._parentage.parent))
     ray.kill(ray.get_actor(parent[0], namespace=parent[1]), no_restart=False)
     assert ended(client, running).state == "succeeded"
     time.sleep(3.0)  # several heartbeats with no job left: an orphan would have gone by now
