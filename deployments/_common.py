@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any, Awaitable, Callable, Iterator
 
-from grid_serve.errors import GridError
+from grid_serve.errors import GridError, UnavailableError, plain_seconds
 
 logger = logging.getLogger("ray.serve")
 
@@ -215,6 +215,16 @@ async def grid_call(call: Awaitable[Any]) -> Any:
         if isinstance(exc.cause, GridError):
             raise exc.cause from None
         raise
+
+
+async def answer_within(call: Awaitable[Any], timeout_s: float, who: str, field: str | None = None) -> Any:
+    """`grid_call`, or 503 naming `who` once `timeout_s` passed: a stopped (SIGSTOP) or stuck
+    peer must not hold the request, and the replica's slot, forever."""
+    try:
+        return await asyncio.wait_for(grid_call(call), timeout_s)
+    except asyncio.TimeoutError:
+        raise UnavailableError(f"{who} did not answer within {plain_seconds(timeout_s)} (stopped or overloaded); "
+                               "retry later", field=field) from None
 
 
 class WaitingCap:

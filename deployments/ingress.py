@@ -50,7 +50,7 @@ from grid_serve.placement import describe_strategies
 from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules
 
-from ._common import COORDINATOR_OPTIONS, WaitingCap, call_with_timeout, grid_call
+from ._common import COORDINATOR_OPTIONS, WaitingCap, answer_within, call_with_timeout, grid_call, logger
 from .http_app import (
     AccessGuard,
     CompletionReport,
@@ -65,10 +65,16 @@ API_VERSION = "v1"
 
 
 HEALTH_MAX_AGE_S = 0.5
+PEER_ANSWER_S = 10.0  # the Scheduler or SharingManager answers a read within this, or the request is 503
 HEALTH_TIMEOUT_S = 3.0  # a Scheduler that does not answer within this makes /v1/health say so, not hang
 MAX_WAIT_S = 3600.0
 _SCHEDULER_STALLED = (f"the Scheduler did not answer within {HEALTH_TIMEOUT_S:g} s (stopped, overloaded or being "
                       "replaced): placements wait until it does")
+
+
+async def _scheduler_answer(call: Any) -> Any:
+    """A read of the Scheduler's, or 503 once PEER_ANSWER_S passed (stopped, or being replaced)."""
+    return await answer_within(call, PEER_ANSWER_S, "the Scheduler")
 
 
 @serve.deployment(**COORDINATOR_OPTIONS)
@@ -137,7 +143,7 @@ class Ingress:
         return health
 
     async def cluster_status(self) -> ClusterStatus:
-        return await self._shared_cluster_status()
+        return await _scheduler_answer(self._shared_cluster_status())
 
     async def _shared_cluster_status(self) -> ClusterStatus:
         """One Scheduler call serves every status request that arrives while it is in flight.
@@ -247,10 +253,10 @@ class Ingress:
 
     async def recent_decisions(self, limit: int = 50, job_id: str | None = None) -> RecentDecisions:
         """The Scheduler's latest decisions with their reasons; one job's when `job_id` is given."""
-        return await self._scheduler.recent_decisions.remote(limit, job_id)
+        return await _scheduler_answer(self._scheduler.recent_decisions.remote(limit, job_id))
 
     async def placement_history(self, window_s: float = 600.0) -> PlacementHistory:
-        return await self._scheduler.placement_history.remote(window_s)
+        return await _scheduler_answer(self._scheduler.placement_history.remote(window_s))
 
     # ------------------------------------------------------------------ resource sharing
 
@@ -271,7 +277,7 @@ class Ingress:
         self._check_priority(body.priority, caller)
         owner, key = self._claim(caller)
         record = await self._call_sharing("request", body, owner)
-        await self._scheduler.sharing_changed.remote()
+        await self._tell_scheduler_sharing_changed()
         return record.model_copy(update={"owner_key": key}) if key else record
 
     async def get_sharing(self, record_id: str) -> Allocation:
@@ -280,13 +286,22 @@ class Ingress:
     async def release_resources(self, record_id: str, caller: Caller | None = None) -> Allocation:
         """End an allocation (running tasks finish first) or withdraw a pending request."""
         record = await self._call_sharing("release", record_id, caller)
-        await self._scheduler.sharing_changed.remote()
+        await self._tell_scheduler_sharing_changed()
         return record
 
     async def _call_sharing(self, method: str, *args: Any) -> Any:
         if self._sharing is None:
             raise NotFoundError("resource sharing is not part of this deployment", field="resource_sharing")
-        return await grid_call(getattr(self._sharing, method).remote(*args))
+        return await answer_within(getattr(self._sharing, method).remote(*args), PEER_ANSWER_S, "the SharingManager")
+
+    async def _tell_scheduler_sharing_changed(self) -> None:
+        """A nudge (the Scheduler also reads the allocations each interval): one it does not take
+        in time must not fail a request the SharingManager already recorded."""
+        try:
+            await call_with_timeout(self._scheduler.sharing_changed.remote(), PEER_ANSWER_S)
+        except Exception as exc:
+            logger.warning("could not tell the Scheduler that sharing changed (%s); it reads it within an interval",
+                           type(exc).__name__)
 
     # ================================================================== HTTP routes
 

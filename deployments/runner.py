@@ -253,6 +253,7 @@ class JobRunner:
     async def _end(self, job: RunnerJob) -> None:
         self._cancel_running(job)  # only after a failure: stop what runs
         batch = job.on_end()
+        job.fn_ref = None  # a caller's function in the object store is freed with the job's arguments
         job.result_bytes = job.kept_bytes if job.spec.result_refs else job.outcomes.result_bytes(size_of)
         job.done.set()  # a waiting caller gets its answer while the Scheduler's upkeep below goes on
         # Before any await: a caller woken by `done` reads the kept results within their bound

@@ -17,11 +17,11 @@ import ray
 from ray.actor import ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from grid_serve.errors import NotFoundError, UnavailableError, plain_seconds, require_id
+from grid_serve.errors import NotFoundError, require_id
 from grid_serve.limits import Limits
 from grid_serve.models import JobStatus
 
-from ._common import call_with_timeout, grid_call, logger
+from ._common import answer_within, call_with_timeout, logger
 from .runner import JobRunner
 from .runner_parent import RUNNER_NAMESPACE, TAG_LEN, is_runner_of, runner_name
 
@@ -126,12 +126,7 @@ class RunnerDirectory:
     async def answer(job_id: str, call: Any, beyond_s: float = 0.0) -> Any:
         """A runner's answer about `job_id`, or 503 once it is RUNNER_ANSWER_S late: a stopped
         (SIGSTOP) or stuck runner must not hold the request, and the replica's slot, forever."""
-        try:
-            return await asyncio.wait_for(grid_call(call), beyond_s + RUNNER_ANSWER_S)
-        except asyncio.TimeoutError:
-            raise UnavailableError(f"the runner of job {job_id!r} did not answer within "
-                                   f"{plain_seconds(beyond_s + RUNNER_ANSWER_S)} (stopped or overloaded); "
-                                   "retry later", field="job_id") from None
+        return await answer_within(call, beyond_s + RUNNER_ANSWER_S, f"the runner of job {job_id!r}", field="job_id")
 
     async def all_jobs(self) -> list[JobStatus]:
         """Every runner's jobs, newest first. The GCS lookup of the runners runs off the event

@@ -238,7 +238,9 @@ class JobBooks:
 
     def on_end(self) -> list[Completion]:
         """The job is over: what still runs or waits ends (with its error, or cancelled), and the
-        last ends not yet told are returned (they go with `finished`)."""
+        last ends not yet told are returned (they go with `finished`). Its arguments go: a
+        finished job is kept for reads (`finished_jobs_kept` of them), and arguments are as
+        large as callers make them, ObjectRefs among them keeping their objects alive."""
         reason = self.error or "cancelled"
         for index, (decision, _) in list(self.running.items()):
             self._record(index, decision, ok=False, error=reason)
@@ -249,6 +251,7 @@ class JobBooks:
         self._record_unsent(reason)
         self.finished_at = time.time()
         self.ended = True
+        self.spec = self.spec.without_args()  # nothing runs again: a kept job holds no caller's arguments
         batch, self.unreported = self.unreported, []
         return batch
 

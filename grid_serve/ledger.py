@@ -22,6 +22,11 @@ from .models import RESOURCE_SCALE, to_units
 from .view import Running
 
 EWMA_ALPHA = 0.3
+# Run times are learned per (node, task type) and per group, names a caller chooses: at most this
+# many of each are kept, the least recently learned forgotten first (a forgotten one is learned
+# again from its next end), so callers naming a task type per call cannot grow the Scheduler, nor
+# the snapshot it copies for every view.
+LEARNED_KEPT = 10_000
 
 Key = TypeVar("Key", bound=Hashable)
 
@@ -215,7 +220,17 @@ class Ledger:
                               self.group_loads(), self.epoch, dict(self.group_run_s))
 
 
-def _blend(averages: dict[Key, float], key: Key, seconds: float) -> None:
-    """Fold `seconds` into the EWMA kept under `key` (the first one is taken as it is)."""
-    previous = averages.get(key)
+def _blend(averages: dict[Key, float], key: Key, seconds: float, kept: int = LEARNED_KEPT) -> None:
+    """Fold `seconds` into the EWMA kept under `key` (the first one is taken as it is); the key
+    moves to the newest end, and past `kept` keys the least recently learned one goes.
+
+    >>> averages = {}
+    >>> for key, seconds in (("a", 1.0), ("b", 2.0), ("a", 2.0), ("c", 3.0)):
+    ...     _blend(averages, key, seconds, kept=2)
+    >>> list(averages)  # "b" was learned least recently
+    ['a', 'c']
+    """
+    previous = averages.pop(key, None)
     averages[key] = seconds if previous is None else (1 - EWMA_ALPHA) * previous + EWMA_ALPHA * seconds
+    while len(averages) > kept:
+        del averages[next(iter(averages))]

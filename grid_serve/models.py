@@ -423,6 +423,13 @@ class JobSubmission(_Model):
         the default) the function's own name."""
         return self.task if self.task != type(self).model_fields["task"].default else own_name
 
+    def without_args(self) -> JobSubmission:
+        """The spec with its `args` gone and its task count kept (a job that ended runs nothing
+        again). Built without validation: the count of an `args` job may pass `count`'s own cap."""
+        if self.args is None:
+            return self
+        return self.model_copy(update={"args": None, "count": self.task_count})
+
     def call_args(self, index: int) -> tuple[list[Any], dict[str, Any]]:
         """Positional and keyword arguments of task `index`; `count` jobs pass the index."""
         if self.args is None:

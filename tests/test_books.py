@@ -8,6 +8,7 @@ spread is exact and nothing is left held."""
 
 from __future__ import annotations
 
+import pickle
 from collections import Counter
 
 import pytest
@@ -381,3 +382,16 @@ def test_the_metrics_hear_each_placement_with_its_priority_and_the_queue_per_pri
     books.on_submitted(Submit(requests=high, runner=RUNNER))  # waits too: nothing is free
     assert heard[0] == ([(f"low-{i}", "low") for i in range(6)], [("low", 2)])
     assert heard[-1][1] == [("high", 1), ("low", 2)]
+
+
+def test_a_finished_job_keeps_its_counts_but_not_its_arguments() -> None:
+    """A finished job is kept for reads, up to `finished_jobs_kept` of them per runner: its
+    arguments (as large as callers make them, ObjectRefs among them pinning their objects)
+    must not be kept with it (issue 20)."""
+    blob = "x" * 1_000_000
+    job = JobBooks(id="job", spec=JobSubmission(task="sleep", args=[[blob, i] for i in range(3)]), task_name="sleep",
+                   requirements=ResourceRequirement(cpu_count=1), outcomes=OutcomeTable("job", 3))
+    assert job.spec.call_args(2) == ([blob, 2], {})
+    job.on_end()
+    assert (job.spec.args, job.spec.task_count, job.status().total, job.status().cancelled) == (None, 3, 3, 3)
+    assert len(pickle.dumps(job)) < 10_000  # what goes to a runner's keep_finished and stays there

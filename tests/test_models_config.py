@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from grid_serve.config import ConfigError, load_cluster_config, parse_cluster_config
-from grid_serve.ledger import Completion, Ledger
+from grid_serve.ledger import LEARNED_KEPT, Completion, Ledger
 from grid_serve.models import (
     JobSubmission,
     ResourceRequirement,
@@ -134,6 +134,22 @@ def test_ledger_reserves_releases_and_learns() -> None:
     ledger.reserve("t3", "n1", {"CPU": 1.0}, task_type="job")
     ledger.release([Completion(task_id="t3", duration_s=1.0)])
     assert ledger.durations[("n1", "job")] == pytest.approx(0.7 * 2.0 + 0.3 * 1.0)
+
+
+def test_run_times_learned_under_callers_names_stay_bounded_and_the_busiest_are_kept() -> None:
+    """Task types and groups are names callers choose: a caller naming one per call must not
+    grow the Scheduler (issue 20). Past LEARNED_KEPT, the least recently learned go first."""
+    ledger = Ledger(clock=lambda: 0.0)
+    for i in range(LEARNED_KEPT + 50):
+        ledger.reserve(f"t{i}", "n1", {"CPU": 1.0}, task_type=f"type-{i}", group=f"job-{i}")
+        ledger.release([Completion(task_id=f"t{i}", duration_s=1.0)])
+        if i % 100 == 0:  # one type in steady use, learned again all along
+            ledger.reserve(f"s{i}", "n1", {"CPU": 1.0}, task_type="steady", group="service")
+            ledger.release([Completion(task_id=f"s{i}", duration_s=0.5)])
+    assert len(ledger.durations) == len(ledger.group_run_s) == LEARNED_KEPT
+    assert ("n1", "steady") in ledger.durations and ledger.group_run_s["service"] == pytest.approx(0.5)
+    assert ("n1", "type-0") not in ledger.durations and ("n1", f"type-{LEARNED_KEPT + 49}") in ledger.durations
+    assert len(ledger.snapshot().durations) == LEARNED_KEPT
 
 
 def test_ledger_leases_expire() -> None:

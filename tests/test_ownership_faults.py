@@ -295,17 +295,22 @@ def replica_process(deployment: str) -> psutil.Process:
 
 def test_a_stalled_scheduler_makes_health_say_so_instead_of_hanging(client: GridClient, http: httpx.Client) -> None:
     """Issue 20: with the Scheduler stopped, `/v1/health` answers (degraded, naming it) within
-    its own timeout instead of waiting for it; the counts are the last it knew."""
+    its own timeout instead of waiting for it, the counts the last it knew; the routes that read
+    the Scheduler answer 503 naming it."""
     eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
     scheduler = replica_process("Scheduler")
     scheduler.suspend()  # SIGSTOP: it answers nothing
     try:
         time.sleep(1.0)  # past the health route's cache of the last answer
         health = http.get("/v1/health", timeout=20).json()
+        reads = [http.get(path, timeout=30) for path in ("/v1/cluster", "/v1/decisions", "/v1/placements")]
     finally:
         scheduler.resume()
     assert (health["status"], health["stalled"]) == ("degraded", ["scheduler"]), health
     assert health["reason"].startswith("the Scheduler did not answer within 3 s")
+    for read in reads:  # the Scheduler's reads: a 503 saying who, not a request held for ever
+        assert read.status_code == 503, (read.request.url, read.text)
+        assert read.json()["error"].startswith("the Scheduler did not answer within 10 s"), read.text
     assert eventually(lambda: http.get("/v1/health").json()["stalled"] == [], what="health without a stall")
     assert_recovered(client, http)
 

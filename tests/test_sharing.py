@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from grid_serve.config import parse_cluster_config
-from grid_serve.errors import InvalidRequestError, NotFoundError
+from grid_serve.errors import InvalidRequestError, NotFoundError, TooBusyError
 from grid_serve.models import SchedulingRequest, SchedulingStrategy
 from grid_serve.sharing import (
     Allocation,
@@ -22,6 +22,7 @@ from grid_serve.sharing import (
     next_state,
     parse_duration,
     reconcile,
+    rules,
     sharing_status,
     status_tables,
 )
@@ -250,6 +251,22 @@ def test_queue_grants_by_priority_then_age_as_capacity_frees():
     assert [r.id for r in changes.granted] == [waiting[1].id]  # the oldest high one
     assert book.get(waiting[1].id).donor == "gpu2"
     assert [r.id for r in book.pending()] == [waiting[3].id, waiting[2].id, waiting[0].id]
+
+
+def test_pending_requests_are_capped_and_a_release_makes_room(monkeypatch):
+    """Waiting requests live until granted or timed out (up to a week) and are saved with the
+    ledger on every change: past PENDING_KEPT a new one is 429, nothing of the others touched."""
+    monkeypatch.setattr(rules, "PENDING_KEPT", 3)
+    book, clock = ledger()
+    view = cluster()
+    fill_gpu_cpus(book, view, "critical")
+    waiting = [book.submit(ask(node="gpu1", amount=4, priority="low"), view)[0] for _ in range(3)]
+    with pytest.raises(TooBusyError, match="3 sharing requests already wait for a donor") as refused:
+        book.submit(ask(node="gpu1", amount=4, priority="low"), view)
+    assert refused.value.status == 429 and refused.value.field == "node"
+    assert {r.id for r in book.pending()} == {r.id for r in waiting}
+    book.release(waiting[0].id)  # withdrawn: room for one more
+    assert book.submit(ask(node="gpu1", amount=4, priority="low"), view)[0].state == "pending"
 
 
 def test_pending_request_times_out_with_a_clear_status():

@@ -205,6 +205,26 @@ def test_a_stalled_load_balancer_does_not_keep_a_lease_alive(http, sharing):
     eventually(lambda: group_of(record).get("state") == "REMOVED", "expired group removed once it is seen again")
 
 
+def test_a_stalled_sharing_manager_is_a_503_naming_it_not_a_hang(http, sharing):
+    """Issue 20: the Ingress waits for the SharingManager at most PEER_ANSWER_S; a request it
+    gave up on is not made once the manager runs again (its caller was told it failed)."""
+    before = http.get("/v1/sharing").json()
+    manager = replica_process("SharingManager")
+    manager.suspend()
+    try:
+        answers = [http.get("/v1/sharing", timeout=30), http.post("/v1/sharing", timeout=30,
+                                                                  json={"node": "gpu1", "type": "cpu", "amount": 1})]
+    finally:
+        manager.resume()
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"].startswith("the SharingManager did not answer within 10 s"), answer.text
+    assert eventually(lambda: http.get("/v1/sharing").status_code == 200, "the SharingManager answers again")
+    time.sleep(1.0)  # what it had queued has run by now
+    after = http.get("/v1/sharing").json()
+    assert [(len(s["allocations"]), len(s["pending"])) for s in (before, after)] == [(0, 0), (0, 0)], after
+
+
 def manager_actors(cluster_address: str) -> list:
     # name this cluster: other clusters on the machine have dashboards too
     return [a for a in list_actors(address=cluster_address, filters=[("state", "=", "ALIVE")], limit=1000)

@@ -13,12 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from ..config import ClusterConfig
-from ..errors import InvalidRequestError, NotFoundError
+from ..errors import InvalidRequestError, NotFoundError, TooBusyError
 from ..view import ClusterView, NodeLookupError, NodeView
 from .lifecycle import ENDED_STATES, Event, next_state
 from .models import EPS, PLACEMENT_GROUP_PREFIX, RECORD_ID, Allocation, ResourceType, SharingRequest, figure
 
 ENDED_RECORDS_KEPT = 200
+# Requests waiting for a donor, all callers together: each is kept (and saved to the GCS with the
+# ledger on every change) until granted, released or timed out (up to a week), so past this a new
+# one is turned away, 429, rather than grow the ledger without bound.
+PENDING_KEPT = 1_000
 
 
 @dataclass
@@ -168,6 +172,10 @@ class SharingLedger:
         """Record a request and grant it now if it can be (by preemption if it must); `owner`
         alone may release it (`grid_serve.access`)."""
         borrower, donor = self.validate(request, view)
+        waiting = sum(1 for record in self.records.values() if record.state == "pending")
+        if waiting >= PENDING_KEPT:
+            raise TooBusyError(f"{waiting} sharing requests already wait for a donor (at most {PENDING_KEPT}); "
+                               "release one or retry later", field="node", retry_after_s=30)
         now = self.clock()
         timeout = request.timeout_s or (self.config.resource_sharing.allocation_timeout_minutes * 60.0
                                         if self.config else 600.0)
