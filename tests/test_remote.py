@@ -22,6 +22,7 @@ import grid_serve as grid
 from grid_serve.client import GridClient
 from grid_serve.errors import InvalidRequestError
 from tests.test_api import wait_idle
+from tests.test_ownership_faults import eventually, idle_and_unreserved, serve_actor
 
 pytestmark = pytest.mark.cluster
 
@@ -208,3 +209,18 @@ def test_a_callers_module_and_runtime_env_and_its_death_reclaims_what_it_held(
     names = node_names(client)
     assert sorted(Counter(names[node] for node in ray.get([where.remote(i) for i in range(30)])).values()) == [10, 10, 10]
 
+
+
+def test_a_scheduler_killed_mid_run_loses_no_call(client: GridClient) -> None:
+    """Calls in flight finish (they are Ray's tasks of this process), the dispatcher registers its
+    stream with the new Scheduler, and calls made while it restarts wait and then run."""
+    wait_idle(client)
+    names = node_names(client)
+    sleeper = grid.remote(lambda i: (time.sleep(0.4), ray.get_runtime_context().get_node_id())[1])
+    first = [sleeper.remote(i) for i in range(18)]
+    ray.kill(serve_actor("Scheduler"), no_restart=True)
+    later = [sleeper.remote(i) for i in range(18, 36)]
+    assert len(ray.get(first + later, timeout=120)) == 36
+    eventually(lambda: idle_and_unreserved(client), what="reservations back to zero")
+    ran = ray.get([where.remote(i) for i in range(30)])
+    assert sorted(Counter(names[node] for node in ran).values()) == [10, 10, 10]
