@@ -11,9 +11,7 @@ on the FastAPI app of `http_app.py` (its error shapes and middleware).
 """
 
 
-import asyncio
 import os
-import time
 from typing import Any, Callable
 
 import ray
@@ -60,21 +58,12 @@ from .http_app import (
 )
 from .runner_directory import RunnerDirectory, RunnerSettings
 from .schedule_desk import ScheduleDesk
+from .scheduler_reads import PEER_ANSWER_S, SchedulerReads
 
 API_VERSION = "v1"
 
 
-HEALTH_MAX_AGE_S = 0.5
-PEER_ANSWER_S = 10.0  # the Scheduler or SharingManager answers a read within this, or the request is 503
-HEALTH_TIMEOUT_S = 3.0  # a Scheduler that does not answer within this makes /v1/health say so, not hang
 MAX_WAIT_S = 3600.0
-_SCHEDULER_STALLED = (f"the Scheduler did not answer within {HEALTH_TIMEOUT_S:g} s (stopped, overloaded or being "
-                      "replaced): placements wait until it does")
-
-
-async def _scheduler_answer(call: Any) -> Any:
-    """A read of the Scheduler's, or 503 once PEER_ANSWER_S passed (stopped, or being replaced)."""
-    return await answer_within(call, PEER_ANSWER_S, "the Scheduler")
 
 
 @serve.deployment(**COORDINATOR_OPTIONS)
@@ -112,49 +101,15 @@ class Ingress:
             app=serve.get_replica_context().app_name, scheduler=self._scheduler, task_modules=self._task_modules,
             parent=(own_name, SERVE_NAMESPACE) if own_name else None, interval_s=interval_s, limits=self._limits,
             chunk_s=chunk_ms / 1000.0))
-        self._status_call: asyncio.Future | None = None
-        self._health_status: tuple[float, ClusterStatus] | None = None  # (monotonic time, status)
+        self._reads = SchedulerReads(self._scheduler)
 
     # ================================================================== handle API
 
     async def health(self) -> dict[str, Any]:
-        """Liveness with node and queue counts, from a cluster status at most
-        HEALTH_MAX_AGE_S old: probes poll this often, and a Scheduler round trip per probe
-        cost much of the route's rate (bench/http_api.py; BENCHMARKS.md). /v1/cluster stays exact."""
-        cached = self._health_status
-        stalled: list[str] = []
-        if cached is not None and time.monotonic() - cached[0] < HEALTH_MAX_AGE_S:
-            status = cached[1]
-        else:
-            try:
-                status = await call_with_timeout(self._shared_cluster_status(), HEALTH_TIMEOUT_S)
-                self._health_status = (time.monotonic(), status)
-            except asyncio.TimeoutError:  # stopped, or being replaced: say so with what was last known
-                if cached is None:
-                    return {"status": "degraded", "stalled": ["scheduler"], "reason": _SCHEDULER_STALLED}
-                status, stalled = cached[1], ["scheduler"]
-        alive = sum(1 for node in status.nodes if node.alive)
-        stale = sum(1 for node in status.nodes if node.alive and node.stale)
-        health = {"status": "degraded" if stale or stalled else "ok", "stalled": stalled, "nodes_alive": alive,
-                  "nodes_stale": stale, "nodes": len(status.nodes), "queued": status.queued,
-                  "jobs_running": status.jobs_running, "snapshot_age_s": round(status.snapshot_age_s, 2)}
-        if stalled:
-            health["reason"] = _SCHEDULER_STALLED + f"; the counts are from {time.monotonic() - cached[0]:.0f} s ago"
-        return health
+        return await self._reads.health()
 
     async def cluster_status(self) -> ClusterStatus:
-        return await _scheduler_answer(self._shared_cluster_status())
-
-    async def _shared_cluster_status(self) -> ClusterStatus:
-        """One Scheduler call serves every status request that arrives while it is in flight.
-
-        Under load the status routes cost a Scheduler round trip per request, which cut
-        their rate well below a bare Serve deployment's (bench/http_api.py; BENCHMARKS.md); sharing the call in
-        flight keeps every answer no older than one round trip and fails all alike.
-        """
-        if self._status_call is None or self._status_call.done():
-            self._status_call = asyncio.ensure_future(self._scheduler.cluster_status.remote())
-        return await asyncio.shield(self._status_call)
+        return await self._reads.cluster_status()
 
     async def list_tasks(self) -> list[dict[str, Any]]:
         return [{"name": t.name, "description": t.description, "requirements": t.requirements.model_dump()}
@@ -211,15 +166,17 @@ class Ingress:
     async def get_job(self, job_id: str, results: bool = False, reader: Caller | None = None) -> JobStatus:
         """`reader` (HTTP with tokens only) must own the job to read its results."""
         runner = await self._runners.of_job(job_id)
-        return await self._runners.answer(job_id, runner.get_job.remote(job_id, bool(results), reader))
+        status = await self._runners.answer(job_id, runner.get_job.remote(job_id, bool(results), reader))
+        return await self._reads.with_pending(status)
 
     async def wait_job(self, job_id: str, timeout_s: float = 600.0, results: bool = True,
                        reader: Caller | None = None) -> JobStatus:
         timeout_s = require_number("timeout_s", timeout_s, 0, MAX_WAIT_S)
         with self._waiting.slot(timeout_s > 0):
             runner = await self._runners.of_job(job_id)
-            return await self._runners.answer(job_id, runner.wait_job.remote(job_id, timeout_s, bool(results), reader),
-                                              beyond_s=timeout_s)
+            return await self._reads.with_pending(await self._runners.answer(
+                job_id, runner.wait_job.remote(job_id, timeout_s, bool(results), reader), beyond_s=timeout_s))
+
 
     async def list_jobs(self, limit: int = 100, offset: int = 0) -> list[JobStatus]:
         """Every runner's jobs, newest first, `limit` of them from `offset`. The web page asks
@@ -253,10 +210,10 @@ class Ingress:
 
     async def recent_decisions(self, limit: int = 50, job_id: str | None = None) -> RecentDecisions:
         """The Scheduler's latest decisions with their reasons; one job's when `job_id` is given."""
-        return await _scheduler_answer(self._scheduler.recent_decisions.remote(limit, job_id))
+        return await self._reads.answer(self._scheduler.recent_decisions.remote(limit, job_id))
 
     async def placement_history(self, window_s: float = 600.0) -> PlacementHistory:
-        return await _scheduler_answer(self._scheduler.placement_history.remote(window_s))
+        return await self._reads.answer(self._scheduler.placement_history.remote(window_s))
 
     # ------------------------------------------------------------------ resource sharing
 

@@ -36,7 +36,7 @@ from grid_serve.books import SchedulerBooks
 from grid_serve.handles import stop_safe
 from grid_serve.ledger import Completion
 from grid_serve.limits import Limits
-from grid_serve.models import ClusterStatus, PlacementHistory, RecentDecisions
+from grid_serve.models import ClusterStatus, JobPending, PlacementHistory, RecentDecisions
 from grid_serve.protocol import Adopt, Finished, Placements, Report, Submit
 from grid_serve.sharing import Allocation
 
@@ -314,6 +314,11 @@ class Scheduler:
         async with self._lock:
             self._books.on_groups_ended(finished)
             self._after_change()
+
+    async def pending(self, group: str) -> JobPending | None:
+        """Why the job's queued tasks wait and when they should run (None: none waits here)."""
+        async with self._lock:
+            return self._books.pending(group)
 
     async def job_fate(self, group: str) -> str | None:
         """Why a job this Scheduler reclaimed is gone (its runner stopped renewing), if it was."""

@@ -136,15 +136,26 @@ class Keeping:
             await self._check_async(call)
 
     def finish(self) -> None:
-        """At exit: send what waits, and wait a little for it to land."""
+        """At exit: send what waits, and wait a little for it to land (nothing, quietly, when
+        every batch is gone already)."""
         import ray
 
+        with self._lock:
+            waiting, unseen = len(self._batch), list(self._calls)
+        if not waiting and not unseen:
+            return
+        if not ray.is_initialized():  # shut down before exit: what was sent went, what waits cannot
+            if waiting:
+                logger.warning("%d finished job(s) of this process were not left with their job runner (Ray was "
+                               "shut down first); they cannot be read by id", waiting)
+            return
         try:
             self.send()
             ray.get(self._calls, timeout=5.0)
         except Exception as exc:  # Ray is shut down already, or the runner is gone: say what is lost
-            logger.warning("finished jobs of this process could not be left with their job runner at exit "
-                           "(%s); they cannot be read by id", type(exc).__name__)
+            logger.warning("finished jobs of this process (%d not sent, %d batches not seen to land) could not be "
+                           "left with their job runner at exit (%s: %s); they cannot be read by id", waiting,
+                           len(unseen), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
 
     def _check(self, get: Callable[[], Any]) -> None:
         try:

@@ -41,6 +41,7 @@ from .models import (
     NODE_LABEL,
     ClusterStatus,
     DecisionRecord,
+    JobPending,
     JobStatus,
     JobSubmission,
     NodeStatus,
@@ -382,22 +383,45 @@ def explain(
     as_json: bool = JsonOption,
     address: str | None = AddressOption,
 ) -> None:
-    """Why one task of a job runs where it does: its decision in full.
+    """Why one task of a job runs where it does: its decision in full. A task still queued:
+    why it waits, what is ahead of it, and when it is expected to start and end.
 
     \b
     Example: grid explain 3f2a9c1e07b4 0
     """
     with connect(address) as client:
-        client.get_job(job_id)  # an unknown job is a usage error naming it
+        status = client.get_job(job_id)  # an unknown job is a usage error naming it
         kept = client.recent_decisions(limit=500, job_id=job_id).decisions
         task_ids: dict[int, str] = {}
         if not kept:  # a job its caller's process ran: placed as calls of that caller's stream
             kept, task_ids = _stream_decisions(client, job_id)
+    wanted = None if task_index is None else task_ids.get(task_index, f"{job_id}-{task_index}")
+    if status.pending is not None and (not kept or (wanted and all(r.task_id != wanted for r in kept))):
+        _print_pending(job_id, status.pending, as_json)
+        return
     record = _decision_of(job_id, task_index, kept, task_ids)
     if as_json:
         print(json.dumps(record.model_dump(mode="json"), indent=2))
         return
     _print_decision(record)
+
+
+def _print_pending(job_id: str, pending: JobPending, as_json: bool) -> None:
+    """A queued job's forecast (`GET /v1/jobs/{id}`'s `pending`)."""
+    if as_json:
+        print(json.dumps(pending.model_dump(mode="json"), indent=2))
+        return
+    ahead = ", ".join(f"{count} {priority}" for priority, count in pending.ahead.items()) or "nothing"
+    console.print(f"[bold]job {job_id}[/bold]: {pending.waiting} task(s) queued, {pending.held_back} more held back; "
+                  f"its next one is number {pending.position + 1} in the queue (ahead of it: {ahead})")
+    console.print(f"  why not yet: {pending.reason or 'placed at the next drain (capacity just freed)'}")
+    start, end = (_in_seconds(value) for value in (pending.expected_start_s, pending.expected_end_s))
+    console.print(f"  expected to start {start}, and the job to end {end}" +
+                  (f" ({pending.note})" if pending.note else ""))
+
+
+def _in_seconds(value: float | None) -> str:
+    return "at a time not known yet" if value is None else f"in {value:.1f} s"
 
 
 def _stream_decisions(client: GridClient, job_id: str) -> tuple[list[DecisionRecord], dict[int, str]]:

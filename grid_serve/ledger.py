@@ -206,6 +206,15 @@ class Ledger:
         return [Running(r.task_type, r.resources, now - r.made_at) for r in self.reservations.values()
                 if r.node_id == node_id and r.placement_group_id is None]
 
+    def running_everywhere(self) -> dict[str, list[Running]]:
+        """`running_on` for every node, in one scan (what a job's forecast replays)."""
+        now = self.clock()
+        running: dict[str, list[Running]] = {}
+        for r in self.reservations.values():
+            if r.placement_group_id is None:
+                running.setdefault(r.node_id, []).append(Running(r.task_type, r.resources, now - r.made_at))
+        return running
+
     def loads(self) -> dict[str, NodeLoad]:
         """Per node, the tasks placed on it directly. Tasks inside a borrowed allocation are
         left out: the allocation's whole capacity is already counted on its donor."""

@@ -489,6 +489,20 @@ class TaskOutcome(BaseModel):
         return {"object_ref": result.hex()} if is_object_ref(result) else result
 
 
+class JobPending(BaseModel):
+    """Why a job's queued tasks wait and when they are expected to run (`grid_serve.pending`)."""
+
+    position: int = Field(description="tasks queued ahead of the job's next one, all priorities")
+    ahead: dict[str, int] = Field(default_factory=dict, description="priority -> tasks queued ahead of it")
+    waiting: int = Field(description="the job's tasks queued at the Scheduler")
+    held_back: int = Field(0, description="the job's tasks its runner has not handed to the Scheduler yet")
+    reason: str | None = Field(None, description="why no node takes its next task now, counted per cause")
+    expected_start_s: float | None = Field(None, description="seconds until its next task is expected to start, "
+                                                             "from learned run times; null: unknown (see note)")
+    expected_end_s: float | None = Field(None, description="seconds until its last task is expected to end")
+    note: str | None = Field(None, description="why an expected time is unknown")
+
+
 class JobStatus(BaseModel):
     job_id: str
     task: str
@@ -512,6 +526,7 @@ class JobStatus(BaseModel):
     submitted_at: float
     finished_at: float | None = None
     error: str | None = None
+    pending: JobPending | None = Field(None, description="while tasks are queued: why, and when they should run")
     results: list[TaskOutcome] | None = None
 
 

@@ -153,6 +153,8 @@ class SchedulerCore:
         self._waiting: list[_Waiting] = []
         self._seq = itertools.count()
         self._queued: dict[str, int] = {}  # group -> tasks waiting
+        # group -> why its next task waited in the last drain (`pending`); its text is made when asked
+        self._reasons: dict[str, NoFit] = {}
         self.group_counts = GroupCounts()
 
     def __len__(self) -> int:
@@ -192,6 +194,15 @@ class SchedulerCore:
         stop: tuple[float, ...] = (-rank + 1,)
         return bisect.bisect_left(self._waiting, stop, key=_key)
 
+    def waiting_in_order(self) -> list[SchedulingRequest]:
+        """The queue as it is served: priority, then age."""
+        return [item.request for item in self._waiting]
+
+    def why_waiting(self, group: str) -> str | None:
+        """Why the group's next task found no node in the last drain, counted per cause."""
+        outcome = self._reasons.get(group)
+        return outcome.message if outcome is not None else None
+
     def _keep_only(self, keep: list[_Waiting]) -> None:
         self._waiting = keep
         self._queued = {}
@@ -224,6 +235,7 @@ class SchedulerCore:
         blocked: set[Signature] = set()
         keep: list[_Waiting] = []
         holds: list[_Hold] = []  # nodes held for starving tasks, in this drain
+        self._reasons = {}
         for item in self._waiting:
             request = item.request
             if item.signature in blocked:
@@ -263,6 +275,8 @@ class SchedulerCore:
             elif outcome.can_wait or (current is not None and may_fit_allocation(request, current)):
                 blocked.add(item.signature)
                 keep.append(item)
+                if isinstance(outcome, NoFit):
+                    self._reasons.setdefault(request.group, outcome)
                 if isinstance(outcome, NoFit) and outcome.can_wait:
                     self._close_lookahead_below(request.priority.rank, outcome, nodes, placers)
                 if isinstance(outcome, NoFit) and outcome.can_wait and self._starving(item):

@@ -7,6 +7,7 @@ not from the decisions.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -315,6 +316,52 @@ def test_cancel_with_running_tasks_leaves_nothing_reserved(http: httpx.Client, c
     final = client.wait_job(running.job_id, timeout_s=60)  # the 6 in time.sleep, out of reach of Ray's plain cancel,
     assert final.cancelled == 15, final  # are stopped by force after a grace (grid_serve.stopping)
     wait_idle(client)  # every reservation came back: nothing leaked
+
+
+def test_a_queued_job_says_why_it_waits_what_is_ahead_and_when_it_should_run(http: httpx.Client,
+                                                                              client: GridClient,
+                                                                              base_url: str) -> None:
+    """Issue 23: `pending` in a queued job's status (and `grid explain` of it): its place in the
+    queue, what is ahead of it by priority, why no node takes it (counted as decisions count),
+    and its forecast, unknown (saying why) while a run time it depends on is not learned."""
+    wait_idle(client)
+    filler = hold_job(12, 60.0, "high")  # 6 run, 6 queued inside Ray: the cluster is full
+    ahead = hold_job(2, 0.1, "high")  # waits in grid-serve
+    low = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 0.1] for i in range(3)],
+                                      "priority": "low"}).json()
+    try:
+        status = http.get(f"/v1/jobs/{low['job_id']}").json()
+        pending = status["pending"]
+        assert (status["queued"], pending["position"], pending["ahead"], pending["waiting"], pending["held_back"]) == (
+            3, 2, {"high": 2}, 3, 0), status
+        assert pending["reason"].startswith("0/3 nodes are available: 3 "), pending
+        assert "expected_start_s" not in pending and "expected_end_s" not in pending  # unknown: the fillers never ended
+        assert re.fullmatch(r"no run time learned yet for task type 'hold-[0-9a-f]{8}' running on gpu-master",
+                            pending["note"]), pending
+        explained = subprocess.run([sys.executable, "-m", "grid_serve.cli", "explain", low["job_id"], "0", "--json"],
+                                   capture_output=True, text=True, timeout=60, env={**os.environ, "GRID_ADDRESS": base_url})
+        assert explained.returncode == 0, explained.stderr
+        assert {k: v for k, v in json.loads(explained.stdout).items() if k in ("position", "ahead", "waiting", "note")
+                } == {"position": 2, "ahead": {"high": 2}, "waiting": 3, "note": pending["note"]}
+        assert "pending" not in http.get(f"/v1/jobs/{filler.job_id}").json()  # nothing of it waits in grid-serve
+    finally:
+        http.delete(f"/v1/jobs/{low['job_id']}", headers=owned(low))
+        for job in (ahead, filler):
+            http.delete(f"/v1/jobs/{job.job_id}")
+    wait_idle(client)
+    # with the run times learned (sleep_task's, each node), the forecast has numbers
+    assert client.submit_job({"task": "sleep_task", "args": [[i, 0.2] for i in range(6)], "wait": True}).succeeded == 6
+    busy = client.submit_job({"task": "sleep_task", "args": [[i, 30.0] for i in range(12)]})
+    late = client.submit_job({"task": "sleep_task", "args": [[i, 0.2] for i in range(4)]})
+    try:
+        pending = client.get_job(late.job_id).pending
+        assert pending is not None and pending.note is None and (pending.position, pending.waiting) == (0, 4), pending
+        assert pending.expected_start_s is not None and pending.expected_end_s is not None
+        assert 0 <= pending.expected_start_s <= pending.expected_end_s, pending
+    finally:
+        for job in (late, busy):
+            client.cancel_job(job.job_id)
+    wait_idle(client)
 
 
 def test_schedule_refuses_a_task_id_already_reserved(http: httpx.Client, client: GridClient) -> None:

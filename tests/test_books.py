@@ -58,10 +58,10 @@ class Runner:
     what `deployments/runner.py` does with one job, with Ray's task ends played by the test."""
 
     def __init__(self, books: SchedulerBooks, job: str, tasks: int, first_window: int = 4,
-                 strategy: str = "spread") -> None:
+                 strategy: str = "spread", task: str = "sleep", priority: str = "normal") -> None:
         self.books = books
-        self.job = JobBooks(id=job, spec=JobSubmission(task="sleep", count=tasks, strategy=strategy),
-                            task_name="sleep", requirements=ResourceRequirement(cpu_count=1),
+        self.job = JobBooks(id=job, spec=JobSubmission(task=task, count=tasks, strategy=strategy, priority=priority),
+                            task_name=task, requirements=ResourceRequirement(cpu_count=1),
                             outcomes=OutcomeTable(job, tasks))
         self.first_window = first_window
         self.placed_on: Counter[str] = Counter()  # node name -> tasks placed there
@@ -395,3 +395,53 @@ def test_a_finished_job_keeps_its_counts_but_not_its_arguments() -> None:
     job.on_end()
     assert (job.spec.args, job.spec.task_count, job.status().total, job.status().cancelled) == (None, 3, 3, 3)
     assert len(pickle.dumps(job)) < 10_000  # what goes to a runner's keep_finished and stays there
+
+
+def test_a_queued_job_says_why_it_waits_what_is_ahead_and_when_it_should_run() -> None:
+    """Issue 23: from the books alone, with the run times they learned. 6 slots, all busy with
+    tasks learned at 0.5 s and 0.2 s old; 3 high tasks queued ahead of the job's 6 (its runner
+    holds 2 more back): the slots free in 0.3 s, the high tasks take 3 and the job 3, and its
+    other 5 start as those end, at 0.8 s."""
+    clock = Clock()
+    books = books_at(clock)
+    first = Runner(books, "first", tasks=12, first_window=12)
+    first.submit()
+    first.end(6)  # each took 0.5 s: learned for "sleep" on every node
+    first.send(first.report())
+    assert books.pending("first") is None and len(first.job.running) == 6  # nothing of it waits
+    second = Runner(books, "second", tasks=8, first_window=6)
+    second.submit()
+    urgent = Runner(books, "urgent", tasks=3, first_window=3, priority="high")
+    urgent.submit()
+    clock.now += 0.2
+    pending = books.pending("second")
+    assert pending is not None and pending.note is None
+    assert (pending.position, pending.ahead, pending.waiting, pending.held_back) == (3, {"high": 3}, 6, 2)
+    assert pending.reason is not None and pending.reason.startswith("0/3 nodes are available: 3 CPU busy")
+    assert (pending.expected_start_s, pending.expected_end_s) == (0.3, 1.3)
+    urgent_pending = books.pending("urgent")
+    assert urgent_pending is not None and (urgent_pending.position, urgent_pending.ahead) == (0, {})
+    assert (urgent_pending.expected_start_s, urgent_pending.expected_end_s) == (0.3, 0.8)
+
+
+def test_a_forecast_never_makes_up_a_run_time_it_has_not_learned() -> None:
+    clock = Clock()
+    books = books_at(clock)
+    first = Runner(books, "first", tasks=6, first_window=6)
+    first.submit()  # running, none ended: nothing learned
+    later = Runner(books, "later", tasks=2, first_window=2, task="other")
+    later.submit()
+    pending = books.pending("later")
+    assert pending is not None and (pending.expected_start_s, pending.expected_end_s) == (None, None)
+    assert pending.note == "no run time learned yet for task type 'sleep' running on gpu-master"
+    books.on_cancelled("later")
+    books.on_finished("later")
+    first.end(6)
+    books.on_finished("first", completions=first.job.on_end())  # "sleep" learned; "other" is not
+    another = Runner(books, "another", tasks=6, first_window=6)
+    another.submit()
+    again = Runner(books, "again", tasks=2, first_window=2, task="other")
+    again.submit()
+    pending = books.pending("again")
+    assert pending is not None and pending.expected_start_s is None
+    assert pending.note == "no run time learned yet for 'other' on gpu-master, gpu1, gpu2"
