@@ -115,15 +115,7 @@ class SharingManager:
         cannot be recorded (the GCS's KV store fails), nothing of it stays: 503, retry."""
         request = body if isinstance(body, SharingRequest) else SharingRequest.model_validate(body)
         self._refuse_if_replaced()
-        try:
-            view, available, in_flight = await call_with_timeout(self._observe(), OBSERVE_TIMEOUT_S)
-        except asyncio.TimeoutError:  # the LoadBalancer or MetricsCollector is stalled: time still passes
-            logger.warning("sharing: no view of the cluster within %gs; ending leases that are due, granting "
-                           "and draining nothing until it comes", OBSERVE_TIMEOUT_S)
-            async with self._lock:
-                if not self._replaced:
-                    self._apply(self._ledger.expire())
-            return
+        view, available, in_flight = await self._observe_or_refuse()
         async with self._lock:
             self._refuse_if_replaced()
             self._ledger.set_in_flight(in_flight)
@@ -157,20 +149,33 @@ class SharingManager:
         return self._ledger.holding()
 
     async def status(self) -> SharingStatus:
-        try:
-            view, available, in_flight = await call_with_timeout(self._observe(), OBSERVE_TIMEOUT_S)
-        except asyncio.TimeoutError:  # the LoadBalancer or MetricsCollector is stalled: time still passes
-            logger.warning("sharing: no view of the cluster within %gs; ending leases that are due, granting "
-                           "and draining nothing until it comes", OBSERVE_TIMEOUT_S)
-            async with self._lock:
-                if not self._replaced:
-                    self._apply(self._ledger.expire())
-            return
+        view, available, in_flight = await self._observe_or_refuse()
         async with self._lock:
             self._ledger.set_in_flight(in_flight)
             return sharing_status(self._ledger, view, available)
 
     # ------------------------------------------------------------------ the loop
+
+    async def _observe_in_time(self) -> tuple[ClusterView, dict[str, dict[str, float]], dict[str, int]] | None:
+        """The cluster's view, or None after OBSERVE_TIMEOUT_S (the LoadBalancer or MetricsCollector
+        is stalled): then the leases and donor waits that are due end anyway, since time passes."""
+        try:
+            return await call_with_timeout(self._observe(), OBSERVE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            logger.warning("sharing: no view of the cluster within %gs; ending leases that are due, granting "
+                           "and draining nothing until it comes", OBSERVE_TIMEOUT_S)
+            async with self._lock:
+                if not self._replaced:
+                    self._apply(self._ledger.expire())
+            return None
+
+    async def _observe_or_refuse(self) -> tuple[ClusterView, dict[str, dict[str, float]], dict[str, int]]:
+        """The view a request or a status needs, or 503 (nothing recorded) when it does not come in time."""
+        observed = await self._observe_in_time()
+        if observed is None:
+            raise UnavailableError(f"no view of the cluster within {OBSERVE_TIMEOUT_S:g} s (the LoadBalancer or "
+                                   "MetricsCollector is stalled): nothing recorded; retry", field="resource_sharing")
+        return observed
 
     async def check_health(self) -> None:
         """Serve's periodic health check: a replica a newer one replaced is replaced by Serve
@@ -182,15 +187,10 @@ class SharingManager:
         if self._replaced or not self._record.still_mine():  # the newer replica ticks, expires and sweeps now
             self._replaced = True
             return
-        try:
-            view, available, in_flight = await call_with_timeout(self._observe(), OBSERVE_TIMEOUT_S)
-        except asyncio.TimeoutError:  # the LoadBalancer or MetricsCollector is stalled: time still passes
-            logger.warning("sharing: no view of the cluster within %gs; ending leases that are due, granting "
-                           "and draining nothing until it comes", OBSERVE_TIMEOUT_S)
-            async with self._lock:
-                if not self._replaced:
-                    self._apply(self._ledger.expire())
+        observed = await self._observe_in_time()
+        if observed is None:
             return
+        view, available, in_flight = observed
         async with self._lock:
             if self._replaced:
                 return

@@ -199,9 +199,14 @@ def test_a_stalled_load_balancer_does_not_keep_a_lease_alive(http, sharing):
     try:
         ended = eventually(lambda: (lambda r: r if r["state"] == "expired" else None)(
             http.get(f"/v1/sharing/{record['id']}").json()), "lease expired with the LoadBalancer stopped", 30)
+        status = http.get("/v1/sharing", timeout=30)  # needs the view: a clear 503, nothing made
+        asked = http.post("/v1/sharing", timeout=30, json={"node": "gpu1", "type": "cpu", "amount": 1})
     finally:
         balancer.resume()
     assert ended["reason"].startswith("lease ended")
+    for answer in (status, asked):
+        assert answer.status_code == 503 and answer.json()["error"].startswith("no view of the cluster within 5 s"), \
+            answer.text
     eventually(lambda: group_of(record).get("state") == "REMOVED", "expired group removed once it is seen again")
 
 
