@@ -183,6 +183,12 @@ def test_cancelling_a_running_job_from_the_page(ui: Any, console: Console, clien
     row.locator(".state.running").wait_for()
     waiting_low = ui.locator('#queue-body tr[data-key="low"] td').nth(1)
     waiting_low.filter(has_text=re.compile(r"^[1-9]\d*$")).wait_for()  # the queue shows what waits, by priority
+    row.get_by_role("button", name=f"Show job {job_id}").click()  # its facts say why it waits and what is ahead
+    facts = ui.locator("#job-facts")
+    facts.filter(has_text="why not yet").wait_for()
+    assert re.search(r"in the queue\s*next task is number 1 \(ahead: nothing\); \d+ waiting", facts.inner_text())
+    assert "0/3 nodes are available" in facts.inner_text()
+    screenshot(ui, tmp_path, "queued")
     cancel = row.get_by_role("button", name=f"Cancel job {job_id}")
     cancel.click()
     row.get_by_role("button", name=f"Confirm cancelling job {job_id}").click()  # two clicks: no accidents

@@ -24,6 +24,7 @@ const state = {
   activeOnly: false,
   selectedJob: null,
   selectedJobSettled: false, // its final state and decisions are shown: no need to ask again
+  selectedPending: null, // its forecast, as GET /v1/jobs/{id} last gave it (the list's jobs carry none)
   mergedAt: new Map(), // job id -> when a newer answer for it (a cancel's) was shown: older lists must not undo it
   decisions: null, // the last answers, drawn again every tick so ages and lease ends keep counting
   sharing: null,
@@ -454,6 +455,7 @@ function selectJob(jobId) {
   if (location.hash !== `#job=${jobId}`) history.replaceState(null, "", `#job=${encodeURIComponent(jobId)}`);
   state.selectedJob = jobId;
   state.selectedJobSettled = false;
+  state.selectedPending = null;
   byId("job-detail").hidden = false;
   setText(byId("job-title"), jobId);
   byId("job-decisions-body").replaceChildren();
@@ -488,6 +490,7 @@ async function refreshJob() {
     throw error;
   }
   if (state.selectedJob !== jobId) return;
+  state.selectedPending = job.pending || null;
   renderJobFacts(job);
   renderJobDecisions(decisions);
   state.selectedJobSettled = !isActive(job);
@@ -501,6 +504,8 @@ function renderJobFacts(job) {
     [job.finished_at ? "took" : "running for", duration(finished)],
   ];
   if (job.error) facts.push(["error", job.error]);
+  const pending = job.queued > 0 ? (job.pending || state.selectedPending) : null;
+  if (pending) facts.push(...pendingFacts(pending));
   const list = byId("job-facts");
   const text = JSON.stringify(facts);
   if (list.dataset.text !== text) {
@@ -509,6 +514,19 @@ function renderJobFacts(job) {
   }
   byId("job-cancel").hidden = !isActive(job);
   drawNodeBars(byId("job-chart"), job.per_node || {});
+}
+
+// Why a job's queued tasks wait and when they should run (GET /v1/jobs/{id}'s `pending`).
+function pendingFacts(pending) {
+  const ahead = Object.entries(pending.ahead || {}).map(([priority, count]) => `${count} ${priority}`).join(", ");
+  const when = (seconds) => (seconds === undefined || seconds === null ? "unknown" : `in ${duration(seconds)}`);
+  const facts = [
+    ["in the queue", `next task is number ${pending.position + 1} (ahead: ${ahead || "nothing"}); ${pending.waiting} waiting, ${pending.held_back} held back`],
+    ["why not yet", pending.reason || "placed at the next drain"],
+    ["expected", `start ${when(pending.expected_start_s)}, end ${when(pending.expected_end_s)}`],
+  ];
+  if (pending.note) facts.push(["forecast", pending.note]);
+  return facts;
 }
 
 function renderJobDecisions(answer) {
