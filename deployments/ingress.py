@@ -64,6 +64,7 @@ API_VERSION = "v1"
 
 
 MAX_WAIT_S = 3600.0
+SHARING_REQUEST_S = 20.0  # over the SharingManager's own bounds on a request: its view (5 s), then its group (10 s)
 
 
 @serve.deployment(**COORDINATOR_OPTIONS)
@@ -233,7 +234,9 @@ class Ingress:
                 raise InvalidRequestError(f"invalid sharing request: {field}: {message}", field=field) from None
         self._check_priority(body.priority, caller)
         owner, key = self._claim(caller)
-        record = await self._call_sharing("request", body, owner)
+        # a grant may wait for the view and then for its placement group: a shorter wait would
+        # tell its caller 503 about an allocation already made
+        record = await self._call_sharing("request", body, owner, within_s=SHARING_REQUEST_S)
         await self._tell_scheduler_sharing_changed()
         return record.model_copy(update={"owner_key": key}) if key else record
 
@@ -246,10 +249,10 @@ class Ingress:
         await self._tell_scheduler_sharing_changed()
         return record
 
-    async def _call_sharing(self, method: str, *args: Any) -> Any:
+    async def _call_sharing(self, method: str, *args: Any, within_s: float = PEER_ANSWER_S) -> Any:
         if self._sharing is None:
             raise NotFoundError("resource sharing is not part of this deployment", field="resource_sharing")
-        return await answer_within(getattr(self._sharing, method).remote(*args), PEER_ANSWER_S, "the SharingManager")
+        return await answer_within(getattr(self._sharing, method).remote(*args), within_s, "the SharingManager")
 
     async def _tell_scheduler_sharing_changed(self) -> None:
         """A nudge (the Scheduler also reads the allocations each interval): one it does not take

@@ -51,6 +51,7 @@ OWNER_LEASE_INTERVALS = 2.0  # a runner that misses this many intervals of renew
 MIN_OWNER_LEASE_S = 5.0
 RUNNER_ASK_TIMEOUT_S = 2.0  # a runner whose lease lapsed must answer this fast that it still holds its jobs
 SUBMIT_PUBLISH_TIMEOUT_S = 0.5
+FORECAST_KEPT_S = 1.0  # a job's forecast is worked out at most this often (`pending`)
 RESERVATIONS_KEY = "scheduler-reservations"  # GCS KV key (per app) of the /v1/schedule reservations
 NOT_READ_BACK = -1  # `_kept_version` before the kept reservations are read back: nothing is written
 REPLACED = -2  # ... once a newer replica keeps them: nothing is written any more
@@ -75,6 +76,7 @@ class Scheduler:
                                      lookahead_s=None if admission else lookahead_ms / 1000.0,
                                      admission=admission or 1.0, limits=limits, on_drain=self._metrics_out.record_drain)
         self._lock = asyncio.Lock()
+        self._forecasts: dict[str, tuple[float, JobPending | None]] = {}  # group -> (monotonic time, forecast)
         self._waiters: dict[str, list[asyncio.Event]] = {}  # group -> its long-polls waiting for news
         self._recovered = False  # learned run times taken back from the LoadBalancer's copy
         self._published = -1  # ledger version the LoadBalancer last got
@@ -316,9 +318,19 @@ class Scheduler:
             self._after_change()
 
     async def pending(self, group: str) -> JobPending | None:
-        """Why the job's queued tasks wait and when they should run (None: none waits here)."""
+        """Why the job's queued tasks wait and when they should run (None: none waits here). The
+        inputs are copied under the lock; the replay runs in a thread, so a long queue costs the
+        read its time, never the drains, reports and renewals the lock serves."""
+        kept = self._forecasts.get(group)
+        if kept is not None and time.monotonic() - kept[0] < FORECAST_KEPT_S:  # the web page asks every second
+            return kept[1]
         async with self._lock:
-            return self._books.pending(group)
+            inputs = self._books.pending_inputs(group)
+        forecast = await asyncio.to_thread(inputs.forecast) if inputs is not None else None
+        if len(self._forecasts) > 1000:
+            self._forecasts.clear()
+        self._forecasts[group] = (time.monotonic(), forecast)
+        return forecast
 
     async def job_fate(self, group: str) -> str | None:
         """Why a job this Scheduler reclaimed is gone (its runner stopped renewing), if it was."""

@@ -43,7 +43,7 @@ from .models import (
     TaskPriority,
 )
 from .owners import Owners
-from .pending import replay
+from .pending import REPLAY_LIMIT, PendingInputs
 from .protocol import Adopt, Finished, Placements, Report, Reuse, Submit
 from .scheduling import DrainResult, Rejected, SchedulerCore
 from .sharing import Allocation, fold_allocations
@@ -374,24 +374,21 @@ class SchedulerBooks:
     def pending(self, group: str) -> JobPending | None:
         """Why `group`'s queued tasks wait, what is ahead of them, and when they are expected to
         start and end (`grid_serve.pending`); None when none of its tasks waits here."""
-        queue = self.core.waiting_in_order()
-        own = [index for index, request in enumerate(queue) if request.group == group]
-        held_back = self.unsent.get(group, (0, TaskPriority.NORMAL))[0]
-        if not own:
+        inputs = self.pending_inputs(group)
+        return inputs.forecast() if inputs is not None else None
+
+    def pending_inputs(self, group: str) -> PendingInputs | None:
+        """What `pending` replays, copied, so that the replay can run off the Scheduler's lock:
+        the first REPLAY_LIMIT + 1 of the queue, what runs per node, the run times learned."""
+        waiting = self.core.queued_by_group().get(group, 0)
+        if not waiting:
             return None
-        ahead: dict[str, int] = {}
-        for request in queue[:own[0]]:
-            ahead[str(request.priority)] = ahead.get(str(request.priority), 0) + 1
         view = self.view()
-
-        def run_s_of(request: SchedulingRequest, node_id: str) -> float | None:
-            return view.group_run_s.get(request.group) or view.durations.get((node_id, request.task_type))
-
-        forecast = replay(view.nodes.values(), self.ledger.running_everywhere(), view.durations,
-                          queue[:own[-1] + 1], group, run_s_of, extra=held_back)
-        return JobPending(position=own[0], ahead=ahead, waiting=len(own), held_back=held_back,
-                          reason=self.core.why_waiting(group), note=forecast.unknown,
-                          expected_start_s=_seconds(forecast.start_s), expected_end_s=_seconds(forecast.end_s))
+        return PendingInputs(group=group, queue=self.core.waiting_prefix(REPLAY_LIMIT + 1), waiting=waiting,
+                             held_back=self.unsent.get(group, (0, TaskPriority.NORMAL))[0],
+                             reason=self.core.why_waiting(group), nodes=list(view.nodes.values()),
+                             running=self.ledger.running_everywhere(), durations=dict(view.durations),
+                             group_run_s=dict(view.group_run_s))
 
     def trusted_nodes(self) -> list[NodeStatus]:
         """The nodes, every one marked stale when the snapshot is too old to trust (the collector
@@ -593,7 +590,3 @@ class SchedulerBooks:
         self.core.forget_group(group)
         self.unsent.pop(group, None)
         self.outbox.pop(group, None)
-
-
-def _seconds(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)

@@ -5,8 +5,9 @@ Slurm's `squeue --start` predicts from limits users give; grid-serve has measure
 instead (per node and task type, and per job). The replay takes the queue as the Scheduler
 holds it (priority, then age) and starts each task, in that order, on the node where it can
 start soonest beside what runs there, each running task ending at its learned run time less
-its age. A start is never earlier than the start before it (the queue is served in order),
-so what runs on a node at a moment is what started there and has not ended.
+its age. On each node a start is never earlier than the start before it there (the queue is
+served in order, and a task that cannot start on one node does not hold back another node), so
+what runs on a node at a moment is what started there and has not ended.
 
 What it leaves out, so an estimate is a forecast, not a promise: strategy rules beyond the
 node a task names (spread turns, labels, affinity), the lookahead queued inside Ray, work
@@ -19,14 +20,15 @@ Pure: the Scheduler's books call `replay` with their queue and ledger when a job
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .models import SchedulingRequest, SchedulingStrategy
+from .models import JobPending, SchedulingRequest, SchedulingStrategy
 from .placement.framework import needs_of
 from .view import NodeView, Running
 
-REPLAY_LIMIT = 20_000  # tasks replayed at most (running ones included): past it, "unknown"
+REPLAY_LIMIT = 5_000  # queued tasks replayed at most (a read's cost stays in milliseconds): past it, "unknown"
 EPS = 1e-9
 
 RunTime = Callable[[SchedulingRequest, str], "float | None"]  # (task, node id) -> learned seconds
@@ -42,18 +44,60 @@ class Forecast:
     unknown: str | None = None
 
 
+@dataclass(frozen=True)
+class PendingInputs:
+    """What a job's forecast reads, copied from the Scheduler's books (`SchedulerBooks.pending_inputs`)."""
+
+    group: str
+    queue: Sequence[SchedulingRequest]  # the first of the queue, in its order
+    waiting: int  # the group's tasks queued, all of them
+    held_back: int
+    reason: str | None
+    nodes: Sequence[NodeView]
+    running: Mapping[str, Sequence[Running]]
+    durations: Mapping[tuple[str, str], float]
+    group_run_s: Mapping[str, float]
+
+    def forecast(self) -> JobPending:
+        """The job's `pending`: its place in the queue, what is ahead, why, and the replay."""
+        own = [index for index, request in enumerate(self.queue) if request.group == self.group]
+        ahead: dict[str, int] = {}
+        for request in self.queue[:own[0] if own else len(self.queue)]:
+            ahead[str(request.priority)] = ahead.get(str(request.priority), 0) + 1
+        if not own:  # its tasks wait behind more than the replay reads
+            return JobPending(position=len(self.queue), ahead=ahead, waiting=self.waiting, held_back=self.held_back,
+                              reason=self.reason, note=f"more than {len(self.queue)} tasks wait ahead: not replayed")
+        extra = self.held_back + self.waiting - len(own)  # its tasks past the prefix read, and those held back
+
+        def run_s_of(request: SchedulingRequest, node_id: str) -> float | None:
+            learned = self.group_run_s.get(request.group)
+            return learned if learned is not None else self.durations.get((node_id, request.task_type))
+
+        result = replay(self.nodes, self.running, self.durations, self.queue[:own[-1] + 1], self.group, run_s_of,
+                        extra=extra)
+        return JobPending(position=own[0], ahead=ahead, waiting=self.waiting, held_back=self.held_back,
+                          reason=self.reason, note=result.unknown, expected_start_s=_rounded(result.start_s),
+                          expected_end_s=_rounded(result.end_s))
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 @dataclass
 class _Node:
     view: NodeView
-    busy: list[tuple[float, Mapping[str, float]]]  # (ends at, what it holds), started at or before `now`
+    busy: list[tuple[float, Mapping[str, float]]]  # (ends at, what it holds), started at or before `floor`
+    floor: float = 0.0  # the latest start here: the queue is served in order on each node
 
-    def earliest_start(self, needs: Mapping[str, float], now: float) -> float | None:
-        """When `needs` fits here, at `now` or later (None: never, it is larger than the node)."""
+    def earliest_start(self, needs: Mapping[str, float]) -> float | None:
+        """When `needs` fits here, at `floor` or later (None: never: larger than the node, or
+        it waits for a task whose end is not known)."""
         if any(amount > self.view.total.get(name, 0.0) + EPS for name, amount in needs.items()):
             return None
         in_use: dict[str, float] = {}
         for ends, holds in self.busy:
-            if ends > now:
+            if ends > self.floor:
                 for name, amount in holds.items():
                     in_use[name] = in_use.get(name, 0.0) + amount
 
@@ -62,16 +106,19 @@ class _Node:
                        for name, amount in needs.items())
 
         if fits():
-            return now
-        for ends, holds in sorted((item for item in self.busy if item[0] > now), key=lambda item: item[0]):
+            return self.floor
+        for ends, holds in sorted((item for item in self.busy if item[0] > self.floor), key=lambda item: item[0]):
+            if math.isinf(ends):
+                return None
             for name, amount in holds.items():
                 in_use[name] -= amount
             if fits():
                 return ends
-        return None  # unreachable: everything here ends, and the task fits the node's total
+        return None
 
     def start(self, at: float, run_s: float, needs: Mapping[str, float]) -> None:
-        self.busy = [item for item in self.busy if item[0] > at]  # later starts never see what ended
+        self.floor = at
+        self.busy = [item for item in self.busy if item[0] > at]  # later starts here never see what ended
         self.busy.append((at + run_s, needs))
 
 
@@ -80,7 +127,8 @@ def replay(nodes: Iterable[NodeView], running: Mapping[str, Sequence[Running]],
            run_s_of: RunTime, extra: int = 0, limit: int = REPLAY_LIMIT) -> Forecast:
     """Replay what runs (`running`, per node id) and `queue` (in the Scheduler's order) until
     every task of `group` has run; `extra` more of its tasks follow its queued ones (the part
-    of a job its runner has not handed over yet).
+    of a job its runner has not handed over yet). A running task with no learned run time is
+    taken as never ending, and work ahead with none is left out: either way `unknown` says so.
 
     >>> from grid_serve.view import make_node
     >>> a = make_node("a", cpus=1)
@@ -92,59 +140,63 @@ def replay(nodes: Iterable[NodeView], running: Mapping[str, Sequence[Running]],
     "no run time learned yet for task type 't' running on a"
     """
     sim = {node.node_id: _Node(node, []) for node in nodes if node.alive and not node.stale}
-    count = sum(len(on_node) for on_node in running.values())  # on nodes left out too: they free nothing that counts
+    notes: list[str] = []
     for node_id, node in sim.items():  # in the nodes' order, so what is not learned is named alike each time
         for task in running.get(node_id, ()):
             run_s = durations.get((node_id, task.task_type))
-            if run_s is None:
-                return Forecast(None, None, f"no run time learned yet for task type {task.task_type!r} "
-                                            f"running on {node.view.name}")
-            node.busy.append((max(0.0, run_s - task.age_s), dict(task.resources)))
+            if run_s is None and not notes:
+                notes.append(f"no run time learned yet for task type {task.task_type!r} running on {node.view.name}")
+            node.busy.append((math.inf if run_s is None else max(0.0, run_s - task.age_s), dict(task.resources)))
+    if len(queue) > limit:
+        return Forecast(None, None, f"more than {limit} tasks wait ahead: too many to replay")
     last_own = _last_of(queue, group)
-    tasks = [*queue, *([last_own] * extra if last_own is not None else [])]
-    if count + len(tasks) > limit:
-        return Forecast(None, None, f"more than {limit} tasks run or wait ahead: too many to replay")
-    now, first, last = 0.0, None, None
-    for request in tasks:
-        placed = _start_soonest(sim, request, now, run_s_of)
+    held_back = min(extra, limit - len(queue)) if last_own is not None else 0
+    first, last, left_out = None, None, 0
+    for request in [*queue, *([last_own] * held_back if last_own is not None else [])]:
+        placed = _start_soonest(sim, request, run_s_of)
         if isinstance(placed, str):
             if request.group == group:
-                return Forecast(first, None, placed)
-            continue  # work ahead that cannot be forecast: left out, the job's own estimate is kept
-        now, ends = placed
+                return Forecast(first, None, "; ".join(notes) if notes else placed)  # a task never ending: that first
+            left_out += 1  # work ahead that cannot be forecast: left out, said below
+            continue
+        at, ends = placed
         if request.group == group:
-            first = now if first is None else first
+            first = at if first is None else min(first, at)
             last = ends if last is None else max(last, ends)
-    return Forecast(first, last)
+    if left_out:
+        notes.append(f"{left_out} task(s) ahead left out (no run time learned, or no node may take them)")
+    if held_back < extra:
+        notes.append(f"{extra - held_back} of its held-back tasks are past the {limit} replayed: its end is unknown")
+        last = None
+    return Forecast(first, last, "; ".join(notes) or None)
 
 
 def _last_of(queue: Sequence[SchedulingRequest], group: str) -> SchedulingRequest | None:
     return next((request for request in reversed(queue) if request.group == group), None)
 
 
-def _start_soonest(sim: Mapping[str, _Node], request: SchedulingRequest, now: float,
+def _start_soonest(sim: Mapping[str, _Node], request: SchedulingRequest,
                    run_s_of: RunTime) -> tuple[float, float] | str:
-    """Start `request` where it can start soonest (ties: the node that frees soonest after,
-    then the order of nodes); (start, end), or why it cannot be forecast."""
+    """Start `request` where it can start soonest (ties: the order of nodes); (start, end), or
+    why it cannot be forecast."""
     needs = needs_of(request)
-    best: tuple[float, str] | None = None
+    best: tuple[float, str, float] | None = None
     unlearned = []
     for node_id, node in _candidates(sim, request):
-        at = node.earliest_start(needs, now)
+        at = node.earliest_start(needs)
         if at is None:
             continue
-        if run_s_of(request, node_id) is None:
+        run_s = run_s_of(request, node_id)
+        if run_s is None:
             unlearned.append(node.view.name)
             continue
         if best is None or at < best[0] - EPS:
-            best = (at, node_id)
+            best = (at, node_id, run_s)
     if best is None:
         if unlearned:
             return f"no run time learned yet for {request.task_type!r} on {', '.join(unlearned[:3])}"
-        return "no node it may run on is placing work now"
-    at, node_id = best
-    run_s = run_s_of(request, node_id)
-    assert run_s is not None
+        return "no node it may run on frees in a time known (or it places no work there now)"
+    at, node_id, run_s = best
     sim[node_id].start(at, run_s, needs)
     return at, at + run_s
 

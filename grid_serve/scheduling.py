@@ -194,9 +194,9 @@ class SchedulerCore:
         stop: tuple[float, ...] = (-rank + 1,)
         return bisect.bisect_left(self._waiting, stop, key=_key)
 
-    def waiting_in_order(self) -> list[SchedulingRequest]:
-        """The queue as it is served: priority, then age."""
-        return [item.request for item in self._waiting]
+    def waiting_prefix(self, count: int) -> list[SchedulingRequest]:
+        """The first `count` of the queue as it is served: priority, then age."""
+        return [item.request for item in self._waiting[:count]]
 
     def why_waiting(self, group: str) -> str | None:
         """Why the group's next task found no node in the last drain, counted per cause."""

@@ -20,7 +20,9 @@ from grid_serve.ledger import Completion
 from grid_serve.limits import Limits
 from grid_serve.models import JobSubmission, NodeStatus, ResourceRequirement, SchedulingRequest
 from grid_serve.outcomes import OutcomeTable
+from grid_serve.pending import Forecast, replay
 from grid_serve.protocol import Finished, Placements, Report, Submit
+from grid_serve.view import Running, make_node
 
 NODES = [NodeStatus(name=name, node_id=f"id-{name}", address="127.0.0.1", alive=True,
                     resources_total={"CPU": 2.0}, resources_available={"CPU": 2.0})
@@ -445,3 +447,23 @@ def test_a_forecast_never_makes_up_a_run_time_it_has_not_learned() -> None:
     pending = books.pending("again")
     assert pending is not None and pending.expected_start_s is None
     assert pending.note == "no run time learned yet for 'other' on gpu-master, gpu1, gpu2"
+
+
+def test_a_forecast_does_not_hold_one_node_back_for_another_and_says_what_it_left_out() -> None:
+    """The review's cases (grid_serve.pending.replay, pure): a task pinned to a node busy for
+    100 s does not delay a job another node can take now; a running task whose run time is not
+    learned is taken as never ending, and said; work ahead with no run time is left out, and said."""
+    a, b = make_node("a", cpus=1), make_node("b", cpus=1)
+    busy_a = {a.node_id: [Running("long", {"CPU": 1.0}, age_s=0.0)]}
+    pinned = SchedulingRequest(task_id="p-0", job_id="p", task_type="short", strategy="node_specific", target_node="a")
+    mine = [SchedulingRequest(task_id=f"j-{i}", job_id="j", task_type="short") for i in range(2)]
+    learned = {(a.node_id, "long"): 100.0}
+    forecast = replay([a, b], busy_a, learned, [pinned, *mine], "j", lambda r, n: 1.0)
+    assert forecast == Forecast(start_s=0.0, end_s=2.0, unknown=None)  # both on b, one after the other
+    unlearned = replay([a, b], busy_a, {}, mine, "j", lambda r, n: 1.0)
+    assert (unlearned.start_s, unlearned.end_s) == (0.0, 2.0)
+    assert unlearned.unknown == "no run time learned yet for task type 'long' running on a"
+    new_ahead = SchedulingRequest(task_id="n-0", job_id="n", task_type="new")
+    left = replay([b], {}, {}, [new_ahead, *mine], "j", lambda r, n: None if r.task_type == "new" else 1.0)
+    assert (left.start_s, left.end_s, left.unknown) == (0.0, 2.0, "1 task(s) ahead left out (no run time "
+                                                                   "learned, or no node may take them)")

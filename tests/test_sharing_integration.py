@@ -9,6 +9,7 @@ Ray has removed the placement groups, leaving the cluster idle for the next.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Callable, Iterator
 
@@ -223,7 +224,7 @@ def test_a_stalled_sharing_manager_is_a_503_naming_it_not_a_hang(http, sharing):
         manager.resume()
     for answer in answers:
         assert answer.status_code == 503, answer.text
-        assert answer.json()["error"].startswith("the SharingManager did not answer within 10 s"), answer.text
+        assert re.match(r"the SharingManager did not answer within (10|20) s", answer.json()["error"]), answer.text
     assert eventually(lambda: http.get("/v1/sharing").status_code == 200, "the SharingManager answers again")
     time.sleep(1.0)  # what it had queued has run by now
     after = http.get("/v1/sharing").json()
