@@ -15,7 +15,9 @@ submitted later at a higher priority, and run times that change. Where a run tim
 learned (a task type never run on a node, a job none of whose tasks has ended) the estimate is
 unknown and says which; it is never made up.
 
-Pure: the Scheduler's books call `replay` with their queue and ledger when a job is read.
+Pure: when a job is read, the Scheduler copies what the replay needs from its books
+(`SchedulerBooks.pending_inputs`) and replays it off its lock (`PendingInputs.forecast`).
+`when_fits` is the one rule both this replay and the starvation hold's expected start use.
 """
 
 from __future__ import annotations
@@ -84,6 +86,38 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def when_fits(needs: Mapping[str, float], total: Mapping[str, float],
+              busy: Iterable[tuple[float, Mapping[str, float]]], floor: float = 0.0) -> float | None:
+    """The first moment at `floor` or later when `needs` fits in `total` beside what is `busy`
+    ((ends at, what it holds), each started by `floor`); None when it never does (larger than
+    `total`, or only once a task ends whose end is not known: `math.inf`).
+
+    >>> when_fits({"CPU": 2.0}, {"CPU": 2.0}, [(1.5, {"CPU": 1.0}), (0.5, {"CPU": 1.0})])  # both must end
+    1.5
+    """
+    if any(amount > total.get(name, 0.0) + EPS for name, amount in needs.items()):
+        return None
+    still = sorted((item for item in busy if item[0] > floor), key=lambda item: item[0])
+    in_use: dict[str, float] = {}
+    for _, holds in still:
+        for name, amount in holds.items():
+            in_use[name] = in_use.get(name, 0.0) + amount
+
+    def fits() -> bool:
+        return all(amount <= total.get(name, 0.0) - in_use.get(name, 0.0) + EPS for name, amount in needs.items())
+
+    if fits():
+        return floor
+    for ends, holds in still:
+        if math.isinf(ends):
+            return None
+        for name, amount in holds.items():
+            in_use[name] -= amount
+        if fits():
+            return ends
+    return None
+
+
 @dataclass
 class _Node:
     view: NodeView
@@ -93,28 +127,7 @@ class _Node:
     def earliest_start(self, needs: Mapping[str, float]) -> float | None:
         """When `needs` fits here, at `floor` or later (None: never: larger than the node, or
         it waits for a task whose end is not known)."""
-        if any(amount > self.view.total.get(name, 0.0) + EPS for name, amount in needs.items()):
-            return None
-        in_use: dict[str, float] = {}
-        for ends, holds in self.busy:
-            if ends > self.floor:
-                for name, amount in holds.items():
-                    in_use[name] = in_use.get(name, 0.0) + amount
-
-        def fits() -> bool:
-            return all(amount <= self.view.total.get(name, 0.0) - in_use.get(name, 0.0) + EPS
-                       for name, amount in needs.items())
-
-        if fits():
-            return self.floor
-        for ends, holds in sorted((item for item in self.busy if item[0] > self.floor), key=lambda item: item[0]):
-            if math.isinf(ends):
-                return None
-            for name, amount in holds.items():
-                in_use[name] -= amount
-            if fits():
-                return ends
-        return None
+        return when_fits(needs, self.view.total, self.busy, self.floor)
 
     def start(self, at: float, run_s: float, needs: Mapping[str, float]) -> None:
         self.floor = at

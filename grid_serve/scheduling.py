@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Mapping
 
 from .lookahead import lookahead_admission
 from .models import SchedulingDecision, SchedulingRequest, TaskPriority
+from .pending import when_fits
 from .placement_index import IncrementalPlacer
 from .sharing import allocation_decision, may_fit_allocation
 from .strategies import NoFit, PlacementContext, PlacementError, check_free_now, needs_of, place
@@ -94,22 +95,7 @@ def expected_start_s(needs: Mapping[str, float], node: NodeView, running: Iterab
         if run_s is None:
             return None
         ends.append((max(0.0, run_s - task.age_s), task.resources))
-    in_use: dict[str, float] = {}
-    for _, resources in ends:
-        for name, amount in resources.items():
-            in_use[name] = in_use.get(name, 0.0) + amount
-
-    def fits() -> bool:
-        return all(amount <= node.total.get(name, 0.0) - in_use.get(name, 0.0) + 1e-9 for name, amount in needs.items())
-
-    if fits():
-        return 0.0
-    for ends_in, resources in sorted(ends, key=lambda end: end[0]):
-        for name, amount in resources.items():
-            in_use[name] -= amount
-        if fits():
-            return ends_in
-    return None
+    return when_fits(needs, node.total, ends)
 
 
 def _key(item: _Waiting) -> tuple[float, ...]:  # compared with a priority's (-rank,) when bisecting
