@@ -16,7 +16,7 @@ import ray
 
 from grid_serve.caller_code import CallerCode
 from grid_serve.caller_jobs import object_bytes  # noqa: F401 (the runner's too)
-from grid_serve.errors import InvalidRequestError
+from grid_serve.errors import InvalidRequestError, error_on_node
 from grid_serve.job_books import MAX_ATTEMPTS, JobBooks
 from grid_serve.limits import Limits
 from grid_serve.lookahead import chunk_sizes
@@ -112,8 +112,7 @@ def record_ray_end(job: RunnerJob, index: int, envelope: dict[str, Any] | None, 
         job.on_task_ended(index, False, "cancelled", None)
     elif isinstance(failure, LOST_WORKER):
         decision = job.running[index][0]
-        first_line = str(failure).splitlines()[0] if str(failure) else ""
-        what = f"{type(failure).__name__} on node {decision.node_name}: {first_line}"
+        what = error_on_node(failure, decision.node_name)
         if job.on_lost(index, isinstance(failure, LOST_NODE), what) is None:
             logger.warning("job %s task %d: %s on %s; placing it again (attempt %d of %d)", job.id, index,
                            type(failure).__name__, decision.node_name, job.attempts[index], MAX_ATTEMPTS)

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from .access import CLUSTER_OWNER
 from .dispatch import RemoteFunction, task_type_of
-from .errors import InvalidRequestError, NoCapacityError, plain_seconds
+from .errors import InvalidRequestError, NoCapacityError, error_on_node, first_line, plain_seconds
 from .job_books import JobBooks
 from .models import JobSubmission, ResourceRequirement, SchedulingDecision, SchedulingRequest
 from .outcomes import CANCELLED_ERROR, OutcomeTable
@@ -155,7 +155,7 @@ class Keeping:
         except Exception as exc:  # Ray is shut down already, or the runner is gone: say what is lost
             logger.warning("finished jobs of this process (%d not sent, %d batches not seen to land) could not be "
                            "left with their job runner at exit (%s: %s); they cannot be read by id", waiting,
-                           len(unseen), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                           len(unseen), type(exc).__name__, first_line(exc))
 
     def _check(self, get: Callable[[], Any]) -> None:
         try:
@@ -171,7 +171,7 @@ class Keeping:
 
     def _failed(self, exc: BaseException) -> None:
         logger.warning("finished jobs could not be left with their job runner (%s: %s); they cannot be read by id",
-                       type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                       type(exc).__name__, first_line(exc))
         self._on_failed()
 
 
@@ -320,6 +320,5 @@ def _record_end(books: JobBooks, sent: dict[int, tuple[SchedulingDecision, Any, 
     elif isinstance(failure, (ray.exceptions.TaskCancelledError, concurrent.futures.CancelledError)):
         books.on_task_ended(index, False, CANCELLED_ERROR, None)
     else:
-        first_line = str(failure).splitlines()[0] if str(failure) else ""
-        books.on_task_ended(index, False, f"{type(failure).__name__} on node {decision.node_name}: {first_line}", None)
+        books.on_task_ended(index, False, error_on_node(failure, decision.node_name), None)
 

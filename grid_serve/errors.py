@@ -68,6 +68,22 @@ class UnavailableError(GridError):
     status = 503
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's first line ("" when it has no text): what a log line or a task's outcome shows of
+    a Ray error, whose later lines are its remote traceback.
+
+    >>> first_line(ValueError("bad\\nmore")), first_line(ValueError())
+    ('bad', '')
+    """
+    text = str(exc)
+    return text.splitlines()[0] if text else ""
+
+
+def error_on_node(exc: BaseException, node_name: str) -> str:
+    """A Ray error for a task as its outcome says it: its kind, the node, its first line."""
+    return f"{type(exc).__name__} on node {node_name}: {first_line(exc)}"
+
+
 def plain_seconds(seconds: float) -> str:
     """A duration as people write it, to the hundredth: never `1.16263e-245s`.
 
