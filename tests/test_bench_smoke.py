@@ -14,7 +14,7 @@ def test_decision_speed_harness_returns_sane_structure() -> None:
     speeds = decisions.measure([5, 20], budget_s=0.01, batch=8)
     assert {(s.nodes, s.strategy, s.mode) for s in speeds} == {
         (nodes, str(strategy), mode)
-        for nodes in (5, 20) for strategy in decisions.STRATEGIES for mode in ("place", "core")
+        for nodes in (5, 20) for strategy in decisions.STRATEGIES for mode in ("place", "core", "queues")
     }
     for speed in speeds:
         assert speed.seconds > 0 and speed.per_second > 0
@@ -26,7 +26,7 @@ def test_decision_speed_harness_returns_sane_structure() -> None:
             assert speed.decisions == 8
     table = decisions.report(speeds)
     assert table.columns == ["strategy", "measure", "5 nodes", "20 nodes"]
-    assert len(table.rows) == 2 * len(decisions.STRATEGIES)
+    assert len(table.rows) == 3 * len(decisions.STRATEGIES)
     assert "| spread" in table.render()
 
 

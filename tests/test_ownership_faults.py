@@ -284,13 +284,13 @@ def test_any_ingress_replica_answers_for_any_job(client: GridClient, http: httpx
 
 
 def replica_process(deployment: str) -> psutil.Process:
-    """The OS process of this app's live `deployment` replica (frozen and thawed below). Other
-    checkouts may run grid apps on the same machine: their workers run in their own directory."""
-    for process in psutil.process_iter(["cmdline", "cwd"]):
-        if f"ServeReplica:grid:{deployment}" in " ".join(process.info["cmdline"] or []) \
-                and process.info["cwd"] == os.getcwd():
-            return process
-    raise AssertionError(f"no {deployment} process")
+    """The OS process of this app's live `deployment` replica (frozen and thawed below), asked
+    of the replica's actor itself: a scan of process titles could pick a replica an earlier test
+    replaced (its process still exiting) or another checkout's."""
+    pid = ray.get(serve_actor(deployment).__ray_call__.remote(lambda _: os.getpid()), timeout=30)
+    process = psutil.Process(pid)
+    assert f"ServeReplica:grid:{deployment}" in " ".join(process.cmdline()), (deployment, process.cmdline())
+    return process
 
 
 def test_a_stalled_scheduler_makes_health_say_so_instead_of_hanging(client: GridClient, http: httpx.Client) -> None:
@@ -316,16 +316,20 @@ def test_a_stalled_scheduler_makes_health_say_so_instead_of_hanging(client: Grid
 
 
 def test_a_stalled_metrics_collector_is_not_trusted_forever(client: GridClient, http: httpx.Client) -> None:
+    """Issue 20: a node snapshot too old to trust (the collector stopped) makes every node stale:
+    health says so, and a new job waits until a fresh snapshot comes."""
     eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
     collector = replica_process("MetricsCollector")
     collector.suspend()  # answers nothing, like a Ray state call that hangs
     try:
         health = eventually(lambda: (h := http.get("/v1/health").json())["status"] == "degraded" and h,
                             timeout_s=60, what="the old snapshot distrusted")
-        assert health["nodes_stale"] == 3 and health["snapshot_age_s"] > 10
+        assert health["stalled"] == [] and health["nodes_stale"] == 3 and health["snapshot_age_s"] > 10, health
         job_id = start_job(http, tasks=3, seconds=0.1)
         time.sleep(1.0)
-        assert client.get_job(job_id).state == "queued"  # no new work on nodes nobody vouches for
+        job = client.get_job(job_id)
+        # no new work on nodes nobody vouches for
+        assert job.state == "queued", (collector.status(), health, http.get("/v1/health").json(), job)
     finally:
         collector.resume()
     final = ended(client, job_id)

@@ -105,6 +105,9 @@ class Strategy:
     # a number that, when it changes, may change any node's checks or scores (not only the node a
     # decision changed): the fast path then re-reads every node. None: only that node changes.
     epoch: Callable[[PlacementContext], int] | None = None
+    # whether its checks or scores read the job's own counts per node (`group_counts`): then each
+    # job's tasks need a placer of their own in a drain; else tasks of any job alike share one
+    reads_job_counts: bool = False
 
     @cached_property
     def weight_sum(self) -> float:

@@ -83,4 +83,5 @@ STRATEGY = Strategy(
     explain=explain,
     turn=TURN,
     epoch=job_round,
+    reads_job_counts=True,
 )
