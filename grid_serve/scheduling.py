@@ -528,7 +528,9 @@ class SchedulerCore:
                 template = placers.get(any_job)
                 if template is None:
                     template = placers[any_job] = IncrementalPlacer(request, view, nodes, NO_COUNTS, changes=changes)
-                return template if isinstance(template, str) else template.for_job(self.group_counts.live(request.group))
+                if isinstance(template, str):
+                    return template
+                return template.for_job(self.group_counts.live(request.group))
             return IncrementalPlacer(request, view, nodes, self.group_counts.live(request.group), changes=changes)
         except PlacementError as exc:
             return str(exc)

@@ -156,3 +156,71 @@ def test_two_kinds_in_one_drain_see_each_others_reservations() -> None:
     assert sorted(d.node_name for d in result.placed) == ["a", "b"]
     assert sorted(d.task_id for d in result.placed) == ["big-0", "big-1"]
     assert core.queued_by_group() == {"small": 2}
+
+
+def one_by_one(view: ClusterView, requests: list[SchedulingRequest]) -> list[tuple[str, str]]:
+    """What a drain must decide, the readable way: each request in turn placed by place() on the
+    view with every earlier decision reserved and its own job's counts; a kind that waited once
+    waits for the rest of the drain. (task id, node id) per placement, in order."""
+    nodes, counts, waiting, placed = dict(view.nodes), GroupCounts(), set(), []
+    for request in requests:
+        kind = (request.group, request.strategy, repr(request.requirements), request.target_node,
+                tuple(request.label_selector.items()), request.anti_affinity_nodes)
+        if kind in waiting:
+            continue
+        got = place(request, ClusterView.of(nodes.values(), admission=view.admission, durations=view.durations),
+                    None, counts.of(request.group))
+        if isinstance(got, SchedulingDecision):
+            placed.append((request.task_id, got.node_id))
+            nodes[got.node_id] = nodes[got.node_id].reserve(got.resources)
+            counts.add(request.group, got.node_id)
+        elif got.can_wait:
+            waiting.add(kind)
+    return placed
+
+
+def roomy_view(seed: int, size: int) -> ClusterView:
+    """A random view with room for a few dozen tasks, so a drain places many before kinds wait."""
+    rng = random.Random(seed)
+    nodes = [make_node(f"n{i:02d}", cpus=(cpus := rng.choice([4, 8, 16])), gpus=rng.choice([0, 1, 2]),
+                       reserved={"CPU": float(rng.randint(0, cpus // 2))}, labels={"zone": rng.choice(["a", "b"])},
+                       cpu_utilization=rng.random(), alive=rng.random() > 0.05)
+             for i in range(size)]
+    durations = {(node.node_id, "task"): rng.uniform(0.1, 2.0) for node in nodes if rng.random() < 0.5}
+    return ClusterView.of(nodes, durations=durations, admission=1.0)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_drain_over_many_jobs_decides_what_place_decides_for_each_in_turn(seed: int) -> None:
+    """The drain shares one placer among jobs whose strategy reads no job counts, copies a new
+    job's placer from one built for a job that has placed nothing, and lets each placer re-read
+    changed nodes only when next asked: none of that may change a single decision."""
+    view = roomy_view(200 + seed, size=4 + seed % 6)
+    jobs = [(f"job{j}", KINDS[(seed + j) % 6]) for j in range(12)]  # two jobs of each kind, or more
+    requests = [SchedulingRequest(task_id=f"{job}-{i}", job_id=job, **kind) for i in range(4) for job, kind in jobs]
+    result = SchedulerCore().submit(requests, view)
+    expected = one_by_one(view, requests)
+    assert len(expected) >= 20 and len(expected) < len(requests)  # many placed, and some kinds waited
+    assert [(d.task_id, d.node_id) for d in result.placed] == expected
+
+
+def test_kinds_no_node_can_take_now_wait_with_their_reason_without_a_placer_each(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a full cluster the first job's task finds every node busy: every other job's task of
+    its kind waits with the same reason, and no placer is built for them (one pass over the
+    nodes per kind, not per job)."""
+    view = ClusterView.of([make_node(f"n{i}", cpus=2, reserved={"CPU": 2.0}) for i in range(4)], admission=1.0)
+    built: list[str] = []
+    original = IncrementalPlacer.__init__
+
+    def counting(self: IncrementalPlacer, request: SchedulingRequest, *args: object, **kwargs: object) -> None:
+        built.append(request.task_id)
+        original(self, request, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(IncrementalPlacer, "__init__", counting)
+    core = SchedulerCore()
+    result = core.submit([SchedulingRequest(task_id=f"j{j}-{i}", job_id=f"j{j}", strategy=strategy)
+                          for j, strategy in enumerate(["spread"] * 5 + ["load_balanced"] * 5) for i in range(2)], view)
+    assert result.placed == [] and built == ["j0-0", "j5-0"]  # one placer per kind, the first job's
+    for j in range(10):
+        assert core.why_waiting(f"j{j}").startswith("0/4 nodes are available: 4 CPU busy"), core.why_waiting(f"j{j}")
