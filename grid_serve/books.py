@@ -226,7 +226,7 @@ class SchedulerBooks:
         fresh = [request for request in waiting if request.task_id not in self.meta]
         for request in fresh:
             self.meta[request.task_id] = _Meta(request.task_type, group, None, request.priority, runner=True,
-                                               queue=queue)
+                                               queue=request.queue or queue)
         self._drain(fresh)
         return self.collect(group)
 
@@ -383,7 +383,8 @@ class SchedulerBooks:
         weights = self.core.weights
         names = sorted(set(waiting) | set(loads) | set(weights))
         usage = {name: load.reserved for name, load in loads.items()}
-        shares = FairShares(usage, cluster_totals(node.total for node in view.nodes.values() if node.alive), weights)
+        shares = FairShares(usage, cluster_totals(node.total for node in view.nodes.values()
+                                                  if node.alive and not node.stale), weights)
         active = [name for name in names if name in waiting or name in loads]
         total_weight = sum(shares.weight(name) for name in active) or 1.0
         statuses = []
@@ -469,7 +470,8 @@ class SchedulerBooks:
         if not submitted and not len(self.core):
             return
         began = time.perf_counter()
-        result = self.core.submit(submitted, self.view())
+        self.core.enqueue(submitted)  # first: the view's per-queue usage is read once two queues wait
+        result = self.core.drain(self.view())
         if self._on_drain is not None:
             self._on_drain(self._with_priorities(result.placed), len(result.placed) + len(result.rejected),
                            time.perf_counter() - began, self.core.waiting_by_priority())

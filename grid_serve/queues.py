@@ -61,7 +61,8 @@ def queue_of_ray_job(job_id_hex: str) -> str:
 
 def cluster_totals(capacities: Iterable[Mapping[str, float]]) -> dict[str, float]:
     """What the nodes hold together, per resource (the denominators of a share); Ray's per-node
-    resources (`node:<ip>`) and grid-serve's worker-slot count are left out.
+    resources (`node:<ip>`) are left out. The worker slots that tasks asking for nothing hold
+    (`ZERO_RESOURCE_SLOT`) count like any resource, so such a queue's share is not always 0.
 
     >>> cluster_totals([{"CPU": 4, "GPU": 1, "node:10.0.0.1": 1}, {"CPU": 2}])
     {'CPU': 6.0, 'GPU': 1.0}
@@ -69,7 +70,7 @@ def cluster_totals(capacities: Iterable[Mapping[str, float]]) -> dict[str, float
     totals: dict[str, float] = {}
     for capacity in capacities:
         for name, amount in capacity.items():
-            if amount > 0 and name != ZERO_RESOURCE_SLOT and not name.startswith("node:"):
+            if amount > 0 and not name.startswith("node:"):
                 totals[name] = totals.get(name, 0.0) + float(amount)
     return totals
 
@@ -120,7 +121,8 @@ class FairShares:
         if not name:
             return f"queue {queue}: holds nothing yet, {weight}"
         held = self._used.get(queue, {}).get(name, 0.0)
-        what = f"{fraction:.0%} of the memory" if name == "memory" else f"{held:g} of {self._totals[name]:g} {name}"
+        label = "worker slots of tasks that ask for nothing" if name == ZERO_RESOURCE_SLOT else name
+        what = f"{fraction:.0%} of the memory" if name == "memory" else f"{held:g} of {self._totals[name]:g} {label}"
         return f"queue {queue}: {what} (its dominant resource), {weight}"
 
     def dominant(self, queue: str) -> tuple[str, float]:

@@ -222,7 +222,8 @@ class SchedulerCore:
         return bisect.bisect_left(self._waiting, stop, key=_key)
 
     def waiting_prefix(self, count: int) -> list[SchedulingRequest]:
-        """The first `count` of the queue as it is served: priority, then age."""
+        """The first `count` of the queue by priority, then age (fair share between queues may
+        serve a younger task of another queue first: the forecast replays this order)."""
         return [item.request for item in self._waiting[:count]]
 
     def why_waiting(self, group: str) -> str | None:
@@ -302,10 +303,11 @@ class SchedulerCore:
                 keep.append(item)
                 continue
             key, any_job = keys.get(item.signature) or keys.setdefault(item.signature, self._keys(item, view))
-            if any_job in busy_everywhere and not self._starving(item):  # spare building a placer to hear it
+            if any_job in busy_everywhere and self._told_alike(item):  # spare building a placer to hear it
                 blocked.add(item.signature)
                 keep.append(item)
                 self._reasons.setdefault(request.group, busy_everywhere[any_job])
+                self._turn_blocked_since.pop(request.group, None)  # as its turn holders, all busy, would say
                 continue
             placer = placers.get(key)
             if placer is None:
@@ -346,13 +348,13 @@ class SchedulerCore:
                     self._reasons.setdefault(request.group, outcome)
                 if isinstance(outcome, NoFit) and outcome.can_wait:
                     self._close_lookahead_below(request.priority.rank, outcome, nodes, changes)
-                    if not allocations and _same_for_every_job(outcome):
+                    if not allocations and not holds and _same_for_every_job(outcome):
                         busy_everywhere[any_job] = outcome
                 if isinstance(outcome, NoFit) and outcome.can_wait and self._starving(item):
                     held = self._hold(request, outcome, nodes, view)
                     if held is not None:
                         holds.append(held)
-                        busy_everywhere.clear()  # a held node may take backfill: ask again
+                        busy_everywhere.clear()  # whether a task may backfill there depends on its job
                         changes.add(held.node_id)
             else:
                 result.rejected.append(Rejected(request.task_id, request.group, outcome.message))
@@ -498,6 +500,14 @@ class SchedulerCore:
                                  f"backfilled: a task waiting too long holds this node and is expected to start in "
                                  f"~{window_s:.3f}s, this one to end in ~{run_s:.3f}s")
         return outcome
+
+    def _told_alike(self, item: _Waiting) -> bool:
+        """Whether the item would hear what its kind heard when no node could take it: not when
+        it is starving (it may get a node held), nor when its job's own counts could make its
+        strategy turn nodes away for another reason first (spread's turn, before busy)."""
+        if self._starving(item):
+            return False
+        return not strategy_named(item.request.strategy).reads_job_counts or not self.group_counts.of(item.request.group)
 
     def _admission(self, request: SchedulingRequest, view: ClusterView) -> float:
         """How far beyond free capacity the request's kind may be admitted (its job's lookahead)."""

@@ -163,3 +163,50 @@ def test_each_queue_says_what_waits_what_runs_and_its_share() -> None:
     assert (bob.running, bob.waiting, bob.dominant, bob.share) == (0, {"HIGH": 2}, None, 0.0)
     assert (alice.fair_share, bob.fair_share, carol.fair_share) == (0.25, 0.75, 0.0)  # carol has no work
     assert (carol.weight, carol.running, carol.waiting) == (2.0, 0, {})
+
+
+def test_the_first_drain_with_a_second_queue_counts_what_the_first_runs() -> None:
+    """bob's job arrives after a node joined: alice already holds 6 of 9 CPUs, so bob gets all 3
+    new slots (a drain that read each queue's usage before bob's tasks were queued saw one
+    queue, and gave alice two of them)."""
+    clock = Clock()
+    books = SchedulerBooks(epoch="e", lease_s=60.0, tick_s=1.0, lookahead_s=None, clock=clock, wall=clock)
+
+    def nodes(*names: str) -> list[NodeStatus]:
+        return [NodeStatus(name=name, node_id=f"id-{name}", address="127.0.0.1", alive=True,
+                           resources_total={"CPU": 3.0}, resources_available={"CPU": 3.0}) for name in names]
+
+    books.on_nodes(nodes("n1", "n2"), taken_at=clock.now)
+    assert len(books.on_submitted(Submit(requests=tasks("alice", 10), runner="r-alice")).placed) == 6
+    clock.now += 1.0
+    books.on_nodes(nodes("n1", "n2", "n3"), taken_at=clock.now)  # no drain until the next message
+    assert len(books.on_submitted(Submit(requests=tasks("bob", 10), runner="r-bob")).placed) == 3
+    assert books.collect("job-alice").placed == []
+
+
+def test_a_queue_s_counts_follow_cancels_and_restarts() -> None:
+    """Cancelling a job lowers its queue's waiting count and oldest wait; a /v1/schedule
+    reservation kept across a Scheduler restart keeps its queue."""
+    clock = Clock()
+    books = SchedulerBooks(epoch="e", lease_s=60.0, tick_s=1.0, lookahead_s=None, clock=clock, wall=clock)
+    books.on_nodes([NodeStatus(name="n1", node_id="id-n1", address="127.0.0.1", alive=True,
+                               resources_total={"CPU": 1.0}, resources_available={"CPU": 1.0})], taken_at=clock.now)
+    books.on_submitted(Submit(requests=tasks("alice", 3, job="old"), runner="r1"))
+    clock.now += 5.0
+    books.on_submitted(Submit(requests=tasks("alice", 2, job="new"), runner="r2"))
+    clock.now += 1.0
+    alice = {q.name: q for q in books.status().queues}["alice"]
+    assert (alice.running, alice.waiting, alice.oldest_wait_s) == (1, {"NORMAL": 4}, 6.0)
+    books.on_cancelled("old")
+    alice = {q.name: q for q in books.status().queues}["alice"]
+    assert (alice.waiting, alice.oldest_wait_s) == ({"NORMAL": 2}, 1.0)
+    held = SchedulerBooks(epoch="e", lease_s=60.0, tick_s=1.0, lookahead_s=None, clock=clock, wall=clock)
+    held.on_nodes(books.nodes, taken_at=clock.now)
+    books.on_finished("old")
+    books.on_cancelled("new")
+    books.on_finished("new")
+    placed = books.on_submitted(Submit(requests=[SchedulingRequest(task_id="schedule:t", queue="carol")], lease_s=30.0,
+                                       owner="id:carol"))
+    assert placed.placed
+    assert held.on_restored(books.held_for_callers()) == 1
+    assert [(q.name, q.running) for q in held.status().queues] == [("carol", 1)]

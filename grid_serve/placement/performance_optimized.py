@@ -83,5 +83,4 @@ STRATEGY = Strategy(
     explain=explain,
     turn=TURN,
     epoch=job_round,
-    reads_job_counts=True,
 )

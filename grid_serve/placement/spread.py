@@ -47,5 +47,4 @@ STRATEGY = Strategy(
     scorers=(("job share", 1.0, score_job_share), ("idle", 0.25, score_idle)),
     explain=explain,
     turn=TURN,
-    reads_job_counts=True,
 )
