@@ -507,7 +507,8 @@ class SchedulerCore:
         strategy turn nodes away for another reason first (spread's turn, before busy)."""
         if self._starving(item):
             return False
-        return not strategy_named(item.request.strategy).reads_job_counts or not self.group_counts.of(item.request.group)
+        request = item.request
+        return not strategy_named(request.strategy).reads_job_counts or not self.group_counts.of(request.group)
 
     def _admission(self, request: SchedulingRequest, view: ClusterView) -> float:
         """How far beyond free capacity the request's kind may be admitted (its job's lookahead)."""

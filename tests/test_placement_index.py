@@ -12,12 +12,12 @@ from typing import Callable
 
 import pytest
 
+from grid_serve import scheduling
 from grid_serve.models import ResourceRequirement, SchedulingDecision, SchedulingRequest
 from grid_serve.placement import STRATEGIES
 from grid_serve.placement_index import IncrementalPlacer
 from grid_serve.scheduling import SchedulerCore
 from grid_serve.strategies import NOT_NOW, NoFit, PlacementContext, PlacementError, Strategy, place, strategy_named
-from grid_serve import scheduling
 from grid_serve.view import ClusterView, GpuView, GroupCounts, NodeView, Running, make_node
 
 
