@@ -10,6 +10,9 @@ process (time.process_time) so other work on a shared machine does not count aga
   ... 100 queues the same batch as 100 jobs in 100 queues (grid_serve.queues), half of them
                  already holding some CPUs: every decision picks the queue furthest under its
                  fair share first
+  ... full       the same 100 jobs drained against the view with every node full: each task
+                 waits, and what is measured is tasks decided per second (a drain on a busy
+                 cluster, after each task end, must not cost a pass over every node per job)
 The target applies to SchedulerCore, the path every decision of the running app takes;
 place() alone (one decision on a view it has never seen) must look at every node and is shown
 for reference. Plain Ray has no counterpart here (its scheduler is C++ inside each raylet), so the table
@@ -22,6 +25,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 from grid_serve.models import ResourceRequirement, SchedulingRequest, SchedulingStrategy
 from grid_serve.scheduling import SchedulerCore
@@ -83,9 +87,17 @@ def place_speed(view: ClusterView, strategy: SchedulingStrategy, budget_s: float
     return Speed(len(view.nodes), str(strategy), "place", done, time.process_time() - began)
 
 
-def core_speed(view: ClusterView, strategy: SchedulingStrategy, batch: int, queues: int = 1) -> Speed:
+def full(view: ClusterView) -> ClusterView:
+    """The view with every node's CPUs reserved."""
+    return replace(view, nodes=MappingProxyType({node_id: node.reserve({"CPU": node.free("CPU", view.admission)})
+                                                 for node_id, node in view.nodes.items()}))
+
+
+def core_speed(view: ClusterView, strategy: SchedulingStrategy, batch: int, queues: int = 1,
+               mode: str | None = None) -> Speed:
     """`batch` tasks submitted to a fresh SchedulerCore and drained against `view`: one job, or
-    (`queues` > 1) one job per queue, half the queues holding some CPUs already."""
+    (`queues` > 1) one job per queue, half the queues holding some CPUs already. Counts the
+    tasks placed, or (`mode` "full") the tasks decided, all of which wait."""
     core = SchedulerCore()
     if queues > 1:
         tasks = [request(strategy, f"job{i % queues}", i, queue=f"q{i % queues}") for i in range(batch)]
@@ -95,7 +107,8 @@ def core_speed(view: ClusterView, strategy: SchedulingStrategy, batch: int, queu
     began = time.process_time()
     result = core.submit(tasks, view)
     elapsed = time.process_time() - began
-    return Speed(len(view.nodes), str(strategy), "core" if queues == 1 else "queues", len(result.placed), elapsed)
+    decided = len(result.placed) if mode is None else len(result.placed) + len(core)
+    return Speed(len(view.nodes), str(strategy), mode or ("core" if queues == 1 else "queues"), decided, elapsed)
 
 
 def measure(sizes: list[int], strategies: tuple[SchedulingStrategy, ...] = STRATEGIES,
@@ -111,6 +124,7 @@ def measure(sizes: list[int], strategies: tuple[SchedulingStrategy, ...] = STRAT
             speeds.append(median([place_speed(view, strategy, budget_s) for _ in range(repeats)]))
             speeds.append(median([core_speed(view, strategy, batch) for _ in range(repeats)]))
             speeds.append(median([core_speed(view, strategy, batch, QUEUES) for _ in range(repeats)]))
+            speeds.append(median([core_speed(full(view), strategy, batch, QUEUES, "full") for _ in range(repeats)]))
     return speeds
 
 
@@ -122,7 +136,8 @@ def report(speeds: list[Speed]) -> Report:
     by_key = {(s.strategy, s.mode, s.nodes): s for s in speeds}
     for strategy in dict.fromkeys(s.strategy for s in speeds):
         for mode, label in (("place", "place()"), ("core", "SchedulerCore batch"),
-                            ("queues", f"SchedulerCore batch, {QUEUES} queues")):
+                            ("queues", f"SchedulerCore batch, {QUEUES} queues"),
+                            ("full", f"... every node full ({QUEUES} jobs wait)")):
             table.add(strategy, label, *[f"{by_key[(strategy, mode, n)].per_second:,.0f}" for n in sizes])
     for strategy in TARGET_STRATEGIES:  # the target is on the path the Scheduler decides by
         for mode, queues in (("core", "1 queue"), ("queues", f"{QUEUES} queues")):
