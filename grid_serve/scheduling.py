@@ -288,7 +288,7 @@ class SchedulerCore:
             return result
         nodes = dict(view.nodes)  # reserved into as decisions are made; one view built at the end
         allocations = dict(view.allocations)  # capacity nodes borrowed, and what their tasks use
-        placers: dict[PlacerKey, IncrementalPlacer | str] = {}
+        placers: dict[PlacerKey, IncrementalPlacer | str | None] = {}  # None: a kind's job-less copy not made yet
         changes = NodeChanges()  # what each decision changed: placers re-read it when next asked
         keys: dict[Signature, tuple[PlacerKey, PlacerKey]] = {}  # (its placer's key, the same for every job)
         busy_everywhere: dict[PlacerKey, NoFit] = {}  # kinds no node can take now, whatever the job
@@ -527,21 +527,25 @@ class SchedulerCore:
         return any_job, any_job
 
     def _placer(self, request: SchedulingRequest, view: ClusterView, nodes: Mapping[str, NodeView],
-                placers: dict[PlacerKey, IncrementalPlacer | str], any_job: PlacerKey,
+                placers: dict[PlacerKey, IncrementalPlacer | str | None], any_job: PlacerKey,
                 changes: NodeChanges) -> IncrementalPlacer | str:
-        """The placer for requests of this kind, or why none can be placed at all. A job that
-        has placed nothing yet, of a strategy that reads each job's counts, gets a copy of the
-        kind's placer for such a job (kept under `any_job`, built once per drain)."""
+        """The placer for requests of this kind, or why none can be placed at all. Jobs that
+        have placed nothing yet, of a strategy that reads each job's counts: the first builds its
+        own; from the second on, each gets a copy of the kind's placer for such a job (kept
+        under `any_job`, built once per drain)."""
         if self._lookahead_s is not None:
             view = replace(view, admission=self._admission(request, view))
         try:
-            if strategy_named(request.strategy).reads_job_counts and not self.group_counts.of(request.group):
-                template = placers.get(any_job)
-                if template is None:
+            fresh = strategy_named(request.strategy).reads_job_counts and not self.group_counts.of(request.group)
+            if fresh and any_job in placers:
+                template = placers[any_job]
+                if template is None:  # the second such job: from now on they copy
                     template = placers[any_job] = IncrementalPlacer(request, view, nodes, NO_COUNTS, changes=changes)
                 if isinstance(template, str):
                     return template
                 return template.for_job(self.group_counts.live(request.group))
+            if fresh:
+                placers[any_job] = None  # one such job so far: it builds its own, as a lone job does
             return IncrementalPlacer(request, view, nodes, self.group_counts.live(request.group), changes=changes)
         except PlacementError as exc:
             return str(exc)
