@@ -227,9 +227,11 @@ class IncrementalPlacer:
             for node_id in pending:
                 self.node_changed(node_id)
 
-    def place(self, request: SchedulingRequest, waited_s: float = 0.0) -> SchedulingDecision | NoFit:
+    def place(self, request: SchedulingRequest, waited_s: float = 0.0,
+              note: str | None = None) -> SchedulingDecision | NoFit:
         """What `place(request, current view, strategy, group counts)` answers; `request` must
-        be of this placer's kind (only its task id may differ). Reserves nothing itself."""
+        be of this placer's kind (only its task id may differ). Reserves nothing itself.
+        `note` is added to a decision's summary (`decision_for`)."""
         self._catch_up()
         if not self._possible:
             return NoFit(request.task_id, can_wait=False, rejections=tuple(self._lasting),
@@ -244,7 +246,7 @@ class IncrementalPlacer:
         runner_up = None if second is None else (self._nodes[self._possible[second]], self._node_scores(second))
         return decision_for(request, self._strategy, chosen, self._node_scores(position), ready_count,
                             self._rejections(EXPLAINED_NODES), self._rejection_counts(), self._context(),
-                            waited_s, runner_up)
+                            waited_s, runner_up, note)
 
     def turn_holders(self) -> list[str]:
         """The nodes holding the turn while they cannot take the task, when some node passed

@@ -84,7 +84,7 @@ class FairShares:
     >>> shares.add("b", {"GPU": 1.0})  # half the GPUs: b's dominant resource
     >>> shares.share("b")
     0.5
-    >>> shares.describe("b", waiting=["a", "b"])
+    >>> shares.describe("b", shares.total_weight(["a", "b"]))
     'queue b: 1 of 2 GPU (its dominant resource), weight 1 of 4'
     """
 
@@ -112,11 +112,14 @@ class FairShares:
             used[name] = used.get(name, 0.0) + amount
         self._shares.pop(queue, None)
 
-    def describe(self, queue: str, waiting: Iterable[str]) -> str:
+    def total_weight(self, queues: Iterable[str]) -> float:
+        """The weights of `queues` together (what each one's weight is "of")."""
+        return sum(self.weight(queue) for queue in set(queues))
+
+    def describe(self, queue: str, total_weight: float) -> str:
         """What an explanation says of the queue: what it holds of its dominant resource, and
-        its weight against the weights of the queues that were waiting with it."""
+        its weight against `total_weight`, the queues' that were waiting with it."""
         name, fraction = self.dominant(queue)
-        total_weight = sum(self.weight(other) for other in set(waiting) | {queue})
         weight = f"weight {self.weight(queue):g} of {total_weight:g}"
         if not name:
             return f"queue {queue}: holds nothing yet, {weight}"

@@ -122,6 +122,22 @@ def _same_for_every_job(outcome: NoFit) -> bool:
     return all(rejection.check in _JOB_INDEPENDENT_CHECKS for rejection in outcome.rejections)
 
 
+def _fair_share_note(item: _Waiting, shares: FairShares | None, contended: Mapping[float, float]) -> str | None:
+    """Where other queues wait at the item's priority: what its decision's summary says of where
+    its queue stood when fair share served it (its share before this task)."""
+    total_weight = contended.get(item.key[0]) if shares is not None else None
+    if shares is None or total_weight is None:
+        return None
+    return f"fair share chose it: {shares.describe(item.queue, total_weight)}"
+
+
+def _counted(decision: SchedulingDecision, item: _Waiting, shares: FairShares | None) -> SchedulingDecision:
+    """A placement counted against its queue's share (what the next pick reads)."""
+    if shares is not None:
+        shares.add(item.queue, decision.resources)
+    return decision
+
+
 def with_note(decision: SchedulingDecision, note: str) -> SchedulingDecision:
     """The decision with `note` added to its explanation's summary (and its reasons)."""
     if decision.explanation is None:
@@ -316,10 +332,11 @@ class SchedulerCore:
                 result.rejected.append(Rejected(request.task_id, request.group, placer))
                 continue
             waited = round(max(0.0, self._clock() - item.enqueued_at), 6)
-            outcome = placer.place(request, waited_s=waited)
+            note = _fair_share_note(item, shares, contended)
+            outcome = placer.place(request, waited_s=waited, note=note)
             if (isinstance(outcome, NoFit) and outcome.can_wait
                     and self._give_up_turns(request, placer, changes, nodes, result)):
-                outcome = placer.place(request, waited_s=waited)
+                outcome = placer.place(request, waited_s=waited, note=note)
             elif self._turn_blocked_since and isinstance(outcome, SchedulingDecision):
                 self._turn_blocked_since.pop(request.group, None)  # the turn moved: a later wait starts afresh
             if holds and isinstance(outcome, NoFit) and outcome.can_wait:
@@ -329,7 +346,7 @@ class SchedulerCore:
             borrowed = allocation_decision(request, current, outcome) if current else None
             if borrowed is not None:
                 borrowed = borrowed.model_copy(update={"waited_s": waited})
-                result.placed.append(self._served(borrowed, item, shares, contended))
+                result.placed.append(_counted(borrowed, item, shares))
                 allocation = next(a for a in allocations.values()
                                   if a.placement_group_id == borrowed.placement_group_id)
                 allocations[allocation.id] = allocation.use(borrowed.resources)  # the donor already counts it
@@ -337,7 +354,7 @@ class SchedulerCore:
                 if isinstance(outcome, SchedulingDecision):  # the placer assumed its pick got reserved
                     changes.add(outcome.node_id)
             elif isinstance(outcome, SchedulingDecision):
-                result.placed.append(self._served(outcome, item, shares, contended))
+                result.placed.append(_counted(outcome, item, shares))
                 nodes[outcome.node_id] = nodes[outcome.node_id].reserve(outcome.resources, rank=request.priority.rank)
                 self.group_counts.add(request.group, outcome.node_id)
                 changes.add(outcome.node_id)
@@ -373,15 +390,17 @@ class SchedulerCore:
             result.view = replace(view, nodes=MappingProxyType(nodes), allocations=MappingProxyType(allocations))
         return result
 
-    def _fair_shares(self, view: ClusterView) -> tuple[FairShares | None, dict[float, set[str]]]:
-        """The queues' shares, and the queues waiting at each priority where more than one
-        does; (None, {}) when one queue or none has work waiting: then age alone orders it."""
+    def _fair_shares(self, view: ClusterView) -> tuple[FairShares | None, dict[float, float]]:
+        """The queues' shares, and for each priority where more than one queue waits, their
+        weights together (read off the per-queue counts, not the queue); (None, {}) when no
+        priority has two queues waiting: then age alone orders it."""
         if len(self._queued_per_queue) < 2:
             return None, {}
-        per_level: dict[float, set[str]] = {}
-        for item in self._waiting:
-            per_level.setdefault(item.key[0], set()).add(item.queue)
-        contended = {level: queues for level, queues in per_level.items() if len(queues) > 1}
+        per_level: dict[float, list[str]] = {}
+        for queue, priority in self._per_queue_level:
+            per_level.setdefault(-priority.rank, []).append(queue)
+        contended = {level: sum(self._weights.get(queue, 1.0) for queue in queues)
+                     for level, queues in per_level.items() if len(queues) > 1}
         if not contended:
             return None, {}
         totals = cluster_totals(node.total for node in view.nodes.values() if node.alive and not node.stale)
@@ -394,19 +413,6 @@ class SchedulerCore:
             return self._waiting
         levels = (list(level) for _, level in itertools.groupby(self._waiting, key=lambda item: item.key[0]))
         return itertools.chain.from_iterable(in_fair_order(level, _queue_of, shares, _key) for level in levels)
-
-    @staticmethod
-    def _served(decision: SchedulingDecision, item: _Waiting, shares: FairShares | None,
-                contended: Mapping[float, set[str]]) -> SchedulingDecision:
-        """A placement counted against its queue's share; where other queues waited at its
-        priority, its explanation says where its queue stood when fair share chose it."""
-        if shares is None:
-            return decision
-        waiting = contended.get(item.key[0])
-        if waiting is not None:
-            decision = with_note(decision, f"fair share chose it: {shares.describe(item.queue, waiting)}")
-        shares.add(item.queue, decision.resources)
-        return decision
 
     def _close_lookahead_below(self, rank: int, outcome: NoFit, nodes: dict[str, NodeView],
                                changes: NodeChanges) -> None:
