@@ -17,6 +17,7 @@ from bench import (  # noqa: E402
     balance,
     decisions,
     dispatch,
+    fair_share,
     handle_jobs,
     handle_results,
     http_api,
@@ -30,7 +31,7 @@ from bench.harness import bench_env  # noqa: E402
 CLUSTER_BENCHMARKS = {"balance": balance.run, "throughput": throughput.run, "dispatch": dispatch.run,
                       "quality": quality.run, "priority": priority.run, "http": http_api.run, "remote": remote.run,
                       "handle_jobs": handle_jobs.run, "handle_results": handle_results.run,
-                      "alternating": alternating.run}
+                      "alternating": alternating.run, "fair_share": fair_share.run}
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ from ray.serve import Application
 from grid_serve.access import LOOPBACK_HOSTS
 from grid_serve.config import ClusterConfig, load_cluster_config
 from grid_serve.limits import Limits
+from grid_serve.models import QueueName
+from grid_serve.queues import QueueSettings
 
 from .ingress import Ingress
 from .load_balancer import LoadBalancer
@@ -63,6 +65,10 @@ class AppArgs(BaseModel):
         description="token identities (token_env's `name=token` pairs) that may use `critical` priority over HTTP; "
                     "default: anyone. Handle calls may always")
     limits: Limits = Field(default_factory=Limits, description="bounds on queues, kept jobs and waiting requests")
+    queues: dict[QueueName, QueueSettings] = Field(
+        default_factory=dict,
+        description="queues by name (a token identity, `ray-job:<id>`, `anonymous`, `default`, or a name jobs give "
+                    "in `queue`) and their settings; a queue not listed has weight 1. See grid_serve/queues.py")
     allowed_hosts: list[str] = Field(
         default_factory=lambda: list(LOOPBACK_HOSTS), min_length=1,
         description="host names the HTTP API answers to (the Host header); '*' for any. Loopback by default")
@@ -81,7 +87,7 @@ def build_app(args: dict) -> Application:
     load_balancer = LoadBalancer.bind()
     sharing = SharingManager.bind(config, metrics, load_balancer)
     scheduler = Scheduler.bind(metrics, load_balancer, settings.admission, settings.metrics_interval_s, sharing,
-                               settings.lookahead_ms, settings.limits)
+                               settings.lookahead_ms, settings.limits, settings.queues)
     return Ingress.options(num_replicas=settings.ingress_replicas).bind(
         scheduler, load_balancer, metrics, settings.task_modules, sharing, settings.metrics_interval_s,
         (settings.token_env, tuple(settings.allowed_hosts),

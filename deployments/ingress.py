@@ -45,6 +45,7 @@ from grid_serve.models import (
     TaskPriority,
 )
 from grid_serve.placement import describe_strategies
+from grid_serve.queues import DEFAULT_QUEUE, queue_of_caller
 from grid_serve.sharing import Allocation, SharingRequest, SharingStatus
 from grid_serve.tasks import TaskType, load_task_modules
 
@@ -138,6 +139,8 @@ class Ingress:
         spec = spec if isinstance(spec, JobSubmission) else JobSubmission.model_validate(spec)
         self._check_priority(spec.priority, caller)
         owner, key = self._claim(caller)
+        if spec.queue is None:  # an HTTP caller's own queue; a handle call naming none: the cluster's default
+            spec = spec.model_copy(update={"queue": queue_of_caller(caller.identity) if caller else DEFAULT_QUEUE})
         with self._waiting.slot(spec.wait):
             try:  # the runner resolves the task name (an unknown one comes back as its 422)
                 status = await grid_call(self._runners.current.submit_job.remote(spec, fn, owner))
@@ -202,6 +205,9 @@ class Ingress:
                                       "reservation when its task ends, whatever its lease", field="lease_s")
         wait_s = require_number("wait_s", wait_s, 0, 600)
         self._check_priority(request.priority, caller)
+        if request.queue is None:
+            request = request.model_copy(
+                update={"queue": queue_of_caller(caller.identity) if caller else DEFAULT_QUEUE})
         return await self._desk.schedule(request, lease_s, wait_s, self._claim(caller))
 
     async def complete(self, task_id: str, ok: bool = True, duration_s: float | None = None,

@@ -38,6 +38,7 @@ from grid_serve.ledger import Completion
 from grid_serve.limits import Limits
 from grid_serve.models import ClusterStatus, JobPending, PlacementHistory, RecentDecisions
 from grid_serve.protocol import Adopt, Finished, Placements, Report, Submit
+from grid_serve.queues import QueueSettings
 from grid_serve.sharing import Allocation
 
 from ._common import INTERNAL_OPTIONS, ReplacedError, SoleWriterRecord, call_with_timeout, every, logger
@@ -65,7 +66,8 @@ class Scheduler:
 
     def __init__(self, metrics: DeploymentHandle, load_balancer: DeploymentHandle, admission: float | None = None,
                  interval_s: float = 1.0, sharing: DeploymentHandle | None = None,
-                 lookahead_ms: float = 100.0, limits: Limits | None = None) -> None:
+                 lookahead_ms: float = 100.0, limits: Limits | None = None,
+                 queues: dict[str, QueueSettings] | None = None) -> None:
         self._metrics = stop_safe(metrics)
         self._lb = stop_safe(load_balancer)
         self._sharing = stop_safe(sharing)
@@ -74,7 +76,8 @@ class Scheduler:
         self._books = SchedulerBooks(epoch=uuid.uuid4().hex[:8], lease_s=max(MIN_OWNER_LEASE_S,
                                      OWNER_LEASE_INTERVALS * interval_s), tick_s=interval_s,
                                      lookahead_s=None if admission else lookahead_ms / 1000.0,
-                                     admission=admission or 1.0, limits=limits, on_drain=self._metrics_out.record_drain)
+                                     admission=admission or 1.0, limits=limits, on_drain=self._metrics_out.record_drain,
+                                     weights={name: queue.weight for name, queue in (queues or {}).items()})
         self._lock = asyncio.Lock()
         self._forecasts: dict[str, tuple[float, JobPending | None]] = {}  # group -> (monotonic time, forecast)
         self._waiters: dict[str, list[asyncio.Event]] = {}  # group -> its long-polls waiting for news
@@ -118,6 +121,7 @@ class Scheduler:
             self._books.on_nodes(nodes, taken_at)
             self._books.on_leases_checked(overdue, held)
             self._metrics_out.record_queue(self._books.core.waiting_by_priority())
+            self._metrics_out.record_queues(self._books.queue_statuses())
             self._after_change()
         await self._publish()
 

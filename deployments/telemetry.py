@@ -12,7 +12,7 @@ import collections
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
-from grid_serve.models import NodeStatus, SchedulingDecision, TaskPriority
+from grid_serve.models import NodeStatus, QueueStatus, SchedulingDecision, TaskPriority
 
 _SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300]
 
@@ -61,6 +61,17 @@ class SchedulerMetrics:
                                   "per priority", ("priority",))
         self.queue_wait = Histogram("grid_queue_wait_seconds", "time a task waited in the queue before placement",
                                     _SECONDS, ("strategy", "priority"))
+        queue = ("queue",)
+        self.queue_waiting = Gauge("grid_queue_waiting", "tasks waiting per queue (grid_serve.queues), all "
+                                   "priorities", queue)
+        self.queue_running = Gauge("grid_queue_running", "tasks of the queue placed and not yet ended", queue)
+        self.queue_share = Gauge("grid_queue_share", "the queue's dominant share: the largest fraction of any "
+                                 "resource its running tasks hold (0-1)", queue)
+        self.queue_fair_share = Gauge("grid_queue_fair_share", "what the queue's weight entitles it to among the "
+                                      "queues with work (0-1)", queue)
+        self.queue_oldest_wait = Gauge("grid_queue_oldest_wait_seconds", "how long the queue's oldest waiting "
+                                       "task has waited", queue)
+        self._queues_shown: set[str] = set()  # queues with series: set to 0 once when their work ends
         self.decision_latency = Histogram("grid_decision_latency_seconds",
                                           "time to decide one task's placement (a drain pass over its tasks)",
                                           _SECONDS)
@@ -85,6 +96,28 @@ class SchedulerMetrics:
         waiting = {priority: count for priority, count, _ in queue}
         for priority in TaskPriority:
             self.queue_length.set(float(waiting.get(priority, 0)), {"priority": str(priority)})
+
+
+    def record_queues(self, queues: list[QueueStatus]) -> None:
+        """Each queue's figures; a queue whose work ended reads 0 once, then is left alone (a
+        caller's queue is named after its Ray job: they come and go)."""
+        shown = set()
+        for queue in queues:
+            if not (queue.waiting or queue.running) and queue.name not in self._queues_shown:
+                continue
+            tags = {"queue": queue.name}
+            self.queue_waiting.set(float(sum(queue.waiting.values())), tags)
+            self.queue_running.set(float(queue.running), tags)
+            self.queue_share.set(queue.share, tags)
+            self.queue_fair_share.set(queue.fair_share, tags)
+            self.queue_oldest_wait.set(queue.oldest_wait_s, tags)
+            if queue.waiting or queue.running:
+                shown.add(queue.name)
+        for name in self._queues_shown - {queue.name for queue in queues}:
+            for gauge in (self.queue_waiting, self.queue_running, self.queue_share, self.queue_fair_share,
+                          self.queue_oldest_wait):
+                gauge.set(0.0, {"queue": name})
+        self._queues_shown = shown
 
 
 def _set(gauge: Gauge, value: float | None, tags: dict[str, str]) -> None:

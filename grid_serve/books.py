@@ -37,6 +37,7 @@ from .models import (
     NodeScores,
     NodeStatus,
     QueueLevel,
+    QueueStatus,
     SchedulingDecision,
     SchedulingRequest,
     SchedulingStrategy,
@@ -45,6 +46,7 @@ from .models import (
 from .owners import Owners
 from .pending import REPLAY_LIMIT, PendingInputs
 from .protocol import Adopt, Finished, Placements, Report, Reuse, Submit
+from .queues import DEFAULT_QUEUE, FairShares, cluster_totals
 from .scheduling import DrainResult, Rejected, SchedulerCore
 from .sharing import Allocation, fold_allocations
 from .view import ClusterView, view_from
@@ -78,6 +80,7 @@ class _Meta:
     owner: str | None = None  # who may complete a /v1/schedule reservation (grid_serve.access)
     request_key: str | None = None  # the /v1/schedule request that made it (`on_abandoned`)
     runner: bool = False  # a job runner's task (not a /v1/schedule caller's)
+    queue: str = DEFAULT_QUEUE  # the queue it waits in (grid_serve.queues)
 
 
 class SchedulerBooks:
@@ -85,15 +88,17 @@ class SchedulerBooks:
 
     def __init__(self, *, epoch: str, lease_s: float, tick_s: float, lookahead_s: float | None,
                  admission: float = 1.0, limits: Limits | None = None, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, on_drain: DrainObserver | None = None) -> None:
+                 wall: Callable[[], float] = time.time, on_drain: DrainObserver | None = None,
+                 weights: dict[str, float] | None = None) -> None:
         """`lookahead_s` None keeps the fixed `admission`; `clock` orders leases and waits,
-        `wall` dates node snapshots (the MetricsCollector stamps them with wall time)."""
+        `wall` dates node snapshots (the MetricsCollector stamps them with wall time);
+        `weights`: each queue's weight in fair share (`grid_serve.queues`)."""
         self.epoch = epoch
         self.tick_s = tick_s
         self.limits = limits or Limits()
         self._for_callers: set[str] = set()  # /v1/schedule task ids (some may have ended: `_check_caller_room`)
         self.admission = admission
-        self.core = SchedulerCore(clock=clock, lookahead_s=lookahead_s)
+        self.core = SchedulerCore(clock=clock, lookahead_s=lookahead_s, weights=weights)
         self.ledger = Ledger(clock=clock)
         self.owners = Owners(lease_s=lease_s, tick_s=tick_s, clock=clock)
         self.log = DecisionLog()  # what was decided lately and why: for /v1/decisions and the web page
@@ -166,7 +171,8 @@ class SchedulerBooks:
         self._hold_back(group, message.unsent, requests[0].priority)
         for request in requests:
             self.meta[request.task_id] = _Meta(request.task_type, group, message.lease_s, request.priority,
-                                               message.owner, message.request_key, runner=runner is not None)
+                                               message.owner, message.request_key, runner=runner is not None,
+                                               queue=request.queue or DEFAULT_QUEUE)
         if runner is None:
             self._for_callers.update(request.task_id for request in requests)
         self._drain(requests)
@@ -195,7 +201,8 @@ class SchedulerBooks:
         self._hold_back(group, message.unsent, requeue[0].priority if requeue else None)
         fresh = [request for request in requeue if request.task_id not in self.meta]
         for request in fresh:
-            self.meta[request.task_id] = _Meta(request.task_type, group, None, request.priority, runner=True)
+            self.meta[request.task_id] = _Meta(request.task_type, group, None, request.priority, runner=True,
+                                               queue=request.queue or DEFAULT_QUEUE)
         self._drain(fresh)
         return self.collect(group, reuse=None if rank is None else self.may_reuse(group, rank))
 
@@ -207,17 +214,19 @@ class SchedulerBooks:
         self._drop_group(group)
         self.owners.register(group, message.runner)
         priority = message.priority or (waiting[0].priority if waiting else TaskPriority.NORMAL)
+        queue = message.queue or (waiting[0].queue if waiting else None) or DEFAULT_QUEUE
         self._hold_back(group, message.unsent, priority)
         for decision, task_type in message.running:
-            self.meta[decision.task_id] = _Meta(task_type, group, None, priority, runner=True)
+            self.meta[decision.task_id] = _Meta(task_type, group, None, priority, runner=True, queue=queue)
             self.ledger.reserve(decision.task_id, decision.node_id, decision.resources, task_type=task_type,
                                 group=group, strategy=str(decision.strategy),
-                                placement_group_id=decision.placement_group_id, rank=priority.rank)
+                                placement_group_id=decision.placement_group_id, rank=priority.rank, queue=queue)
         for node_id, count in message.placed_per_node.items():
             self.core.group_counts.add(group, node_id, count)
         fresh = [request for request in waiting if request.task_id not in self.meta]
         for request in fresh:
-            self.meta[request.task_id] = _Meta(request.task_type, group, None, request.priority, runner=True)
+            self.meta[request.task_id] = _Meta(request.task_type, group, None, request.priority, runner=True,
+                                               queue=request.queue or queue)
         self._drain(fresh)
         return self.collect(group)
 
@@ -286,6 +295,7 @@ class SchedulerBooks:
                 continue
             held.append({"task_id": task_id, "node_id": reservation.node_id, "resources": dict(reservation.resources),
                          "task_type": reservation.task_type, "priority": meta.priority.value, "owner": meta.owner,
+                         "queue": meta.queue,
                          "placement_group_id": reservation.placement_group_id,
                          "lease_ends_at": wall + (reservation.lease_until - now)})
         return held
@@ -301,11 +311,13 @@ class SchedulerBooks:
             if remaining <= 0 or task_id in self.meta:
                 continue
             priority = TaskPriority(record["priority"])
-            self.meta[task_id] = _Meta(record["task_type"], task_id, remaining, priority, record.get("owner"))
+            queue = record.get("queue") or DEFAULT_QUEUE  # kept by a predecessor that knew no queues: the default
+            self.meta[task_id] = _Meta(record["task_type"], task_id, remaining, priority, record.get("owner"),
+                                       queue=queue)
             self._for_callers.add(task_id)
             self.ledger.reserve(task_id, record["node_id"], record["resources"], task_type=record["task_type"],
                                 group=task_id, lease_s=remaining, placement_group_id=record.get("placement_group_id"),
-                                rank=priority.rank)
+                                rank=priority.rank, queue=queue)
             restored += 1
         if restored:
             self.callers_version += 1
@@ -360,7 +372,32 @@ class SchedulerBooks:
             nodes.append(status.model_copy(update={"reserved": dict(node.reserved) if node else {},
                                                    "in_flight": node.in_flight if node else 0}))
         return ClusterStatus(nodes=nodes, queued=self.queued_total(), queue=self.queue_levels(),
-                             jobs_running=len(self.owners), snapshot_age_s=max(0.0, self._wall() - self.nodes_at))
+                             queues=self.queue_statuses(view), jobs_running=len(self.owners),
+                             snapshot_age_s=max(0.0, self._wall() - self.nodes_at))
+
+    def queue_statuses(self, view: ClusterView | None = None) -> list[QueueStatus]:
+        """Each queue with work (waiting or running) and each configured one, by name."""
+        view = view or self.view()
+        waiting = self.core.waiting_per_queue()
+        loads = self.ledger.queue_loads()
+        weights = self.core.weights
+        names = sorted(set(waiting) | set(loads) | set(weights))
+        usage = {name: load.reserved for name, load in loads.items()}
+        shares = FairShares(usage, cluster_totals(node.total for node in view.nodes.values()
+                                                  if node.alive and not node.stale), weights)
+        active = [name for name in names if name in waiting or name in loads]
+        total_weight = sum(shares.weight(name) for name in active) or 1.0
+        statuses = []
+        for name in names:
+            counts, oldest = waiting.get(name, ({}, 0.0))
+            load = loads.get(name)
+            dominant, share = shares.dominant(name)
+            statuses.append(QueueStatus(
+                name=name, weight=shares.weight(name), waiting=counts, running=load.in_flight if load else 0,
+                holds=dict(load.reserved) if load else {}, dominant=dominant or None, share=round(share, 4),
+                fair_share=round(shares.weight(name) / total_weight, 4) if name in active else 0.0,
+                oldest_wait_s=round(oldest, 3)))
+        return statuses
 
     def queue_levels(self) -> list[QueueLevel]:
         """Waiting tasks per priority, highest first, counting what owners hold back beyond their
@@ -411,7 +448,8 @@ class SchedulerBooks:
         borrowed capacity folded in."""
         ledger = self.ledger.snapshot()
         view = self._without_lost_nodes(view_from(self.trusted_nodes(), ledger, self.admission, self.nodes_at))
-        return replace(fold_allocations(view, self.allocations, ledger.group_loads), running=self.ledger.running_on)
+        return replace(fold_allocations(view, self.allocations, ledger.group_loads), running=self.ledger.running_on,
+                       queue_usage=self._queue_usage())
 
     def check(self) -> None:
         """The invariants every transition keeps (asserted by the table tests)."""
@@ -432,7 +470,8 @@ class SchedulerBooks:
         if not submitted and not len(self.core):
             return
         began = time.perf_counter()
-        result = self.core.submit(submitted, self.view())
+        self.core.enqueue(submitted)  # first: the view's per-queue usage is read once two queues wait
+        result = self.core.drain(self.view())
         if self._on_drain is not None:
             self._on_drain(self._with_priorities(result.placed), len(result.placed) + len(result.rejected),
                            time.perf_counter() - began, self.core.waiting_by_priority())
@@ -445,7 +484,8 @@ class SchedulerBooks:
             meta = self.meta[decision.task_id]
             self.ledger.reserve(decision.task_id, decision.node_id, decision.resources, task_type=meta.task_type,
                                 group=meta.group, strategy=str(decision.strategy), lease_s=meta.lease_s,
-                                placement_group_id=decision.placement_group_id, rank=meta.priority.rank)
+                                placement_group_id=decision.placement_group_id, rank=meta.priority.rank,
+                                queue=meta.queue)
             self.log.record(decision, meta.group, meta.task_type, meta.priority)
             if not meta.runner:
                 self.callers_version += 1
@@ -471,7 +511,8 @@ class SchedulerBooks:
             slot = self._release([reuse.ended])[0]
             self.meta[reuse.task_id] = replace(meta)
             self.ledger.reserve(reuse.task_id, slot.node_id, slot.resources, task_type=slot.task_type, group=group,
-                                strategy=reuse.strategy, placement_group_id=slot.placement_group_id, rank=slot.rank)
+                                strategy=reuse.strategy, placement_group_id=slot.placement_group_id, rank=slot.rank,
+                                queue=slot.queue)
             self.core.group_counts.add(group, slot.node_id, 1)
             decision = self._reused_decision(reuse, slot)
             self.log.record(decision, group, slot.task_type, meta.priority)
@@ -510,6 +551,13 @@ class SchedulerBooks:
             return {}
         return {node_id: seconds for (node_id, kind), seconds in self.ledger.durations.items()
                 if kind == meta.task_type}
+
+    def _queue_usage(self) -> dict[str, dict[str, float]]:
+        """What each queue's tasks hold, for fair share: only read while two queues have work
+        waiting (`SchedulerCore._fair_shares`), so one queue's drains do not pay for it."""
+        if len(self.core.queued_per_queue()) < 2:
+            return {}
+        return {queue: dict(load.reserved) for queue, load in self.ledger.queue_loads().items()}
 
     def _without_lost_nodes(self, view: ClusterView) -> ClusterView:
         """The view with nodes a runner saw die marked dead: Ray's node table marks a killed

@@ -242,6 +242,9 @@ def distribute_test(
     cpus: float | None = typer.Option(None, "--cpus", min=0, help="CPUs per task [default: the task's own, 1]."),
     gpus: float | None = typer.Option(None, "--gpus", min=0, help="GPUs per task [default: the task's own, 0]."),
     task: str = typer.Option("compute_task", "--task", "-t", help="Registered task to run (see /v1/tasks)."),
+    queue_name: str | None = typer.Option(None, "--queue", "-q",
+                                          help="The queue its tasks wait in [default: the caller's own: its token "
+                                               "identity, or `anonymous`]. See `grid queue`."),
     as_json: bool = JsonOption,
     address: str | None = AddressOption,
 ) -> None:
@@ -259,7 +262,7 @@ def distribute_test(
     if cpus is not None or gpus is not None:
         resources = ResourceRequirement(cpu_count=1.0 if cpus is None else cpus, gpu_count=gpus or 0.0)
     spec = JobSubmission(task=task, count=tasks, strategy=strategy.value, node=node, priority=priority.value,
-                         resources=resources)
+                         resources=resources, queue=queue_name)
     with connect(address) as client:
         started = time.monotonic()
         job = client.submit_job(spec)
@@ -350,6 +353,35 @@ def _status_table(status: ClusterStatus) -> Table:
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+@app.command()
+def queue(as_json: bool = JsonOption, address: str | None = AddressOption) -> None:
+    """The queues: what waits in each per priority, what runs, and where each stands in fair
+    share. At one priority the queue furthest under its weighted share of its dominant resource
+    goes next (weights: `queues:` in serve_config's args). A job's queue is the one it names
+    (`queue`), else its caller's: a token identity, `anonymous`, or `ray-job:<id>`.
+
+    \b
+    Example: grid queue
+    """
+    with connect(address) as client:
+        status = client.cluster_status()
+    if as_json:
+        print(json.dumps([queue.model_dump(mode="json") for queue in status.queues], indent=2))
+        return
+    rows = [[queue.name, f"{queue.weight:g}", _waiting_text(queue.waiting), str(queue.running),
+             f"{queue.share:.0%} {queue.dominant}" if queue.dominant else "0%", f"{queue.fair_share:.0%}",
+             f"{queue.oldest_wait_s:.1f}s" if queue.waiting else "-"]
+            for queue in status.queues]
+    _print_rows("queues (fair share at each priority)",
+                ["Queue", "Weight", "Waiting", "Running", "Share", "Fair share", "Oldest wait"], rows)
+
+
+def _waiting_text(waiting: dict[TaskPriority, int]) -> str:
+    """Tasks waiting per priority, highest first: "2 high, 5 normal"; "0" when none."""
+    parts = [f"{waiting[priority]} {priority}" for priority in sorted(waiting, key=lambda p: -p.rank)]
+    return ", ".join(parts) or "0"
 
 
 # ================================================================== explain

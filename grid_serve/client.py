@@ -27,6 +27,7 @@ from .handles import connect_ray, ray_address, stop_safe  # noqa: F401 (ray_addr
 from .errors import ForbiddenError, GoneError, GridError, InvalidRequestError, NotFoundError, TooBusyError, UnavailableError
 from .models import (ClusterStatus, JobStatus, JobSubmission, RecentDecisions, SchedulingDecision, SchedulingRequest,
                      is_object_ref)
+from .queues import queue_of_ray_job
 from .sharing import Allocation, SharingRequest, SharingStatus
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8000"
@@ -293,11 +294,14 @@ class HandleClient:
         the caller's own module works; `fn` may also be a `@ray.remote` function. An invalid
         `spec` raises pydantic's ValidationError here, before anything is sent (as GridClient);
         the job goes straight to the job runner of the Ingress replica this client reaches."""
+        import ray
+
         spec = spec if isinstance(spec, JobSubmission) else JobSubmission.model_validate(spec)
+        if spec.queue is None:  # its tasks wait in this program's queue (grid_serve.queues)
+            spec = spec.model_copy(update={"queue": queue_of_ray_job(ray.get_runtime_context().get_job_id())})
         if fn is not None and runs_in_caller(spec, fn):
             return await self._run_here(spec, fn)
         code = CallerCode.of(getattr(fn, "_function", fn)) if fn is not None else None
-        import ray
 
         try:  # straight to the Ingress replica's job runner, as the Ingress would hand it on: one hop less
             runner = await self._job_runner()

@@ -45,6 +45,7 @@ from .errors import InvalidRequestError, NoCapacityError, plain_seconds
 from .handles import connect_ray, stop_safe
 from .models import ResourceRequirement, SchedulingDecision, SchedulingRequest, SchedulingStrategy, TaskPriority
 from .protocol import Adopt, Placements, Submit
+from .queues import queue_of_ray_job
 
 logger = logging.getLogger("grid_serve.remote")
 
@@ -57,7 +58,8 @@ POLL_S = 5.0  # a stream with requests waiting long-polls the Scheduler for thei
 SYNC_ENDS = 32  # a call finding nothing held looks for ended calls itself while at most this many run
 MB = 1024 * 1024
 # options grid-serve reads to place a call; everything else goes to Ray as it is
-GRID_OPTIONS = ("priority", "node", "label_selector", "affinity_nodes", "anti_affinity_nodes", "placement_timeout_s")
+GRID_OPTIONS = ("priority", "node", "label_selector", "affinity_nodes", "anti_affinity_nodes", "placement_timeout_s",
+                "queue")
 RESOURCE_OPTIONS = ("num_cpus", "num_gpus", "memory", "resources")
 RAY_STRINGS = ("DEFAULT",)
 
@@ -236,7 +238,7 @@ def placement_template(fn: Callable[..., Any], options: dict[str, Any]) -> Sched
             priority=TaskPriority(options.get("priority") or TaskPriority.NORMAL), target_node=node,
             label_selector=dict(options.get("label_selector") or {}),
             affinity_nodes=tuple(options.get("affinity_nodes") or ()),
-            anti_affinity_nodes=tuple(options.get("anti_affinity_nodes") or ()))
+            anti_affinity_nodes=tuple(options.get("anti_affinity_nodes") or ()), queue=options.get("queue"))
     except ValueError as exc:
         raise InvalidRequestError(f"{getattr(fn, '__qualname__', fn)}: {exc}") from None
 
@@ -301,10 +303,12 @@ class Dispatcher:
     intervals and everything it held is released (its Ray tasks die with it, as Ray's do)."""
 
     def __init__(self, app_name: str = APP_NAME) -> None:
+        import ray
         from ray import serve
 
         connect_ray()
         self._scheduler = stop_safe(serve.get_deployment_handle("Scheduler", app_name=app_name))
+        self._queue = queue_of_ray_job(ray.get_runtime_context().get_job_id())  # where calls naming none wait
         self._name = f"grid-caller-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._tag = uuid.uuid4().hex[:6]
         self._lock = threading.Condition()
@@ -332,7 +336,8 @@ class Dispatcher:
         with self._lock:
             group = f"{self._tag}-{self._opened}-{template.task_type.rsplit('.', 1)[-1][:40]}"
             self._opened += 1
-            stream = Stream(group=group, template=template.model_copy(update={"job_id": group}))
+            stream = Stream(group=group, template=template.model_copy(
+                update={"job_id": group, "queue": template.queue or self._queue}))
             self._streams[group] = stream
             return stream
 
@@ -573,7 +578,8 @@ class Dispatcher:
         running = [(decision, stream.template.task_type) for decision in held]
         reply = await self._scheduler.adopt.remote(Adopt(runner=self._name, group=stream.group, running=running,
                                                          waiting=waiting, placed_per_node=counts,
-                                                         priority=stream.template.priority))
+                                                         priority=stream.template.priority,
+                                                         queue=stream.template.queue))
         self._registered.add(stream.group)
         self._take(stream, reply)
 

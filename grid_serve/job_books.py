@@ -234,7 +234,8 @@ class JobBooks:
         self.requeue = []
         return Adopt(runner=runner, group=self.id, running=[(d, self.task_name) for d, _ in self.running.values()],
                      waiting=[] if self.cancelled else list(self.waiting.values()),
-                     placed_per_node=dict(self.placed_per_node), unsent=self.unsent, priority=self.spec.priority)
+                     placed_per_node=dict(self.placed_per_node), unsent=self.unsent, priority=self.spec.priority,
+                     queue=self.spec.queue)
 
     def on_end(self) -> list[Completion]:
         """The job is over: what still runs or waits ends (with its error, or cancelled), and the

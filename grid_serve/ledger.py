@@ -56,6 +56,7 @@ class Reservation:
     lease_until: float | None = None
     placement_group_id: str | None = None  # set when the task runs inside a borrowed allocation
     rank: int = 1  # its priority's rank (TaskPriority.rank): normal unless told
+    queue: str = ""  # the queue its job waited in (grid_serve.queues): what fair share counts it against
 
 
 @dataclass(frozen=True)
@@ -124,15 +125,16 @@ class Ledger:
     epoch: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     _nodes: _Totals = field(default_factory=_Totals, repr=False)  # tasks placed on a node directly
     _groups: _Totals = field(default_factory=_Totals, repr=False)  # tasks inside borrowed allocations
+    _queues: _Totals = field(default_factory=_Totals, repr=False)  # every task, per queue (fair share)
 
     def reserve(self, task_id: str, node_id: str, resources: Mapping[str, float], *, task_type: str = "task",
                 group: str = "", strategy: str = "", lease_s: float | None = None,
-                placement_group_id: str | None = None, rank: int = 1) -> None:
+                placement_group_id: str | None = None, rank: int = 1, queue: str = "") -> None:
         now = self.clock()
         self._drop(task_id)  # re-reserving a task (an owner re-registering) replaces it
         reservation = self.reservations[task_id] = Reservation(
             task_id, node_id, dict(resources), task_type, group or task_id, now,
-            now + lease_s if lease_s else None, placement_group_id, rank,
+            now + lease_s if lease_s else None, placement_group_id, rank, queue,
         )
         self._count(reservation, +1)
         key = (node_id, strategy)
@@ -140,6 +142,7 @@ class Ledger:
         self.version += 1
 
     def _count(self, reservation: Reservation, sign: int) -> None:
+        self._queues.add(reservation.queue, reservation.resources, sign, reservation.rank)
         if reservation.placement_group_id is None:
             self._nodes.add(reservation.node_id, reservation.resources, sign, reservation.rank)
         else:
@@ -223,6 +226,10 @@ class Ledger:
     def group_loads(self) -> dict[str, NodeLoad]:
         """Per placement group (borrowed allocation), the tasks running inside it."""
         return self._groups.loads()
+
+    def queue_loads(self) -> dict[str, NodeLoad]:
+        """Per queue, what its tasks hold wherever they run (what fair share weighs)."""
+        return self._queues.loads()
 
     def snapshot(self) -> LedgerSnapshot:
         return LedgerSnapshot(self.version, self.loads(), dict(self.durations), dict(self.placements),

@@ -12,9 +12,9 @@ import math
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 MAX_TASKS_PER_JOB = 100_000
 # Levels of lists and objects one task's arguments may nest (its argument list is the first):
@@ -78,6 +78,20 @@ class _Model(BaseModel):
 # these per task instead, so a 100,000-task job of 0 CPUs cannot start 100,000 workers at once.
 # Ray never sees it (`ray_options` leaves it out); `/v1/cluster` shows it among the reservations.
 ZERO_RESOURCE_SLOT = "grid.zero_resource_tasks"
+QUEUE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
+_QUEUE_NAME = re.compile(QUEUE_NAME_PATTERN)
+
+
+def _queue_name(value: str) -> str:
+    if not _QUEUE_NAME.match(value):
+        raise ValueError(f"{value[:40]!r} is not a queue name: up to 128 letters, digits and _ . : @ -, starting "
+                         "with a letter or digit")
+    return value
+
+
+QueueName = Annotated[str, AfterValidator(_queue_name)]
+QUEUE_FIELD_TEXT = ("the queue its tasks wait in (grid_serve.queues); queues share the cluster by weighted fair "
+                    "share at each priority. Default: the caller's own (its token identity, or its Ray job)")
 
 
 def zero_resource_slots(total: dict[str, float] | Any) -> float:
@@ -202,6 +216,7 @@ class SchedulingRequest(_Model):
     affinity_nodes: tuple[str, ...] = Field((), max_length=1000)
     anti_affinity_nodes: tuple[str, ...] = Field((), max_length=1000)
     label_selector: dict[str, str] = Field(default_factory=dict, max_length=64)
+    queue: QueueName | None = Field(None, description=QUEUE_FIELD_TEXT)
 
     @model_validator(mode="after")
     def _node_specific_names_a_node(self) -> SchedulingRequest:
@@ -379,6 +394,7 @@ class JobSubmission(_Model):
     timeout_s: float = Field(600.0, gt=0, le=24 * 3600)
     result_refs: bool = Field(False, description="handle callers only: each task's result stays in Ray's object "
                                                  "store and the job's results hold its ObjectRef, not a copy")
+    queue: QueueName | None = Field(None, description=QUEUE_FIELD_TEXT)
 
     @field_validator("args", mode="before")
     @classmethod
@@ -458,6 +474,7 @@ class JobSubmission(_Model):
             affinity_nodes=self.affinity_nodes,
             anti_affinity_nodes=self.anti_affinity_nodes,
             label_selector=self.label_selector,
+            queue=self.queue,
         )
 
 
@@ -576,10 +593,28 @@ class QueueLevel(BaseModel):
     oldest_wait_s: float
 
 
+class QueueStatus(BaseModel):
+    """One queue (`grid_serve.queues`): what waits in it, what it runs, and where it stands in
+    fair share against the other queues with work."""
+
+    name: str
+    weight: float
+    waiting: dict[TaskPriority, int] = Field(description="tasks waiting per priority (held back by owners not counted)")
+    running: int = Field(description="its tasks placed and not yet ended")
+    holds: dict[str, float] = Field(description="resources its running tasks hold (Ray's names; memory in bytes)")
+    dominant: str | None = Field(description="the resource it holds the largest fraction of")
+    share: float = Field(description="that fraction of the cluster, 0 to 1")
+    fair_share: float = Field(description="what its weight entitles it to among the queues with work: "
+                                          "weight / the sum of their weights")
+    oldest_wait_s: float = Field(description="how long its oldest waiting task has waited")
+
+
 class ClusterStatus(BaseModel):
     nodes: list[NodeStatus]
     queued: int
     queue: list[QueueLevel] = Field(default_factory=list, description="waiting tasks per priority, highest first")
+    queues: list[QueueStatus] = Field(default_factory=list, description="each queue with work, and every "
+                                                                         "configured one; by name")
     jobs_running: int = Field(0, description="jobs whose runner holds a live lease with the Scheduler")
     snapshot_age_s: float
 

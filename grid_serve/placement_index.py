@@ -24,6 +24,7 @@ Pure, like the strategies: no Ray. Tests check it against `place()` decision by 
 from __future__ import annotations
 
 import bisect
+import copy
 import heapq
 import math
 from collections import Counter
@@ -46,16 +47,31 @@ from .strategies import (
 from .view import ClusterView, NodeView
 
 
+class NodeChanges:
+    """The nodes a drain changed, in order, shared by its placers: each placer re-reads them
+    when it is next asked (`IncrementalPlacer.place`), so a drain over many kinds of request
+    costs each decision one re-read per placer still in use, not one per placer ever built."""
+
+    def __init__(self) -> None:
+        self.changed: list[str] = []
+
+    def add(self, node_id: str) -> None:
+        self.changed.append(node_id)
+
+
 class IncrementalPlacer:
     """Decisions for one kind of request (same needs, strategy, job and task type) in a drain.
 
     `nodes` and `group_counts` are the caller's live state: after reserving a decision on a
-    node, the caller updates both and calls `node_changed(node_id)` on every placer.
-    `strategy` is the request's own (from the table) unless given.
+    node, the caller updates both and says so: `node_changed(node_id)` on every placer, or once
+    to the `changes` they share. `strategy` is the request's own (from the table) unless given.
     """
 
     def __init__(self, request: SchedulingRequest, view: ClusterView, nodes: Mapping[str, NodeView],
-                 group_counts: Mapping[str, int], strategy: Strategy | None = None) -> None:
+                 group_counts: Mapping[str, int], strategy: Strategy | None = None,
+                 changes: NodeChanges | None = None) -> None:
+        self._changes = changes
+        self._seen = len(changes.changed) if changes is not None else 0  # changes already read
         self._request = request
         self._strategy = strategy or strategy_named(request.strategy)
         self._turn = self._strategy.turn
@@ -86,6 +102,24 @@ class IncrementalPlacer:
         self._epoch = self._current_epoch()
         if self._possible:
             self._refresh_all()
+
+    def for_job(self, group_counts: Mapping[str, int]) -> IncrementalPlacer:
+        """A placer for another job of this kind whose counts equal this one's now (a job that
+        has placed nothing, cloned from a placer whose job has placed nothing): exactly what
+        building one would give, for the cost of copying this one's state instead of checking
+        and scoring every node again. What a drain over many new jobs of one kind does."""
+        self._catch_up()  # the copy starts from what the nodes are now
+        clone = copy.copy(self)
+        clone._counts = group_counts
+        clone._stamp = list(self._stamp)
+        clone._failing = dict(self._failing)
+        clone._failing_order = list(self._failing_order)
+        clone._failing_counts = Counter(self._failing_counts)
+        clone._parts = dict(self._parts)
+        clone._explained = dict(self._explained)
+        clone._heap = list(self._heap)
+        clone._levels = list(self._levels)
+        return clone
 
     # ------------------------------------------------------------------ state upkeep
 
@@ -184,9 +218,21 @@ class IncrementalPlacer:
             heapq.heappop(self._heap)
         return None
 
-    def place(self, request: SchedulingRequest, waited_s: float = 0.0) -> SchedulingDecision | NoFit:
+    def _catch_up(self) -> None:
+        """Re-read the nodes the drain changed since this placer last looked."""
+        changes = self._changes
+        if changes is not None and self._seen < len(changes.changed):
+            pending = dict.fromkeys(changes.changed[self._seen:])
+            self._seen = len(changes.changed)
+            for node_id in pending:
+                self.node_changed(node_id)
+
+    def place(self, request: SchedulingRequest, waited_s: float = 0.0,
+              note: str | None = None) -> SchedulingDecision | NoFit:
         """What `place(request, current view, strategy, group counts)` answers; `request` must
-        be of this placer's kind (only its task id may differ). Reserves nothing itself."""
+        be of this placer's kind (only its task id may differ). Reserves nothing itself.
+        `note` is added to a decision's summary (`decision_for`)."""
+        self._catch_up()
         if not self._possible:
             return NoFit(request.task_id, can_wait=False, rejections=tuple(self._lasting),
                          total_nodes=len(self._view.nodes))
@@ -200,12 +246,13 @@ class IncrementalPlacer:
         runner_up = None if second is None else (self._nodes[self._possible[second]], self._node_scores(second))
         return decision_for(request, self._strategy, chosen, self._node_scores(position), ready_count,
                             self._rejections(EXPLAINED_NODES), self._rejection_counts(), self._context(),
-                            waited_s, runner_up)
+                            waited_s, runner_up, note)
 
     def turn_holders(self) -> list[str]:
         """The nodes holding the turn while they cannot take the task, when some node passed
         over only for its turn could take it now; else none. What `SchedulerCore` asks when a
         task has waited long enough for the holders to give their turn up."""
+        self._catch_up()
         if self._turn is None or self._best() is not None:
             return []
         others = tuple(entry for entry in self._strategy.current_checks if entry[0] != self._turn.name)

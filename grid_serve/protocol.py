@@ -97,6 +97,7 @@ class Adopt:
     placed_per_node: dict[str, int] = field(default_factory=dict)
     unsent: int = 0
     priority: TaskPriority | None = None  # None: the waiting requests' (a job's priority never changes)
+    queue: str | None = None  # None: the waiting requests' (a job's queue never changes either)
 
 
 @dataclass(frozen=True, kw_only=True)

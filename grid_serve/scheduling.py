@@ -19,9 +19,20 @@ from typing import Callable, Iterable, Mapping
 from .lookahead import lookahead_admission
 from .models import SchedulingDecision, SchedulingRequest, TaskPriority
 from .pending import when_fits
-from .placement_index import IncrementalPlacer
+from .placement_index import IncrementalPlacer, NodeChanges
+from .queues import DEFAULT_QUEUE, FairShares, cluster_totals, in_fair_order
 from .sharing import allocation_decision, may_fit_allocation
-from .strategies import NoFit, PlacementContext, PlacementError, check_free_now, needs_of, place
+from .strategies import (
+    LASTING_CHECKS,
+    NOT_NOW,
+    NoFit,
+    PlacementContext,
+    PlacementError,
+    check_free_now,
+    needs_of,
+    place,
+    strategy_named,
+)
 from .view import ClusterView, GroupCounts, NodeView, Running
 
 STARVE_AFTER_S = 30.0  # a task waiting this long gets a node held for it (see SchedulerCore._hold)
@@ -46,6 +57,7 @@ class _Waiting:
     request: SchedulingRequest = field(compare=False)
     enqueued_at: float = field(compare=False)
     signature: Signature = field(compare=False)
+    queue: str = field(compare=False, default=DEFAULT_QUEUE)
 
 
 @dataclass
@@ -98,6 +110,46 @@ def expected_start_s(needs: Mapping[str, float], node: NodeView, running: Iterab
     return when_fits(needs, node.total, ends)
 
 
+NO_COUNTS: Mapping[str, int] = MappingProxyType({})  # a job that has placed nothing: its counts per node
+# a request kind's placer: its signature (the group left out when every job is placed alike) and admission
+PlacerKey = tuple[object, ...]
+# the checks whose verdict is the same for every job's task of a kind: a task that only these
+# turned away everywhere tells that every other job's task of its kind would be turned away too
+_JOB_INDEPENDENT_CHECKS = frozenset(name for name, _ in (*LASTING_CHECKS, *NOT_NOW))
+
+
+def _same_for_every_job(outcome: NoFit) -> bool:
+    return all(rejection.check in _JOB_INDEPENDENT_CHECKS for rejection in outcome.rejections)
+
+
+def _fair_share_note(item: _Waiting, shares: FairShares | None, contended: Mapping[float, float]) -> str | None:
+    """Where other queues wait at the item's priority: what its decision's summary says of where
+    its queue stood when fair share served it (its share before this task)."""
+    total_weight = contended.get(item.key[0]) if shares is not None else None
+    if shares is None or total_weight is None:
+        return None
+    return f"fair share chose it: {shares.describe(item.queue, total_weight)}"
+
+
+def _counted(decision: SchedulingDecision, item: _Waiting, shares: FairShares | None) -> SchedulingDecision:
+    """A placement counted against its queue's share (what the next pick reads)."""
+    if shares is not None:
+        shares.add(item.queue, decision.resources)
+    return decision
+
+
+def with_note(decision: SchedulingDecision, note: str) -> SchedulingDecision:
+    """The decision with `note` added to its explanation's summary (and its reasons)."""
+    if decision.explanation is None:
+        return decision
+    explanation = replace(decision.explanation, summary=f"{decision.explanation.summary}; {note}")
+    return decision.model_copy(update={"explanation": explanation, "reasons": explanation.reasons()})
+
+
+def _queue_of(item: _Waiting) -> str:
+    return item.queue
+
+
 def _key(item: _Waiting) -> tuple[float, ...]:  # compared with a priority's (-rank,) when bisecting
     return item.key
 
@@ -127,11 +179,13 @@ class SchedulerCore:
     """Queue + group counts. Not thread-safe: the deployment serialises calls with a lock."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, lookahead_s: float | None = None,
-                 starve_after_s: float | None = STARVE_AFTER_S) -> None:
+                 starve_after_s: float | None = STARVE_AFTER_S, weights: Mapping[str, float] | None = None) -> None:
         """`lookahead_s`: each kind of request is admitted up to its lookahead admission
         (`grid_serve.lookahead`); None keeps the view's own fixed `admission`.
-        `starve_after_s`: how long a task may wait before a node is held for it (None: never)."""
+        `starve_after_s`: how long a task may wait before a node is held for it (None: never).
+        `weights`: each queue's weight in fair share (`grid_serve.queues`; 1 when not named)."""
         self._clock = clock
+        self._weights: Mapping[str, float] = dict(weights or {})
         self._lookahead_s = lookahead_s
         self._starve_after_s = starve_after_s
         self._held: dict[str, str] = {}  # task id -> the node held for it (it has waited too long)
@@ -139,6 +193,9 @@ class SchedulerCore:
         self._waiting: list[_Waiting] = []
         self._seq = itertools.count()
         self._queued: dict[str, int] = {}  # group -> tasks waiting
+        self._queued_per_queue: dict[str, int] = {}  # queue -> tasks waiting
+        self._per_queue_level: dict[tuple[str, TaskPriority], int] = {}  # (queue, priority) -> tasks waiting
+        self._oldest_per_queue: dict[str, float] = {}  # queue -> when its oldest waiting task was queued
         # group -> why its next task waited in the last drain (`pending`); its text is made when asked
         self._reasons: dict[str, NoFit] = {}
         self.group_counts = GroupCounts()
@@ -181,7 +238,8 @@ class SchedulerCore:
         return bisect.bisect_left(self._waiting, stop, key=_key)
 
     def waiting_prefix(self, count: int) -> list[SchedulingRequest]:
-        """The first `count` of the queue as it is served: priority, then age."""
+        """The first `count` of the queue by priority, then age (fair share between queues may
+        serve a younger task of another queue first: the forecast replays this order)."""
         return [item.request for item in self._waiting[:count]]
 
     def why_waiting(self, group: str) -> str | None:
@@ -189,18 +247,47 @@ class SchedulerCore:
         outcome = self._reasons.get(group)
         return outcome.message if outcome is not None else None
 
+    @property
+    def weights(self) -> Mapping[str, float]:
+        """Each configured queue's weight (a queue not named weighs 1)."""
+        return self._weights
+
+    def queued_per_queue(self) -> Mapping[str, int]:
+        """Tasks waiting per queue; read-only."""
+        return MappingProxyType(self._queued_per_queue)
+
+    def waiting_per_queue(self) -> dict[str, tuple[dict[TaskPriority, int], float]]:
+        """Per queue: tasks waiting per priority, and how long its oldest has waited (kept as
+        tasks come and go, so a status read does not scan the queue)."""
+        now = self._clock()
+        levels: dict[str, dict[TaskPriority, int]] = {}
+        for (queue, priority), count in self._per_queue_level.items():
+            levels.setdefault(queue, {})[priority] = count
+        return {queue: (counts, max(0.0, now - self._oldest_per_queue[queue])) for queue, counts in levels.items()}
+
     def _keep_only(self, keep: list[_Waiting]) -> None:
         self._waiting = keep
-        self._queued = {}
+        self._queued, self._queued_per_queue, self._per_queue_level, self._oldest_per_queue = {}, {}, {}, {}
         for item in keep:
             self._queued[item.request.group] = self._queued.get(item.request.group, 0) + 1
+            self._count_in_queue(item)
+
+    def _count_in_queue(self, item: _Waiting) -> None:
+        self._queued_per_queue[item.queue] = self._queued_per_queue.get(item.queue, 0) + 1
+        level = (item.queue, item.request.priority)
+        self._per_queue_level[level] = self._per_queue_level.get(level, 0) + 1
+        oldest = self._oldest_per_queue.get(item.queue)
+        if oldest is None or item.enqueued_at < oldest:
+            self._oldest_per_queue[item.queue] = item.enqueued_at
 
     def enqueue(self, requests: Iterable[SchedulingRequest]) -> None:
         now = self._clock()
         for request in requests:
-            item = _Waiting((-request.priority.rank, now, next(self._seq)), request, now, _signature(request))
+            item = _Waiting((-request.priority.rank, now, next(self._seq)), request, now, _signature(request),
+                            request.queue or DEFAULT_QUEUE)
             bisect.insort(self._waiting, item)
             self._queued[request.group] = self._queued.get(request.group, 0) + 1
+            self._count_in_queue(item)
 
     def submit(self, requests: Iterable[SchedulingRequest], view: ClusterView) -> DrainResult:
         """Queue `requests` and place whatever fits now, highest priority first."""
@@ -217,27 +304,39 @@ class SchedulerCore:
             return result
         nodes = dict(view.nodes)  # reserved into as decisions are made; one view built at the end
         allocations = dict(view.allocations)  # capacity nodes borrowed, and what their tasks use
-        placers: dict[Signature, IncrementalPlacer | str] = {}
+        placers: dict[PlacerKey, IncrementalPlacer | str | None] = {}  # None: a kind's job-less copy not made yet
+        changes = NodeChanges()  # what each decision changed: placers re-read it when next asked
+        keys: dict[Signature, tuple[PlacerKey, PlacerKey]] = {}  # (its placer's key, the same for every job)
+        busy_everywhere: dict[PlacerKey, NoFit] = {}  # kinds no node can take now, whatever the job
         blocked: set[Signature] = set()
         keep: list[_Waiting] = []
         holds: list[_Hold] = []  # nodes held for starving tasks, in this drain
         self._reasons = {}
-        for item in self._waiting:
+        shares, contended = self._fair_shares(view)
+        for item in self._in_serving_order(shares):
             request = item.request
             if item.signature in blocked:
                 keep.append(item)
                 continue
-            placer = placers.get(item.signature)
+            key, any_job = keys.get(item.signature) or keys.setdefault(item.signature, self._keys(item, view))
+            if any_job in busy_everywhere and self._told_alike(item):  # spare building a placer to hear it
+                blocked.add(item.signature)
+                keep.append(item)
+                self._reasons.setdefault(request.group, busy_everywhere[any_job])
+                self._turn_blocked_since.pop(request.group, None)  # as its turn holders, all busy, would say
+                continue
+            placer = placers.get(key)
             if placer is None:
-                placer = placers[item.signature] = self._placer(request, view, nodes)
+                placer = placers[key] = self._placer(request, view, nodes, placers, any_job, changes)
             if isinstance(placer, str):  # the request itself is wrong (unknown node, say)
                 result.rejected.append(Rejected(request.task_id, request.group, placer))
                 continue
             waited = round(max(0.0, self._clock() - item.enqueued_at), 6)
-            outcome = placer.place(request, waited_s=waited)
+            note = _fair_share_note(item, shares, contended)
+            outcome = placer.place(request, waited_s=waited, note=note)
             if (isinstance(outcome, NoFit) and outcome.can_wait
-                    and self._give_up_turns(request, placer, placers, nodes, result)):
-                outcome = placer.place(request, waited_s=waited)
+                    and self._give_up_turns(request, placer, changes, nodes, result)):
+                outcome = placer.place(request, waited_s=waited, note=note)
             elif self._turn_blocked_since and isinstance(outcome, SchedulingDecision):
                 self._turn_blocked_since.pop(request.group, None)  # the turn moved: a later wait starts afresh
             if holds and isinstance(outcome, NoFit) and outcome.can_wait:
@@ -246,47 +345,77 @@ class SchedulerCore:
                 if allocations else None
             borrowed = allocation_decision(request, current, outcome) if current else None
             if borrowed is not None:
-                result.placed.append(borrowed.model_copy(update={"waited_s": waited}))
+                borrowed = borrowed.model_copy(update={"waited_s": waited})
+                result.placed.append(_counted(borrowed, item, shares))
                 allocation = next(a for a in allocations.values()
                                   if a.placement_group_id == borrowed.placement_group_id)
                 allocations[allocation.id] = allocation.use(borrowed.resources)  # the donor already counts it
                 self.group_counts.add(request.group, borrowed.node_id)
                 if isinstance(outcome, SchedulingDecision):  # the placer assumed its pick got reserved
-                    self._changed(placers, outcome.node_id)
+                    changes.add(outcome.node_id)
             elif isinstance(outcome, SchedulingDecision):
-                result.placed.append(outcome)
+                result.placed.append(_counted(outcome, item, shares))
                 nodes[outcome.node_id] = nodes[outcome.node_id].reserve(outcome.resources, rank=request.priority.rank)
                 self.group_counts.add(request.group, outcome.node_id)
-                self._changed(placers, outcome.node_id)
+                changes.add(outcome.node_id)
             elif outcome.can_wait or (current is not None and may_fit_allocation(request, current)):
                 blocked.add(item.signature)
                 keep.append(item)
                 if isinstance(outcome, NoFit):
                     self._reasons.setdefault(request.group, outcome)
                 if isinstance(outcome, NoFit) and outcome.can_wait:
-                    self._close_lookahead_below(request.priority.rank, outcome, nodes, placers)
+                    self._close_lookahead_below(request.priority.rank, outcome, nodes, changes)
+                    if not allocations and not holds and _same_for_every_job(outcome):
+                        busy_everywhere[any_job] = outcome
                 if isinstance(outcome, NoFit) and outcome.can_wait and self._starving(item):
                     held = self._hold(request, outcome, nodes, view)
                     if held is not None:
                         holds.append(held)
-                        self._changed(placers, held.node_id)
+                        busy_everywhere.clear()  # whether a task may backfill there depends on its job
+                        changes.add(held.node_id)
             else:
                 result.rejected.append(Rejected(request.task_id, request.group, outcome.message))
+        if shares is not None:
+            keep.sort()  # served queue by queue: back to (priority, age), which bisection reads
         self._keep_only(keep)
         for hold in holds:  # a hold lasts one drain: the next one holds again if still needed
             nodes[hold.node_id] = _unheld(nodes[hold.node_id], hold)
         if self._held:  # forget the holds of tasks no longer waiting
             waiting = {item.request.task_id for item in keep}
             self._held = {task_id: node_id for task_id, node_id in self._held.items() if task_id in waiting}
-        for signature in placers:  # a group that got nothing needs no (empty) counts kept
+        for signature in keys:  # a group that got nothing needs no (empty) counts kept
             if not self.group_counts.of(signature[0]):
                 self.group_counts.forget(signature[0])
         if result.placed:
             result.view = replace(view, nodes=MappingProxyType(nodes), allocations=MappingProxyType(allocations))
         return result
 
+    def _fair_shares(self, view: ClusterView) -> tuple[FairShares | None, dict[float, float]]:
+        """The queues' shares, and for each priority where more than one queue waits, their
+        weights together (read off the per-queue counts, not the queue); (None, {}) when no
+        priority has two queues waiting: then age alone orders it."""
+        if len(self._queued_per_queue) < 2:
+            return None, {}
+        per_level: dict[float, list[str]] = {}
+        for queue, priority in self._per_queue_level:
+            per_level.setdefault(-priority.rank, []).append(queue)
+        contended = {level: sum(self._weights.get(queue, 1.0) for queue in queues)
+                     for level, queues in per_level.items() if len(queues) > 1}
+        if not contended:
+            return None, {}
+        totals = cluster_totals(node.total for node in view.nodes.values() if node.alive and not node.stale)
+        return FairShares(view.queue_usage, totals, self._weights), contended
+
+    def _in_serving_order(self, shares: FairShares | None) -> Iterable[_Waiting]:
+        """The queue as it is served: priority first; at one priority, the queue furthest under
+        its fair share first (`grid_serve.queues`), then age."""
+        if shares is None:
+            return self._waiting
+        levels = (list(level) for _, level in itertools.groupby(self._waiting, key=lambda item: item.key[0]))
+        return itertools.chain.from_iterable(in_fair_order(level, _queue_of, shares, _key) for level in levels)
+
     def _close_lookahead_below(self, rank: int, outcome: NoFit, nodes: dict[str, NodeView],
-                               placers: Mapping[Signature, IncrementalPlacer | str]) -> None:
+                               changes: NodeChanges) -> None:
         """A task that waits because nodes are busy keeps work of lower priorities out of those
         nodes' lookahead for the rest of the drain (`check_free_now` opens a node's lookahead to
         one priority only): else lower work, admitted ahead of free capacity, took each slot as
@@ -295,10 +424,10 @@ class SchedulerCore:
             node = nodes.get(passed.node_id) if passed.check == "busy" else None
             if node is not None and node.top_rank < rank:
                 nodes[passed.node_id] = replace(node, top_rank=rank)
-                self._changed(placers, passed.node_id)
+                changes.add(passed.node_id)
 
     def _give_up_turns(self, request: SchedulingRequest, placer: IncrementalPlacer,
-                       placers: Mapping[Signature, IncrementalPlacer | str], nodes: Mapping[str, NodeView],
+                       changes: NodeChanges, nodes: Mapping[str, NodeView],
                        result: DrainResult) -> bool:
         """A job whose next task has waited only for its turn (some node could take it, the
         nodes whose turn it is cannot) for longer than the turn's patience: every node holding
@@ -318,7 +447,7 @@ class SchedulerCore:
             self.group_counts.add(request.group, node_id)
             name = nodes[node_id].name
             given_up[name] = given_up.get(name, 0) + 1
-            self._changed(placers, node_id)
+            changes.add(node_id)
         return True
 
     def _starving(self, item: _Waiting) -> bool:
@@ -373,27 +502,57 @@ class SchedulerCore:
             trial = replace(strict, nodes=MappingProxyType({**nodes, hold.node_id: unheld}))
             decision = place(request, trial, group_counts=self.group_counts.of(request.group))
             if isinstance(decision, SchedulingDecision) and decision.node_id == hold.node_id and decision.explanation:
-                explanation = replace(decision.explanation, summary=(
-                    f"{decision.explanation.summary}; backfilled: a task waiting too long holds this node and is "
-                    f"expected to start in ~{window_s:.3f}s, this one to end in ~{run_s:.3f}s"))
-                return decision.model_copy(update={"waited_s": waited_s, "explanation": explanation,
-                                                   "reasons": explanation.reasons()})
+                return with_note(decision.model_copy(update={"waited_s": waited_s}),
+                                 f"backfilled: a task waiting too long holds this node and is expected to start in "
+                                 f"~{window_s:.3f}s, this one to end in ~{run_s:.3f}s")
         return outcome
 
-    @staticmethod
-    def _changed(placers: Mapping[Signature, IncrementalPlacer | str], node_id: str) -> None:
-        """Every placer rescoring the node a decision just changed."""
-        for placer in placers.values():
-            if not isinstance(placer, str):
-                placer.node_changed(node_id)
+    def _told_alike(self, item: _Waiting) -> bool:
+        """Whether the item would hear what its kind heard when no node could take it: not when
+        it is starving (it may get a node held), nor when its job's own counts could make its
+        strategy turn nodes away for another reason first (spread's turn, before busy)."""
+        if self._starving(item):
+            return False
+        request = item.request
+        return not strategy_named(request.strategy).reads_job_counts or not self.group_counts.of(request.group)
 
-    def _placer(self, request: SchedulingRequest, view: ClusterView,
-                nodes: Mapping[str, NodeView]) -> IncrementalPlacer | str:
-        """The placer for requests of this kind, or why none can be placed at all."""
+    def _admission(self, request: SchedulingRequest, view: ClusterView) -> float:
+        """How far beyond free capacity the request's kind may be admitted (its job's lookahead)."""
+        if self._lookahead_s is None:
+            return view.admission
+        return lookahead_admission(view.group_run_s.get(request.group), self._lookahead_s)
+
+    def _keys(self, item: _Waiting, view: ClusterView) -> tuple[PlacerKey, PlacerKey]:
+        """The key of the placer the item's kind is placed by, and its key for every job alike.
+        A strategy that does not read the job's own counts (load_balanced, pack) places tasks of
+        every job alike: they share one placer, so a drain over many jobs builds one, not one per
+        job (each building is a pass over every node)."""
+        any_job: PlacerKey = ("", *item.signature[1:], self._admission(item.request, view))
+        if strategy_named(item.request.strategy).reads_job_counts:
+            return (item.signature[0], *any_job[1:]), any_job
+        return any_job, any_job
+
+    def _placer(self, request: SchedulingRequest, view: ClusterView, nodes: Mapping[str, NodeView],
+                placers: dict[PlacerKey, IncrementalPlacer | str | None], any_job: PlacerKey,
+                changes: NodeChanges) -> IncrementalPlacer | str:
+        """The placer for requests of this kind, or why none can be placed at all. Jobs that
+        have placed nothing yet, of a strategy that reads each job's counts: the first builds its
+        own; from the second on, each gets a copy of the kind's placer for such a job (kept
+        under `any_job`, built once per drain)."""
         if self._lookahead_s is not None:
-            view = replace(view, admission=lookahead_admission(view.group_run_s.get(request.group), self._lookahead_s))
+            view = replace(view, admission=self._admission(request, view))
         try:
-            return IncrementalPlacer(request, view, nodes, self.group_counts.live(request.group))
+            fresh = strategy_named(request.strategy).reads_job_counts and not self.group_counts.of(request.group)
+            if fresh and any_job in placers:
+                template = placers[any_job]
+                if template is None:  # the second such job: from now on they copy
+                    template = placers[any_job] = IncrementalPlacer(request, view, nodes, NO_COUNTS, changes=changes)
+                if isinstance(template, str):
+                    return template
+                return template.for_job(self.group_counts.live(request.group))
+            if fresh:
+                placers[any_job] = None  # one such job so far: it builds its own, as a lone job does
+            return IncrementalPlacer(request, view, nodes, self.group_counts.live(request.group), changes=changes)
         except PlacementError as exc:
             return str(exc)
 

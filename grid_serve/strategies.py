@@ -124,17 +124,20 @@ def place(
 
 def decision_for(request: SchedulingRequest, strategy: Strategy, chosen: NodeView, winner: NodeScores,
                  ready_count: int, passed_over: list[PassedOver], counts: dict[str, int], ctx: PlacementContext,
-                 waited_s: float = 0.0, runner_up: tuple[NodeView, NodeScores] | None = None) -> SchedulingDecision:
+                 waited_s: float = 0.0, runner_up: tuple[NodeView, NodeScores] | None = None,
+                 note: str | None = None) -> SchedulingDecision:
     """The decision for `chosen` with its explanation as data; shared by `place()` and the
     index. `passed_over` is the first few rejections, `counts` counts all of them per cause,
-    `runner_up` is the next best ready node and its scores.
+    `runner_up` is the next best ready node and its scores, `note` what the queue adds to the
+    strategy's summary (why fair share served this task now).
 
     The parts arrive as models already (`PassedOver` is made where a check fails), so the
     decision only checks their types: this runs per task, and validating them from dicts cost
     several times more (BENCHMARKS.md).
     """
+    summary = strategy.explain(request, chosen, runner_up[0] if runner_up else None, ctx, ready_count)
     explanation = Explanation(
-        summary=strategy.explain(request, chosen, runner_up[0] if runner_up else None, ctx, ready_count),
+        summary=f"{summary}; {note}" if note else summary,
         winner=winner, runner_up=runner_up[1] if runner_up else None, passed_over=passed_over,
         passed_over_counts=counts,
         nodes=len(ctx.view.nodes),

@@ -141,6 +141,8 @@ class ClusterView:
     taken_at: float = 0.0
     allocations: Mapping[str, AllocationView] = field(default_factory=lambda: EMPTY)  # by allocation id
     running: Callable[[str], Sequence[Running]] = nothing_known_running  # node id -> the tasks reserved there
+    # queue -> what its tasks hold, wherever they run: what fair share between queues weighs
+    queue_usage: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: EMPTY)
 
     @classmethod
     def of(cls, nodes: Iterable[NodeView], **kwargs: object) -> ClusterView:

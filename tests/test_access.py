@@ -281,3 +281,21 @@ def test_with_tokens_each_identity_owns_its_work_and_critical_is_alice_s(token_a
         refused = http.post("/v1/jobs", json=critical, headers=bob)
         assert refused.status_code == 403 and refused.json()["field"] == "priority", refused.text
         assert http.post("/v1/jobs", json=critical, headers=alice).json()["state"] == "succeeded"
+
+
+@pytest.mark.cluster
+def test_each_token_identity_waits_in_its_own_queue(token_app: str) -> None:
+    """Issue 22: a job that names no queue waits in its caller's: alice's and bob's jobs share the
+    cluster as two queues (the decisions fair share made say whose queue it served)."""
+    alice, bob = ({"Authorization": f"Bearer {token}"} for token in (TOKEN, BOB))
+    with httpx.Client(base_url=token_app, timeout=60) as http:
+        jobs = {name: http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 0.3] for i in range(count)],
+                                                  "strategy": "load_balanced"}, headers=headers).json()["job_id"]
+                for name, headers, count in (("alice", alice, 18), ("bob", bob, 6))}
+        for job_id in jobs.values():
+            assert http.get(f"/v1/jobs/{job_id}", params={"wait_s": 60}).json()["state"] == "succeeded"
+        summaries = {name: [d["explanation"]["summary"] for d in
+                            http.get("/v1/decisions", params={"job_id": job_id}).json()["decisions"]]
+                     for name, job_id in jobs.items()}
+    assert any("fair share chose it: queue bob:" in summary for summary in summaries["bob"]), summaries["bob"]
+    assert not any("queue anonymous" in summary for summaries_of in summaries.values() for summary in summaries_of)

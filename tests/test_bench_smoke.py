@@ -14,19 +14,21 @@ def test_decision_speed_harness_returns_sane_structure() -> None:
     speeds = decisions.measure([5, 20], budget_s=0.01, batch=8)
     assert {(s.nodes, s.strategy, s.mode) for s in speeds} == {
         (nodes, str(strategy), mode)
-        for nodes in (5, 20) for strategy in decisions.STRATEGIES for mode in ("place", "core")
+        for nodes in (5, 20) for strategy in decisions.STRATEGIES for mode in ("place", "core", "queues", "full")
     }
     for speed in speeds:
         assert speed.seconds > 0 and speed.per_second > 0
         if speed.mode == "place":
             assert speed.decisions >= 3
+        elif speed.mode == "full":  # every task waits: each one counts as decided
+            assert speed.decisions == 8
         elif speed.strategy == "performance_optimized":  # may hold tasks for a busy node that finishes sooner
             assert 1 <= speed.decisions <= 8
         else:
             assert speed.decisions == 8
     table = decisions.report(speeds)
     assert table.columns == ["strategy", "measure", "5 nodes", "20 nodes"]
-    assert len(table.rows) == 2 * len(decisions.STRATEGIES)
+    assert len(table.rows) == 4 * len(decisions.STRATEGIES)
     assert "| spread" in table.render()
 
 

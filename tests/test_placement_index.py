@@ -12,12 +12,13 @@ from typing import Callable
 
 import pytest
 
+from grid_serve import scheduling
 from grid_serve.models import ResourceRequirement, SchedulingDecision, SchedulingRequest
 from grid_serve.placement import STRATEGIES
 from grid_serve.placement_index import IncrementalPlacer
 from grid_serve.scheduling import SchedulerCore
 from grid_serve.strategies import NOT_NOW, NoFit, PlacementContext, PlacementError, Strategy, place, strategy_named
-from grid_serve.view import ClusterView, GpuView, GroupCounts, NodeView, make_node
+from grid_serve.view import ClusterView, GpuView, GroupCounts, NodeView, Running, make_node
 
 
 def random_view(seed: int, size: int) -> ClusterView:
@@ -156,3 +157,149 @@ def test_two_kinds_in_one_drain_see_each_others_reservations() -> None:
     assert sorted(d.node_name for d in result.placed) == ["a", "b"]
     assert sorted(d.task_id for d in result.placed) == ["big-0", "big-1"]
     assert core.queued_by_group() == {"small": 2}
+
+
+def one_by_one(view: ClusterView, requests: list[SchedulingRequest]) -> list[tuple[str, str]]:
+    """What a drain must decide, the readable way: each request in turn placed by place() on the
+    view with every earlier decision reserved and its own job's counts; a kind that waited once
+    waits for the rest of the drain. (task id, node id) per placement, in order."""
+    nodes, counts, waiting, placed = dict(view.nodes), GroupCounts(), set(), []
+    for request in requests:
+        kind = (request.group, request.strategy, repr(request.requirements), request.target_node,
+                tuple(request.label_selector.items()), request.anti_affinity_nodes)
+        if kind in waiting:
+            continue
+        got = place(request, ClusterView.of(nodes.values(), admission=view.admission, durations=view.durations),
+                    None, counts.of(request.group))
+        if isinstance(got, SchedulingDecision):
+            placed.append((request.task_id, got.node_id))
+            nodes[got.node_id] = nodes[got.node_id].reserve(got.resources)
+            counts.add(request.group, got.node_id)
+        elif got.can_wait:
+            waiting.add(kind)
+    return placed
+
+
+def roomy_view(seed: int, size: int) -> ClusterView:
+    """A random view with room for a few dozen tasks, so a drain places many before kinds wait."""
+    rng = random.Random(seed)
+    nodes = [make_node(f"n{i:02d}", cpus=(cpus := rng.choice([4, 8, 16])), gpus=rng.choice([0, 1, 2]),
+                       reserved={"CPU": float(rng.randint(0, cpus // 2))}, labels={"zone": rng.choice(["a", "b"])},
+                       cpu_utilization=rng.random(), alive=rng.random() > 0.05)
+             for i in range(size)]
+    durations = {(node.node_id, "task"): rng.uniform(0.1, 2.0) for node in nodes if rng.random() < 0.5}
+    return ClusterView.of(nodes, durations=durations, admission=1.0)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_drain_over_many_jobs_decides_what_place_decides_for_each_in_turn(seed: int) -> None:
+    """The drain shares one placer among jobs whose strategy reads no job counts, copies a new
+    job's placer from one built for a job that has placed nothing, and lets each placer re-read
+    changed nodes only when next asked: none of that may change a single decision."""
+    view = roomy_view(200 + seed, size=4 + seed % 6)
+    jobs = [(f"job{j}", KINDS[(seed + j) % 6]) for j in range(12)]  # two jobs of each kind, or more
+    requests = [SchedulingRequest(task_id=f"{job}-{i}", job_id=job, **kind) for i in range(4) for job, kind in jobs]
+    result = SchedulerCore().submit(requests, view)
+    expected = one_by_one(view, requests)
+    assert len(expected) >= 20 and len(expected) < len(requests)  # many placed, and some kinds waited
+    assert [(d.task_id, d.node_id) for d in result.placed] == expected
+
+
+def test_kinds_no_node_can_take_now_wait_with_their_reason_without_a_placer_each(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a full cluster the first job's task finds every node busy: every other job's task of
+    its kind waits with the same reason, and no placer is built for them (one pass over the
+    nodes per kind, not per job)."""
+    view = ClusterView.of([make_node(f"n{i}", cpus=2, reserved={"CPU": 2.0}) for i in range(4)], admission=1.0)
+    built: list[str] = []
+    original = IncrementalPlacer.__init__
+
+    def counting(self: IncrementalPlacer, request: SchedulingRequest, *args: object, **kwargs: object) -> None:
+        built.append(request.task_id)
+        original(self, request, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(IncrementalPlacer, "__init__", counting)
+    core = SchedulerCore()
+    result = core.submit([SchedulingRequest(task_id=f"j{j}-{i}", job_id=f"j{j}", strategy=strategy)
+                          for j, strategy in enumerate(["spread"] * 5 + ["load_balanced"] * 5) for i in range(2)], view)
+    assert result.placed == [] and built == ["j0-0", "j5-0"]  # one placer per kind, the first job's
+    for j in range(10):
+        assert core.why_waiting(f"j{j}").startswith("0/4 nodes are available: 4 CPU busy"), core.why_waiting(f"j{j}")
+
+
+def drains(seed: int) -> list[tuple]:
+    """Eight drains of one scenario: jobs of mixed kinds and priorities arriving, tasks ending,
+    the clock moving (starvation holds, backfill, spread turns given up, per-job lookahead).
+    What each drain placed, rejected and gave up, and why each job waits."""
+    rng = random.Random(seed)
+    now = [0.0]
+    core = SchedulerCore(clock=lambda: now[0], lookahead_s=rng.choice([None, 0.1]), starve_after_s=3.0)
+    nodes = {node.node_id: node for node in (make_node(f"n{i}", cpus=rng.choice([2, 4]),
+                                                        labels={"zone": rng.choice("ab")})
+                                             for i in range(rng.randint(2, 6)))}
+    durations = {(node_id, task_type): rng.uniform(0.1, 3.0) for node_id in nodes for task_type in ("task", "other")
+                 if rng.random() < 0.7}
+    two = ResourceRequirement(cpu_count=2)
+    kinds = [dict(strategy="spread"), dict(strategy="spread", requirements=two), dict(strategy="performance_optimized"),
+             dict(strategy="performance_optimized", requirements=two), dict(strategy="load_balanced"),
+             dict(strategy="pack", requirements=two), dict(strategy="spread", label_selector={"zone": "a"})]
+    running: dict[str, list[dict[str, float]]] = {node_id: [] for node_id in nodes}
+    group_run_s: dict[str, float] = {}
+    seen = []
+    for step in range(8):
+        for job in (f"s{step}j{j}" for j in range(rng.randint(0, 4))):
+            kind, priority, task_type = rng.choice(kinds), rng.choice(["normal", "high", "low"]), rng.choice(["task", "other"])
+            if rng.random() < 0.5:
+                group_run_s[job] = rng.choice([0.05, 0.5, 3.0])
+            core.enqueue([SchedulingRequest(task_id=f"{job}-{k}", job_id=job if rng.random() < 0.9 else None,
+                                            priority=priority, task_type=task_type, **kind)
+                          for k in range(rng.randint(1, 25))])  # a task without a job is a group of its own
+        view = ClusterView.of(nodes.values(), admission=rng.choice([1.0, 1.5]), durations=durations,
+                              group_run_s=dict(group_run_s),
+                              running=lambda node_id: tuple(Running("task", used, 0.5) for used in running[node_id]))
+        result = core.drain(view)
+        seen.append(([(d.task_id, d.node_id, d.explanation.summary if d.explanation else "") for d in result.placed],
+                     [r.task_id for r in result.rejected], result.turns_given_up, sorted(core._turn_blocked_since),
+                     {group: (core.why_waiting(group) or "").split(". ")[0] for group in core.queued_by_group()}))
+        nodes = dict(result.view.nodes) if result.view is not None else nodes
+        for decision in result.placed:
+            running[decision.node_id].append(dict(decision.resources))
+        for node_id, used in running.items():  # some tasks end
+            ended = [resources for resources in used if rng.random() < 0.4]
+            for resources in ended:
+                used.remove(resources)
+                nodes[node_id] = nodes[node_id].reserve({name: -amount for name, amount in resources.items()}, tasks=-1)
+        now[0] += rng.choice([0.5, 1.0, 2.0, 4.0])
+    return seen
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_skipping_kinds_busy_everywhere_changes_no_decision(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drain after drain, skipping the tasks of a kind that found every node busy decides what
+    asking each of them would: placements, rejections, turns given up, turn timers and each
+    job's reason (its per-node detail may be from earlier in the drain: its counts are not)."""
+    skipping = drains(seed)
+    monkeypatch.setattr(scheduling, "_same_for_every_job", lambda outcome: False)
+    assert skipping == drains(seed)
+
+
+def test_a_job_may_still_backfill_where_another_job_of_its_kind_could_not() -> None:
+    """Whether a task may backfill onto a node held for a starving one depends on its job
+    (performance_optimized explores a node by the job's counts): a kind turned away once while
+    a hold stands is asked again for each job. Job b, with 20 tasks placed, explores h."""
+    now = [0.0]
+    core = SchedulerCore(clock=lambda: now[0])
+    for _ in range(20):
+        core.group_counts.add("b", "id-n1")
+    view = ClusterView.of([make_node("h", cpus=2, reserved={"CPU": 1.0}, in_flight=1),
+                           make_node("n1", cpus=1, reserved={"CPU": 1.0}, in_flight=1)], admission=1.0,
+                          durations={("id-h", "task"): 1.0, ("id-n1", "task"): 0.1},
+                          running=lambda node_id: [Running("task", {"CPU": 1.0}, 0.0)] if node_id == "id-h" else [])
+    core.enqueue([SchedulingRequest(task_id="big", job_id="big", strategy="load_balanced", task_type="big",
+                                    requirements=ResourceRequirement(cpu_count=2))])
+    now[0] = 30.0  # big has starved: h is held for it
+    core.enqueue([SchedulingRequest(task_id=f"{job}-0", job_id=job, strategy="performance_optimized") for job in "ab"])
+    now[0] = 31.0
+    placed = core.drain(view).placed
+    assert [(d.task_id, d.node_name) for d in placed] == [("b-0", "h")]
+    assert "backfilled" in placed[0].explanation.summary

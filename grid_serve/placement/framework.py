@@ -105,6 +105,10 @@ class Strategy:
     # a number that, when it changes, may change any node's checks or scores (not only the node a
     # decision changed): the fast path then re-reads every node. None: only that node changes.
     epoch: Callable[[PlacementContext], int] | None = None
+    # whether its checks or scores may read the job's own counts per node (`group_counts`): then
+    # each job's tasks need a placer of their own in a drain. A strategy that reads none says
+    # False, and tasks of every job alike share one placer (True, the default, is always safe)
+    reads_job_counts: bool = True
 
     @cached_property
     def weight_sum(self) -> float:

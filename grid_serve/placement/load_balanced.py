@@ -22,4 +22,5 @@ STRATEGY = Strategy(
     current_checks=NOT_NOW,
     scorers=(("least loaded", 1.0, score_least_loaded), ("idle", 0.1, score_idle)),
     explain=explain,
+    reads_job_counts=False,
 )

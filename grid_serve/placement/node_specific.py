@@ -27,4 +27,4 @@ def explain(request: SchedulingRequest, chosen: NodeView, runner_up: NodeView | 
 
 
 STRATEGY = Strategy("node_specific", current_checks=NOT_NOW, scorers=(("named node", 1.0, score_target),),
-                    explain=explain, candidates=named_node)
+                    explain=explain, candidates=named_node, reads_job_counts=False)

@@ -17,4 +17,5 @@ def explain(request: SchedulingRequest, chosen: NodeView, runner_up: NodeView | 
     return f"pack: {chosen.name} is the fullest node that still fits"
 
 
-STRATEGY = Strategy("pack", current_checks=NOT_NOW, scorers=(("fullest", 1.0, score_fullest),), explain=explain)
+STRATEGY = Strategy("pack", current_checks=NOT_NOW, scorers=(("fullest", 1.0, score_fullest),), explain=explain,
+                    reads_job_counts=False)

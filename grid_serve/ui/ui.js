@@ -333,6 +333,24 @@ function renderQueue(cluster) {
     });
 }
 
+// Each queue's work and where it stands in fair share (GET /v1/cluster's `queues`).
+function renderQueues(cluster) {
+  const queues = cluster.queues || [];
+  byId("queues-empty").hidden = queues.length > 0;
+  syncRows(byId("queues-body"), queues, (queue) => queue.name,
+    (queue) => el("tr", {}, el("td", {}, queue.name), ...[1, 2, 3, 4, 5].map(() => el("td", { class: "num" }))),
+    (tr, queue) => {
+      const waiting = Object.values(queue.waiting).reduce((sum, count) => sum + count, 0);
+      setText(tr.cells[1], waiting);
+      setText(tr.cells[2], queue.running);
+      setText(tr.cells[3], queue.dominant ? `${Math.round(queue.share * 100)}% ${queue.dominant}` : "0%");
+      setAttr(tr.cells[3], "title", Object.entries(queue.holds).map(([name, held]) => `${name} ${amount(held)}`).join(", ") || "holds nothing");
+      setText(tr.cells[4], `${Math.round(queue.fair_share * 100)}%`);
+      setAttr(tr.cells[4], "title", `weight ${queue.weight}`);
+      setText(tr.cells[5], waiting ? duration(queue.oldest_wait_s) : "–");
+    });
+}
+
 // ------------------------------------------------------------------ jobs
 
 const isActive = (job) => job.state === "running" || job.state === "queued";
@@ -802,6 +820,7 @@ async function refresh() {
       renderSummary(cluster);
       renderNodes();
       renderQueue(cluster);
+      renderQueues(cluster);
       const busy = cluster.jobs_running > 0 || cluster.queued > 0 || state.jobs.some(isActive);
       return busy || tick % IDLE_EVERY === 0 ? refreshActivity() : null;
     }),

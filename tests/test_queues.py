@@ -1,0 +1,212 @@
+"""Fair share between queues (`grid_serve.queues`, `SchedulerCore`), on the simulated clock: at
+one priority the queue furthest under its weighted dominant share is served next, priorities stay
+strict across queues, and one queue alone is served by age exactly as before. Placements are
+asserted exactly: the order is deterministic (share, then the age of each queue's oldest)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from pydantic import ValidationError
+
+from grid_serve.books import SchedulerBooks
+from grid_serve.ledger import Completion
+from grid_serve.models import JobSubmission, NodeStatus, ResourceRequirement, SchedulingRequest
+from grid_serve.protocol import Report, Submit
+from grid_serve.queues import QueueSettings
+from grid_serve.scheduling import SchedulerCore
+from grid_serve.view import ClusterView, make_node
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tasks(queue: str, count: int, *, cpus: float = 1.0, gpus: float = 0.0, priority: str = "normal",
+          job: str | None = None) -> list[SchedulingRequest]:
+    job = job or f"job-{queue}"
+    return [SchedulingRequest(task_id=f"{job}-{i}", job_id=job, queue=queue, priority=priority,
+                              strategy="load_balanced", requirements=ResourceRequirement(cpu_count=cpus, gpu_count=gpus))
+            for i in range(count)]
+
+
+def placed_per_queue(placed: list, requests: list[SchedulingRequest]) -> Counter[str]:
+    queue_of = {request.task_id: request.queue for request in requests}
+    return Counter(queue_of[decision.task_id] for decision in placed)
+
+
+def drained(core: SchedulerCore, clock: Clock, batches: list[list[SchedulingRequest]], view: ClusterView) -> list:
+    """Each batch enqueued one second after the last, then one drain; the decisions in order."""
+    for batch in batches:
+        core.enqueue(batch)
+        clock.now += 1.0
+    return core.drain(view).placed
+
+
+SIX_CPUS = ClusterView.of([make_node("a", cpus=4), make_node("b", cpus=2)])
+
+
+@pytest.mark.parametrize(("case", "batches", "view", "weights", "expected"), [
+    ("one queue: age order, as before",
+     [tasks("alice", 4), tasks("alice", 4, job="second")], SIX_CPUS, {}, {"alice": 6}),
+    ("two queues, equal weights: half each, though alice came first",
+     [tasks("alice", 12), tasks("bob", 6)], SIX_CPUS, {}, {"alice": 3, "bob": 3}),
+    ("weights 3:1 over 12 CPUs: 9 and 3",
+     [tasks("alice", 20), tasks("bob", 20)], ClusterView.of([make_node("a", cpus=8), make_node("b", cpus=4)]),
+     {"alice": 3.0}, {"alice": 9, "bob": 3}),
+    ("what a queue already runs counts: alice holds 4 of 6, bob gets the 2 left",
+     [tasks("alice", 6), tasks("bob", 6)],
+     ClusterView.of([make_node("a", cpus=4, reserved={"CPU": 4.0}), make_node("b", cpus=2)],
+                    queue_usage={"alice": {"CPU": 4.0}}),
+     {}, {"bob": 2}),
+    ("DRF: a GPU task's share is its GPU fraction, so the CPU queue gets 4 of 6 CPUs, not 3",
+     [tasks("vision", 3, gpus=1.0), tasks("etl", 6)],
+     ClusterView.of([make_node("a", cpus=4, gpus=3), make_node("b", cpus=2)]), {}, {"vision": 2, "etl": 4}),
+])
+def test_queues_share_one_priority_by_weighted_dominant_share(case: str, batches: list, view: ClusterView,
+                                                              weights: dict, expected: dict) -> None:
+    clock = Clock()
+    core = SchedulerCore(clock=clock, weights=weights)
+    placed = drained(core, clock, batches, view)
+    assert placed_per_queue(placed, [r for batch in batches for r in batch]) == Counter(expected), case
+
+
+def test_priorities_stay_strict_across_queues() -> None:
+    """bob's high tasks go first, though alice holds nothing and bob's queue would be over its share."""
+    clock = Clock()
+    core = SchedulerCore(clock=clock)
+    batches = [tasks("alice", 6), tasks("bob", 5, priority="high")]
+    placed = drained(core, clock, batches, SIX_CPUS)
+    assert [d.task_id for d in placed][:5] == [f"job-bob-{i}" for i in range(5)]
+    assert placed_per_queue(placed, [r for batch in batches for r in batch]) == Counter({"bob": 5, "alice": 1})
+
+
+def test_within_a_queue_age_decides_and_the_queue_stays_sorted() -> None:
+    """Served queue by queue, each queue oldest first; what waits is back in (priority, age) order,
+    which the next drain and the status counts read."""
+    clock = Clock()
+    core = SchedulerCore(clock=clock)
+    batches = [tasks("alice", 5), tasks("bob", 5)]
+    placed = drained(core, clock, batches, SIX_CPUS)
+    assert [d.task_id for d in placed] == ["job-alice-0", "job-bob-0", "job-alice-1", "job-bob-1",
+                                           "job-alice-2", "job-bob-2"]
+    assert core.waiting_prefix(10) == [*batches[0][3:], *batches[1][3:]]
+    assert dict(core.queued_per_queue()) == {"alice": 2, "bob": 2}
+
+
+def test_a_decision_fair_share_chose_says_where_its_queue_stood() -> None:
+    clock = Clock()
+    core = SchedulerCore(clock=clock)
+    placed = drained(core, clock, [tasks("alice", 12), tasks("bob", 6)], SIX_CPUS)
+    bob_first = next(d for d in placed if d.task_id == "job-bob-0")
+    assert bob_first.explanation is not None
+    assert bob_first.explanation.summary.endswith(
+        "fair share chose it: queue bob: holds nothing yet, weight 1 of 2")
+    bob_second = next(d for d in placed if d.task_id == "job-bob-1")
+    assert "queue bob: 1 of 6 CPU (its dominant resource), weight 1 of 2" in bob_second.explanation.summary
+    alone = drained(SchedulerCore(clock=clock), clock, [tasks("alice", 2)], SIX_CPUS)
+    assert all("fair share" not in d.explanation.summary for d in alone)  # one queue: nothing to say
+
+
+def test_freed_slots_go_to_the_queue_under_its_share_through_the_books() -> None:
+    """The books count what each queue holds from the ledger: alice fills the cluster, bob waits;
+    as alice's tasks end, bob gets every freed slot until the two hold as much."""
+    clock = Clock()
+    books = SchedulerBooks(epoch="e", lease_s=60.0, tick_s=1.0, lookahead_s=None, clock=clock, wall=clock)
+    books.on_nodes([NodeStatus(name=name, node_id=f"id-{name}", address="127.0.0.1", alive=True,
+                               resources_total={"CPU": 3.0}, resources_available={"CPU": 3.0})
+                    for name in ("n1", "n2")], taken_at=clock.now)
+    alice = books.on_submitted(Submit(requests=tasks("alice", 10), runner="r-alice"))
+    assert len(alice.placed) == 6
+    clock.now += 1.0
+    assert books.on_submitted(Submit(requests=tasks("bob", 10), runner="r-bob")).placed == []
+    starts: list[str] = []
+    for decision in alice.placed[:4]:  # four of alice's end, one report each
+        clock.now += 1.0
+        reply = books.on_reported(Report(group="job-alice", ended=[Completion(task_id=decision.task_id,
+                                                                              duration_s=1.0)]))
+        starts += ["bob" for _ in books.collect("job-bob").placed] + ["alice" for _ in reply.placed]
+    assert starts == ["bob", "bob", "bob", "alice"]  # bob to 3 of 6, then the tie goes to the older queue
+    books.check()
+
+
+def test_queue_names_are_checked() -> None:
+    with pytest.raises(ValidationError, match="queue"):
+        JobSubmission(queue="has spaces")
+    with pytest.raises(ValidationError, match="weight"):
+        QueueSettings(weight=0)
+    assert JobSubmission(queue="team-a.ml@gpu").queue == "team-a.ml@gpu"
+
+
+def test_each_queue_says_what_waits_what_runs_and_its_share() -> None:
+    """What `/v1/cluster` and `grid queue` show: a configured queue with no work is listed too."""
+    clock = Clock()
+    books = SchedulerBooks(epoch="e", lease_s=60.0, tick_s=1.0, lookahead_s=None, clock=clock, wall=clock,
+                           weights={"alice": 1.0, "bob": 3.0, "carol": 2.0})
+    books.on_nodes([NodeStatus(name="n1", node_id="id-n1", address="127.0.0.1", alive=True,
+                               resources_total={"CPU": 6.0, "GPU": 2.0}, resources_available={"CPU": 6.0})],
+                   taken_at=clock.now)
+    books.on_submitted(Submit(requests=tasks("alice", 8), runner="r-alice"))
+    clock.now += 2.0
+    books.on_submitted(Submit(requests=tasks("bob", 2, gpus=1.0, priority="high"), runner="r-bob"))
+    clock.now += 1.0
+    statuses = {status.name: status for status in books.status().queues}
+    assert list(statuses) == ["alice", "bob", "carol"]
+    alice, bob, carol = statuses["alice"], statuses["bob"], statuses["carol"]
+    assert (alice.running, alice.waiting, alice.oldest_wait_s) == (6, {"NORMAL": 2}, 3.0)
+    assert (alice.dominant, alice.share, alice.holds) == ("CPU", 1.0, {"CPU": 6.0})
+    assert (bob.running, bob.waiting, bob.dominant, bob.share) == (0, {"HIGH": 2}, None, 0.0)
+    assert (alice.fair_share, bob.fair_share, carol.fair_share) == (0.25, 0.75, 0.0)  # carol has no work
+    assert (carol.weight, carol.running, carol.waiting) == (2.0, 0, {})
+
+
+def test_the_first_drain_with_a_second_queue_counts_what_the_first_runs() -> None:
+    """bob's job arrives after a node joined: alice already holds 6 of 9 CPUs, so bob gets all 3
+    new slots (a drain that read each queue's usage before bob's tasks were queued saw one
+    queue, and gave alice two of them)."""
+    clock = Clock()
+    books = SchedulerBooks(epoch="e", lease_s=60.0, tick_s=1.0, lookahead_s=None, clock=clock, wall=clock)
+
+    def nodes(*names: str) -> list[NodeStatus]:
+        return [NodeStatus(name=name, node_id=f"id-{name}", address="127.0.0.1", alive=True,
+                           resources_total={"CPU": 3.0}, resources_available={"CPU": 3.0}) for name in names]
+
+    books.on_nodes(nodes("n1", "n2"), taken_at=clock.now)
+    assert len(books.on_submitted(Submit(requests=tasks("alice", 10), runner="r-alice")).placed) == 6
+    clock.now += 1.0
+    books.on_nodes(nodes("n1", "n2", "n3"), taken_at=clock.now)  # no drain until the next message
+    assert len(books.on_submitted(Submit(requests=tasks("bob", 10), runner="r-bob")).placed) == 3
+    assert books.collect("job-alice").placed == []
+
+
+def test_a_queue_s_counts_follow_cancels_and_restarts() -> None:
+    """Cancelling a job lowers its queue's waiting count and oldest wait; a /v1/schedule
+    reservation kept across a Scheduler restart keeps its queue."""
+    clock = Clock()
+    books = SchedulerBooks(epoch="e", lease_s=60.0, tick_s=1.0, lookahead_s=None, clock=clock, wall=clock)
+    books.on_nodes([NodeStatus(name="n1", node_id="id-n1", address="127.0.0.1", alive=True,
+                               resources_total={"CPU": 1.0}, resources_available={"CPU": 1.0})], taken_at=clock.now)
+    books.on_submitted(Submit(requests=tasks("alice", 3, job="old"), runner="r1"))
+    clock.now += 5.0
+    books.on_submitted(Submit(requests=tasks("alice", 2, job="new"), runner="r2"))
+    clock.now += 1.0
+    alice = {q.name: q for q in books.status().queues}["alice"]
+    assert (alice.running, alice.waiting, alice.oldest_wait_s) == (1, {"NORMAL": 4}, 6.0)
+    books.on_cancelled("old")
+    alice = {q.name: q for q in books.status().queues}["alice"]
+    assert (alice.waiting, alice.oldest_wait_s) == ({"NORMAL": 2}, 1.0)
+    held = SchedulerBooks(epoch="e", lease_s=60.0, tick_s=1.0, lookahead_s=None, clock=clock, wall=clock)
+    held.on_nodes(books.nodes, taken_at=clock.now)
+    books.on_finished("old")
+    books.on_cancelled("new")
+    books.on_finished("new")
+    placed = books.on_submitted(Submit(requests=[SchedulingRequest(task_id="schedule:t", queue="carol")], lease_s=30.0,
+                                       owner="id:carol"))
+    assert placed.placed
+    assert held.on_restored(books.held_for_callers()) == 1
+    assert [(q.name, q.running) for q in held.status().queues] == [("carol", 1)]
