@@ -103,6 +103,7 @@ class JobBooks:
                             "results_bytes_kept; its status remains", field="results")
         return JobStatus(
             job_id=self.id, task=self.task_name, strategy=self.spec.strategy, priority=self.spec.priority,
+            queue=self.spec.queue,
             state=self.state, total=self.spec.task_count, queued=len(self.waiting) + self.unsent,
             running=len(self.running), succeeded=self.outcomes.succeeded, failed=self.outcomes.failed,
             cancelled=self.outcomes.cancelled, per_node=self.outcomes.per_node(), ray_tasks=self.ray_tasks,

@@ -525,6 +525,7 @@ class JobStatus(BaseModel):
     task: str
     strategy: SchedulingStrategy
     priority: TaskPriority
+    queue: str | None = Field(None, description="the queue its tasks wait in (`grid queue`; grid_serve.queues)")
     state: JobState
     total: int
     queued: int

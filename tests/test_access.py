@@ -292,8 +292,9 @@ def test_each_token_identity_waits_in_its_own_queue(token_app: str) -> None:
         jobs = {name: http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, 0.3] for i in range(count)],
                                                   "strategy": "load_balanced"}, headers=headers).json()["job_id"]
                 for name, headers, count in (("alice", alice, 18), ("bob", bob, 6))}
-        for job_id in jobs.values():
-            assert http.get(f"/v1/jobs/{job_id}", params={"wait_s": 60}).json()["state"] == "succeeded"
+        for name, job_id in jobs.items():
+            done = http.get(f"/v1/jobs/{job_id}", params={"wait_s": 60}).json()
+            assert (done["state"], done["queue"]) == ("succeeded", name), done
         summaries = {name: [d["explanation"]["summary"] for d in
                             http.get("/v1/decisions", params={"job_id": job_id}).json()["decisions"]]
                      for name, job_id in jobs.items()}

@@ -6,13 +6,15 @@ naming the field."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
 import pytest
+import ray
 
 from grid_serve.cli import main
-from grid_serve.client import GridClient
+from grid_serve.client import GridClient, HandleClient
 from tests.test_ownership_faults import eventually, idle_and_unreserved
 
 pytestmark = pytest.mark.cluster
@@ -44,8 +46,9 @@ def test_a_second_queue_gets_half_the_starts_though_the_first_came_first(
     assert main(["queue", "--address", str(http.base_url)]) == 0
     shown = capsys.readouterr().out
     assert "fair-a" in shown and "fair-b" in shown and "50%" in shown, shown
-    for job_id in (first, second):
-        assert client.wait_job(job_id, timeout_s=120).state == "succeeded"
+    for job_id, queue in ((first, "fair-a"), (second, "fair-b")):
+        done = client.wait_job(job_id, timeout_s=120)
+        assert (done.state, done.queue) == ("succeeded", queue)
     decisions = {job_id: sorted(client.recent_decisions(limit=100, job_id=job_id).decisions, key=lambda d: d.at)
                  for job_id in (first, second)}
     assert [len(decisions[first]), len(decisions[second])] == [FIRST, SECOND]
@@ -63,3 +66,21 @@ def test_a_bad_queue_name_is_refused_naming_the_field(http: httpx.Client) -> Non
     response = http.post("/v1/jobs", json={"task": "sleep_task", "count": 1, "queue": "no spaces please"})
     assert response.status_code == 422
     assert "queue" in response.text and "is not a queue name" in response.text, response.text
+
+
+def test_a_job_naming_no_queue_waits_in_its_caller_s(http: httpx.Client) -> None:
+    """Over HTTP without a token: `anonymous`; through `HandleClient`: its Ray job's own; a bare
+    handle call: `default`."""
+    from ray import serve
+
+    over_http = http.post("/v1/jobs", json={"task": "compute_task", "count": 1, "wait": True}).json()
+    assert over_http["queue"] == "anonymous", over_http
+
+    async def through_the_handle() -> tuple[str | None, str | None]:
+        client = HandleClient(serve.get_app_handle("grid"))
+        mine = await client.submit_job({"task": "compute_task", "count": 1, "wait": True})
+        bare = await serve.get_app_handle("grid").submit_job.remote({"task": "compute_task", "count": 1, "wait": True})
+        return mine.queue, bare.queue
+
+    mine, bare = asyncio.run(through_the_handle())
+    assert (mine, bare) == (f"ray-job:{ray.get_runtime_context().get_job_id()}", "default")

@@ -518,6 +518,7 @@ function renderJobFacts(job) {
   const finished = job.finished_at ? job.finished_at - job.submitted_at : serverNow() - job.submitted_at;
   const facts = [
     ["state", job.state], ["task", job.task], ["strategy", job.strategy.toLowerCase()], ["priority", job.priority.toLowerCase()],
+    ["queue", job.queue || "default"],
     ["tasks", `${job.total}: ${job.succeeded} ok, ${job.failed} failed, ${job.cancelled} cancelled, ${job.running} running, ${job.queued} queued`],
     [job.finished_at ? "took" : "running for", duration(finished)],
   ];
