@@ -134,6 +134,8 @@ def test_metrics_reach_rays_prometheus_endpoint(http: httpx.Client) -> None:
     """Ray exports each process's metrics through its node's metrics agent (prefixed `ray_`),
     every few seconds: poll until this test's placements and every node's figures are there."""
     live_cluster(http)
+    queued = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[0, 2.0]], "queue": "metrics-q"})
+    assert queued.status_code == 202, queued.text  # runs past a tick: its queue's series are set
     assert http.post("/v1/jobs", json={"task": "noop", "count": 3, "strategy": "pack", "wait": True}).status_code == 200
     ports = [node["MetricsExportPort"] for node in ray.nodes() if node["Alive"]]
 
@@ -154,6 +156,9 @@ def test_metrics_reach_rays_prometheus_endpoint(http: httpx.Client) -> None:
                                   "ray_grid_node_memory_percent") if name not in lines]
         if not any('strategy="pack"' in line for line in lines.get("ray_grid_placements_total", [])):
             gaps.append("ray_grid_placements_total{strategy=pack}")
+        for series in ("ray_grid_queue_running", "ray_grid_queue_share", "ray_grid_queue_fair_share"):
+            if not any('queue="metrics-q"' in line for line in lines.get(series, [])):
+                gaps.append(f"{series}{{queue=metrics-q}}")
         for node in ("gpu-master", "gpu1", "gpu2"):
             if not any(f'node="{node}"' in line for line in lines.get("ray_grid_node_cpu_percent", [])):
                 gaps.append(f"ray_grid_node_cpu_percent{{node={node}}}")
