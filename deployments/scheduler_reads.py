@@ -42,20 +42,22 @@ class SchedulerReads:
         cached = self._health_status
         stalled: list[str] = []
         if cached is not None and time.monotonic() - cached[0] < HEALTH_MAX_AGE_S:
-            status = cached[1]
+            answered_at, status = cached
         else:
             try:
                 status = await call_with_timeout(self._shared_cluster_status(), HEALTH_TIMEOUT_S)
-                self._health_status = (time.monotonic(), status)
+                answered_at = time.monotonic()
+                self._health_status = (answered_at, status)
             except asyncio.TimeoutError:  # stopped, or being replaced: say so with what was last known
                 if cached is None:
                     return {"status": "degraded", "stalled": ["scheduler"], "reason": _SCHEDULER_STALLED}
-                status, stalled = cached[1], ["scheduler"]
+                (answered_at, status), stalled = cached, ["scheduler"]
         alive = sum(1 for node in status.nodes if node.alive)
         stale = sum(1 for node in status.nodes if node.alive and node.stale)
         health = {"status": "degraded" if stale or stalled else "ok", "stalled": stalled, "nodes_alive": alive,
                   "nodes_stale": stale, "nodes": len(status.nodes), "queued": status.queued,
-                  "jobs_running": status.jobs_running, "snapshot_age_s": round(status.snapshot_age_s, 2)}
+                  "jobs_running": status.jobs_running,  # the snapshot's age now, not when the answer came
+                  "snapshot_age_s": round(status.snapshot_age_s + time.monotonic() - answered_at, 2)}
         if stalled:
             assert cached is not None
             health["reason"] = _SCHEDULER_STALLED + f"; the counts are from {time.monotonic() - cached[0]:.0f} s ago"
