@@ -425,7 +425,26 @@ class SchedulerBooks:
                              held_back=self.unsent.get(group, (0, TaskPriority.NORMAL))[0],
                              reason=self.core.why_waiting(group), nodes=list(view.nodes.values()),
                              running=self.ledger.running_everywhere(), durations=dict(view.durations),
-                             group_run_s=dict(view.group_run_s))
+                             group_run_s=dict(view.group_run_s), fair_share=self._fair_share_standing(group, view))
+
+    def _fair_share_standing(self, group: str, view: ClusterView) -> str | None:
+        """Where the group's queue stands, when other queues wait at its priority too: over its
+        fair share, their tasks go first; under it, its tasks go before older ones of theirs."""
+        meta = next((self.meta[task_id] for task_id in self.core.task_ids_of(group)), None)
+        if meta is None:
+            return None
+        rivals = [queue for queue, priority in self.core.waiting_levels() if priority == meta.priority]
+        if len(set(rivals)) < 2:
+            return None
+        statuses = {status.name: status for status in self.queue_statuses(view)}
+        mine = statuses[meta.queue]
+        fair = sum(statuses[queue].weight for queue in set(rivals))
+        entitled = mine.weight / fair
+        held = f"{mine.share:.0%} of the {mine.dominant}" if mine.dominant else "nothing"
+        order = ("the other queues' tasks at its priority go first" if mine.share / mine.weight * fair > 1.0 + 1e-9
+                 else "its tasks go before older ones of queues holding more")
+        return (f"queue {meta.queue} holds {held} against a fair share of {entitled:.0%} "
+                f"(weight {mine.weight:g} of {fair:g}): {order}")
 
     def trusted_nodes(self) -> list[NodeStatus]:
         """The nodes, every one marked stale when the snapshot is too old to trust (the collector

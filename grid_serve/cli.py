@@ -447,6 +447,8 @@ def _print_pending(job_id: str, pending: JobPending, as_json: bool) -> None:
     console.print(f"[bold]job {job_id}[/bold]: {pending.waiting} task(s) queued, {pending.held_back} more held back; "
                   f"its next one is number {pending.position + 1} in the queue (ahead of it: {ahead})")
     console.print(f"  why not yet: {pending.reason or 'placed at the next drain (capacity just freed)'}")
+    if pending.fair_share:
+        console.print(f"  fair share: {pending.fair_share}")
     start, end = (_in_seconds(value) for value in (pending.expected_start_s, pending.expected_end_s))
     console.print(f"  expected to start {start}, and the job to end {end}" +
                   (f" ({pending.note})" if pending.note else ""))

@@ -518,6 +518,8 @@ class JobPending(BaseModel):
                                                              "from learned run times; null: unknown (see note)")
     expected_end_s: float | None = Field(None, description="seconds until its last task is expected to end")
     note: str | None = Field(None, description="why an expected time is unknown")
+    fair_share: str | None = Field(None, description="where its queue stands in fair share, when other queues' work "
+                                                     "waits at its priority too (which of them goes first)")
 
 
 class JobStatus(BaseModel):

@@ -59,6 +59,7 @@ class PendingInputs:
     running: Mapping[str, Sequence[Running]]
     durations: Mapping[tuple[str, str], float]
     group_run_s: Mapping[str, float]
+    fair_share: str | None = None  # where its queue stands, when queues share its priority (`SchedulerBooks`)
 
     def forecast(self) -> JobPending:
         """The job's `pending`: its place in the queue, what is ahead, why, and the replay."""
@@ -68,7 +69,8 @@ class PendingInputs:
             ahead[str(request.priority)] = ahead.get(str(request.priority), 0) + 1
         if not own:  # its tasks wait behind more than the replay reads
             return JobPending(position=len(self.queue), ahead=ahead, waiting=self.waiting, held_back=self.held_back,
-                              reason=self.reason, note=f"more than {len(self.queue)} tasks wait ahead: not replayed")
+                              reason=self.reason, note=f"more than {len(self.queue)} tasks wait ahead: not replayed",
+                              fair_share=self.fair_share)
         extra = self.held_back + self.waiting - len(own)  # its tasks past the prefix read, and those held back
 
         def run_s_of(request: SchedulingRequest, node_id: str) -> float | None:
@@ -79,7 +81,7 @@ class PendingInputs:
                         extra=extra)
         return JobPending(position=own[0], ahead=ahead, waiting=self.waiting, held_back=self.held_back,
                           reason=self.reason, note=result.unknown, expected_start_s=_rounded(result.start_s),
-                          expected_end_s=_rounded(result.end_s))
+                          expected_end_s=_rounded(result.end_s), fair_share=self.fair_share)
 
 
 def _rounded(value: float | None) -> float | None:

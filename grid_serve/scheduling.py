@@ -252,6 +252,14 @@ class SchedulerCore:
         """Each configured queue's weight (a queue not named weighs 1)."""
         return self._weights
 
+    def waiting_levels(self) -> list[tuple[str, TaskPriority]]:
+        """The (queue, priority) pairs with tasks waiting."""
+        return list(self._per_queue_level)
+
+    def task_ids_of(self, group: str) -> Iterable[str]:
+        """The ids of the group's waiting tasks (a scan: for reads, not for drains)."""
+        return (item.request.task_id for item in self._waiting if item.request.group == group)
+
     def queued_per_queue(self) -> Mapping[str, int]:
         """Tasks waiting per queue; read-only."""
         return MappingProxyType(self._queued_per_queue)

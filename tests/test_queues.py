@@ -210,3 +210,21 @@ def test_a_queue_s_counts_follow_cancels_and_restarts() -> None:
     assert placed.placed
     assert held.on_restored(books.held_for_callers()) == 1
     assert [(q.name, q.running) for q in held.status().queues] == [("carol", 1)]
+
+
+def test_a_waiting_job_says_where_its_queue_stands_in_fair_share() -> None:
+    """`pending.fair_share`: alice holds the cluster, so bob's tasks go first; bob's job says it is
+    under its share; a job alone at its priority says nothing of fair share."""
+    clock = Clock()
+    books = SchedulerBooks(epoch="e", lease_s=60.0, tick_s=1.0, lookahead_s=None, clock=clock, wall=clock)
+    books.on_nodes([NodeStatus(name="n1", node_id="id-n1", address="127.0.0.1", alive=True,
+                               resources_total={"CPU": 4.0}, resources_available={"CPU": 4.0})], taken_at=clock.now)
+    books.on_submitted(Submit(requests=tasks("alice", 6), runner="r-alice"))
+    assert books.pending("job-alice").fair_share is None  # alone at its priority
+    clock.now += 1.0
+    books.on_submitted(Submit(requests=tasks("bob", 3), runner="r-bob"))
+    alice, bob = books.pending("job-alice"), books.pending("job-bob")
+    assert alice.fair_share == ("queue alice holds 100% of the CPU against a fair share of 50% (weight 1 of 2): "
+                                "the other queues' tasks at its priority go first")
+    assert bob.fair_share == ("queue bob holds nothing against a fair share of 50% (weight 1 of 2): "
+                              "its tasks go before older ones of queues holding more")

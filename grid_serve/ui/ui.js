@@ -542,6 +542,7 @@ function pendingFacts(pending) {
   const facts = [
     ["in the queue", `next task is number ${pending.position + 1} (ahead: ${ahead || "nothing"}); ${pending.waiting} waiting, ${pending.held_back} held back`],
     ["why not yet", pending.reason || "placed at the next drain"],
+    ...(pending.fair_share ? [["fair share", pending.fair_share]] : []),
     ["expected", `start ${when(pending.expected_start_s)}, end ${when(pending.expected_end_s)}`],
   ];
   if (pending.note) facts.push(["forecast", pending.note]);
