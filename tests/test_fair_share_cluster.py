@@ -43,6 +43,9 @@ def test_a_second_queue_gets_half_the_starts_though_the_first_came_first(
     second = submit(http, "fair-b", SECOND)
     queues = eventually(lambda: both_waiting(http), timeout_s=30, what="both queues running")
     assert queues["fair-b"]["fair_share"] == queues["fair-a"]["fair_share"] == 0.5, queues
+    pending = eventually(lambda: (http.get(f"/v1/jobs/{first}").json().get("pending") or {}).get("fair_share"),
+                         timeout_s=30, what="the first job's fair-share standing")
+    assert pending.startswith("queue fair-a holds") and "fair share of 50%" in pending, pending
     assert main(["queue", "--address", str(http.base_url)]) == 0
     shown = capsys.readouterr().out
     assert "fair-a" in shown and "fair-b" in shown and "50%" in shown, shown
