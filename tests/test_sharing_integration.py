@@ -53,6 +53,10 @@ def no_live_groups() -> bool:
                 if g["name"].startswith("grid-sharing-") and g["state"] != "REMOVED"]
 
 
+def ray_has_every_cpu_free() -> bool:
+    return ray.available_resources().get("CPU", 0.0) == ray.cluster_resources().get("CPU", 0.0)
+
+
 def all_spare(http) -> bool:
     """Every node's lendable capacity is spare again, as the manager sees it (Ray reports a
     removed group's resources back a moment after the group is gone)."""
@@ -75,6 +79,10 @@ def sharing(http) -> Iterator[Callable[..., dict]]:
         return response.json()
 
     eventually(no_live_groups, "no sharing groups left by earlier tests")
+    # an earlier test's last tasks may still be ending (CI: one that restarted the Scheduler left
+    # 4 CPUs busy 3 s on, while the manager's snapshot still showed them spare): wait until Ray has
+    # every CPU back, then until the manager sees it
+    eventually(ray_has_every_cpu_free, "every CPU free in Ray")
     eventually(lambda: all_spare(http), "all sharing capacity spare")
     yield request
     for record_id, key in created.items():
