@@ -64,6 +64,7 @@ from .runner_job import RunnerJob, TaskSender, chunks_of, forget_old_jobs, resol
 REPORT_SPACING_S = 0.05  # at most ~20 reports a second per job: the lookahead (100 ms) covers the wait
 LATE_RENEWAL_S = 1.0  # a renewal slower than this is logged: leases lapse after 5 s without one
 FIRST_WINDOW = 128  # tasks sent with the submission; the rest of the window follows with the first report
+END_RECORDED_WAIT_S = 5.0  # a cancel of a job whose every task ended answers once its end is recorded (within RUNNER_ANSWER_S)
 # A job's end is told at the event loop's next turn, so the ends of jobs that end together go in
 # one call. Not later: a 10 ms wait (for the runner's next submission to carry it) held the room of
 # a job already answered, and a job sent next through another runner was placed around it
@@ -181,7 +182,8 @@ class JobRunner:
         job = self._job(job_id)
         if not may_touch(caller, job.owner):
             raise ForbiddenError(refusal_to_touch(job.owner, f"job {job_id}"), field="job_id")
-        if job.done.is_set() or job.all_ended:  # nothing left to stop: its end is being recorded
+        if job.done.is_set() or job.all_ended:  # nothing left to stop: answer once its end is recorded
+            await self._wait(job, END_RECORDED_WAIT_S)  # (before, it still reads "running")
             return job.status()
         job.cancelled = True  # from now on no window requests are made
         async with job.exchange:  # a report in flight lands first, so the cancel drops what it queued

@@ -74,18 +74,26 @@ def test_a_ray_error_for_a_task_of_a_job_being_cancelled_counts_as_its_cancellat
 
 
 def test_cancelling_a_job_whose_every_task_ended_changes_nothing() -> None:
-    """Every task has an outcome: the runner answers with the job as it is, asking the Scheduler
-    nothing (this runner has none: a call to it would fail)."""
+    """Every task has an outcome: the runner asks the Scheduler nothing (this runner has none: a
+    call to it would fail) and answers once the job's end is recorded, with its final state. CI
+    saw the answer come before it: "running", for a job that had nothing left to stop."""
     runner = JobRunner(scheduler=None, task_modules=["grid_serve.tasks"], name="grid-runner-test-abcd", tag="abcd",
                        parent=None)
     job = job_of({"task": "noop", "count": 3})
     every_task_succeeds(job)
     runner._jobs[job.id] = job
 
-    status = asyncio.run(asyncio.wait_for(runner.cancel_job(job.id), 5))
-    assert not job.cancelled and status.cancelled == 0 and status.succeeded == 3
-    job.ended = True
-    assert job.state == "succeeded"
+    async def cancel_while_the_end_is_recorded():
+        cancel = asyncio.ensure_future(runner.cancel_job(job.id))
+        await asyncio.sleep(0.1)
+        assert not cancel.done()  # it waits for the end rather than answer "running"
+        job.ended = True  # what `JobRunner._end` records, then it sets `done`
+        job.done.set()
+        return await asyncio.wait_for(cancel, 5)
+
+    status = asyncio.run(cancel_while_the_end_is_recorded())
+    assert not job.cancelled
+    assert (status.state, status.cancelled, status.succeeded) == ("succeeded", 0, 3)
 
 
 MB = 1024 * 1024
