@@ -50,7 +50,7 @@ from grid_serve.job_books import JobBooks
 from grid_serve.outcomes import OutcomeTable
 from grid_serve.limits import Limits
 from grid_serve.lookahead import interleave
-from grid_serve.models import (JobStatus, JobSubmission, SchedulingDecision)
+from grid_serve.models import JobStatus, JobSubmission, SchedulingDecision, TaskPriority
 from grid_serve.caller_code import CallerCode
 from grid_serve.handles import stop_safe
 from grid_serve.stopping import stop_tasks
@@ -59,7 +59,7 @@ from grid_serve.tasks import TaskType, load_task_modules
 
 from ._common import CALL_TIMEOUT_S, ask_riding_restarts, call_with_timeout, logger, spawn
 from .runner_parent import ORPHAN_KEEP_S, TAG_LEN, Parentage
-from .runner_job import RunnerJob, TaskSender, chunks_of, forget_old_jobs, resolve_task, size_of
+from .runner_job import RunnerJob, TaskSender, ask_ray_to_drop, chunks_of, forget_old_jobs, resolve_task, size_of
 
 REPORT_SPACING_S = 0.05  # at most ~20 reports a second per job: the lookahead (100 ms) covers the wait
 LATE_RENEWAL_S = 1.0  # a renewal slower than this is logged: leases lapse after 5 s without one
@@ -124,7 +124,8 @@ class JobRunner:
         # part is small, since the job's first task waits for it (sending and queueing
         # requests costs time per request); the next report, while the first tasks run, fills the window.
         requests = job.next_requests(FIRST_WINDOW)
-        submission = Submit(requests=requests, runner=self._name, unsent=job.unsent, publish=not spec.wait)
+        submission = Submit(requests=requests, runner=self._name, unsent=job.unsent, publish=not spec.wait,
+                            takes_back=True)
         placements = await ask_riding_restarts(lambda: self._scheduler.submit.remote(submission))
         if placements.rejected and len(placements.rejected) == len(requests):  # every task is of one kind
             await ask_riding_restarts(lambda: self._scheduler.finished.remote(job_id))
@@ -206,8 +207,18 @@ class JobRunner:
         # every node's first tasks go to Ray before any node's later ones (see `interleave`)
         for chunk in interleave([chunks_of(job, tasks, self._sender.chunk_s) for tasks in alike.values()]):
             self._sender.send(job, chunk)
+        if placements.take_back:
+            self._ask_back(job, placements.take_back)
         job.top_up()
         job.news.set()
+
+    @staticmethod
+    def _ask_back(job: RunnerJob, task_ids: list[str]) -> None:
+        """Higher-priority work waits for these tasks' nodes: ask Ray to drop those that have not
+        started (off the loop: GCS calls); those it drops come back to `record_ray_end`."""
+        asked = job.to_take_back(task_ids)
+        if asked:
+            asyncio.get_running_loop().run_in_executor(None, ask_ray_to_drop, [ref for _, ref in asked])
 
     async def _drive(self, job: RunnerJob) -> None:
         """Report ends and collect placements until every task has an outcome; then release."""
@@ -245,9 +256,13 @@ class JobRunner:
                 await asyncio.wait_for(job.last_ended.wait(), seconds)
 
     async def _poll(self, job: RunnerJob) -> None:
-        """Long-poll for placements made as other jobs free capacity."""
+        """Long-poll for placements made as other jobs free capacity, and, while tasks of the
+        job are in Ray, for the Scheduler's asks to take back those not started (higher work
+        waits for their nodes: `grid_serve.take_back`): a job with nothing left waiting hears
+        of those at once, not at its next report."""
+        may_be_asked_back = job.spec.priority is not TaskPriority.CRITICAL
         while not job.settled:
-            if job.waiting and not job.cancelled:
+            if (job.waiting or (job.running and may_be_asked_back)) and not job.cancelled:
                 self._take(job, await ask_riding_restarts(lambda: self._scheduler.wait_placed.remote(job.id, 5.0)))
             else:
                 await asyncio.sleep(self._interval_s / 2)

@@ -21,7 +21,7 @@ from grid_serve.job_books import MAX_ATTEMPTS, JobBooks
 from grid_serve.limits import Limits
 from grid_serve.lookahead import chunk_sizes
 from grid_serve.models import JobSubmission, ResourceRequirement, SchedulingDecision
-from grid_serve.tasks import TaskType, run_call, run_call_keeping_result, run_chunk
+from grid_serve.tasks import TAKE_BACK_NAMESPACE, TaskType, run_call, run_call_keeping_result, run_chunk
 
 from ._common import logger
 
@@ -104,6 +104,8 @@ def record_ray_end(job: RunnerJob, index: int, envelope: dict[str, Any] | None, 
         return
     if failure is None:
         job.on_task_ended(index, envelope["ok"], envelope["error"], envelope)
+    elif isinstance(failure, CANCELLED) and index in job.asked_back and not job.cancelled:
+        job.on_taken_back(index)  # Ray dropped it unstarted, as asked: it is queued again
     elif isinstance(failure, CANCELLED) or (index in job.cancel_sent
                                             and isinstance(failure, ray.exceptions.RayTaskError)):
         # A cancel that reaches a task as it ends can fail it with an error of Ray's own instead
@@ -119,6 +121,31 @@ def record_ray_end(job: RunnerJob, index: int, envelope: dict[str, Any] | None, 
     else:  # anything else Ray raised: a failed task, not a failed job
         job.on_task_ended(index, False, f"{type(failure).__name__}: {failure}", None)
     job.news.set()
+
+
+def ask_ray_to_drop(refs: list[Any]) -> None:
+    """Take back tasks the Scheduler asked back (`grid_serve.take_back`): each is named in Ray's
+    key-value store (`running_on_when_asked_back_late`: one that has started runs on), then Ray
+    is asked to cancel it, which drops it if it has not started. Blocking (GCS calls): run it
+    off the event loop."""
+    from ray.experimental import internal_kv
+
+    for ref in refs:
+        try:
+            internal_kv._internal_kv_put(ref.task_id().hex(), b"1", namespace=TAKE_BACK_NAMESPACE)
+            ray.cancel(ref, force=False)
+        except Exception as exc:  # it ended meanwhile, or the GCS did not answer: it runs on
+            logger.debug("could not take back a task (%s)", exc)
+
+
+def forget_asked_back(ref: Any) -> None:
+    """The task asked back ended (dropped, or run): its name leaves the key-value store."""
+    from ray.experimental import internal_kv
+
+    try:
+        internal_kv._internal_kv_del(ref.task_id().hex(), namespace=TAKE_BACK_NAMESPACE)
+    except Exception as exc:  # a stale name costs a few bytes in the GCS
+        logger.debug("could not forget a task taken back (%s)", exc)
 
 
 class TaskSender:
@@ -163,6 +190,8 @@ class TaskSender:
             job.kept_bytes += object_bytes(kept)
             value["result"] = kept if value["ok"] else None
         envelopes = value if isinstance(value, list) else [value] * len(indices)
+        if any(index in job.asked_back for index in indices):
+            asyncio.get_running_loop().run_in_executor(None, forget_asked_back, job.running[indices[0]][1])
         for index, envelope in zip(indices, envelopes):
             record_ray_end(job, index, envelope, failure)
         leftover = [(index, job.running[index][0]) for index in indices[len(envelopes):] if index in job.running]

@@ -49,6 +49,7 @@ from .protocol import Adopt, Finished, Placements, Report, Reuse, Submit
 from .queues import DEFAULT_QUEUE, FairShares, cluster_totals
 from .scheduling import DrainResult, Rejected, SchedulerCore
 from .sharing import Allocation, fold_allocations
+from .take_back import beyond_total, to_take_back
 from .view import ClusterView, view_from
 
 logger = logging.getLogger("ray.serve")  # the Scheduler replica's log, where its operators read
@@ -69,6 +70,7 @@ class _News:
     placed: list[SchedulingDecision] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     turns_given_up: dict[str, int] = field(default_factory=dict)
+    take_back: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -81,6 +83,7 @@ class _Meta:
     request_key: str | None = None  # the /v1/schedule request that made it (`on_abandoned`)
     runner: bool = False  # a job runner's task (not a /v1/schedule caller's)
     queue: str = DEFAULT_QUEUE  # the queue it waits in (grid_serve.queues)
+    queued_at: float = 0.0  # when it was first queued (clock): taken back and queued again, it keeps its age
 
 
 class SchedulerBooks:
@@ -110,6 +113,8 @@ class SchedulerBooks:
         self.allocations: list[Allocation] = []  # held by borrowers: reserved on their donors
         self._lost_nodes: dict[str, float] = {}  # node id -> until when it stays out (clock)
         self._woken: set[str] = set()
+        self._takes_back: set[str] = set()  # groups whose owners take back unstarted tasks when asked
+        self._taking_back: set[str] = set()  # task ids asked back, not yet handed back (or ended)
         self.callers_version = 0  # grows whenever a /v1/schedule reservation is made or ends (`held_for_callers`)
         self._distrusted = False  # the node snapshot is too old: said once in the log per episode
         self._clock, self._wall = clock, wall
@@ -168,11 +173,14 @@ class SchedulerBooks:
                               epoch=self.epoch)
         if runner is not None:
             self.owners.register(group, runner)
+        if message.takes_back:
+            self._takes_back.add(group)
         self._hold_back(group, message.unsent, requests[0].priority)
+        now = self._clock()
         for request in requests:
             self.meta[request.task_id] = _Meta(request.task_type, group, message.lease_s, request.priority,
                                                message.owner, message.request_key, runner=runner is not None,
-                                               queue=request.queue or DEFAULT_QUEUE)
+                                               queue=request.queue or DEFAULT_QUEUE, queued_at=now)
         if runner is None:
             self._for_callers.update(request.task_id for request in requests)
         self._drain(requests)
@@ -189,6 +197,7 @@ class SchedulerBooks:
         released = self._release(message.ended)
         if rank is None and released:
             rank = released[0].rank
+        first_queued = {task_id: self.meta[task_id].queued_at for task_id in message.returned if task_id in self.meta}
         for reservation in self._release([Completion.model_construct(task_id=task_id, ok=False, duration_s=None)
                                           for task_id in message.returned]):
             self.core.group_counts.add(group, reservation.node_id, -1)
@@ -200,10 +209,12 @@ class SchedulerBooks:
             return self.collect(group)
         self._hold_back(group, message.unsent, requeue[0].priority if requeue else None)
         fresh = [request for request in requeue if request.task_id not in self.meta]
+        now = self._clock()
         for request in fresh:
             self.meta[request.task_id] = _Meta(request.task_type, group, None, request.priority, runner=True,
-                                               queue=request.queue or DEFAULT_QUEUE)
-        self._drain(fresh)
+                                               queue=request.queue or DEFAULT_QUEUE,
+                                               queued_at=first_queued.get(request.task_id, now))
+        self._drain(fresh, first_queued)
         return self.collect(group, reuse=None if rank is None else self.may_reuse(group, rank))
 
     def on_adopted(self, message: Adopt) -> Placements:
@@ -213,6 +224,8 @@ class SchedulerBooks:
         group, waiting = message.group, message.waiting
         self._drop_group(group)
         self.owners.register(group, message.runner)
+        if message.takes_back:
+            self._takes_back.add(group)
         priority = message.priority or (waiting[0].priority if waiting else TaskPriority.NORMAL)
         queue = message.queue or (waiting[0].queue if waiting else None) or DEFAULT_QUEUE
         self._hold_back(group, message.unsent, priority)
@@ -224,9 +237,10 @@ class SchedulerBooks:
         for node_id, count in message.placed_per_node.items():
             self.core.group_counts.add(group, node_id, count)
         fresh = [request for request in waiting if request.task_id not in self.meta]
+        now = self._clock()
         for request in fresh:
             self.meta[request.task_id] = _Meta(request.task_type, group, None, request.priority, runner=True,
-                                               queue=request.queue or queue)
+                                               queue=request.queue or queue, queued_at=now)
         self._drain(fresh)
         return self.collect(group)
 
@@ -340,7 +354,8 @@ class SchedulerBooks:
         return Placements(placed=news.placed, rejected=news.rejected, turns_given_up=news.turns_given_up,
                           queued=self.core.queued_by_group().get(group, 0), epoch=self.epoch,
                           known=self.owners.knows(group) or group in self.meta,
-                          run_s=self._learned_run_s(news.placed[0].task_id) if news.placed else {}, reuse=reuse)
+                          run_s=self._learned_run_s(news.placed[0].task_id) if news.placed else {}, reuse=reuse,
+                          take_back=news.take_back)
 
     def may_reuse(self, group: str, rank: int) -> bool:
         """Whether `group` (of priority `rank`) may run its next calls in the slots its ended
@@ -483,18 +498,46 @@ class SchedulerBooks:
 
     # ------------------------------------------------------------------ internals
 
-    def _drain(self, submitted: list[SchedulingRequest] | None = None) -> None:
-        """Queue `submitted` (if any), place whatever fits, reserve it and hand it out."""
+    def _drain(self, submitted: list[SchedulingRequest] | None = None,
+               since: dict[str, float] | None = None) -> None:
+        """Queue `submitted` (if any; aged from `since` where it names them), place whatever
+        fits, reserve it and hand it out; ask back unstarted lower work where higher work waits."""
         submitted = submitted or []
         if not submitted and not len(self.core):
             return
         began = time.perf_counter()
-        self.core.enqueue(submitted)  # first: the view's per-queue usage is read once two queues wait
+        self.core.enqueue(submitted, since)  # first: the view's per-queue usage is read once two queues wait
         result = self.core.drain(self.view())
         if self._on_drain is not None:
             self._on_drain(self._with_priorities(result.placed), len(result.placed) + len(result.rejected),
                            time.perf_counter() - began, self.core.waiting_by_priority())
         self._commit(result)
+        if result.awaited and self._takes_back:
+            self._ask_back(result.awaited, result.view or self.view())
+
+    def _ask_back(self, awaited: dict[str, tuple[int, frozenset[str]]], view: ClusterView) -> None:
+        """Ask owners to take back their unstarted tasks on the nodes higher-priority work waits
+        for (`grid_serve.take_back`), each task once. One scan of the reservations, made only
+        while such work waits on a node that also holds lower work."""
+        self._taking_back &= self.ledger.reservations.keys()  # those handed back or ended are no longer asked
+        candidates: dict[str, list[Reservation]] = {}
+        leaving: dict[str, list[Reservation]] = {}
+        for reservation in self.ledger.reservations.values():
+            if reservation.node_id not in awaited or reservation.placement_group_id is not None:
+                continue
+            if reservation.task_id in self._taking_back:
+                leaving.setdefault(reservation.node_id, []).append(reservation)
+            elif reservation.group in self._takes_back:
+                candidates.setdefault(reservation.node_id, []).append(reservation)
+        for node_id, (rank, needs) in awaited.items():
+            node = view.nodes.get(node_id)
+            if node is None or node_id not in candidates:
+                continue
+            over = beyond_total({name: node.total.get(name, 0.0) for name in needs}, node.reserved,
+                                leaving.get(node_id, ()))
+            for reservation in to_take_back(rank, over, candidates[node_id]):
+                self._taking_back.add(reservation.task_id)
+                self._deliver(reservation.group).take_back.append(reservation.task_id)
 
     def _commit(self, result: DrainResult) -> None:
         """Reserve what was placed, then hand each group its news (placements, rejections, spread
@@ -657,3 +700,4 @@ class SchedulerBooks:
         self.core.forget_group(group)
         self.unsent.pop(group, None)
         self.outbox.pop(group, None)
+        self._takes_back.discard(group)

@@ -53,11 +53,14 @@ class JobBooks:
     unreported: list[Completion] = field(default_factory=list)  # ended, not yet told to the Scheduler
     requeue: list[SchedulingRequest] = field(default_factory=list)  # to place (again), not yet sent
     lost_nodes: set[str] = field(default_factory=set)  # node ids Ray said died, not yet told
+    returned: list[str] = field(default_factory=list)  # placements taken back from Ray unstarted, not yet told
+    asked_back: set[int] = field(default_factory=set)  # running tasks the Scheduler asked back (Ray asked to drop)
     attempts: dict[int, int] = field(default_factory=dict)  # task index -> runs started, when more than one
     placed_per_node: dict[str, int] = field(default_factory=dict)  # node id -> tasks placed there
     next_index: int = 0  # tasks 0..next_index-1 have been handed to the Scheduler (the window)
     run_s: dict[str, float] = field(default_factory=dict)  # node id -> learned run time (the Scheduler's)
     turns_given_up: dict[str, int] = field(default_factory=dict)  # node name -> spread turns it gave up
+    taken_back: int = 0  # tasks taken back from Ray unstarted for higher-priority work (`on_taken_back`)
     ray_tasks: int = 0  # Ray tasks submitted for it (a chunk counts once)
     cancelled: bool = False
     ended: bool = False  # its end is recorded: every task has an outcome and nothing of it is held
@@ -107,7 +110,8 @@ class JobBooks:
             state=self.state, total=self.spec.task_count, queued=len(self.waiting) + self.unsent,
             running=len(self.running), succeeded=self.outcomes.succeeded, failed=self.outcomes.failed,
             cancelled=self.outcomes.cancelled, per_node=self.outcomes.per_node(), ray_tasks=self.ray_tasks,
-            turns_given_up=dict(self.turns_given_up), submitted_at=self.submitted_at, finished_at=self.finished_at,
+            turns_given_up=dict(self.turns_given_up), taken_back=self.taken_back, submitted_at=self.submitted_at,
+            finished_at=self.finished_at,
             error=self.error, results=self.outcomes.all() if with_results else None,
         )
 
@@ -173,6 +177,7 @@ class JobBooks:
         entry = self.running.pop(index, None)
         if entry is None:
             return False
+        self.asked_back.discard(index)  # asked back too late: it had started, and ran to its end
         decision, _ = entry
         self._record(index, decision, ok, error, envelope)
         # model_construct: these values come from our own envelope, and validating two models per
@@ -191,6 +196,7 @@ class JobBooks:
             self.lost_nodes.add(decision.node_id)
         attempts = self.attempts.get(index, 1)
         pinned = self.spec.strategy is SchedulingStrategy.NODE_SPECIFIC
+        self.asked_back.discard(index)
         if not (self.cancelled or pinned or attempts >= MAX_ATTEMPTS):
             del self.running[index]
             self.attempts[index] = attempts + 1
@@ -203,6 +209,39 @@ class JobBooks:
                   else f"lost {attempts} time(s), the last: {what}")
         self.on_task_ended(index, False, reason, None)
         return reason
+
+    def to_take_back(self, task_ids: list[str]) -> list[tuple[int, Any]]:
+        """The Scheduler asks these tasks back (higher-priority work waits for their nodes,
+        `grid_serve.take_back`): those still running here, each alone in its Ray task (a chunk
+        is not split) and of a job not cancelled, as (index, Ray's ref) for the shell to ask Ray
+        to drop; each is asked once."""
+        if self.cancelled:
+            return []
+        shared: dict[int, int] = {}
+        for _, ref in self.running.values():
+            shared[id(ref)] = shared.get(id(ref), 0) + 1
+        chosen = []
+        for task_id in task_ids:
+            index = self.index_of(task_id)
+            entry = self.running.get(index)
+            if entry is None or index in self.asked_back or entry[0].task_id != task_id or shared[id(entry[1])] > 1:
+                continue
+            self.asked_back.add(index)
+            chosen.append((index, entry[1]))
+        return chosen
+
+    def on_taken_back(self, index: int) -> None:
+        """Ray dropped task `index` before it started (it was asked back): its placement is handed
+        back (released and uncounted, so spread stays exact) and the task is queued again; the
+        Scheduler gives it back the age it had."""
+        self.asked_back.discard(index)
+        decision, _ = self.running.pop(index)
+        self.placed_per_node[decision.node_id] -= 1
+        self.returned.append(decision.task_id)
+        self.taken_back += 1
+        request = self.spec.scheduling_request(self.id, index, self.requirements_of(index))
+        self.waiting[request.task_id] = request
+        self.requeue.append(request)
 
     def begin_cancel(self) -> list[SchedulingRequest]:
         """No more window requests from now on; returns the requests never sent (the Scheduler
@@ -221,11 +260,11 @@ class JobBooks:
 
     def take_report(self) -> Report | None:
         """What to tell the Scheduler now (ends, requests, lost nodes); None when nothing."""
-        if not (self.unreported or self.requeue) or self.settled:
+        if not (self.unreported or self.requeue or self.returned) or self.settled:
             return None
         report = Report(group=self.id, ended=self.unreported, requeue=self.requeue, lost_nodes=sorted(self.lost_nodes),
-                        unsent=self.unsent)
-        self.unreported, self.requeue, self.lost_nodes = [], [], set()
+                        unsent=self.unsent, returned=self.returned)
+        self.unreported, self.requeue, self.lost_nodes, self.returned = [], [], set(), []
         return report
 
     def adoption(self, runner: str) -> Adopt:
@@ -236,7 +275,7 @@ class JobBooks:
         return Adopt(runner=runner, group=self.id, running=[(d, self.task_name) for d, _ in self.running.values()],
                      waiting=[] if self.cancelled else list(self.waiting.values()),
                      placed_per_node=dict(self.placed_per_node), unsent=self.unsent, priority=self.spec.priority,
-                     queue=self.spec.queue)
+                     queue=self.spec.queue, takes_back=True)
 
     def on_end(self) -> list[Completion]:
         """The job is over: what still runs or waits ends (with its error, or cancelled), and the
@@ -247,6 +286,7 @@ class JobBooks:
         for index, (decision, _) in list(self.running.items()):
             self._record(index, decision, ok=False, error=reason)
         self.running.clear()
+        self.asked_back.clear()
         for task_id in list(self.waiting):
             self._record(self.index_of(task_id), None, ok=False, error=reason)
         self.waiting.clear()

@@ -11,6 +11,10 @@ positional arguments, and its receiver reads it without changing it.
     Report(group, ended, reused, ...)  ---->     release what ended, move each reused slot to its
                                                  new task, place in the room; renews
                                        <----     Placements (with `reuse`: may the owner reuse slots)
+                                       <----     Placements.take_back: tasks to take back from
+                                                 Ray if not started (higher work waits there)
+    Report(returned, requeue)          ---->     those Ray dropped unstarted: released, uncounted,
+                                                 queued again with their first age
     wait_placed(group, timeout_s)      ---->     long-poll: Placements once there is news
     renew(groups)                      ---->     (epoch, the groups it does not know)
     Adopt(group, running, waiting, ...) --->     a group it does not know (it restarted, or the
@@ -54,6 +58,7 @@ class Submit:
     owner: str | None = None  # who may complete a /v1/schedule reservation (grid_serve.access)
     request_key: str | None = None  # a /v1/schedule request's own secret: it alone may `abandon` it
     unsent: int = 0  # tasks of the group its owner holds back beyond the window: they count in the queue
+    takes_back: bool = False  # the owner takes back unstarted tasks when asked (`Placements.take_back`)
     publish: bool = True  # publish the ledger before replying, so a status read next shows the placements
 
 
@@ -76,7 +81,9 @@ class Report:
     requeue: list[SchedulingRequest] = field(default_factory=list)  # to place (again): lost ones, the window's next
     lost_nodes: list[str] = field(default_factory=list)  # nodes Ray said died under a task
     unsent: int | None = None  # tasks still held back; None: no news
-    returned: list[str] = field(default_factory=list)  # placements handed back unused (a grid.remote stream's)
+    # placements handed back unused: a grid.remote stream's, and tasks taken back from Ray unstarted
+    # (`Placements.take_back`), which come again in `requeue` and keep their age
+    returned: list[str] = field(default_factory=list)
     reused: list[Reuse] = field(default_factory=list)  # slots a grid.remote stream ran its next calls in, in order
 
     def __bool__(self) -> bool:
@@ -98,6 +105,7 @@ class Adopt:
     unsent: int = 0
     priority: TaskPriority | None = None  # None: the waiting requests' (a job's priority never changes)
     queue: str | None = None  # None: the waiting requests' (a job's queue never changes either)
+    takes_back: bool = False  # as in `Submit`
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,3 +122,6 @@ class Placements:
     # whether the owner may run its next calls in the slots its ended calls free (`Reuse`): no
     # other job's work waits at its priority or above; None: no news (a reply to no ends)
     reuse: bool | None = None
+    # tasks of the group to take back from Ray if they have not started (`grid_serve.take_back`):
+    # higher-priority work waits for their nodes
+    take_back: list[str] = field(default_factory=list)

@@ -67,6 +67,10 @@ class DrainResult:
     view: ClusterView | None = None
     # group -> node name -> spread turns the node gave up in this drain (news for the job's counts)
     turns_given_up: dict[str, dict[str, int]] = field(default_factory=dict)
+    # node id -> the highest priority rank of the tasks left waiting because the node is busy
+    # and holds work of a lower one, with the resources they need (what `SchedulerBooks` may take
+    # back there: `grid_serve.take_back`)
+    awaited: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,23 @@ _JOB_INDEPENDENT_CHECKS = frozenset(name for name, _ in (*LASTING_CHECKS, *NOT_N
 
 def _same_for_every_job(outcome: NoFit) -> bool:
     return all(rejection.check in _JOB_INDEPENDENT_CHECKS for rejection in outcome.rejections)
+
+
+def _note_awaited(awaited: dict[str, tuple[int, frozenset[str]]], request: SchedulingRequest, outcome: NoFit,
+                  nodes: Mapping[str, NodeView]) -> None:
+    """Record the nodes the waiting `request` found busy while they hold work of a lower
+    priority (`DrainResult.awaited`)."""
+    rank = request.priority.rank
+    needs = frozenset(name for name, amount in needs_of(request).items() if amount > 0)
+    for passed in outcome.rejections:
+        node = nodes.get(passed.node_id) if passed.check == "busy" else None
+        if node is None or not 0 <= node.low_rank < rank:
+            continue
+        known = awaited.get(passed.node_id)
+        if known is None or known[0] < rank:
+            awaited[passed.node_id] = (rank, needs)
+        elif known[0] == rank:
+            awaited[passed.node_id] = (rank, known[1] | needs)
 
 
 def _fair_share_note(item: _Waiting, shares: FairShares | None, contended: Mapping[float, float]) -> str | None:
@@ -288,10 +309,13 @@ class SchedulerCore:
         if oldest is None or item.enqueued_at < oldest:
             self._oldest_per_queue[item.queue] = item.enqueued_at
 
-    def enqueue(self, requests: Iterable[SchedulingRequest]) -> None:
+    def enqueue(self, requests: Iterable[SchedulingRequest], since: Mapping[str, float] | None = None) -> None:
+        """Queue `requests`, each aged from now or, for a task queued before (taken back from
+        Ray unstarted), from when it first was (`since`, task id -> clock time): it keeps its place."""
         now = self._clock()
         for request in requests:
-            item = _Waiting((-request.priority.rank, now, next(self._seq)), request, now, _signature(request),
+            at = since.get(request.task_id, now) if since else now
+            item = _Waiting((-request.priority.rank, at, next(self._seq)), request, at, _signature(request),
                             request.queue or DEFAULT_QUEUE)
             bisect.insort(self._waiting, item)
             self._queued[request.group] = self._queued.get(request.group, 0) + 1
@@ -372,6 +396,7 @@ class SchedulerCore:
                 if isinstance(outcome, NoFit):
                     self._reasons.setdefault(request.group, outcome)
                 if isinstance(outcome, NoFit) and outcome.can_wait:
+                    _note_awaited(result.awaited, request, outcome, nodes)
                     self._close_lookahead_below(request.priority.rank, outcome, nodes, changes)
                     if not allocations and not holds and _same_for_every_job(outcome):
                         busy_everywhere[any_job] = outcome

@@ -8,13 +8,16 @@ themselves (node label, node id, IP), which is what the tests check.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
+import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .caller_code import open_function
 from .models import NODE_LABEL, ResourceRequirement
@@ -192,7 +195,47 @@ def run_call(fn: Callable[..., Any], keywords: list[str], *values: Any) -> dict[
     `keywords`, all at the top level of the Ray call, so Ray resolves `ObjectRef`s among them
     before the task starts, as it does for a plain `f.remote(ref)` (nested ones stay refs)."""
     split = len(values) - len(keywords)
-    return run_task(fn, list(values[:split]), dict(zip(keywords, values[split:])))
+    with running_on_when_asked_back_late():
+        return run_task(fn, list(values[:split]), dict(zip(keywords, values[split:])))
+
+
+# A task its runner asked Ray to drop unstarted (`grid_serve.take_back`) is named here, in Ray's
+# key-value store, before Ray is asked: one that had started by then runs on (see below).
+TAKE_BACK_NAMESPACE = "grid-take-back"
+
+
+@contextlib.contextmanager
+def running_on_when_asked_back_late() -> Iterator[None]:
+    """Ray drops a cancelled task that has not started; one that has gets a KeyboardInterrupt
+    (`_thread.interrupt_main`, the SIGINT handler). A take-back that crossed the task's start
+    must not stop it: while the task runs, an interrupt is ignored if its runner named the task
+    as asked back, and handled as before otherwise (a cancelled job's tasks stop as they did)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if not _asked_back() and callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _asked_back() -> bool:
+    """Whether this task's runner asked it back (read only when an interrupt comes)."""
+    try:
+        import ray
+        from ray.experimental import internal_kv
+
+        task_id = ray.get_runtime_context().get_task_id()
+        return internal_kv._internal_kv_get(task_id, namespace=TAKE_BACK_NAMESPACE) is not None
+    except Exception:  # no answer: the interrupt is handled as it would be without take-backs
+        return False
 
 
 def run_call_keeping_result(fn: Callable[..., Any], keywords: list[str], *values: Any) -> tuple[dict[str, Any], Any]:

@@ -163,6 +163,25 @@ def test_priority_high_tasks_start_before_earlier_low_ones_once_the_lookahead_is
     assert client.wait_job(blockers.job_id, timeout_s=60).state == "succeeded"
 
 
+def test_a_high_task_takes_back_lower_work_queued_inside_ray_instead_of_waiting_behind_it(client: GridClient) -> None:
+    """Issue 22: 12 low blockers of 4 s on 6 CPUs run 6 and queue 6 inside Ray (the lookahead).
+    A high job comes: the 6 queued ones are taken back before they start (Ray drops them) and
+    queued again, so every high task starts in the first slots that free and the blockers'
+    second wave only after. Without the take-back that wave started first, in Ray's queue."""
+    wait_idle(client)
+    blockers = hold_job(12, 4.0, "low")
+    assert blockers.queued == 0
+    high = hold_job(6, 0.5, "high")
+    blockers_done = client.wait_job(blockers.job_id, timeout_s=120)
+    high_done = client.wait_job(high.job_id, timeout_s=120)
+    assert blockers_done.state == high_done.state == "succeeded"
+    assert blockers_done.taken_back == 6 and high_done.taken_back == 0
+    blocker_starts = sorted(outcome.result for outcome in blockers_done.results)
+    second_wave = blocker_starts[6:]
+    assert max(outcome.result for outcome in high_done.results) < min(second_wave), (
+        [o.result for o in high_done.results], blocker_starts)
+
+
 def test_absurd_task_arguments_fail_the_task_not_the_app(http: httpx.Client) -> None:
     response = http.post("/v1/jobs", json={"task": "memory_task", "args": [{"megabytes": 10**9}], "wait": True})
     assert response.status_code == 200

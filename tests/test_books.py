@@ -60,17 +60,21 @@ class Runner:
     what `deployments/runner.py` does with one job, with Ray's task ends played by the test."""
 
     def __init__(self, books: SchedulerBooks, job: str, tasks: int, first_window: int = 4,
-                 strategy: str = "spread", task: str = "sleep", priority: str = "normal") -> None:
+                 strategy: str = "spread", task: str = "sleep", priority: str = "normal",
+                 takes_back: bool = False) -> None:
         self.books = books
         self.job = JobBooks(id=job, spec=JobSubmission(task=task, count=tasks, strategy=strategy, priority=priority),
                             task_name=task, requirements=ResourceRequirement(cpu_count=1),
                             outcomes=OutcomeTable(job, tasks))
         self.first_window = first_window
+        self.takes_back = takes_back
+        self.asked_back: list[str] = []  # what the Scheduler asked back, in order
         self.placed_on: Counter[str] = Counter()  # node name -> tasks placed there
 
     def submit(self) -> None:
         requests = self.job.next_requests(self.first_window)
-        self.take(self.books.on_submitted(Submit(requests=requests, runner=RUNNER, unsent=self.job.unsent)))
+        self.take(self.books.on_submitted(Submit(requests=requests, runner=RUNNER, unsent=self.job.unsent,
+                                                 takes_back=self.takes_back)))
 
     def over(self) -> Finished:
         """Every task ended and reported: the job's end, as the runner tells it."""
@@ -80,8 +84,9 @@ class Runner:
 
     def take(self, reply: Placements) -> None:
         for index, decision in self.job.on_placements(reply):
-            self.job.on_sent([(index, decision)], ref=None)
+            self.job.on_sent([(index, decision)], ref=object())  # one Ray task each
             self.placed_on[decision.node_name] += 1
+        self.asked_back += reply.take_back
         self.job.top_up()
         self.job.check()
         if not reply.known:
@@ -94,6 +99,20 @@ class Runner:
             self.job.on_task_ended(index, ok, None if ok else "failed", {
                 "ok": ok, "error": None, "duration_s": 0.5, "node_id": decision.node_id, "result": index,
                 "started_at": 0.0})
+
+    def drop_asked_back(self, started: set[str] = frozenset()) -> list[str]:
+        """Ray drops what the Scheduler asked back, except the tasks that had `started` (they run
+        on); returns the ids dropped."""
+        asked, self.asked_back = self.asked_back, []
+        dropped = []
+        for index, _ in self.job.to_take_back(asked):
+            task_id = f"{self.job.id}-{index}"
+            if task_id not in started:
+                self.placed_on[self.job.running[index][0].node_name] -= 1
+                self.job.on_taken_back(index)
+                dropped.append(task_id)
+        self.job.check()
+        return dropped
 
     def report(self) -> Report | None:
         return self.job.take_report()
@@ -467,3 +486,77 @@ def test_a_forecast_does_not_hold_one_node_back_for_another_and_says_what_it_lef
     left = replay([b], {}, {}, [new_ahead, *mine], "j", lambda r, n: None if r.task_type == "new" else 1.0)
     assert (left.start_s, left.end_s, left.unknown) == (0.0, 2.0, "1 task(s) ahead left out (no run time "
                                                                    "learned, or no node may take them)")
+
+
+def test_higher_work_takes_back_lower_work_queued_beyond_capacity_which_keeps_its_age() -> None:
+    """Issue 22: each node (2 CPUs) took 4 low tasks at admission 2 (2 run, 2 queued in Ray).
+    A high job arrives: the Scheduler asks back the 2 youngest low tasks per node (what is
+    reserved beyond each node's total), the runner hands back what Ray dropped unstarted, and
+    those wait again with their first age; each slot that frees goes to a high task first."""
+    clock = Clock()
+    books = SchedulerBooks(epoch="e", lease_s=5.0, tick_s=1.0, lookahead_s=None, admission=2.0, clock=clock,
+                           wall=clock)
+    books.on_nodes(NODES, taken_at=clock.now)
+    low = Runner(books, "low", tasks=14, first_window=14, priority="low", takes_back=True)
+    low.submit()
+    assert len(low.job.running) == 12 and low.asked_back == []  # 2 queued in Ray per node; nothing waits above
+    first_age = books.meta["low-12"].queued_at
+    clock.now += 1.0
+    high = Runner(books, "high", tasks=3, first_window=3, priority="high")
+    high.submit()
+    books.check()
+    assert high.job.running == {}  # every node is busy (for a high task, only free capacity counts)
+    assert books.take_woken() >= {"low"}  # its long-poll wakes with the news
+    low.take(books.collect("low"))
+    placed_on = {f"low-{index}": decision.node_name for index, (decision, _) in low.job.running.items()}
+    asked = sorted(low.asked_back)
+    assert [placed_on[task_id] for task_id in asked].count("gpu1") == 2 and len(asked) == 6  # 2 per node
+    assert set(asked) == {f"low-{index}" for index in range(6, 12)}  # the youngest: placed last
+    started = {asked[0]}  # Ray had already started one (in the slot of a task that had just ended): it runs on
+    freed = next(index for index, (decision, _) in low.job.running.items()
+                 if decision.node_name == placed_on[asked[0]] and f"low-{index}" not in asked)
+    low.job.on_task_ended(freed, True, None, {"ok": True, "error": None, "duration_s": 0.5, "result": freed,
+                                              "node_id": placed_on[asked[0]], "started_at": 0.0})
+    dropped = low.drop_asked_back(started)
+    assert len(dropped) == 5 and asked[0] in {f"low-{i}" for i in low.job.running}
+    low.send(low.report())  # handed back: released, uncounted, queued again
+    books.check()
+    assert {books.meta[task_id].queued_at for task_id in dropped} == {first_age}  # their first age, not now's
+    assert all(task_id in books.core.task_ids() for task_id in dropped)  # waiting again
+    assert sum(books.core.group_counts.live("low").values()) == 12 - 5
+    assert low.asked_back == []  # asked once each
+    high.take(books.collect("high"))
+    assert len(high.job.running) == 0  # the slot that freed went to the task that had started
+    for node in ("gpu-master", "gpu1", "gpu2"):  # a low task ends on each node: its slot goes to a high task
+        index = next(i for i, (decision, _) in low.job.running.items() if decision.node_name == node)
+        low.job.on_task_ended(index, True, None, {"ok": True, "error": None, "duration_s": 0.5, "result": index,
+                                                  "node_id": low.job.running[index][0].node_id, "started_at": 0.0})
+        low.send(low.report())
+        high.take(books.collect("high"))  # its long-poll's answer
+        books.check()
+    assert len(high.job.running) == 3 and len(low.job.running) == 12 - 1 - 5 - 3
+    high.run_to_end()
+    low.run_to_end()
+    assert low.job.outcomes.succeeded == 14 and high.job.outcomes.succeeded == 3
+    assert_empty(books)
+
+
+def test_nothing_is_asked_back_for_work_of_the_same_priority_or_from_owners_that_cannot() -> None:
+    books = SchedulerBooks(epoch="e", lease_s=5.0, tick_s=1.0, lookahead_s=None, admission=2.0, clock=Clock(),
+                           wall=Clock())
+    books.on_nodes(NODES, taken_at=0.0)
+    first = Runner(books, "first", tasks=12, first_window=12, takes_back=True)
+    first.submit()
+    second = Runner(books, "second", tasks=3, first_window=3)
+    second.submit()
+    first.take(books.collect("first"))
+    assert first.asked_back == []  # the same priority: age decides, nothing is taken back
+    old = Runner(books, "old-runner", tasks=12, first_window=12, priority="low")  # a runner that cannot
+    books.on_finished("first", completions=first.job.on_end())
+    books.on_finished("second", completions=second.job.on_end())
+    old.submit()
+    high = Runner(books, "high", tasks=3, first_window=3, priority="high")
+    high.submit()
+    old.take(books.collect("old-runner"))
+    assert old.asked_back == [] and high.job.running == {}
+    books.check()

@@ -112,3 +112,33 @@ def test_memory_task_reserves_what_its_arguments_allocate(spec: dict, memory_mb:
     assert [request.requirements.memory_mb for request in requests] == memory_mb
     assert [request.requirements.as_ray_resources().get("memory", 0) for request in requests] == \
         [amount * MB for amount in memory_mb]
+
+
+def test_a_task_ray_dropped_when_asked_back_waits_again_and_one_that_had_started_keeps_its_end() -> None:
+    """Issue 22's take-back, the runner's side: what Ray dropped unstarted is handed back and
+    queued again (not an outcome); one that had started ran to its end (the worker ignored the
+    interrupt); in a job being cancelled, a drop is the task's cancellation."""
+    job = job_of({"task": "sleep_task", "args": [[0, 0.5], [1, 0.5], [2, 0.5], [3, 0.5]]})
+    job.next_requests(4)
+    for index in range(4):
+        decision = SchedulingDecision(task_id=f"{job.id}-{index}", node_id="n1", node_name="gpu1", node_ip="",
+                                      strategy="spread", score=0.0)
+        job.waiting.pop(decision.task_id)
+        job.placed_per_node["n1"] = job.placed_per_node.get("n1", 0) + 1
+        job.on_sent([(index, decision)], ref=object())
+    asked = job.to_take_back([f"{job.id}-1", f"{job.id}-2", f"{job.id}-3", f"{job.id}-9"])  # 9: not running
+    assert [index for index, _ in asked] == [1, 2, 3]
+    assert job.to_take_back([f"{job.id}-1"]) == []  # asked once
+    record_ray_end(job, 1, None, ray.exceptions.TaskCancelledError())  # dropped unstarted
+    record_ray_end(job, 2, {"ok": True, "error": None, "result": 2, "duration_s": 0.5, "node_id": "n1",
+                            "started_at": 1.0}, None)  # it had started: its end is its own
+    assert f"{job.id}-1" in job.waiting and 1 not in job.running and not job.outcomes.has(1)
+    assert [r.task_id for r in job.requeue] == [f"{job.id}-1"] and job.returned == [f"{job.id}-1"]
+    assert job.placed_per_node["n1"] == 3 and job.outcomes.succeeded == 1 and job.asked_back == {3}
+    report = job.take_report()
+    assert report.returned == [f"{job.id}-1"] and [r.task_id for r in report.requeue] == [f"{job.id}-1"]
+    job.begin_cancel()
+    job.cancel_sent.update(job.running)
+    record_ray_end(job, 3, None, ray.exceptions.TaskCancelledError())  # the job's cancel, not a take-back
+    assert job.outcomes.cancelled == 1 and f"{job.id}-3" not in job.waiting
+    job.check()

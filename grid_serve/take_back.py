@@ -1,0 +1,90 @@
+"""Taking back work handed to Ray that has not started, when higher-priority work waits for its node.
+
+The lookahead (`grid_serve.lookahead`) hands Ray work beyond a node's free capacity, so a slot
+that frees starts its next task at once instead of after a round trip. Until it starts, such a
+task is not committed: when a task of a higher priority waits because the node is busy, the
+node's queued lower-priority tasks are taken back rather than let the higher task wait behind
+them (issue 22: behind five queued 0.3 s tasks per slot, a high task waited longer than with no
+priorities at all). The Scheduler asks each task's owner (`Placements.take_back`); the owner
+cancels it in Ray, which drops a task that has not started and leaves one that has running
+(`grid_serve.tasks` guards it), and hands back only what Ray dropped (`Report.returned`, with
+the task queued again in `requeue`), which the Scheduler queues with its first age.
+
+What is taken back on a node: no more than what the node has reserved beyond its total (what
+cannot be running there), of priorities below the one waiting, the lowest priority first and,
+within one, the youngest first (Ray starts a node's queued tasks roughly in the order they came,
+so the youngest are the least likely to have started). Pure: `SchedulerBooks` asks it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Protocol, TypeVar
+
+EPSILON = 1e-9
+
+
+class Queued(Protocol):
+    """What the choice reads of a reservation (`grid_serve.ledger.Reservation` is one)."""
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def made_at(self) -> float: ...
+
+    @property
+    def resources(self) -> Mapping[str, float]: ...
+
+
+Q = TypeVar("Q", bound=Queued)
+
+
+def beyond_total(total: Mapping[str, float], reserved: Mapping[str, float],
+                 leaving: Iterable[Queued] = ()) -> dict[str, float]:
+    """What the node has reserved beyond its total, per resource, once the reservations already
+    `leaving` (asked back, not yet handed back) are gone.
+
+    >>> beyond_total({"CPU": 4.0}, {"CPU": 6.0, "memory": 1.0})
+    {'CPU': 2.0}
+    """
+    over = {name: reserved.get(name, 0.0) - amount for name, amount in total.items()}
+    for reservation in leaving:
+        for name, amount in reservation.resources.items():
+            if name in over:
+                over[name] -= amount
+    return {name: amount for name, amount in over.items() if amount > EPSILON}
+
+
+def to_take_back(waiting_rank: int, over: Mapping[str, float], candidates: Iterable[Q]) -> list[Q]:
+    """Of `candidates` (a node's reservations its owners can take back, in the order they were
+    placed), those to take back for
+    a task of priority `waiting_rank` waiting there: below that priority, lowest first, youngest
+    first within one, until `over` (`beyond_total`) is covered. A reservation that uses none
+    of what is over stays (it can be running).
+
+    >>> from types import SimpleNamespace as R
+    >>> low_old, low_new, normal = R(rank=0, made_at=1.0, resources={"CPU": 1.0}), \\
+    ...     R(rank=0, made_at=2.0, resources={"CPU": 1.0}), R(rank=1, made_at=3.0, resources={"CPU": 1.0})
+    >>> to_take_back(2, {"CPU": 2.0}, [low_old, normal, low_new]) == [low_new, low_old]
+    True
+    >>> to_take_back(1, {"CPU": 2.0}, [low_old, normal, low_new]) == [low_new, low_old]  # not its own priority
+    True
+    >>> to_take_back(2, {}, [low_old])
+    []
+    """
+    left = dict(over)
+    chosen = []
+    lower = [c for c in candidates if c.rank < waiting_rank]
+    lower.reverse()  # candidates come in the order they were placed: of two made at once, the later first
+    for reservation in sorted(lower, key=lambda c: (c.rank, -c.made_at)):
+        if not left:
+            break
+        if not any(reservation.resources.get(name, 0.0) > EPSILON for name in left):
+            continue
+        chosen.append(reservation)
+        for name, amount in reservation.resources.items():
+            if name in left:
+                left[name] -= amount
+                if left[name] <= EPSILON:
+                    del left[name]
+    return chosen
