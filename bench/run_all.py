@@ -22,6 +22,7 @@ from bench import (  # noqa: E402
     handle_results,
     http_api,
     priority,
+    priority_burst,
     quality,
     remote,
     throughput,
@@ -31,7 +32,8 @@ from bench.harness import bench_env  # noqa: E402
 CLUSTER_BENCHMARKS = {"balance": balance.run, "throughput": throughput.run, "dispatch": dispatch.run,
                       "quality": quality.run, "priority": priority.run, "http": http_api.run, "remote": remote.run,
                       "handle_jobs": handle_jobs.run, "handle_results": handle_results.run,
-                      "alternating": alternating.run, "fair_share": fair_share.run}
+                      "alternating": alternating.run, "fair_share": fair_share.run,
+                      "priority_burst": priority_burst.run}
 
 
 def main() -> None:
