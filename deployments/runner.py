@@ -59,7 +59,8 @@ from grid_serve.tasks import TaskType, load_task_modules
 
 from ._common import CALL_TIMEOUT_S, ask_riding_restarts, call_with_timeout, logger, spawn
 from .runner_parent import ORPHAN_KEEP_S, TAG_LEN, Parentage
-from .runner_job import RunnerJob, TaskSender, ask_ray_to_drop, chunks_of, forget_old_jobs, resolve_task, size_of
+from .runner_job import (RunnerJob, TaskSender, ask_ray_to_drop, chunks_of, forget_old_jobs, forget_then_stop,
+                         resolve_task, size_of)
 
 REPORT_SPACING_S = 0.05  # at most ~20 reports a second per job: the lookahead (100 ms) covers the wait
 LATE_RENEWAL_S = 1.0  # a renewal slower than this is logged: leases lapse after 5 s without one
@@ -212,13 +213,12 @@ class JobRunner:
         job.top_up()
         job.news.set()
 
-    @staticmethod
-    def _ask_back(job: RunnerJob, task_ids: list[str]) -> None:
+    def _ask_back(self, job: RunnerJob, task_ids: list[str]) -> None:
         """Higher-priority work waits for these tasks' nodes: ask Ray to drop those that have not
         started (off the loop: GCS calls); those it drops come back to `record_ray_end`."""
         asked = job.to_take_back(task_ids)
         if asked:
-            asyncio.get_running_loop().run_in_executor(None, ask_ray_to_drop, [ref for _, ref in asked])
+            self._sender.in_order(ask_ray_to_drop, [ref for _, ref in asked])
 
     async def _drive(self, job: RunnerJob) -> None:
         """Report ends and collect placements until every task has an outcome; then release."""
@@ -299,12 +299,15 @@ class JobRunner:
             logger.warning("could not tell the Scheduler that job(s) %s finished; their leases will lapse",
                            ", ".join(one.group for one in finished))
 
-    @staticmethod
-    def _cancel_running(job: RunnerJob) -> None:
+    def _cancel_running(self, job: RunnerJob) -> None:
         """Ask Ray to stop what the job has running (a chunk once, however many tasks it holds),
         forcing what still runs after a grace (`grid_serve.stopping`)."""
         job.cancel_sent.update(job.running)
-        stop_tasks(list({ref for _, ref in job.running.values()}))
+        refs = {id(ref): ref for _, ref in job.running.values()}
+        asked = {id(ref): ref for index, (_, ref) in job.running.items() if index in job.asked_back}
+        stop_tasks([ref for key, ref in refs.items() if key not in asked])
+        if asked:  # asked back, and started: their names go first, or their workers would ignore this cancel
+            self._sender.in_order(forget_then_stop, list(asked.values()))
 
     async def _wait(self, job: RunnerJob, timeout_s: float) -> None:
         try:

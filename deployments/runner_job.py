@@ -21,6 +21,7 @@ from grid_serve.job_books import MAX_ATTEMPTS, JobBooks
 from grid_serve.limits import Limits
 from grid_serve.lookahead import chunk_sizes
 from grid_serve.models import JobSubmission, ResourceRequirement, SchedulingDecision
+from grid_serve.stopping import stop_tasks
 from grid_serve.tasks import TAKE_BACK_NAMESPACE, TaskType, run_call, run_call_keeping_result, run_chunk
 
 from ._common import logger
@@ -107,10 +108,11 @@ def record_ray_end(job: RunnerJob, index: int, envelope: dict[str, Any] | None, 
     elif isinstance(failure, CANCELLED) and index in job.asked_back and not job.cancelled:
         job.on_taken_back(index)  # Ray dropped it unstarted, as asked: it is queued again
     elif isinstance(failure, CANCELLED) or (index in job.cancel_sent
-                                            and isinstance(failure, ray.exceptions.RayTaskError)):
+                                            and isinstance(failure, (ray.exceptions.RayTaskError, *LOST_WORKER))):
         # A cancel that reaches a task as it ends can fail it with an error of Ray's own instead
         # (seen in CI: "TypeError: 'Handlers' object is not callable", the interrupt Ray sent
-        # handled after the worker had put its SIGINT handler back): a task Ray was asked to stop is cancelled
+        # handled after the worker had put its SIGINT handler back), or its worker's death when the
+        # cancel was forced after its grace: a task Ray was asked to stop is cancelled
         job.on_task_ended(index, False, "cancelled", None)
     elif isinstance(failure, LOST_WORKER):
         decision = job.running[index][0]
@@ -148,6 +150,14 @@ def forget_asked_back(ref: Any) -> None:
         logger.debug("could not forget a task taken back (%s)", exc)
 
 
+def forget_then_stop(refs: list[Any]) -> None:
+    """Stop tasks of a cancelled job that were asked back and had started: their names leave the
+    key-value store first, so their workers take this interrupt. Blocking: off the event loop."""
+    for ref in refs:
+        forget_asked_back(ref)
+    stop_tasks(refs)
+
+
 class TaskSender:
     """Hands a job's placed tasks to Ray, pinned to their node, and records their ends in the
     job's books as Ray reports them (on the runner's loop)."""
@@ -155,6 +165,14 @@ class TaskSender:
     def __init__(self, chunk_s: float) -> None:
         self.chunk_s = chunk_s  # learned run time one Ray task may carry (`chunks_of`); 0: one task each
         self._pinned = PinnedFunctions()
+        # take-backs' key-value and cancel calls block (GCS): one thread, so they land in order
+        # (a name put after its delete would make a cancelled job's worker ignore the cancel)
+        self._take_back_calls = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                                     thread_name_prefix="grid-take-back")
+
+    def in_order(self, call: Callable[..., None], *args: Any) -> None:
+        """Run a take-back's blocking `call` off the event loop, after those asked before it."""
+        asyncio.get_running_loop().run_in_executor(self._take_back_calls, call, *args)
 
     def send(self, job: RunnerJob, chunk: list[tuple[int, SchedulingDecision]]) -> None:
         """Hand Ray one chunk of tasks placed alike, as one Ray task."""
@@ -191,7 +209,7 @@ class TaskSender:
             value["result"] = kept if value["ok"] else None
         envelopes = value if isinstance(value, list) else [value] * len(indices)
         if any(index in job.asked_back for index in indices):
-            asyncio.get_running_loop().run_in_executor(None, forget_asked_back, job.running[indices[0]][1])
+            self.in_order(forget_asked_back, job.running[indices[0]][1])
         for index, envelope in zip(indices, envelopes):
             record_ray_end(job, index, envelope, failure)
         leftover = [(index, job.running[index][0]) for index in indices[len(envelopes):] if index in job.running]

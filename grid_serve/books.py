@@ -114,7 +114,10 @@ class SchedulerBooks:
         self._lost_nodes: dict[str, float] = {}  # node id -> until when it stays out (clock)
         self._woken: set[str] = set()
         self._takes_back: set[str] = set()  # groups whose owners take back unstarted tasks when asked
-        self._taking_back: set[str] = set()  # task ids asked back, not yet handed back (or ended)
+        # task id -> group: asked back, no report from its owner since (then asked again if still
+        # needed: the owner ignores an ask it already acted on, and an ask it refused, a chunk's
+        # or one that came late, no longer counts as leaving)
+        self._taking_back: dict[str, str] = {}
         self.callers_version = 0  # grows whenever a /v1/schedule reservation is made or ends (`held_for_callers`)
         self._distrusted = False  # the node snapshot is too old: said once in the log per episode
         self._clock, self._wall = clock, wall
@@ -193,6 +196,8 @@ class SchedulerBooks:
         queued or placed: the reply says unknown, and its owner adopts it with all it holds
         (placed now, beside what already runs unreserved, a job ran twice its share)."""
         group, requeue = message.group, message.requeue
+        if self._taking_back:
+            self._taking_back = {task_id: of for task_id, of in self._taking_back.items() if of != group}
         rank = self._reuse(group, message.reused)  # first: a slot reused and its next call's end may share a report
         released = self._release(message.ended)
         if rank is None and released:
@@ -230,7 +235,8 @@ class SchedulerBooks:
         queue = message.queue or (waiting[0].queue if waiting else None) or DEFAULT_QUEUE
         self._hold_back(group, message.unsent, priority)
         for decision, task_type in message.running:
-            self.meta[decision.task_id] = _Meta(task_type, group, None, priority, runner=True, queue=queue)
+            self.meta[decision.task_id] = _Meta(task_type, group, None, priority, runner=True, queue=queue,
+                                                queued_at=self._clock())
             self.ledger.reserve(decision.task_id, decision.node_id, decision.resources, task_type=task_type,
                                 group=group, strategy=str(decision.strategy),
                                 placement_group_id=decision.placement_group_id, rank=priority.rank, queue=queue)
@@ -512,31 +518,37 @@ class SchedulerBooks:
             self._on_drain(self._with_priorities(result.placed), len(result.placed) + len(result.rejected),
                            time.perf_counter() - began, self.core.waiting_by_priority())
         self._commit(result)
-        if result.awaited and self._takes_back:
-            self._ask_back(result.awaited, result.view or self.view())
+        if result.awaited and self._takes_back and result.view is not None:
+            self._ask_back(result.awaited, result.view)
 
     def _ask_back(self, awaited: dict[str, tuple[int, frozenset[str]]], view: ClusterView) -> None:
         """Ask owners to take back their unstarted tasks on the nodes higher-priority work waits
-        for (`grid_serve.take_back`), each task once. One scan of the reservations, made only
-        while such work waits on a node that also holds lower work."""
-        self._taking_back &= self.ledger.reservations.keys()  # those handed back or ended are no longer asked
+        for (`grid_serve.take_back`), each task once until its owner's next report. One scan of
+        the reservations, made only while such work waits on a node reserved beyond its total."""
+        over_total = {node_id: rank for node_id, (rank, needs) in awaited.items()
+                      if node_id in view.nodes and beyond_total(
+                          {name: view.nodes[node_id].total.get(name, 0.0) for name in needs},
+                          view.nodes[node_id].reserved)}
+        if not over_total:
+            return
         candidates: dict[str, list[Reservation]] = {}
         leaving: dict[str, list[Reservation]] = {}
         for reservation in self.ledger.reservations.values():
-            if reservation.node_id not in awaited or reservation.placement_group_id is not None:
+            if reservation.node_id not in over_total or reservation.placement_group_id is not None:
                 continue
             if reservation.task_id in self._taking_back:
                 leaving.setdefault(reservation.node_id, []).append(reservation)
             elif reservation.group in self._takes_back:
                 candidates.setdefault(reservation.node_id, []).append(reservation)
-        for node_id, (rank, needs) in awaited.items():
-            node = view.nodes.get(node_id)
-            if node is None or node_id not in candidates:
+        for node_id in over_total:
+            rank, needs = awaited[node_id]
+            node = view.nodes[node_id]
+            if node_id not in candidates:
                 continue
             over = beyond_total({name: node.total.get(name, 0.0) for name in needs}, node.reserved,
                                 leaving.get(node_id, ()))
             for reservation in to_take_back(rank, over, candidates[node_id]):
-                self._taking_back.add(reservation.task_id)
+                self._taking_back[reservation.task_id] = reservation.group
                 self._deliver(reservation.group).take_back.append(reservation.task_id)
 
     def _commit(self, result: DrainResult) -> None:

@@ -301,6 +301,7 @@ class JobBooks:
         """The invariants every transition keeps (asserted by the table tests)."""
         waiting = {self.index_of(task_id) for task_id in self.waiting}
         assert not waiting & set(self.running), ("waiting and running at once", waiting & set(self.running))
+        assert self.asked_back <= set(self.running), ("asked back but not running", self.asked_back - set(self.running))
         assert all(index < self.next_index for index in waiting | set(self.running)), "a task beyond the window"
         assert not (self.ended and (self.waiting or self.running or self.unsent)), "an ended job holds tasks"
 

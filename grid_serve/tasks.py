@@ -214,9 +214,12 @@ def running_on_when_asked_back_late() -> Iterator[None]:
         yield
         return
     previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # SIG_DFL or SIG_IGN: Ray's interrupt does nothing here anyway
+        yield
+        return
 
     def on_interrupt(signum: int, frame: Any) -> None:
-        if not _asked_back() and callable(previous):
+        if not _asked_back():
             previous(signum, frame)
 
     signal.signal(signal.SIGINT, on_interrupt)

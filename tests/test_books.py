@@ -560,3 +560,27 @@ def test_nothing_is_asked_back_for_work_of_the_same_priority_or_from_owners_that
     old.take(books.collect("old-runner"))
     assert old.asked_back == [] and high.job.running == {}
     books.check()
+
+
+def test_an_ask_the_owner_did_not_act_on_is_made_again_after_its_next_report() -> None:
+    """An ask counts as leaving only until the owner's next report: one it refused (a chunk's)
+    or one that came too late must not hide, for good, what the node holds beyond its total."""
+    clock = Clock()
+    books = SchedulerBooks(epoch="e", lease_s=5.0, tick_s=1.0, lookahead_s=None, admission=2.0, clock=clock,
+                           wall=clock)
+    books.on_nodes(NODES, taken_at=clock.now)
+    low = Runner(books, "low", tasks=12, first_window=12, priority="low", takes_back=True)
+    low.submit()
+    high = Runner(books, "high", tasks=3, first_window=3, priority="high")
+    high.submit()
+    low.take(books.collect("low"))
+    first_ask, low.asked_back = sorted(low.asked_back), []  # the owner refused them all
+    assert len(first_ask) == 6
+    books.on_completed([])  # a drain with no news from the owner
+    low.take(books.collect("low"))
+    assert low.asked_back == []  # asked once until the owner reports
+    low.end(1)  # its oldest task ends (a slot on gpu-master), and it reports
+    low.send(low.report())
+    high.take(books.collect("high"))
+    assert low.asked_back and set(low.asked_back) <= set(first_ask)  # asked again: nodes still reserved beyond their total
+    books.check()

@@ -11,7 +11,7 @@ import uuid
 import pytest
 import ray
 
-from deployments.runner_job import ask_ray_to_drop, forget_asked_back
+from deployments.runner_job import ask_ray_to_drop, forget_asked_back, forget_then_stop
 from grid_serve.stopping import stop_tasks
 from grid_serve.tasks import run_call
 
@@ -68,3 +68,16 @@ def test_a_cancelled_job_still_stops_its_running_task(ray_cluster: object, flag:
     with pytest.raises(ray.exceptions.TaskCancelledError):
         ray.get(ref, timeout=60)
     assert time.monotonic() - began < 30  # stopped, not run to its 60 s end
+
+
+def test_a_task_asked_back_late_still_stops_when_its_job_is_cancelled(ray_cluster: object, flag: str) -> None:
+    """Its name leaves the key-value store before the cancel: the interrupt stops it (Ray's
+    TaskCancelledError), rather than being ignored until the forced cancel kills its worker."""
+    ref = ray.remote(run_call).options(max_retries=0).remote(napping(), [], flag, 60.0)
+    started(flag, ref)
+    ask_ray_to_drop([ref])  # ignored: it had started
+    time.sleep(0.5)
+    assert not ray.wait([ref], timeout=0)[0]  # still running
+    forget_then_stop([ref])  # what the runner does for such a task when its job is cancelled
+    with pytest.raises(ray.exceptions.TaskCancelledError):  # not WorkerCrashedError: not forced
+        ray.get(ref, timeout=60)
