@@ -256,10 +256,8 @@ class JobRunner:
                 await asyncio.wait_for(job.last_ended.wait(), seconds)
 
     async def _poll(self, job: RunnerJob) -> None:
-        """Long-poll for placements made as other jobs free capacity, and, while tasks of the
-        job are in Ray, for the Scheduler's asks to take back those not started (higher work
-        waits for their nodes: `grid_serve.take_back`): a job with nothing left waiting hears
-        of those at once, not at its next report."""
+        """Long-poll for placements made as other jobs free capacity and, while the job has
+        tasks in Ray, for asks to take them back (`grid_serve.take_back`), heard at once."""
         may_be_asked_back = job.spec.priority is not TaskPriority.CRITICAL
         while not job.settled:
             if (job.waiting or (job.running and may_be_asked_back)) and not job.cancelled:
