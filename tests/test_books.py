@@ -48,8 +48,9 @@ class Clock:
         return overdue
 
 
-def books_at(clock: Clock, **limits: int) -> SchedulerBooks:
-    books = SchedulerBooks(epoch=f"e{clock.now:g}", lease_s=5.0, tick_s=1.0, lookahead_s=None, admission=1.0,
+def books_at(clock: Clock, admission: float = 1.0, **limits: int) -> SchedulerBooks:
+    """`admission` 2: each node takes twice its CPUs, half of them queued inside Ray."""
+    books = SchedulerBooks(epoch=f"e{clock.now:g}", lease_s=5.0, tick_s=1.0, lookahead_s=None, admission=admission,
                            limits=Limits(**limits), clock=clock, wall=clock)
     books.on_nodes(NODES, taken_at=clock.now)
     return books
@@ -494,9 +495,7 @@ def test_higher_work_takes_back_lower_work_queued_beyond_capacity_which_keeps_it
     reserved beyond each node's total), the runner hands back what Ray dropped unstarted, and
     those wait again with their first age; each slot that frees goes to a high task first."""
     clock = Clock()
-    books = SchedulerBooks(epoch="e", lease_s=5.0, tick_s=1.0, lookahead_s=None, admission=2.0, clock=clock,
-                           wall=clock)
-    books.on_nodes(NODES, taken_at=clock.now)
+    books = books_at(clock, admission=2.0)
     low = Runner(books, "low", tasks=14, first_window=14, priority="low", takes_back=True)
     low.submit()
     assert len(low.job.running) == 12 and low.asked_back == []  # 2 queued in Ray per node; nothing waits above
@@ -542,9 +541,7 @@ def test_higher_work_takes_back_lower_work_queued_beyond_capacity_which_keeps_it
 
 
 def test_nothing_is_asked_back_for_work_of_the_same_priority_or_from_owners_that_cannot() -> None:
-    books = SchedulerBooks(epoch="e", lease_s=5.0, tick_s=1.0, lookahead_s=None, admission=2.0, clock=Clock(),
-                           wall=Clock())
-    books.on_nodes(NODES, taken_at=0.0)
+    books = books_at(Clock(), admission=2.0)
     first = Runner(books, "first", tasks=12, first_window=12, takes_back=True)
     first.submit()
     second = Runner(books, "second", tasks=3, first_window=3)
@@ -566,9 +563,7 @@ def test_an_ask_the_owner_did_not_act_on_is_made_again_after_its_next_report() -
     """An ask counts as leaving only until the owner's next report: one it refused (a chunk's)
     or one that came too late must not hide, for good, what the node holds beyond its total."""
     clock = Clock()
-    books = SchedulerBooks(epoch="e", lease_s=5.0, tick_s=1.0, lookahead_s=None, admission=2.0, clock=clock,
-                           wall=clock)
-    books.on_nodes(NODES, taken_at=clock.now)
+    books = books_at(clock, admission=2.0)
     low = Runner(books, "low", tasks=12, first_window=12, priority="low", takes_back=True)
     low.submit()
     high = Runner(books, "high", tasks=3, first_window=3, priority="high")
