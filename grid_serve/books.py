@@ -525,10 +525,10 @@ class SchedulerBooks:
         """Ask owners to take back their unstarted tasks on the nodes higher-priority work waits
         for (`grid_serve.take_back`), each task once until its owner's next report. One scan of
         the reservations, made only while such work waits on a node reserved beyond its total."""
-        over_total = {node_id: rank for node_id, (rank, needs) in awaited.items()
-                      if node_id in view.nodes and beyond_total(
-                          {name: view.nodes[node_id].total.get(name, 0.0) for name in needs},
-                          view.nodes[node_id].reserved)}
+        totals = {node_id: {name: view.nodes[node_id].total.get(name, 0.0) for name in needs}
+                  for node_id, (_, needs) in awaited.items() if node_id in view.nodes}
+        over_total = dict.fromkeys(node_id for node_id, total in totals.items()
+                                   if beyond_total(total, view.nodes[node_id].reserved))  # in order, O(1) to test
         if not over_total:
             return
         candidates: dict[str, list[Reservation]] = {}
@@ -541,13 +541,10 @@ class SchedulerBooks:
             elif reservation.group in self._takes_back:
                 candidates.setdefault(reservation.node_id, []).append(reservation)
         for node_id in over_total:
-            rank, needs = awaited[node_id]
-            node = view.nodes[node_id]
             if node_id not in candidates:
                 continue
-            over = beyond_total({name: node.total.get(name, 0.0) for name in needs}, node.reserved,
-                                leaving.get(node_id, ()))
-            for reservation in to_take_back(rank, over, candidates[node_id]):
+            over = beyond_total(totals[node_id], view.nodes[node_id].reserved, leaving.get(node_id, ()))
+            for reservation in to_take_back(awaited[node_id][0], over, candidates[node_id]):
                 self._taking_back[reservation.task_id] = reservation.group
                 self._deliver(reservation.group).take_back.append(reservation.task_id)
 
