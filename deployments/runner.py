@@ -50,7 +50,7 @@ from grid_serve.job_books import JobBooks
 from grid_serve.outcomes import OutcomeTable
 from grid_serve.limits import Limits
 from grid_serve.lookahead import interleave
-from grid_serve.models import JobStatus, JobSubmission, SchedulingDecision, TaskPriority
+from grid_serve.models import JobStatus, JobSubmission, SchedulingDecision
 from grid_serve.caller_code import CallerCode
 from grid_serve.handles import stop_safe
 from grid_serve.stopping import stop_tasks
@@ -60,7 +60,7 @@ from grid_serve.tasks import TaskType, load_task_modules
 from ._common import CALL_TIMEOUT_S, ask_riding_restarts, call_with_timeout, logger, spawn
 from .runner_parent import ORPHAN_KEEP_S, TAG_LEN, Parentage
 from .runner_job import (RunnerJob, TaskSender, ask_ray_to_drop, chunks_of, forget_old_jobs, forget_then_stop,
-                         resolve_task, size_of)
+                         hear_asks, resolve_task, size_of)
 
 REPORT_SPACING_S = 0.05  # at most ~20 reports a second per job: the lookahead (100 ms) covers the wait
 LATE_RENEWAL_S = 1.0  # a renewal slower than this is logged: leases lapse after 5 s without one
@@ -256,11 +256,9 @@ class JobRunner:
                 await asyncio.wait_for(job.last_ended.wait(), seconds)
 
     async def _poll(self, job: RunnerJob) -> None:
-        """Long-poll for placements made as other jobs free capacity and, while the job has
-        tasks in Ray, for asks to take them back (`grid_serve.take_back`), heard at once."""
-        may_be_asked_back = job.spec.priority is not TaskPriority.CRITICAL
+        """Long-poll for placements made as other jobs free capacity (and asks to take back)."""
         while not job.settled:
-            if (job.waiting or (job.running and may_be_asked_back)) and not job.cancelled:
+            if job.waiting and not job.cancelled:
                 self._take(job, await ask_riding_restarts(lambda: self._scheduler.wait_placed.remote(job.id, 5.0)))
             else:
                 await asyncio.sleep(self._interval_s / 2)
@@ -389,6 +387,7 @@ class JobRunner:
     def _start(self) -> None:
         if self._heartbeat is None:
             self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+            self._spawn(hear_asks(self._jobs, self._scheduler, self._take, self._interval_s), "hear asks to take back")
 
     def _spawn(self, work: Awaitable[Any], what: str) -> None:
         spawn(self._background, work, what)

@@ -20,7 +20,7 @@ from grid_serve.errors import InvalidRequestError, error_on_node
 from grid_serve.job_books import MAX_ATTEMPTS, JobBooks
 from grid_serve.limits import Limits
 from grid_serve.lookahead import chunk_sizes
-from grid_serve.models import JobSubmission, ResourceRequirement, SchedulingDecision
+from grid_serve.models import JobSubmission, ResourceRequirement, SchedulingDecision, TaskPriority
 from grid_serve.stopping import stop_tasks
 from grid_serve.tasks import TAKE_BACK_NAMESPACE, TaskType, run_call, run_call_keeping_result, run_chunk
 
@@ -156,6 +156,32 @@ def forget_then_stop(refs: list[Any]) -> None:
     for ref in refs:
         forget_asked_back(ref)
     stop_tasks(refs)
+
+
+async def hear_asks(jobs: dict[str, RunnerJob], scheduler: Any, take: Callable[[RunnerJob, Any], None],
+                    interval_s: float) -> None:
+    """A runner's one long-poll (`Scheduler.wait_news`) for its jobs whose tasks are all in Ray:
+    they hear an ask to take some back (higher work waits for their nodes) at once, not at their
+    next report; one call for all of them, not one per job. (A job with tasks waiting long-polls
+    on its own, for placements and asks.)"""
+    while True:
+        quiet = [job.id for job in jobs.values() if job.running and not job.waiting and not job.cancelled
+                 and not job.done.is_set() and job.spec.priority is not TaskPriority.CRITICAL]
+        if not quiet:
+            await asyncio.sleep(interval_s / 2)
+            continue
+        try:
+            news = await asyncio.wait_for(scheduler.wait_news.remote(quiet, 1.0), 30.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the Scheduler restarting: the next report carries the news
+            logger.debug("the long-poll for asks to take back failed (%s)", exc)
+            await asyncio.sleep(interval_s)
+            continue
+        for job_id, placements in news.items():
+            job = jobs.get(job_id)
+            if job is not None and not job.done.is_set():
+                take(job, placements)
 
 
 class TaskSender:

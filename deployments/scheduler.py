@@ -265,20 +265,33 @@ class Scheduler:
 
     async def wait_placed(self, group: str, timeout_s: float = 5.0) -> Placements:
         """Long-poll: returns when the group has news, or after `timeout_s` with none."""
-        self._books.on_renewed([group])
-        if not self._books.has_news(group):
-            waiter = asyncio.Event()
+        await self._news_for([group], timeout_s)
+        return self._books.collect(group)
+
+    async def wait_news(self, groups: list[str], timeout_s: float = 1.0) -> dict[str, Placements]:
+        """One long-poll for several groups (a runner's jobs whose tasks are all in Ray: they wait
+        only for asks to take some back): the news of those that have some."""
+        await self._news_for(groups, timeout_s)
+        return {group: self._books.collect(group) for group in groups if self._books.has_news(group)}
+
+    async def _news_for(self, groups: list[str], timeout_s: float) -> None:
+        """Renew `groups`, then wait until one of them has news, or `timeout_s`."""
+        self._books.on_renewed(groups)
+        if any(self._books.has_news(group) for group in groups):
+            return
+        waiter = asyncio.Event()
+        for group in groups:
             self._waiters.setdefault(group, []).append(waiter)
-            try:
-                await asyncio.wait_for(waiter.wait(), timeout_s)
-            except asyncio.TimeoutError:
-                pass
-            finally:
+        try:
+            await asyncio.wait_for(waiter.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            for group in groups:
                 waiters = self._waiters.get(group, [])
                 waiters.remove(waiter)
                 if not waiters:
                     self._waiters.pop(group, None)
-        return self._books.collect(group)
 
     async def caller_settings(self) -> dict[str, Any]:
         """What a `grid.remote` caller's dispatcher needs to know first: this instance's epoch and
