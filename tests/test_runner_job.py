@@ -9,9 +9,10 @@ import pytest
 import ray
 
 from deployments.runner import JobRunner
-from deployments.runner_job import RunnerJob, record_ray_end
+from deployments.runner_job import RunnerJob, hear_asks, record_ray_end
 from grid_serve.models import JobSubmission, SchedulingDecision
 from grid_serve.outcomes import OutcomeTable
+from grid_serve.protocol import Placements
 from grid_serve.tasks import load_task_modules
 
 TASKS = load_task_modules(["grid_serve.tasks"])
@@ -142,3 +143,61 @@ def test_a_task_ray_dropped_when_asked_back_waits_again_and_one_that_had_started
     record_ray_end(job, 3, None, ray.exceptions.TaskCancelledError())  # the job's cancel, not a take-back
     assert job.outcomes.cancelled == 1 and f"{job.id}-3" not in job.waiting
     job.check()
+
+
+def running_job(spec: dict, job_id: str) -> RunnerJob:
+    """A job whose every task was placed and handed to Ray (`sent`: none waits in the runner)."""
+    job = job_of(spec, job_id)
+    for request in job.next_requests(job.spec.task_count):
+        job.waiting.pop(request.task_id)
+        decision = SchedulingDecision(task_id=request.task_id, node_id="n1", node_name="gpu1", node_ip="",
+                                      strategy="spread", score=0.0)
+        job.on_sent([(RunnerJob.index_of(request.task_id), decision)], ref=object())
+    return job
+
+
+class SchedulerPeer:
+    """The Scheduler's side of `wait_news` as the runner sees it: each call answers the next of
+    `answers` (news per job, or an exception: a restarting Scheduler) and records what it was asked."""
+
+    def __init__(self, answers: list) -> None:
+        self.asked: list[list[str]] = []
+        self._answers = answers
+        self.wait_news = self
+
+    def remote(self, groups: list[str], timeout_s: float):
+        self.asked.append(sorted(groups))
+        answer = self._answers.pop(0) if self._answers else asyncio.Event().wait()
+
+        async def reply():
+            if isinstance(answer, Exception):
+                raise answer
+            return await answer if asyncio.iscoroutine(answer) else answer
+        return reply()
+
+
+def test_one_long_poll_asks_for_every_job_whose_tasks_are_all_in_ray_and_hands_each_its_news() -> None:
+    """The review's finding: one `wait_placed` per running job filled the Scheduler's
+    `max_ongoing_requests` at a thousand jobs. One call per runner carries them all; jobs with
+    tasks waiting (they poll on their own), critical ones (never asked back) and cancelled ones
+    are left out; a failed call is retried, and each job's news reaches that job."""
+    quiet = [running_job({"task": "sleep_task", "args": [[i, 1.0]]}, f"abcd0000000{i}") for i in (1, 2)]
+    waiting = job_of({"task": "sleep_task", "args": [[0, 1.0]]}, "abcd00000003")
+    critical = running_job({"task": "sleep_task", "args": [[0, 1.0]], "priority": "critical"}, "abcd00000004")
+    cancelled = running_job({"task": "sleep_task", "args": [[0, 1.0]]}, "abcd00000005")
+    cancelled.cancelled = True
+    jobs = {job.id: job for job in [*quiet, waiting, critical, cancelled]}
+    ask = Placements(take_back=[f"{quiet[1].id}-0"])
+    peer = SchedulerPeer([RuntimeError("the Scheduler is restarting"), {quiet[1].id: ask}])
+    heard: list[tuple[str, Placements]] = []
+
+    async def listen() -> None:
+        listener = asyncio.get_running_loop().create_task(
+            hear_asks(jobs, peer, lambda job, news: heard.append((job.id, news)), 0.01))
+        while not heard:
+            await asyncio.sleep(0.01)
+        listener.cancel()
+
+    asyncio.run(asyncio.wait_for(listen(), 10.0))
+    assert heard == [(quiet[1].id, ask)]
+    assert peer.asked[:2] == [[quiet[0].id, quiet[1].id]] * 2
