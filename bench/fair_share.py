@@ -8,6 +8,11 @@ the task starts is B's, and how long after its submission does B's first task st
 weights the target is 50% within 10 points and a first start within one task run time; with
 weights 3:1 (A `bench-heavy`, weight 3 in the app's args) B's share should be 25%. Plain Ray gets
 the same arrivals (no queues: it runs what came first).
+
+Quotas: queue A (`bench-quota-a`, a 2-CPU quota) submits 0.5 s tasks and borrows every trio CPU;
+queue B (`bench-quota-b`, a 4-CPU quota) submits 12 two seconds later. Target: B runs 4 tasks
+within one run time of its submission (what it lent comes back at A's task boundaries). Plain
+Ray runs B's after every A task queued before them.
 """
 
 from __future__ import annotations
@@ -57,6 +62,51 @@ def grid_starts(env: Env, tasks: int, queues: tuple[str, str]) -> tuple[list[flo
     return starts[0], starts[1], min(starts[1]) - b_at
 
 
+QUOTA_TASK_S = 0.5
+QUOTA_A, QUOTA_B = "bench-quota-a", "bench-quota-b"  # CPU quotas 2 and 4 in harness.app_args
+
+
+def running_at(outcomes: list[Any], at: float) -> int:
+    """How many of the tasks (`TaskOutcome`s) ran at wall time `at`."""
+    return sum(1 for o in outcomes if o.started_at <= at < o.started_at + o.duration_s)
+
+
+def fourth_start_after(starts: list[float], at: float) -> float:
+    """How long after `at` the fourth of `starts` began (B holds its 4 CPUs from then)."""
+    return sorted(starts)[3] - at
+
+
+def grid_quota(env: Env, a_tasks: int) -> tuple[int, float]:
+    """A borrows, B submits: how many of A's ran as B submitted, and how long B took to run 4."""
+    handle = env.handle()
+
+    def submit(queue: str, count: int) -> tuple[str, float]:
+        spec = {"task": "sleep_task", "args": [[i, QUOTA_TASK_S] for i in range(count)], "queue": queue,
+                "strategy": "load_balanced", "resources": {"cpu_count": 1.0, "custom_resources": {TRIO: TRIO_SHARE}}}
+        at = time.time()
+        return handle.submit_job.remote(spec).result(timeout_s=60).job_id, at
+
+    first, _ = submit(QUOTA_A, a_tasks)
+    time.sleep(LATER_S)
+    second, b_at = submit(QUOTA_B, 12)
+    done = [handle.wait_job.remote(job_id, 600.0, True).result(timeout_s=630) for job_id in (first, second)]
+    if any(status.succeeded != status.total for status in done):
+        raise RuntimeError(f"grid quota jobs: {[(s.state, s.error) for s in done]}")
+    a, b = (status.results or [] for status in done)
+    return running_at(a, b_at), fourth_start_after([o.started_at for o in b], b_at)
+
+
+def ray_quota(a_tasks: int) -> tuple[int, float]:
+    remote = plain_ray.sleep_for.options(**plain_ray.options("DEFAULT", on_trio=True))
+    first = [remote.remote(QUOTA_TASK_S) for _ in range(a_tasks)]
+    time.sleep(LATER_S)
+    b_at = time.time()
+    second = [remote.remote(QUOTA_TASK_S) for _ in range(12)]
+    a, b = ray.get(first), ray.get(second)
+    return sum(1 for _, start, _ in a if start <= b_at < start + QUOTA_TASK_S), fourth_start_after(
+        [start for _, start, _ in b], b_at)
+
+
 def ray_starts(tasks: int) -> tuple[list[float], list[float], float]:
     remote = plain_ray.sleep_for.options(**plain_ray.options("DEFAULT", on_trio=True))
     first = [remote.remote(TASK_S) for _ in range(tasks)]
@@ -91,7 +141,17 @@ def run(env: Env) -> Report:
     report.target(abs(weighted[0] - 0.25) <= 0.10, f"weights 3:1: B got {weighted[0]:.0%} (target 25% ± 10)")
     report.target(even[2] <= TASK_S, f"B's first task started {even[2]:.2f} s after its submission "
                                      f"(target ≤ one run time, {TASK_S} s)")
-    report.data = {"results": results}
+    a_tasks = 36 if env.quick else 72
+    quota = {"grid-serve": grid_quota(env, a_tasks), "plain Ray DEFAULT": ray_quota(a_tasks)}
+    for side, (running, wait) in quota.items():  # A's tasks running as B submits; B's fourth start after it
+        report.add(f"quotas 2 + 4 CPUs, {side}: A running as B submits {running}, B's 4th start after", "-", "-",
+                   f"{wait:.2f}")
+    report.target(quota["grid-serve"][0] == env.trio_cpus,
+                  f"A borrowed the whole cluster while B was idle: {quota['grid-serve'][0]} of {env.trio_cpus} CPUs")
+    report.target(quota["grid-serve"][1] <= QUOTA_TASK_S,
+                  f"B held its 4 CPUs {quota['grid-serve'][1]:.2f} s after its submission "
+                  f"(target ≤ one run time, {QUOTA_TASK_S} s)")
+    report.data = {"results": results, "quota": quota}
     return report
 
 

@@ -77,7 +77,7 @@ class Scheduler:
                                      OWNER_LEASE_INTERVALS * interval_s), tick_s=interval_s,
                                      lookahead_s=None if admission else lookahead_ms / 1000.0,
                                      admission=admission or 1.0, limits=limits, on_drain=self._metrics_out.record_drain,
-                                     weights={name: queue.weight for name, queue in (queues or {}).items()})
+                                     queues=queues)
         self._lock = asyncio.Lock()
         self._forecasts: dict[str, tuple[float, JobPending | None]] = {}  # group -> (monotonic time, forecast)
         self._waiters: dict[str, list[asyncio.Event]] = {}  # group -> its long-polls waiting for news

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from .access import Caller, may_touch, refusal_to_touch, schedule_quota_of
 from .decision_log import DecisionLog
@@ -46,7 +46,7 @@ from .models import (
 from .owners import Owners
 from .pending import REPLAY_LIMIT, PendingInputs
 from .protocol import Adopt, Finished, Placements, Report, Reuse, Submit
-from .queues import DEFAULT_QUEUE, FairShares, cluster_totals
+from .queues import DEFAULT_QUEUE, FairShares, QueueSettings, cluster_totals
 from .scheduling import DrainResult, Rejected, SchedulerCore
 from .sharing import Allocation, fold_allocations
 from .take_back import beyond_total, to_take_back
@@ -92,16 +92,17 @@ class SchedulerBooks:
     def __init__(self, *, epoch: str, lease_s: float, tick_s: float, lookahead_s: float | None,
                  admission: float = 1.0, limits: Limits | None = None, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, on_drain: DrainObserver | None = None,
-                 weights: dict[str, float] | None = None) -> None:
+                 queues: Mapping[str, QueueSettings] | None = None) -> None:
         """`lookahead_s` None keeps the fixed `admission`; `clock` orders leases and waits,
         `wall` dates node snapshots (the MetricsCollector stamps them with wall time);
-        `weights`: each queue's weight in fair share (`grid_serve.queues`)."""
+        `queues`: the configured queues' weights and quotas (`grid_serve.queues`)."""
         self.epoch = epoch
         self.tick_s = tick_s
         self.limits = limits or Limits()
         self._for_callers: set[str] = set()  # /v1/schedule task ids (some may have ended: `_check_caller_room`)
         self.admission = admission
-        self.core = SchedulerCore(clock=clock, lookahead_s=lookahead_s, weights=weights)
+        self.core = SchedulerCore(clock=clock, lookahead_s=lookahead_s, quotas=queues,
+                                  weights={name: queue.weight for name, queue in (queues or {}).items()})
         self.ledger = Ledger(clock=clock)
         self.owners = Owners(lease_s=lease_s, tick_s=tick_s, clock=clock)
         self.log = DecisionLog()  # what was decided lately and why: for /v1/decisions and the web page
@@ -402,7 +403,8 @@ class SchedulerBooks:
         waiting = self.core.waiting_per_queue()
         loads = self.ledger.queue_loads()
         weights = self.core.weights
-        names = sorted(set(waiting) | set(loads) | set(weights))
+        quotas = self.core.quotas
+        names = sorted(set(waiting) | set(loads) | set(weights) | set(quotas))
         usage = {name: load.reserved for name, load in loads.items()}
         shares = FairShares(usage, cluster_totals(node.total for node in view.nodes.values()
                                                   if node.alive and not node.stale), weights)
@@ -417,8 +419,17 @@ class SchedulerBooks:
                 name=name, weight=shares.weight(name), waiting=counts, running=load.in_flight if load else 0,
                 holds=dict(load.reserved) if load else {}, dominant=dominant or None, share=round(share, 4),
                 fair_share=round(shares.weight(name) / total_weight, 4) if name in active else 0.0,
-                oldest_wait_s=round(oldest, 3)))
+                oldest_wait_s=round(oldest, 3), **self._quota_of(quotas.get(name), load.reserved if load else {})))
         return statuses
+
+    @staticmethod
+    def _quota_of(settings: QueueSettings | None, holds: Mapping[str, float]) -> dict[str, dict[str, float]]:
+        """A queue's quota and what it holds beyond it (`QueueStatus.quota`, `.borrowed`)."""
+        if settings is None:
+            return {}
+        borrowed = {name: round(holds.get(name, 0.0) - amount, 6) for name, amount in settings.quota.items()
+                    if holds.get(name, 0.0) > amount + 1e-9}
+        return {"quota": dict(settings.quota), "borrowed": borrowed}
 
     def queue_levels(self) -> list[QueueLevel]:
         """Waiting tasks per priority, highest first, counting what owners hold back beyond their
@@ -624,9 +635,10 @@ class SchedulerBooks:
                 if kind == meta.task_type}
 
     def _queue_usage(self) -> dict[str, dict[str, float]]:
-        """What each queue's tasks hold, for fair share: only read while two queues have work
-        waiting (`SchedulerCore._fair_shares`), so one queue's drains do not pay for it."""
-        if len(self.core.queued_per_queue()) < 2:
+        """What each queue's tasks hold, for fair share and quotas: only read while two queues
+        have work waiting or a queue has a quota (`SchedulerCore._fair_shares`), so one queue's
+        drains do not pay for it."""
+        if not self.core.needs_queue_usage():
             return {}
         return {queue: dict(load.reserved) for queue, load in self.ledger.queue_loads().items()}
 

@@ -50,6 +50,7 @@ from .models import (
     TaskPriority,
     count_text,
 )
+from .queues import amount_text
 from .sharing import Allocation, ResourceType, SharingRequest, config_capacity_rows, parse_duration, status_tables
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -357,10 +358,11 @@ def _percent(value: float | None) -> str:
 
 @app.command()
 def queue(as_json: bool = JsonOption, address: str | None = AddressOption) -> None:
-    """The queues: what waits in each per priority, what runs, and where each stands in fair
-    share. At one priority the queue furthest under its weighted share of its dominant resource
-    goes next (weights: `queues:` in serve_config's args). A job's queue is the one it names
-    (`queue`), else its caller's: a token identity, `anonymous`, or `ray-job:<id>`.
+    """The queues: what waits in each per priority, what runs, where each stands in fair share,
+    and its quota. At one priority a task its queue's quota covers goes before borrowed work,
+    and among each the queue furthest under its weighted share of its dominant resource goes
+    next (weights and quotas: `queues:` in serve_config's args). A job's queue is the one it
+    names (`queue`), else its caller's: a token identity, `anonymous`, or `ray-job:<id>`.
 
     \b
     Example: grid queue
@@ -372,10 +374,19 @@ def queue(as_json: bool = JsonOption, address: str | None = AddressOption) -> No
         return
     rows = [[queue.name, f"{queue.weight:g}", _waiting_text(queue.waiting), str(queue.running),
              f"{queue.share:.0%} {queue.dominant}" if queue.dominant else "0%", f"{queue.fair_share:.0%}",
-             f"{queue.oldest_wait_s:.1f}s" if queue.waiting else "-"]
+             f"{queue.oldest_wait_s:.1f}s" if queue.waiting else "-", _quota_text(queue.quota, queue.borrowed)]
             for queue in status.queues]
     _print_rows("queues (fair share at each priority)",
-                ["Queue", "Weight", "Waiting", "Running", "Share", "Fair share", "Oldest wait"], rows)
+                ["Queue", "Weight", "Waiting", "Running", "Share", "Fair share", "Oldest wait", "Quota"], rows)
+
+
+def _quota_text(quota: dict[str, float], borrowed: dict[str, float]) -> str:
+    """'CPU 2 (borrows 4)' per resource of the quota; '-' without one."""
+    if not quota:
+        return "-"
+    return ", ".join(f"{name} {amount_text(name, amount)}" + (f" (borrows {amount_text(name, borrowed[name])})"
+                                                             if name in borrowed else "")
+                     for name, amount in quota.items())
 
 
 def _waiting_text(waiting: dict[TaskPriority, int]) -> str:

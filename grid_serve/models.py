@@ -613,6 +613,10 @@ class QueueStatus(BaseModel):
     fair_share: float = Field(description="what its weight entitles it to among the queues with work: "
                                           "weight / the sum of their weights")
     oldest_wait_s: float = Field(description="how long its oldest waiting task has waited")
+    quota: dict[str, float] = Field(default_factory=dict, description="what it is owed per resource (`queues:` "
+                                                                      "in serve_config); empty: no quota")
+    borrowed: dict[str, float] = Field(default_factory=dict, description="what it holds beyond its quota, per "
+                                                                         "resource: capacity other queues lent")
 
 
 class ClusterStatus(BaseModel):

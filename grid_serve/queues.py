@@ -10,16 +10,28 @@ queue holding 1 of 2 GPUs has a share of 0.5 even while it holds 1 of 6 CPUs, so
 CPU work are weighed by what each is scarce in, not by CPU counts.
 
 Weights come from serve_config (`args: queues: {alice: {weight: 3}}`); a queue not listed
-weighs 1. Pure: no Ray.
+weighs 1.
+
+Quotas (Kueue's nominal quota and borrowing limit, over the whole cluster as one cohort): a
+queue may be given a `quota` per resource, what it is owed, and a `borrowing_limit`, how much
+beyond it it may use of what other queues leave idle. At one priority, a task its queue's quota
+covers comes before any task that would borrow or whose queue has no quota (fair share orders
+each side), so capacity a queue lent comes back at task boundaries as soon as it has work. Work
+beyond a queue's quota is placed only into capacity free now, never queued inside Ray ahead of
+it (`grid_serve.lookahead`), so nothing a lending queue is owed sits behind borrowed work: it
+frees within one run time of the borrower's tasks. A queue with no quota is as before, lookahead
+included (so what it queued inside Ray starts before a quota's work: give every queue that
+shares with quotas one). A task that would take its queue past quota plus borrowing limit
+waits. Running tasks are never stopped to give capacity back. Pure: no Ray.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
-from typing import Callable, Hashable, Iterable, Iterator, Mapping, TypeVar
+from typing import Annotated, Callable, Hashable, Iterable, Iterator, Mapping, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .models import ZERO_RESOURCE_SLOT
 
@@ -27,6 +39,8 @@ DEFAULT_QUEUE = "default"  # a submission from inside the cluster that names non
 ANONYMOUS_QUEUE = "anonymous"  # every HTTP caller without a token
 
 Item = TypeVar("Item")
+ResourceName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$")]
+Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Key = TypeVar("Key", bound=Hashable)
 
 
@@ -37,6 +51,101 @@ class QueueSettings(BaseModel):
 
     weight: float = Field(1.0, gt=0, le=1000, description="its share of the cluster against the other queues' "
                                                           "weights, at one priority (3 against 1: 75% to 25%)")
+    quota: dict[ResourceName, Amount] = Field(
+        default_factory=dict, description="what the queue is owed per resource (Ray's names and units: CPU, GPU, "
+                                          "memory in bytes, custom): its tasks within it come before borrowed work")
+    borrowing_limit: dict[ResourceName, Amount] | None = Field(
+        None, description="how much beyond its quota it may use, per resource of its quota (0: none); "
+                          "not set: whatever the other queues leave idle")
+
+    @model_validator(mode="after")
+    def _limits_only_what_the_quota_names(self) -> QueueSettings:
+        extra = sorted(set(self.borrowing_limit or {}) - set(self.quota))
+        if extra:
+            raise ValueError(f"borrowing_limit names {', '.join(extra)}, which quota does not: "
+                             f"a limit is on borrowing beyond a quota")
+        return self
+
+    def cap(self, resource: str) -> float | None:
+        """The most of `resource` the queue may hold: quota plus borrowing limit (None: no cap)."""
+        if self.borrowing_limit is None or resource not in self.quota:
+            return None
+        return self.quota[resource] + self.borrowing_limit.get(resource, 0.0)
+
+
+WITHIN, BORROWS, AT_LIMIT = 0, 1, 2  # a task's standing against its queue's quota; served in this order
+
+
+def standing(settings: QueueSettings | None, used: Mapping[str, float], needs: Mapping[str, float]) -> int:
+    """Where a task of a queue holding `used` stands if placed: WITHIN its quota, BORROWS (beyond
+    it, or its queue has none), or AT_LIMIT (past quota plus borrowing limit: it waits).
+
+    >>> a = QueueSettings(quota={"CPU": 2}, borrowing_limit={"CPU": 2})
+    >>> [standing(a, {"CPU": held}, {"CPU": 1.0}) for held in (0.0, 1.0, 2.0, 3.0, 4.0)]
+    [0, 0, 1, 1, 2]
+    >>> standing(None, {}, {"CPU": 1.0}), standing(a, {}, {"GPU": 1.0})  # no quota; none on GPU
+    (1, 1)
+    """
+    if settings is None:
+        return BORROWS
+    beyond = False
+    covered = False
+    for name, amount in needs.items():
+        if amount <= 0 or name not in settings.quota:
+            continue
+        after = used.get(name, 0.0) + amount
+        cap = settings.cap(name)
+        if cap is not None and after > cap + 1e-9:
+            return AT_LIMIT
+        covered = True
+        beyond = beyond or after > settings.quota[name] + 1e-9
+    return BORROWS if beyond or not covered else WITHIN
+
+
+def beyond_cap(settings: QueueSettings | None, needs: Mapping[str, float]) -> str | None:
+    """Why a task can never run in its queue: it alone needs more than quota plus borrowing limit.
+
+    >>> beyond_cap(QueueSettings(quota={"CPU": 2}, borrowing_limit={"CPU": 1}), {"CPU": 4.0})
+    'its queue may hold at most 3 CPU (quota 2 plus borrowing limit 1); the task needs 4'
+    """
+    for name, amount in needs.items():
+        cap = settings.cap(name) if settings is not None else None
+        if cap is not None and amount > cap + 1e-9:
+            assert settings is not None and settings.borrowing_limit is not None
+            limit = settings.borrowing_limit.get(name, 0.0)
+            return (f"its queue may hold at most {amount_text(name, cap)} {name} (quota "
+                    f"{amount_text(name, settings.quota[name])} plus borrowing limit {amount_text(name, limit)}); "
+                    f"the task needs {amount_text(name, amount)}")
+    return None
+
+
+def quota_text(queue: str, settings: QueueSettings | None, used: Mapping[str, float], rank: int) -> str:
+    """What an explanation says of a task's queue and its quota (`used`: before the task).
+
+    >>> a = QueueSettings(quota={"CPU": 2})
+    >>> quota_text("a", a, {"CPU": 1.0}, WITHIN)
+    'queue a is within its quota: 1 of 2 CPU'
+    >>> quota_text("a", a, {"CPU": 5.0}, BORROWS)
+    'queue a borrows beyond its quota (holds 5 of 2 CPU): placed only into capacity free now'
+    """
+    if settings is None or not settings.quota:
+        return f"queue {queue} has no quota: served after work within a quota"
+    held = ", ".join(f"{amount_text(name, used.get(name, 0.0))} of {amount_text(name, amount)} {name}"
+                     for name, amount in settings.quota.items())
+    if rank == WITHIN:
+        return f"queue {queue} is within its quota: {held}"
+    if rank == AT_LIMIT:
+        return f"queue {queue} is at its quota plus borrowing limit (holds {held}): it waits for its own tasks to end"
+    return f"queue {queue} borrows beyond its quota (holds {held}): placed only into capacity free now"
+
+
+def amount_text(resource: str, value: float) -> str:
+    """An amount of a resource as people read it: memory in MB, the rest as Ray counts it.
+
+    >>> amount_text("memory", 4 * 2**30), amount_text("CPU", 2.0)
+    ('4096 MB', '2')
+    """
+    return f"{value / 2**20:.0f} MB" if resource == "memory" else f"{value:g}"
 
 
 def queue_of_caller(identity: str | None) -> str:
@@ -89,11 +198,30 @@ class FairShares:
     """
 
     def __init__(self, usage: Mapping[str, Mapping[str, float]], totals: Mapping[str, float],
-                 weights: Mapping[str, float]) -> None:
+                 weights: Mapping[str, float], quotas: Mapping[str, QueueSettings] | None = None) -> None:
+        """`quotas`: the queues that have one, when any has (`standing` reads them); None: none has."""
         self._used = {queue: dict(held) for queue, held in usage.items()}
         self._totals = totals
         self._weights = weights
         self._shares: dict[str, float] = {}
+        self.quotas = quotas
+
+    def standing(self, queue: str, needs: Mapping[str, float]) -> int:
+        """Where a task of `queue` needing `needs` stands against its quota now (`standing`);
+        WITHIN for every task when no queue has a quota (then quotas change nothing)."""
+        if self.quotas is None:
+            return WITHIN
+        return standing(self.quotas.get(queue), self._used.get(queue, {}), needs)
+
+    def quota_note(self, queue: str, needs: Mapping[str, float]) -> str | None:
+        """What a decision's explanation says of the queue's quota (None: no queue has one)."""
+        if self.quotas is None:
+            return None
+        return quota_text(queue, self.quotas.get(queue), self._used.get(queue, {}), self.standing(queue, needs))
+
+    def beyond_cap(self, queue: str, needs: Mapping[str, float]) -> str | None:
+        """Why a task of `queue` can never run there (`beyond_cap`); None: it can."""
+        return beyond_cap(self.quotas.get(queue), needs) if self.quotas is not None else None
 
     def weight(self, queue: str) -> float:
         return self._weights.get(queue, 1.0)
@@ -139,9 +267,10 @@ class FairShares:
 
 
 def in_fair_order(items: Iterable[Item], queue_of: Callable[[Item], str], shares: FairShares,
-                  age_of: Callable[[Item], Key]) -> Iterator[Item]:
+                  age_of: Callable[[Item], Key], tier_of: Callable[[str, Item], int] | None = None) -> Iterator[Item]:
     """`items` (one priority's, oldest first) served queue by queue: each next item is the oldest
-    of the queue with the smallest share, ties to the queue whose oldest waited longest. Lazy:
+    of the queue with the smallest share, ties to the queue whose oldest waited longest; with
+    `tier_of` (a queue's next item's standing against its quota), the lowest tier first. Lazy:
     the caller places each item before asking for the next, and `shares.add`s what it placed,
     so the next pick reads the share that placement left.
 
@@ -158,12 +287,16 @@ def in_fair_order(items: Iterable[Item], queue_of: Callable[[Item], str], shares
     by_queue: dict[str, deque[Item]] = {}
     for item in items:
         by_queue.setdefault(queue_of(item), deque()).append(item)
-    heap = [(shares.share(queue), age_of(waiting[0]), queue) for queue, waiting in by_queue.items()]
+    def entry(queue: str, head: Item) -> tuple[int, float, Key, str]:
+        tier = tier_of(queue, head) if tier_of is not None else 0
+        return tier, shares.share(queue), age_of(head), queue
+
+    heap = [entry(queue, waiting[0]) for queue, waiting in by_queue.items()]
     heapq.heapify(heap)
     while heap:
-        _, _, queue = heapq.heappop(heap)
+        queue = heapq.heappop(heap)[-1]
         waiting = by_queue[queue]
         yield waiting.popleft()
         if waiting:
-            heapq.heappush(heap, (shares.share(queue), age_of(waiting[0]), queue))
+            heapq.heappush(heap, entry(queue, waiting[0]))
 

@@ -20,7 +20,7 @@ from .lookahead import lookahead_admission
 from .models import SchedulingDecision, SchedulingRequest, TaskPriority
 from .pending import when_fits
 from .placement_index import IncrementalPlacer, NodeChanges
-from .queues import DEFAULT_QUEUE, FairShares, cluster_totals, in_fair_order
+from .queues import AT_LIMIT, BORROWS, DEFAULT_QUEUE, FairShares, QueueSettings, cluster_totals, in_fair_order
 from .sharing import allocation_decision, may_fit_allocation
 from .strategies import (
     LASTING_CHECKS,
@@ -36,6 +36,14 @@ from .strategies import (
 from .view import ClusterView, GroupCounts, NodeView, Running
 
 STARVE_AFTER_S = 30.0  # a task waiting this long gets a node held for it (see SchedulerCore._hold)
+
+
+@dataclass(frozen=True)
+class QuotaWait:
+    """Why a task waits when no node was even asked: its queue is at its quota plus borrowing limit."""
+
+    message: str
+    can_wait: bool = True
 
 
 @dataclass(frozen=True)
@@ -143,13 +151,15 @@ def _note_awaited(awaited: dict[str, tuple[int, frozenset[str]]], request: Sched
             awaited[passed.node_id] = (rank, known[1] | needs)
 
 
-def _fair_share_note(item: _Waiting, shares: FairShares | None, contended: Mapping[float, float]) -> str | None:
-    """Where other queues wait at the item's priority: what its decision's summary says of where
-    its queue stood when fair share served it (its share before this task)."""
-    total_weight = contended.get(item.key[0]) if shares is not None else None
-    if shares is None or total_weight is None:
+def _queue_note(item: _Waiting, shares: FairShares | None, contended: Mapping[float, float]) -> str | None:
+    """What its decision's summary says of the item's queue: where it stood in fair share when
+    other queues waited at its priority (its share before this task), and against its quota."""
+    if shares is None:
         return None
-    return f"fair share chose it: {shares.describe(item.queue, total_weight)}"
+    total_weight = contended.get(item.key[0])
+    fair = None if total_weight is None else f"fair share chose it: {shares.describe(item.queue, total_weight)}"
+    notes = [note for note in (fair, shares.quota_note(item.queue, needs_of(item.request))) if note]
+    return "; ".join(notes) or None
 
 
 def _counted(decision: SchedulingDecision, item: _Waiting, shares: FairShares | None) -> SchedulingDecision:
@@ -200,13 +210,16 @@ class SchedulerCore:
     """Queue + group counts. Not thread-safe: the deployment serialises calls with a lock."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, lookahead_s: float | None = None,
-                 starve_after_s: float | None = STARVE_AFTER_S, weights: Mapping[str, float] | None = None) -> None:
+                 starve_after_s: float | None = STARVE_AFTER_S, weights: Mapping[str, float] | None = None,
+                 quotas: Mapping[str, QueueSettings] | None = None) -> None:
         """`lookahead_s`: each kind of request is admitted up to its lookahead admission
         (`grid_serve.lookahead`); None keeps the view's own fixed `admission`.
         `starve_after_s`: how long a task may wait before a node is held for it (None: never).
-        `weights`: each queue's weight in fair share (`grid_serve.queues`; 1 when not named)."""
+        `weights`: each queue's weight in fair share (`grid_serve.queues`; 1 when not named).
+        `quotas`: each queue's settings with a quota (`grid_serve.queues`); none: no quotas."""
         self._clock = clock
         self._weights: Mapping[str, float] = dict(weights or {})
+        self._quotas = {name: queue for name, queue in (quotas or {}).items() if queue.quota} or None
         self._lookahead_s = lookahead_s
         self._starve_after_s = starve_after_s
         self._held: dict[str, str] = {}  # task id -> the node held for it (it has waited too long)
@@ -218,7 +231,7 @@ class SchedulerCore:
         self._per_queue_level: dict[tuple[str, TaskPriority], int] = {}  # (queue, priority) -> tasks waiting
         self._oldest_per_queue: dict[str, float] = {}  # queue -> when its oldest waiting task was queued
         # group -> why its next task waited in the last drain (`pending`); its text is made when asked
-        self._reasons: dict[str, NoFit] = {}
+        self._reasons: dict[str, NoFit | QuotaWait] = {}
         self.group_counts = GroupCounts()
 
     def __len__(self) -> int:
@@ -272,6 +285,21 @@ class SchedulerCore:
     def weights(self) -> Mapping[str, float]:
         """Each configured queue's weight (a queue not named weighs 1)."""
         return self._weights
+
+    @property
+    def quotas(self) -> Mapping[str, QueueSettings]:
+        """The queues with a quota, by name (empty: none has one)."""
+        return self._quotas or {}
+
+    def needs_queue_usage(self) -> bool:
+        """Whether a drain reads what each queue holds (`ClusterView.queue_usage`): two queues
+        have work waiting (fair share), or a queue with a quota has."""
+        return len(self._queued_per_queue) > 1 or self._quotas_waiting()
+
+    def _quotas_waiting(self) -> bool:
+        """Whether a queue with a quota has work waiting: else quotas change no decision (every
+        other queue's work stands alike, and theirs is not queued here)."""
+        return self._quotas is not None and any(queue in self._queued_per_queue for queue in self._quotas)
 
     def waiting_levels(self) -> list[tuple[str, TaskPriority]]:
         """The (queue, priority) pairs with tasks waiting."""
@@ -338,7 +366,7 @@ class SchedulerCore:
         allocations = dict(view.allocations)  # capacity nodes borrowed, and what their tasks use
         placers: dict[PlacerKey, IncrementalPlacer | str | None] = {}  # None: a kind's job-less copy not made yet
         changes = NodeChanges()  # what each decision changed: placers re-read it when next asked
-        keys: dict[Signature, tuple[PlacerKey, PlacerKey]] = {}  # (its placer's key, the same for every job)
+        keys: dict[tuple[Signature, bool], tuple[PlacerKey, PlacerKey]] = {}  # (its placer's key, for every job)
         busy_everywhere: dict[PlacerKey, NoFit] = {}  # kinds no node can take now, whatever the job
         blocked: set[Signature] = set()
         keep: list[_Waiting] = []
@@ -350,7 +378,21 @@ class SchedulerCore:
             if item.signature in blocked:
                 keep.append(item)
                 continue
-            key, any_job = keys.get(item.signature) or keys.setdefault(item.signature, self._keys(item, view))
+            standing = shares.standing(item.queue, needs_of(request)) if shares is not None else 0
+            if standing == AT_LIMIT and shares is not None:
+                never = shares.beyond_cap(item.queue, needs_of(request))
+                if never is not None:
+                    result.rejected.append(Rejected(request.task_id, request.group, never))
+                    continue
+                blocked.add(item.signature)  # its queue only grows in this drain: its job's next tasks wait too
+                keep.append(item)
+                self._reasons.setdefault(request.group, QuotaWait(shares.quota_note(item.queue, needs_of(request))
+                                                                  or "its queue is at its limit"))
+                continue
+            # what a queue borrows beyond its quota is never queued inside Ray ahead of a quota's work
+            strict = standing == BORROWS and item.queue in self.quotas
+            keys_at = (item.signature, strict)
+            key, any_job = keys.get(keys_at) or keys.setdefault(keys_at, self._keys(item, view, strict))
             if any_job in busy_everywhere and self._told_alike(item):  # spare building a placer to hear it
                 blocked.add(item.signature)
                 keep.append(item)
@@ -359,12 +401,12 @@ class SchedulerCore:
                 continue
             placer = placers.get(key)
             if placer is None:
-                placer = placers[key] = self._placer(request, view, nodes, placers, any_job, changes)
+                placer = placers[key] = self._placer(request, view, nodes, placers, any_job, changes, strict)
             if isinstance(placer, str):  # the request itself is wrong (unknown node, say)
                 result.rejected.append(Rejected(request.task_id, request.group, placer))
                 continue
             waited = round(max(0.0, self._clock() - item.enqueued_at), 6)
-            note = _fair_share_note(item, shares, contended)
+            note = _queue_note(item, shares, contended)
             outcome = placer.place(request, waited_s=waited, note=note)
             if (isinstance(outcome, NoFit) and outcome.can_wait
                     and self._give_up_turns(request, placer, changes, nodes, result)):
@@ -416,7 +458,7 @@ class SchedulerCore:
         if self._held:  # forget the holds of tasks no longer waiting
             waiting = {item.request.task_id for item in keep}
             self._held = {task_id: node_id for task_id, node_id in self._held.items() if task_id in waiting}
-        for signature in keys:  # a group that got nothing needs no (empty) counts kept
+        for signature, _ in keys:  # a group that got nothing needs no (empty) counts kept
             if not self.group_counts.of(signature[0]):
                 self.group_counts.forget(signature[0])
         if result.placed:
@@ -426,26 +468,38 @@ class SchedulerCore:
     def _fair_shares(self, view: ClusterView) -> tuple[FairShares | None, dict[float, float]]:
         """The queues' shares, and for each priority where more than one queue waits, their
         weights together (read off the per-queue counts, not the queue); (None, {}) when no
-        priority has two queues waiting: then age alone orders it."""
+        priority has two queues waiting and no queue has a quota: then age alone orders it."""
+        if self._quotas_waiting():
+            totals = cluster_totals(node.total for node in view.nodes.values() if node.alive and not node.stale)
+            return FairShares(view.queue_usage, totals, self._weights, self._quotas), self._contended()
         if len(self._queued_per_queue) < 2:
             return None, {}
-        per_level: dict[float, list[str]] = {}
-        for queue, priority in self._per_queue_level:
-            per_level.setdefault(-priority.rank, []).append(queue)
-        contended = {level: sum(self._weights.get(queue, 1.0) for queue in queues)
-                     for level, queues in per_level.items() if len(queues) > 1}
+        contended = self._contended()
         if not contended:
             return None, {}
         totals = cluster_totals(node.total for node in view.nodes.values() if node.alive and not node.stale)
         return FairShares(view.queue_usage, totals, self._weights), contended
+
+    def _contended(self) -> dict[float, float]:
+        """For each priority where more than one queue waits, their weights together."""
+        per_level: dict[float, list[str]] = {}
+        for queue, priority in self._per_queue_level:
+            per_level.setdefault(-priority.rank, []).append(queue)
+        return {level: sum(self._weights.get(queue, 1.0) for queue in queues)
+                for level, queues in per_level.items() if len(queues) > 1}
 
     def _in_serving_order(self, shares: FairShares | None) -> Iterable[_Waiting]:
         """The queue as it is served: priority first; at one priority, the queue furthest under
         its fair share first (`grid_serve.queues`), then age."""
         if shares is None:
             return self._waiting
+
+        def tier(queue: str, item: _Waiting) -> int:  # within its quota before borrowing (`grid_serve.queues`)
+            return shares.standing(queue, needs_of(item.request))
+
+        tier_of = tier if shares.quotas is not None else None
         levels = (list(level) for _, level in itertools.groupby(self._waiting, key=lambda item: item.key[0]))
-        return itertools.chain.from_iterable(in_fair_order(level, _queue_of, shares, _key) for level in levels)
+        return itertools.chain.from_iterable(in_fair_order(level, _queue_of, shares, _key, tier_of) for level in levels)
 
     def _close_lookahead_below(self, rank: int, outcome: NoFit, nodes: dict[str, NodeView],
                                changes: NodeChanges) -> None:
@@ -549,31 +603,34 @@ class SchedulerCore:
         request = item.request
         return not strategy_named(request.strategy).reads_job_counts or not self.group_counts.of(request.group)
 
-    def _admission(self, request: SchedulingRequest, view: ClusterView) -> float:
-        """How far beyond free capacity the request's kind may be admitted (its job's lookahead)."""
+    def _admission(self, request: SchedulingRequest, view: ClusterView, strict: bool = False) -> float:
+        """How far beyond free capacity the request's kind may be admitted (its job's lookahead;
+        `strict`, for work its queue borrows: none)."""
+        if strict:
+            return 1.0
         if self._lookahead_s is None:
             return view.admission
         return lookahead_admission(view.group_run_s.get(request.group), self._lookahead_s)
 
-    def _keys(self, item: _Waiting, view: ClusterView) -> tuple[PlacerKey, PlacerKey]:
+    def _keys(self, item: _Waiting, view: ClusterView, strict: bool = False) -> tuple[PlacerKey, PlacerKey]:
         """The key of the placer the item's kind is placed by, and its key for every job alike.
         A strategy that does not read the job's own counts (load_balanced, pack) places tasks of
         every job alike: they share one placer, so a drain over many jobs builds one, not one per
         job (each building is a pass over every node)."""
-        any_job: PlacerKey = ("", *item.signature[1:], self._admission(item.request, view))
+        any_job: PlacerKey = ("", *item.signature[1:], self._admission(item.request, view, strict))
         if strategy_named(item.request.strategy).reads_job_counts:
             return (item.signature[0], *any_job[1:]), any_job
         return any_job, any_job
 
     def _placer(self, request: SchedulingRequest, view: ClusterView, nodes: Mapping[str, NodeView],
                 placers: dict[PlacerKey, IncrementalPlacer | str | None], any_job: PlacerKey,
-                changes: NodeChanges) -> IncrementalPlacer | str:
+                changes: NodeChanges, strict: bool = False) -> IncrementalPlacer | str:
         """The placer for requests of this kind, or why none can be placed at all. Jobs that
         have placed nothing yet, of a strategy that reads each job's counts: the first builds its
         own; from the second on, each gets a copy of the kind's placer for such a job (kept
         under `any_job`, built once per drain)."""
-        if self._lookahead_s is not None:
-            view = replace(view, admission=self._admission(request, view))
+        if self._lookahead_s is not None or strict:
+            view = replace(view, admission=self._admission(request, view, strict))
         try:
             fresh = strategy_named(request.strategy).reads_job_counts and not self.group_counts.of(request.group)
             if fresh and any_job in placers:

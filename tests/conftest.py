@@ -39,6 +39,9 @@ FAST_NODE_DEATH = {"health_check_initial_delay_ms": 1000, "health_check_period_m
 TEST_LIMITS = {"max_queued_tasks": 5000, "max_waiting_requests": 20, "max_schedule_waits": 5,
                "max_schedule_held": 16,  # above the 12 that test_limits' waiting test holds or queues at once
                "results_bytes_kept": 2_000_000}
+# Queues with quotas, for tests/test_quotas_cluster.py (no other test's queue has one, so none
+# of them is served differently).
+TEST_QUEUES = {"quota-a": {"quota": {"CPU": 2}}, "quota-b": {"quota": {"CPU": 4}}}
 # The tokens (two identities) of the second app tests/test_access.py deploys: raylets (and so
 # replicas) inherit them.
 os.environ.setdefault("GRID_TEST_TOKEN", "alice=test-token-0123,bob=test-token-4567")
@@ -62,7 +65,8 @@ def ray_cluster() -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def base_url(ray_cluster: object) -> str:
-    url = deploy_app(free_port(), {"metrics_interval_s": 0.5, "ingress_replicas": 2, "limits": TEST_LIMITS})
+    url = deploy_app(free_port(), {"metrics_interval_s": 0.5, "ingress_replicas": 2, "limits": TEST_LIMITS,
+                                  "queues": TEST_QUEUES})
     os.environ["GRID_ADDRESS"] = url
     return url
 

@@ -147,7 +147,8 @@ def test_each_queue_says_what_waits_what_runs_and_its_share() -> None:
     """What `/v1/cluster` and `grid queue` show: a configured queue with no work is listed too."""
     clock = Clock()
     books = SchedulerBooks(epoch="e", lease_s=60.0, tick_s=1.0, lookahead_s=None, clock=clock, wall=clock,
-                           weights={"alice": 1.0, "bob": 3.0, "carol": 2.0})
+                           queues={"alice": QueueSettings(), "bob": QueueSettings(weight=3.0),
+                                   "carol": QueueSettings(weight=2.0)})
     books.on_nodes([NodeStatus(name="n1", node_id="id-n1", address="127.0.0.1", alive=True,
                                resources_total={"CPU": 6.0, "GPU": 2.0}, resources_available={"CPU": 6.0})],
                    taken_at=clock.now)
@@ -228,3 +229,95 @@ def test_a_waiting_job_says_where_its_queue_stands_in_fair_share() -> None:
                                 "the other queues' tasks at its priority go first")
     assert bob.fair_share == ("queue bob holds nothing against a fair share of 50% (weight 1 of 2): "
                               "its tasks go before older ones of queues holding more")
+
+
+QUOTAS = {"A": QueueSettings(quota={"CPU": 2.0}), "B": QueueSettings(quota={"CPU": 4.0})}
+
+
+def reserved_per_node(placed: list) -> Counter[str]:
+    return Counter(decision.node_name for decision in placed)
+
+
+def test_a_queue_borrows_idle_quota_but_only_into_capacity_free_now() -> None:
+    """Issue 22's quotas: A (quota 2 CPUs) takes the whole 6-CPU cluster while B (quota 4) is
+    idle, but nothing beyond what is free: borrowed work is never queued inside Ray, where it
+    would start before what B is owed. Without quotas the lookahead queues 6 more."""
+    for quotas, expected in ((QUOTAS, 6), (None, 12)):
+        clock = Clock()
+        core = SchedulerCore(clock=clock, lookahead_s=0.1, quotas=quotas)
+        placed = drained(core, clock, [tasks("A", 20)], SIX_CPUS)
+        assert len(placed) == expected
+    summaries = [decision.explanation.summary for decision in placed_with_quotas(tasks("A", 3))]
+    assert "queue A is within its quota: 0 of 2 CPU" in summaries[0]
+    assert "queue A is within its quota: 1 of 2 CPU" in summaries[1]
+    assert "queue A borrows beyond its quota (holds 2 of 2 CPU): placed only into capacity free now" in summaries[2]
+
+
+def placed_with_quotas(requests: list[SchedulingRequest]) -> list:
+    clock = Clock()
+    core = SchedulerCore(clock=clock, lookahead_s=0.1, quotas=QUOTAS)
+    return drained(core, clock, [requests], SIX_CPUS)
+
+
+def test_what_a_queue_lent_comes_back_at_task_boundaries_before_any_borrowed_work() -> None:
+    """A borrows all 6 CPUs; B (quota 4) submits. B's tasks are placed first, into the lookahead
+    behind A's running ones (each starts as one of A's ends), and A, borrowing, gets nothing;
+    once B holds its 4 and A's have ended, A is owed its 2 before B borrows."""
+    clock = Clock()
+    core = SchedulerCore(clock=clock, lookahead_s=0.1, quotas=QUOTAS)
+    full = ClusterView.of([make_node("a", cpus=4, reserved={"CPU": 4.0}), make_node("b", cpus=2, reserved={"CPU": 2.0})],
+                          queue_usage={"A": {"CPU": 6.0}})
+    placed = drained(core, clock, [tasks("A", 10), tasks("B", 8)], full)
+    assert placed_per_queue(placed, tasks("A", 10) + tasks("B", 8)) == Counter({"B": 4})
+    assert all("queue B is within its quota" in decision.explanation.summary for decision in placed)
+    # one of A's tasks ended (5 of A's 6 left, B's 4 queued): the free slot is B's 4 queued ones'
+    freed = ClusterView.of([make_node("a", cpus=4, reserved={"CPU": 7.0}), make_node("b", cpus=2, reserved={"CPU": 2.0})],
+                           queue_usage={"A": {"CPU": 5.0}, "B": {"CPU": 4.0}})
+    assert core.drain(freed).placed == []
+    # A's tasks have all ended and B's 4 run, 2 CPUs free: A is within its quota again, B at its
+    # quota would borrow, so A gets both
+    later = ClusterView.of([make_node("a", cpus=4, reserved={"CPU": 3.0}), make_node("b", cpus=2, reserved={"CPU": 1.0})],
+                           queue_usage={"A": {"CPU": 0.0}, "B": {"CPU": 4.0}})
+    placed = core.drain(later).placed
+    assert placed_per_queue(placed, tasks("A", 10) + tasks("B", 8)) == Counter({"A": 2})
+
+
+def test_a_borrowing_limit_holds_a_queue_and_says_so_and_a_task_it_can_never_fit_is_refused() -> None:
+    clock = Clock()
+    quotas = {"A": QueueSettings(quota={"CPU": 2.0}, borrowing_limit={"CPU": 1.0})}
+    core = SchedulerCore(clock=clock, lookahead_s=0.1, quotas=quotas)
+    big = tasks("A", 1, cpus=4.0, job="big")
+    result = core.submit(tasks("A", 6) + big, SIX_CPUS)
+    assert len(result.placed) == 3  # 2 within its quota, 1 borrowed: 3 of 6 CPUs while 3 are idle
+    assert core.why_waiting("job-A") == ("queue A is at its quota plus borrowing limit (holds 3 of 2 CPU): "
+                                         "it waits for its own tasks to end")
+    assert [(r.task_id, r.reason) for r in result.rejected] == [
+        ("big-0", "its queue may hold at most 3 CPU (quota 2 plus borrowing limit 1); the task needs 4")]
+
+
+def test_quota_settings_are_checked() -> None:
+    with pytest.raises(ValidationError, match="borrowing_limit names GPU, which quota does not"):
+        QueueSettings(quota={"CPU": 2}, borrowing_limit={"GPU": 1})
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        QueueSettings(quota={"CPU": -1})
+
+
+def test_each_queue_shows_its_quota_and_what_it_borrows() -> None:
+    """What `/v1/cluster`, `grid queue` and the web page show of quotas, through the books: A
+    borrows 4 CPUs beyond its 2 while B is idle (B is listed, with its quota); when B submits,
+    B gets its 4 at once, queued behind A's running tasks, and A nothing more."""
+    clock = Clock()
+    books = SchedulerBooks(epoch="e", lease_s=60.0, tick_s=1.0, lookahead_s=0.1, clock=clock, wall=clock,
+                           queues=QUOTAS)
+    books.on_nodes([NodeStatus(name=name, node_id=f"id-{name}", address="127.0.0.1", alive=True,
+                               resources_total={"CPU": 3.0}, resources_available={"CPU": 3.0})
+                    for name in ("n1", "n2")], taken_at=clock.now)
+    assert len(books.on_submitted(Submit(requests=tasks("A", 10), runner="r-a")).placed) == 6
+    statuses = {status.name: status for status in books.status().queues}
+    assert (statuses["A"].quota, statuses["A"].borrowed) == ({"CPU": 2.0}, {"CPU": 4.0})
+    assert (statuses["B"].quota, statuses["B"].borrowed, statuses["B"].running) == ({"CPU": 4.0}, {}, 0)
+    clock.now += 1.0
+    assert len(books.on_submitted(Submit(requests=tasks("B", 8), runner="r-b")).placed) == 4
+    assert books.collect("job-A").placed == []
+    statuses = {status.name: status for status in books.status().queues}
+    assert (statuses["B"].running, statuses["B"].borrowed, statuses["A"].waiting) == (4, {}, {"NORMAL": 4})

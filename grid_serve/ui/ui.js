@@ -338,7 +338,7 @@ function renderQueues(cluster) {
   const queues = cluster.queues || [];
   byId("queues-empty").hidden = queues.length > 0;
   syncRows(byId("queues-body"), queues, (queue) => queue.name,
-    (queue) => el("tr", {}, el("td", {}, queue.name), ...[1, 2, 3, 4, 5].map(() => el("td", { class: "num" }))),
+    (queue) => el("tr", {}, el("td", {}, queue.name), ...[1, 2, 3, 4, 5, 6].map(() => el("td", { class: "num" }))),
     (tr, queue) => {
       const waiting = Object.values(queue.waiting).reduce((sum, count) => sum + count, 0);
       setText(tr.cells[1], waiting);
@@ -348,6 +348,10 @@ function renderQueues(cluster) {
       setText(tr.cells[4], `${Math.round(queue.fair_share * 100)}%`);
       setAttr(tr.cells[4], "title", `weight ${queue.weight}`);
       setText(tr.cells[5], waiting ? duration(queue.oldest_wait_s) : "–");
+      const quota = Object.entries(queue.quota || {});
+      setText(tr.cells[6], quota.length ? quota.map(([name, owed]) => `${amount(owed)} ${name}`).join(", ") : "–");
+      const borrowed = Object.entries(queue.borrowed || {});
+      setAttr(tr.cells[6], "title", borrowed.length ? `borrows ${borrowed.map(([name, held]) => `${amount(held)} ${name}`).join(", ")}` : "borrows nothing");
     });
 }
 
