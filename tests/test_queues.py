@@ -321,3 +321,19 @@ def test_each_queue_shows_its_quota_and_what_it_borrows() -> None:
     assert books.collect("job-A").placed == []
     statuses = {status.name: status for status in books.status().queues}
     assert (statuses["B"].running, statuses["B"].borrowed, statuses["A"].waiting) == (4, {}, {"NORMAL": 4})
+
+
+def test_work_a_quota_covers_goes_before_borrowed_work_though_fair_share_would_choose_the_borrower() -> None:
+    """B (quota 5) holds 3 of 6 CPUs, A (quota 1) holds 2, one borrowed; one CPU frees. Fair
+    share alone serves A (2 of 6 against 3 of 6); B is owed it, so B gets it."""
+    clock = Clock()
+    core = SchedulerCore(clock=clock, quotas={"A": QueueSettings(quota={"CPU": 1.0}),
+                                              "B": QueueSettings(quota={"CPU": 5.0})})
+    view = ClusterView.of([make_node("a", cpus=4, reserved={"CPU": 3.0}), make_node("b", cpus=2, reserved={"CPU": 2.0})],
+                          queue_usage={"A": {"CPU": 2.0}, "B": {"CPU": 3.0}})
+    placed = drained(core, clock, [tasks("A", 2), tasks("B", 2)], view)
+    assert placed_per_queue(placed, tasks("A", 2) + tasks("B", 2)) == Counter({"B": 1})
+    assert "queue B is within its quota: 3 of 5 CPU" in placed[0].explanation.summary
+    fair_only = SchedulerCore(clock=clock)
+    placed = drained(fair_only, clock, [tasks("A", 2), tasks("B", 2)], view)
+    assert placed_per_queue(placed, tasks("A", 2) + tasks("B", 2)) == Counter({"A": 1})
