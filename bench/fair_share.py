@@ -39,20 +39,22 @@ def b_share(a_starts: list[float], b_starts: list[float]) -> tuple[float, int]:
     return b / max(1, a + b), a + b
 
 
+def submit_sleeps(handle: Any, queue: str, count: int, run_s: float) -> tuple[str, float]:
+    """A job of `count` sleeps in `queue` through the handle, on the trio nodes: its id, and when
+    it was submitted (wall time)."""
+    spec = {"task": "sleep_task", "args": [[i, run_s] for i in range(count)], "queue": queue,
+            "strategy": "load_balanced", "resources": {"cpu_count": 1.0, "custom_resources": {TRIO: TRIO_SHARE}}}
+    at = time.time()
+    return handle.submit_job.remote(spec).result(timeout_s=60).job_id, at
+
+
 def grid_starts(env: Env, tasks: int, queues: tuple[str, str]) -> tuple[list[float], list[float], float]:
     """Both jobs through the handle, each in its queue: their tasks' start times, and how long
     after B's submission its first task started."""
     handle = env.handle()
-
-    def submit(queue: str, count: int) -> tuple[str, float]:
-        spec = {"task": "sleep_task", "args": [[i, TASK_S] for i in range(count)], "queue": queue,
-                "strategy": "load_balanced", "resources": {"cpu_count": 1.0, "custom_resources": {TRIO: TRIO_SHARE}}}
-        at = time.time()
-        return handle.submit_job.remote(spec).result(timeout_s=60).job_id, at
-
-    first, _ = submit(queues[0], tasks)
+    first, _ = submit_sleeps(handle, queues[0], tasks, TASK_S)
     time.sleep(LATER_S)
-    second, b_at = submit(queues[1], tasks // 2)
+    second, b_at = submit_sleeps(handle, queues[1], tasks // 2, TASK_S)
     starts = []
     for job_id in (first, second):
         status = handle.wait_job.remote(job_id, 600.0, True).result(timeout_s=630)
@@ -79,16 +81,9 @@ def fourth_start_after(starts: list[float], at: float) -> float:
 def grid_quota(env: Env, a_tasks: int) -> tuple[int, float]:
     """A borrows, B submits: how many of A's ran as B submitted, and how long B took to run 4."""
     handle = env.handle()
-
-    def submit(queue: str, count: int) -> tuple[str, float]:
-        spec = {"task": "sleep_task", "args": [[i, QUOTA_TASK_S] for i in range(count)], "queue": queue,
-                "strategy": "load_balanced", "resources": {"cpu_count": 1.0, "custom_resources": {TRIO: TRIO_SHARE}}}
-        at = time.time()
-        return handle.submit_job.remote(spec).result(timeout_s=60).job_id, at
-
-    first, _ = submit(QUOTA_A, a_tasks)
+    first, _ = submit_sleeps(handle, QUOTA_A, a_tasks, QUOTA_TASK_S)
     time.sleep(LATER_S)
-    second, b_at = submit(QUOTA_B, 12)
+    second, b_at = submit_sleeps(handle, QUOTA_B, 12, QUOTA_TASK_S)
     done = [handle.wait_job.remote(job_id, 600.0, True).result(timeout_s=630) for job_id in (first, second)]
     if any(status.succeeded != status.total for status in done):
         raise RuntimeError(f"grid quota jobs: {[(s.state, s.error) for s in done]}")
