@@ -71,6 +71,8 @@ class SchedulerMetrics:
                                       "queues with work (0-1)", queue)
         self.queue_oldest_wait = Gauge("grid_queue_oldest_wait_seconds", "how long the queue's oldest waiting "
                                        "task has waited", queue)
+        self.queue_borrowed = Gauge("grid_queue_borrowed", "what a queue with a quota holds beyond it, per resource "
+                                    "(Ray's names and units): capacity other queues lent", ("queue", "resource"))
         self._queues_shown: set[str] = set()  # queues with series: set to 0 once when their work ends
         self.decision_latency = Histogram("grid_decision_latency_seconds",
                                           "time to decide one task's placement (a drain pass over its tasks)",
@@ -103,6 +105,8 @@ class SchedulerMetrics:
         caller's queue is named after its Ray job: they come and go)."""
         shown = set()
         for queue in queues:
+            for resource in queue.quota:  # configured queues only: a bounded set of series, always set
+                self.queue_borrowed.set(queue.borrowed.get(resource, 0.0), {"queue": queue.name, "resource": resource})
             if not (queue.waiting or queue.running) and queue.name not in self._queues_shown:
                 continue
             tags = {"queue": queue.name}

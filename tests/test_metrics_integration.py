@@ -159,6 +159,9 @@ def test_metrics_reach_rays_prometheus_endpoint(http: httpx.Client) -> None:
         for series in ("ray_grid_queue_running", "ray_grid_queue_share", "ray_grid_queue_fair_share"):
             if not any('queue="metrics-q"' in line for line in lines.get(series, [])):
                 gaps.append(f"{series}{{queue=metrics-q}}")
+        if not any('queue="quota-a"' in line and 'resource="CPU"' in line
+                   for line in lines.get("ray_grid_queue_borrowed", [])):  # a queue with a quota: always set
+            gaps.append("ray_grid_queue_borrowed{queue=quota-a,resource=CPU}")
         for node in ("gpu-master", "gpu1", "gpu2"):
             if not any(f'node="{node}"' in line for line in lines.get("ray_grid_node_cpu_percent", [])):
                 gaps.append(f"ray_grid_node_cpu_percent{{node={node}}}")

@@ -119,7 +119,7 @@ def test_every_panel_of_the_grafana_dashboard_returns_data_after_a_job(
     assert variables == {"datasource", "SessionName"}
     targets = [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
     assert all(panel["datasource"]["uid"] == "${datasource}" for panel in dashboard["panels"])
-    assert len(dashboard["panels"]) == 8 and len(targets) == 11
+    assert len(dashboard["panels"]) == 12 and len(targets) == 17
     live_cluster(http)
     spec = {"task": "sleep_task", "args": [[i, 0.05] for i in range(12)], "strategy": "load_balanced",
             "priority": "low", "wait": True}
