@@ -610,7 +610,19 @@ class SchedulerCore:
             return 1.0
         if self._lookahead_s is None:
             return view.admission
-        return lookahead_admission(view.group_run_s.get(request.group), self._lookahead_s)
+        run_s = view.group_run_s.get(request.group)
+        if (run_s is None or run_s >= self._lookahead_s) and self._lower_waits(request.priority.rank):
+            return 1.0  # see `_lower_waits`
+        return lookahead_admission(run_s, self._lookahead_s)
+
+    def _lower_waits(self, rank: int) -> bool:
+        """Whether lower-priority work waits here. Then a task not known to be short is placed
+        only into capacity free now: queued inside Ray behind its own priority's work on one
+        node, it is committed there, while a slot that frees elsewhere first goes to the lower
+        work (seen in CI: two high tasks queued behind two others on gpu-master, and 40 ms later
+        gpu1 and gpu2 freed and started low work 0.5 s before them). Waiting here, it takes the
+        first slot that frees on any node. A short task's lookahead costs at most `lookahead_s`."""
+        return self.waiting_at_or_above(rank) < len(self._waiting)
 
     def _keys(self, item: _Waiting, view: ClusterView, strict: bool = False) -> tuple[PlacerKey, PlacerKey]:
         """The key of the placer the item's kind is placed by, and its key for every job alike.

@@ -434,3 +434,24 @@ def test_the_registry_and_the_strategy_names_requests_take_agree() -> None:
     described = describe_strategies()
     assert [one["name"] for one in described] == list(STRATEGIES)
     assert all(one["summary"] and not one["summary"].startswith(one["name"]) and one["scorers"] for one in described)
+
+
+def test_a_task_not_known_to_be_short_is_not_queued_inside_ray_while_lower_work_waits() -> None:
+    """Node a freed its two CPUs, b and c run low work, and low work waits. Of four high tasks
+    (their job's run time not learned), two take a's CPUs; the other two wait here, not in a's
+    lookahead, and nothing low is placed; when b frees, they take it. (Queued on a, they would wait
+    for a's tasks to end while b's CPUs went to the low work: the CI flake of session 37.)"""
+    low = TaskPriority.LOW.rank
+    busy = {name: replace(make_node(name, cpus=2, reserved={"CPU": 2}), top_rank=low, low_rank=low)
+            for name in ("b", "c")}
+    core = SchedulerCore(lookahead_s=0.1)
+    core.enqueue([request("load_balanced", job_id="low", task_id=f"low{i}", priority="low") for i in range(6)])
+    core.enqueue([request("load_balanced", job_id="high", task_id=f"high{i}", priority="high") for i in range(4)])
+    placed = core.drain(ClusterView.of([make_node("a", cpus=2), *busy.values()])).placed
+    assert sorted((d.task_id, d.node_name) for d in placed) == [("high0", "a"), ("high1", "a")]
+    a = replace(make_node("a", cpus=2, reserved={"CPU": 2}), top_rank=TaskPriority.HIGH.rank,
+                low_rank=TaskPriority.HIGH.rank)
+    placed = core.drain(ClusterView.of([a, make_node("b", cpus=2), busy["c"]])).placed
+    # no high task waits now: low work may queue behind low work (c's lookahead), as before
+    assert sorted((d.task_id, d.node_name) for d in placed) == [("high2", "b"), ("high3", "b"),
+                                                                ("low0", "c"), ("low1", "c")]
