@@ -181,7 +181,10 @@ async def hear_asks(jobs: dict[str, RunnerJob], scheduler: Any, take: Callable[[
         for job_id, placements in news.items():
             job = jobs.get(job_id)
             if job is not None and not job.done.is_set():
-                take(job, placements)
+                try:
+                    take(job, placements)
+                except Exception:  # one job's books in trouble must not deafen the runner's other jobs
+                    logger.exception("job %s: could not act on its news", job_id)
 
 
 class TaskSender:
