@@ -213,11 +213,11 @@ class FairShares:
             return WITHIN
         return standing(self.quotas.get(queue), self._used.get(queue, {}), needs)
 
-    def quota_note(self, queue: str, needs: Mapping[str, float]) -> str | None:
-        """What a decision's explanation says of the queue's quota (None: no queue has one)."""
+    def quota_note(self, queue: str, rank: int) -> str | None:
+        """What a decision's explanation says of the queue's quota, its task standing at `rank` (None: no queue has one)."""
         if self.quotas is None:
             return None
-        return quota_text(queue, self.quotas.get(queue), self._used.get(queue, {}), self.standing(queue, needs))
+        return quota_text(queue, self.quotas.get(queue), self._used.get(queue, {}), rank)
 
     def beyond_cap(self, queue: str, needs: Mapping[str, float]) -> str | None:
         """Why a task of `queue` can never run there (`beyond_cap`); None: it can."""

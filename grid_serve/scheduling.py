@@ -151,14 +151,15 @@ def _note_awaited(awaited: dict[str, tuple[int, frozenset[str]]], request: Sched
             awaited[passed.node_id] = (rank, known[1] | needs)
 
 
-def _queue_note(item: _Waiting, shares: FairShares | None, contended: Mapping[float, float]) -> str | None:
+def _queue_note(item: _Waiting, shares: FairShares | None, contended: Mapping[float, float],
+                standing: int) -> str | None:
     """What its decision's summary says of the item's queue: where it stood in fair share when
     other queues waited at its priority (its share before this task), and against its quota."""
     if shares is None:
         return None
     total_weight = contended.get(item.key[0])
     fair = None if total_weight is None else f"fair share chose it: {shares.describe(item.queue, total_weight)}"
-    notes = [note for note in (fair, shares.quota_note(item.queue, needs_of(item.request))) if note]
+    notes = [note for note in (fair, shares.quota_note(item.queue, standing)) if note]
     return "; ".join(notes) or None
 
 
@@ -386,7 +387,7 @@ class SchedulerCore:
                     continue
                 blocked.add(item.signature)  # its queue only grows in this drain: its job's next tasks wait too
                 keep.append(item)
-                self._reasons.setdefault(request.group, QuotaWait(shares.quota_note(item.queue, needs_of(request))
+                self._reasons.setdefault(request.group, QuotaWait(shares.quota_note(item.queue, standing)
                                                                   or "its queue is at its limit"))
                 continue
             # what a queue borrows beyond its quota is never queued inside Ray ahead of a quota's work
@@ -406,7 +407,7 @@ class SchedulerCore:
                 result.rejected.append(Rejected(request.task_id, request.group, placer))
                 continue
             waited = round(max(0.0, self._clock() - item.enqueued_at), 6)
-            note = _queue_note(item, shares, contended)
+            note = _queue_note(item, shares, contended, standing)
             outcome = placer.place(request, waited_s=waited, note=note)
             if (isinstance(outcome, NoFit) and outcome.can_wait
                     and self._give_up_turns(request, placer, changes, nodes, result)):
