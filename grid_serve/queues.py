@@ -214,7 +214,8 @@ class FairShares:
         return standing(self.quotas.get(queue), self._used.get(queue, {}), needs)
 
     def quota_note(self, queue: str, rank: int) -> str | None:
-        """What a decision's explanation says of the queue's quota, its task standing at `rank` (None: no queue has one)."""
+        """What a decision's explanation says of the queue's quota, its task standing at `rank`
+        (None: no queue has one)."""
         if self.quotas is None:
             return None
         return quota_text(queue, self.quotas.get(queue), self._used.get(queue, {}), rank)
