@@ -19,7 +19,10 @@ covers comes before any task that would borrow or whose queue has no quota (fair
 each side), so capacity a queue lent comes back at task boundaries as soon as it has work. Work
 beyond a queue's quota is placed only into capacity free now, never queued inside Ray ahead of
 it (`grid_serve.lookahead`), so nothing a lending queue is owed sits behind borrowed work: it
-frees within one run time of the borrower's tasks. A queue with no quota is as before, lookahead
+frees within one run time of the borrower's tasks. While other queues wait at its priority, work
+a quota covers is not queued inside Ray either (unless known to be short): committed behind a
+running task on one node, it would see a slot that frees on another go to borrowed work first
+(`SchedulerCore._rule`). A queue with no quota is as before, lookahead
 included (so what it queued inside Ray starts before a quota's work: give every queue that
 shares with quotas one). A task that would take its queue past quota plus borrowing limit
 waits. Running tasks are never stopped to give capacity back. Pure: no Ray.
@@ -42,6 +45,7 @@ Item = TypeVar("Item")
 ResourceName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$")]
 Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Key = TypeVar("Key", bound=Hashable)
+RAY_RESOURCES = {name.lower(): name for name in ("CPU", "GPU", "memory", "object_store_memory")}
 
 
 class QueueSettings(BaseModel):
@@ -54,23 +58,32 @@ class QueueSettings(BaseModel):
     quota: dict[ResourceName, Amount] = Field(
         default_factory=dict, description="what the queue is owed per resource (Ray's names and units: CPU, GPU, "
                                           "memory in bytes, custom): its tasks within it come before borrowed work")
-    borrowing_limit: dict[ResourceName, Amount] | None = Field(
-        None, description="how much beyond its quota it may use, per resource of its quota (0: none); "
-                          "not set: whatever the other queues leave idle")
+    borrowing_limit: dict[ResourceName, Amount] = Field(
+        default_factory=dict, description="how much beyond its quota it may use, per resource of its quota "
+                                          "(0: none); a resource not named: whatever the other queues leave idle")
 
     @model_validator(mode="after")
-    def _limits_only_what_the_quota_names(self) -> QueueSettings:
-        extra = sorted(set(self.borrowing_limit or {}) - set(self.quota))
+    def _amounts_mean_what_they_say(self) -> QueueSettings:
+        for name in (*self.quota, *self.borrowing_limit):
+            canonical = RAY_RESOURCES.get(name.lower())
+            if canonical is not None and name != canonical:
+                raise ValueError(f"{name}: Ray's resource is {canonical!r} (names are case-sensitive)")
+        extra = sorted(set(self.borrowing_limit) - set(self.quota))
         if extra:
             raise ValueError(f"borrowing_limit names {', '.join(extra)}, which quota does not: "
                              f"a limit is on borrowing beyond a quota")
+        for field, amounts in (("quota", self.quota), ("borrowing_limit", self.borrowing_limit)):
+            if 0 < amounts.get("memory", 0) < 2**20:
+                raise ValueError(f"{field}: memory is in bytes, as Ray counts it ({amounts['memory']:g} is under "
+                                 f"1 MiB): 4 GiB is {4 * 2**30}")
         return self
 
     def cap(self, resource: str) -> float | None:
-        """The most of `resource` the queue may hold: quota plus borrowing limit (None: no cap)."""
-        if self.borrowing_limit is None or resource not in self.quota:
+        """The most of `resource` the queue may hold: quota plus borrowing limit (None: no cap,
+        as in Kueue, where a resource with no borrowing limit may borrow whatever is idle)."""
+        if resource not in self.quota or resource not in self.borrowing_limit:
             return None
-        return self.quota[resource] + self.borrowing_limit.get(resource, 0.0)
+        return self.quota[resource] + self.borrowing_limit[resource]
 
 
 WITHIN, BORROWS, AT_LIMIT = 0, 1, 2  # a task's standing against its queue's quota; served in this order
@@ -111,8 +124,8 @@ def beyond_cap(settings: QueueSettings | None, needs: Mapping[str, float]) -> st
     for name, amount in needs.items():
         cap = settings.cap(name) if settings is not None else None
         if cap is not None and amount > cap + 1e-9:
-            assert settings is not None and settings.borrowing_limit is not None
-            limit = settings.borrowing_limit.get(name, 0.0)
+            assert settings is not None
+            limit = settings.borrowing_limit[name]
             return (f"its queue may hold at most {amount_text(name, cap)} {name} (quota "
                     f"{amount_text(name, settings.quota[name])} plus borrowing limit {amount_text(name, limit)}); "
                     f"the task needs {amount_text(name, amount)}")
@@ -142,10 +155,13 @@ def quota_text(queue: str, settings: QueueSettings | None, used: Mapping[str, fl
 def amount_text(resource: str, value: float) -> str:
     """An amount of a resource as people read it: memory in MB, the rest as Ray counts it.
 
-    >>> amount_text("memory", 4 * 2**30), amount_text("CPU", 2.0)
-    ('4096 MB', '2')
+    >>> amount_text("memory", 4 * 2**30), amount_text("memory", 2**19), amount_text("CPU", 2.0)
+    ('4096 MB', '0.5 MB', '2')
     """
-    return f"{value / 2**20:.0f} MB" if resource == "memory" else f"{value:g}"
+    if resource != "memory":
+        return f"{value:g}"
+    megabytes = value / 2**20
+    return f"{megabytes:.0f} MB" if megabytes >= 10 or megabytes == 0 else f"{megabytes:.2g} MB"
 
 
 def queue_of_caller(identity: str | None) -> str:

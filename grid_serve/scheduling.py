@@ -35,6 +35,8 @@ from .strategies import (
 )
 from .view import ClusterView, GroupCounts, NodeView, Running
 
+# how far ahead of free capacity a task may be queued inside Ray (`SchedulerCore._rule`)
+LOOKAHEAD, UNLESS_SHORT, FREE_NOW = 0, 1, 2
 STARVE_AFTER_S = 30.0  # a task waiting this long gets a node held for it (see SchedulerCore._hold)
 
 
@@ -367,7 +369,7 @@ class SchedulerCore:
         allocations = dict(view.allocations)  # capacity nodes borrowed, and what their tasks use
         placers: dict[PlacerKey, IncrementalPlacer | str | None] = {}  # None: a kind's job-less copy not made yet
         changes = NodeChanges()  # what each decision changed: placers re-read it when next asked
-        keys: dict[tuple[Signature, bool], tuple[PlacerKey, PlacerKey]] = {}  # (its placer's key, for every job)
+        keys: dict[tuple[Signature, int], tuple[PlacerKey, PlacerKey]] = {}  # (its placer's key, for every job)
         busy_everywhere: dict[PlacerKey, NoFit] = {}  # kinds no node can take now, whatever the job
         blocked: set[Signature] = set()
         keep: list[_Waiting] = []
@@ -390,10 +392,9 @@ class SchedulerCore:
                 self._reasons.setdefault(request.group, QuotaWait(shares.quota_note(item.queue, standing)
                                                                   or "its queue is at its limit"))
                 continue
-            # what a queue borrows beyond its quota is never queued inside Ray ahead of a quota's work
-            strict = standing == BORROWS and item.queue in self.quotas
-            keys_at = (item.signature, strict)
-            key, any_job = keys.get(keys_at) or keys.setdefault(keys_at, self._keys(item, view, strict))
+            rule = self._rule(item, standing, contended)
+            keys_at = (item.signature, rule)
+            key, any_job = keys.get(keys_at) or keys.setdefault(keys_at, self._keys(item, view, rule))
             if any_job in busy_everywhere and self._told_alike(item):  # spare building a placer to hear it
                 blocked.add(item.signature)
                 keep.append(item)
@@ -402,7 +403,7 @@ class SchedulerCore:
                 continue
             placer = placers.get(key)
             if placer is None:
-                placer = placers[key] = self._placer(request, view, nodes, placers, any_job, changes, strict)
+                placer = placers[key] = self._placer(request, view, nodes, placers, any_job, changes, rule)
             if isinstance(placer, str):  # the request itself is wrong (unknown node, say)
                 result.rejected.append(Rejected(request.task_id, request.group, placer))
                 continue
@@ -604,16 +605,30 @@ class SchedulerCore:
         request = item.request
         return not strategy_named(request.strategy).reads_job_counts or not self.group_counts.of(request.group)
 
-    def _admission(self, request: SchedulingRequest, view: ClusterView, strict: bool = False) -> float:
-        """How far beyond free capacity the request's kind may be admitted (its job's lookahead;
-        `strict`, for work its queue borrows: none)."""
-        if strict:
+    def _rule(self, item: _Waiting, standing: int, contended: Mapping[float, float]) -> int:
+        """How far ahead of free capacity the item may be queued inside Ray (`grid_serve.queues`):
+        what a queue borrows beyond its quota, never (it would start before a quota's work queued
+        behind it); what a quota covers, while other queues wait at its priority, only if known to
+        be short (committed behind running tasks on one node, it would see a slot that frees
+        elsewhere go to their borrowed work first); anything else, its job's lookahead."""
+        if item.queue not in self.quotas:
+            return LOOKAHEAD
+        if standing == BORROWS:
+            return FREE_NOW
+        return UNLESS_SHORT if -item.request.priority.rank in contended else LOOKAHEAD
+
+    def _admission(self, request: SchedulingRequest, view: ClusterView, rule: int = LOOKAHEAD) -> float:
+        """How far beyond free capacity the request's kind may be admitted under `rule`: its
+        job's lookahead at most, none for a task not known to be short while work it goes
+        before waits (`_lower_waits`, `_rule`)."""
+        if rule == FREE_NOW:
             return 1.0
         if self._lookahead_s is None:
             return view.admission
         run_s = view.group_run_s.get(request.group)
-        if (run_s is None or run_s >= self._lookahead_s) and self._lower_waits(request.priority.rank):
-            return 1.0  # see `_lower_waits`
+        if (run_s is None or run_s >= self._lookahead_s) and (
+                rule == UNLESS_SHORT or self._lower_waits(request.priority.rank)):
+            return 1.0
         return lookahead_admission(run_s, self._lookahead_s)
 
     def _lower_waits(self, rank: int) -> bool:
@@ -625,25 +640,25 @@ class SchedulerCore:
         first slot that frees on any node. A short task's lookahead costs at most `lookahead_s`."""
         return self.waiting_at_or_above(rank) < len(self._waiting)
 
-    def _keys(self, item: _Waiting, view: ClusterView, strict: bool = False) -> tuple[PlacerKey, PlacerKey]:
+    def _keys(self, item: _Waiting, view: ClusterView, rule: int = LOOKAHEAD) -> tuple[PlacerKey, PlacerKey]:
         """The key of the placer the item's kind is placed by, and its key for every job alike.
         A strategy that does not read the job's own counts (load_balanced, pack) places tasks of
         every job alike: they share one placer, so a drain over many jobs builds one, not one per
         job (each building is a pass over every node)."""
-        any_job: PlacerKey = ("", *item.signature[1:], self._admission(item.request, view, strict))
+        any_job: PlacerKey = ("", *item.signature[1:], self._admission(item.request, view, rule))
         if strategy_named(item.request.strategy).reads_job_counts:
             return (item.signature[0], *any_job[1:]), any_job
         return any_job, any_job
 
     def _placer(self, request: SchedulingRequest, view: ClusterView, nodes: Mapping[str, NodeView],
                 placers: dict[PlacerKey, IncrementalPlacer | str | None], any_job: PlacerKey,
-                changes: NodeChanges, strict: bool = False) -> IncrementalPlacer | str:
+                changes: NodeChanges, rule: int = LOOKAHEAD) -> IncrementalPlacer | str:
         """The placer for requests of this kind, or why none can be placed at all. Jobs that
         have placed nothing yet, of a strategy that reads each job's counts: the first builds its
         own; from the second on, each gets a copy of the kind's placer for such a job (kept
         under `any_job`, built once per drain)."""
-        if self._lookahead_s is not None or strict:
-            view = replace(view, admission=self._admission(request, view, strict))
+        if self._lookahead_s is not None or rule == FREE_NOW:
+            view = replace(view, admission=self._admission(request, view, rule))
         try:
             fresh = strategy_named(request.strategy).reads_job_counts and not self.group_counts.of(request.group)
             if fresh and any_job in placers:

@@ -14,7 +14,7 @@ from grid_serve.books import SchedulerBooks
 from grid_serve.ledger import Completion
 from grid_serve.models import JobSubmission, NodeStatus, ResourceRequirement, SchedulingRequest
 from grid_serve.protocol import Report, Submit
-from grid_serve.queues import QueueSettings
+from grid_serve.queues import AT_LIMIT, BORROWS, QueueSettings, standing
 from grid_serve.scheduling import SchedulerCore
 from grid_serve.view import ClusterView, make_node
 
@@ -260,26 +260,42 @@ def placed_with_quotas(requests: list[SchedulingRequest]) -> list:
 
 
 def test_what_a_queue_lent_comes_back_at_task_boundaries_before_any_borrowed_work() -> None:
-    """A borrows all 6 CPUs; B (quota 4) submits. B's tasks are placed first, into the lookahead
-    behind A's running ones (each starts as one of A's ends), and A, borrowing, gets nothing;
-    once B holds its 4 and A's have ended, A is owed its 2 before B borrows."""
+    """A borrows all 6 CPUs; B (quota 4) submits while more of A's work waits. B's tasks wait
+    here, not inside Ray behind A's running tasks on one node: each slot that frees, on whichever
+    node, is B's until B holds its 4, and A, borrowing, gets none of them; once A's tasks have
+    ended, A is owed its 2 before B borrows."""
     clock = Clock()
     core = SchedulerCore(clock=clock, lookahead_s=0.1, quotas=QUOTAS)
+    requests = tasks("A", 10) + tasks("B", 8)
     full = ClusterView.of([make_node("a", cpus=4, reserved={"CPU": 4.0}), make_node("b", cpus=2, reserved={"CPU": 2.0})],
                           queue_usage={"A": {"CPU": 6.0}})
-    placed = drained(core, clock, [tasks("A", 10), tasks("B", 8)], full)
-    assert placed_per_queue(placed, tasks("A", 10) + tasks("B", 8)) == Counter({"B": 4})
-    assert all("queue B is within its quota" in decision.explanation.summary for decision in placed)
-    # one of A's tasks ended (5 of A's 6 left, B's 4 queued): the free slot is B's 4 queued ones'
-    freed = ClusterView.of([make_node("a", cpus=4, reserved={"CPU": 7.0}), make_node("b", cpus=2, reserved={"CPU": 2.0})],
-                           queue_usage={"A": {"CPU": 5.0}, "B": {"CPU": 4.0}})
-    assert core.drain(freed).placed == []
+    assert drained(core, clock, [tasks("A", 10), tasks("B", 8)], full) == []
+    # one of A's tasks on b ended: B's first, though queued inside Ray it would have waited on a
+    freed = ClusterView.of([make_node("a", cpus=4, reserved={"CPU": 4.0}), make_node("b", cpus=2, reserved={"CPU": 1.0})],
+                           queue_usage={"A": {"CPU": 5.0}})
+    placed = core.drain(freed).placed
+    assert [(decision.task_id, decision.node_name) for decision in placed] == [("job-B-0", "b")]
+    assert "queue B is within its quota: 0 of 4 CPU" in placed[0].explanation.summary
+    # three of A's on a ended: B's three more, A (at its quota of 2) would borrow and gets none
+    more = ClusterView.of([make_node("a", cpus=4, reserved={"CPU": 1.0}), make_node("b", cpus=2, reserved={"CPU": 2.0})],
+                          queue_usage={"A": {"CPU": 2.0}, "B": {"CPU": 1.0}})
+    assert placed_per_queue(core.drain(more).placed, requests) == Counter({"B": 3})
     # A's tasks have all ended and B's 4 run, 2 CPUs free: A is within its quota again, B at its
     # quota would borrow, so A gets both
     later = ClusterView.of([make_node("a", cpus=4, reserved={"CPU": 3.0}), make_node("b", cpus=2, reserved={"CPU": 1.0})],
                            queue_usage={"A": {"CPU": 0.0}, "B": {"CPU": 4.0}})
-    placed = core.drain(later).placed
-    assert placed_per_queue(placed, tasks("A", 10) + tasks("B", 8)) == Counter({"A": 2})
+    assert placed_per_queue(core.drain(later).placed, requests) == Counter({"A": 2})
+
+
+def test_a_quota_s_work_uses_the_lookahead_when_no_other_queue_waits_at_its_priority() -> None:
+    """B alone, within its quota of 4 on a full cluster (A's tasks run, none waits): B's tasks
+    are queued inside Ray behind the running ones, one per slot (a run time not yet learned), as
+    without quotas: nothing else could take a slot before them."""
+    clock = Clock()
+    core = SchedulerCore(clock=clock, lookahead_s=0.1, quotas=QUOTAS)
+    full = ClusterView.of([make_node("a", cpus=4, reserved={"CPU": 4.0}), make_node("b", cpus=2, reserved={"CPU": 2.0})],
+                          queue_usage={"A": {"CPU": 6.0}})
+    assert placed_per_queue(drained(core, clock, [tasks("B", 8)], full), tasks("B", 8)) == Counter({"B": 4})
 
 
 def test_a_borrowing_limit_holds_a_queue_and_says_so_and_a_task_it_can_never_fit_is_refused() -> None:
@@ -300,12 +316,24 @@ def test_quota_settings_are_checked() -> None:
         QueueSettings(quota={"CPU": 2}, borrowing_limit={"GPU": 1})
     with pytest.raises(ValidationError, match="greater than or equal to 0"):
         QueueSettings(quota={"CPU": -1})
+    with pytest.raises(ValidationError, match="cpu: Ray's resource is 'CPU'"):
+        QueueSettings(quota={"cpu": 2})
+    with pytest.raises(ValidationError, match="quota: memory is in bytes, as Ray counts it"):
+        QueueSettings(quota={"memory": 4096})
+
+
+def test_a_resource_with_no_borrowing_limit_may_borrow_whatever_is_idle() -> None:
+    """As in Kueue: team's CPU is capped at 4 + 2, its GPU, named in no limit, is not."""
+    team = QueueSettings(quota={"CPU": 4, "GPU": 1}, borrowing_limit={"CPU": 2})
+    assert (team.cap("CPU"), team.cap("GPU"), team.cap("memory")) == (6.0, None, None)
+    assert standing(team, {"CPU": 1.0, "GPU": 3.0}, {"CPU": 1.0, "GPU": 1.0}) == BORROWS
+    assert standing(team, {"CPU": 6.0}, {"CPU": 1.0}) == AT_LIMIT
 
 
 def test_each_queue_shows_its_quota_and_what_it_borrows() -> None:
     """What `/v1/cluster`, `grid queue` and the web page show of quotas, through the books: A
-    borrows 4 CPUs beyond its 2 while B is idle (B is listed, with its quota); when B submits,
-    B gets its 4 at once, queued behind A's running tasks, and A nothing more."""
+    borrows 4 CPUs beyond its 2 while B is idle (B is listed, with its quota); when B submits
+    while A's work waits too, B's waits for the slots that free, and A gets nothing more."""
     clock = Clock()
     books = SchedulerBooks(epoch="e", lease_s=60.0, tick_s=1.0, lookahead_s=0.1, clock=clock, wall=clock,
                            queues=QUOTAS)
@@ -317,10 +345,10 @@ def test_each_queue_shows_its_quota_and_what_it_borrows() -> None:
     assert (statuses["A"].quota, statuses["A"].borrowed) == ({"CPU": 2.0}, {"CPU": 4.0})
     assert (statuses["B"].quota, statuses["B"].borrowed, statuses["B"].running) == ({"CPU": 4.0}, {}, 0)
     clock.now += 1.0
-    assert len(books.on_submitted(Submit(requests=tasks("B", 8), runner="r-b")).placed) == 4
+    assert books.on_submitted(Submit(requests=tasks("B", 8), runner="r-b")).placed == []
     assert books.collect("job-A").placed == []
     statuses = {status.name: status for status in books.status().queues}
-    assert (statuses["B"].running, statuses["B"].borrowed, statuses["A"].waiting) == (4, {}, {"NORMAL": 4})
+    assert (statuses["B"].waiting, statuses["B"].borrowed, statuses["A"].waiting) == ({"NORMAL": 8}, {}, {"NORMAL": 4})
 
 
 def test_work_a_quota_covers_goes_before_borrowed_work_though_fair_share_would_choose_the_borrower() -> None:

