@@ -60,7 +60,7 @@ from grid_serve.tasks import TaskType, load_task_modules
 from ._common import CALL_TIMEOUT_S, ask_riding_restarts, call_with_timeout, logger, spawn
 from .runner_parent import ORPHAN_KEEP_S, TAG_LEN, Parentage
 from .runner_job import (RunnerJob, TaskSender, ask_ray_to_drop, chunks_of, forget_old_jobs, forget_then_stop,
-                         hear_asks, resolve_task, size_of)
+                         hear_asks, reclaim_running, resolve_task, size_of)
 
 REPORT_SPACING_S = 0.05  # at most ~20 reports a second per job: the lookahead (100 ms) covers the wait
 LATE_RENEWAL_S = 1.0  # a renewal slower than this is logged: leases lapse after 5 s without one
@@ -210,6 +210,7 @@ class JobRunner:
             self._sender.send(job, chunk)
         if placements.take_back:
             self._ask_back(job, placements.take_back)
+        reclaim_running(job, placements.reclaim)
         job.top_up()
         job.news.set()
 

@@ -106,7 +106,10 @@ def record_ray_end(job: RunnerJob, index: int, envelope: dict[str, Any] | None, 
     if failure is None:
         job.on_task_ended(index, envelope["ok"], envelope["error"], envelope)
     elif isinstance(failure, CANCELLED) and index in job.asked_back and not job.cancelled:
-        job.on_taken_back(index)  # Ray dropped it unstarted, as asked: it is queued again
+        job.on_taken_back(index)  # Ray dropped it unstarted, or stopped it reclaimed: it is queued again
+    elif index in job.reclaimed and not job.cancelled and isinstance(failure, (ray.exceptions.RayTaskError,
+                                                                               *LOST_WORKER)):
+        job.on_taken_back(index)  # the stop reached it as Ray's own error, or forced, its worker's death
     elif isinstance(failure, CANCELLED) or (index in job.cancel_sent
                                             and isinstance(failure, (ray.exceptions.RayTaskError, *LOST_WORKER))):
         # A cancel that reaches a task as it ends can fail it with an error of Ray's own instead
@@ -138,6 +141,18 @@ def ask_ray_to_drop(refs: list[Any]) -> None:
             ray.cancel(ref, force=False)
         except Exception as exc:  # it ended meanwhile, or the GCS did not answer: it runs on
             logger.debug("could not take back a task (%s)", exc)
+
+
+def reclaim_running(job: RunnerJob, task_ids: list[str]) -> None:
+    """A queue reclaiming its quota waits for these tasks (`Placements.reclaim`): stop them,
+    started or not (not named in the key-value store, so a started one takes the interrupt;
+    forced after a grace, `grid_serve.stopping`); each comes back to `record_ray_end`, which
+    places it again."""
+    asked = job.to_reclaim(task_ids)
+    if asked:
+        logger.info("job %s: stopping %d running task(s) to give back capacity another queue's quota owes it",
+                    job.id, len(asked))
+        stop_tasks([ref for _, ref in asked])
 
 
 def forget_asked_back(ref: Any) -> None:

@@ -49,8 +49,10 @@ from .protocol import Adopt, Finished, Placements, Report, Reuse, Submit
 from .queues import DEFAULT_QUEUE, FairShares, QueueSettings, cluster_totals
 from .scheduling import DrainResult, Rejected, SchedulerCore
 from .sharing import Allocation, fold_allocations
-from .take_back import beyond_total, to_take_back
+from .take_back import EPSILON, beyond_total, to_reclaim, to_take_back
 from .view import ClusterView, view_from
+
+PINNED = str(SchedulingStrategy.NODE_SPECIFIC)  # as the ledger records it: never reclaimed, it could not move
 
 logger = logging.getLogger("ray.serve")  # the Scheduler replica's log, where its operators read
 
@@ -71,6 +73,7 @@ class _News:
     rejected: list[Rejected] = field(default_factory=list)
     turns_given_up: dict[str, int] = field(default_factory=dict)
     take_back: list[str] = field(default_factory=list)
+    reclaim: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -362,7 +365,7 @@ class SchedulerBooks:
                           queued=self.core.queued_by_group().get(group, 0), epoch=self.epoch,
                           known=self.owners.knows(group) or group in self.meta,
                           run_s=self._learned_run_s(news.placed[0].task_id) if news.placed else {}, reuse=reuse,
-                          take_back=news.take_back)
+                          take_back=news.take_back, reclaim=news.reclaim)
 
     def may_reuse(self, group: str, rank: int) -> bool:
         """Whether `group` (of priority `rank`) may run its next calls in the slots its ended
@@ -531,6 +534,35 @@ class SchedulerBooks:
         self._commit(result)
         if result.awaited and self._takes_back and result.view is not None:
             self._ask_back(result.awaited, result.view)
+        if result.owed and self._takes_back:
+            self._reclaim(result)
+
+    def _reclaim(self, result: DrainResult) -> None:
+        """Ask owners to stop running tasks of queues beyond their quota, so that a queue that
+        reclaims (`reclaim: cancel_running`) gets what its quota owes its waiting work
+        (`grid_serve.take_back.to_reclaim`); each task is placed again by its owner. What is
+        already being taken back counts as coming. One scan of the reservations, made only
+        while such a queue's work finds no node."""
+        view = result.view or self.view()
+        candidates: list[Reservation] = []
+        coming: dict[str, float] = {}
+        for reservation in self.ledger.reservations.values():
+            if reservation.task_id in self._taking_back:
+                for name, amount in reservation.resources.items():
+                    coming[name] = coming.get(name, 0.0) + amount
+            elif (reservation.queue in result.lent and reservation.group in self._takes_back
+                  and reservation.placement_group_id is None and reservation.strategy != PINNED):
+                candidates.append(reservation)
+        for queue, (rank, needs, owed) in result.owed.items():
+            left = {name: amount - coming.get(name, 0.0) for name, amount in owed.items()}
+            left = {name: amount for name, amount in left.items() if amount > EPSILON}
+            fits = {node_id for node_id, node in view.nodes.items()
+                    if node.alive and all(node.total.get(name, 0.0) >= amount for name, amount in needs.items())}
+            mine = [c for c in candidates if c.queue != queue and c.node_id in fits]
+            for reservation in to_reclaim(rank, left, result.lent, mine):
+                self._taking_back[reservation.task_id] = reservation.group
+                self._deliver(reservation.group).reclaim.append(reservation.task_id)
+                candidates.remove(reservation)
 
     def _ask_back(self, awaited: dict[str, tuple[int, frozenset[str]]], view: ClusterView) -> None:
         """Ask owners to take back their unstarted tasks on the nodes higher-priority work waits

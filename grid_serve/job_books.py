@@ -55,6 +55,7 @@ class JobBooks:
     lost_nodes: set[str] = field(default_factory=set)  # node ids Ray said died, not yet told
     returned: list[str] = field(default_factory=list)  # placements taken back from Ray unstarted, not yet told
     asked_back: set[int] = field(default_factory=set)  # running tasks the Scheduler asked back (Ray asked to drop)
+    reclaimed: set[int] = field(default_factory=set)  # of those, the ones stopped even if started (`to_reclaim`)
     attempts: dict[int, int] = field(default_factory=dict)  # task index -> runs started, when more than one
     placed_per_node: dict[str, int] = field(default_factory=dict)  # node id -> tasks placed there
     next_index: int = 0  # tasks 0..next_index-1 have been handed to the Scheduler (the window)
@@ -178,6 +179,7 @@ class JobBooks:
         if entry is None:
             return False
         self.asked_back.discard(index)  # asked back too late: it had started, and ran to its end
+        self.reclaimed.discard(index)
         decision, _ = entry
         self._record(index, decision, ok, error, envelope)
         # model_construct: these values come from our own envelope, and validating two models per
@@ -197,6 +199,7 @@ class JobBooks:
         attempts = self.attempts.get(index, 1)
         pinned = self.spec.strategy is SchedulingStrategy.NODE_SPECIFIC
         self.asked_back.discard(index)
+        self.reclaimed.discard(index)
         if not (self.cancelled or pinned or attempts >= MAX_ATTEMPTS):
             del self.running[index]
             self.attempts[index] = attempts + 1
@@ -230,11 +233,23 @@ class JobBooks:
             chosen.append((index, entry[1]))
         return chosen
 
+    def to_reclaim(self, task_ids: list[str]) -> list[tuple[int, Any]]:
+        """The Scheduler asks these tasks back for a queue reclaiming its quota
+        (`grid_serve.take_back.to_reclaim`): chosen as `to_take_back` chooses, but the shell stops
+        them even if they have started, and each is placed again (`on_taken_back`); none of a
+        node_specific job, which could not move."""
+        if self.spec.strategy is SchedulingStrategy.NODE_SPECIFIC:
+            return []
+        chosen = self.to_take_back(task_ids)
+        self.reclaimed.update(index for index, _ in chosen)
+        return chosen
+
     def on_taken_back(self, index: int) -> None:
         """Ray dropped task `index` before it started (it was asked back): its placement is handed
         back (released and uncounted, so spread stays exact) and the task is queued again; the
         Scheduler gives it back the age it had."""
         self.asked_back.discard(index)
+        self.reclaimed.discard(index)
         decision, _ = self.running.pop(index)
         self.placed_per_node[decision.node_id] -= 1
         self.returned.append(decision.task_id)
@@ -287,6 +302,7 @@ class JobBooks:
             self._record(index, decision, ok=False, error=reason)
         self.running.clear()
         self.asked_back.clear()
+        self.reclaimed.clear()
         for task_id in list(self.waiting):
             self._record(self.index_of(task_id), None, ok=False, error=reason)
         self.waiting.clear()
@@ -302,6 +318,7 @@ class JobBooks:
         waiting = {self.index_of(task_id) for task_id in self.waiting}
         assert not waiting & set(self.running), ("waiting and running at once", waiting & set(self.running))
         assert self.asked_back <= set(self.running), ("asked back but not running", self.asked_back - set(self.running))
+        assert self.reclaimed <= self.asked_back, ("reclaimed but not asked back", self.reclaimed - self.asked_back)
         assert all(index < self.next_index for index in waiting | set(self.running)), "a task beyond the window"
         assert not (self.ended and (self.waiting or self.running or self.unsent)), "an ended job holds tasks"
 

@@ -57,6 +57,7 @@ class Reservation:
     placement_group_id: str | None = None  # set when the task runs inside a borrowed allocation
     rank: int = 1  # its priority's rank (TaskPriority.rank): normal unless told
     queue: str = ""  # the queue its job waited in (grid_serve.queues): what fair share counts it against
+    strategy: str = ""  # how it was placed (a node_specific task is never reclaimed: it could not move)
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class Ledger:
         self._drop(task_id)  # re-reserving a task (an owner re-registering) replaces it
         reservation = self.reservations[task_id] = Reservation(
             task_id, node_id, dict(resources), task_type, group or task_id, now,
-            now + lease_s if lease_s else None, placement_group_id, rank, queue,
+            now + lease_s if lease_s else None, placement_group_id, rank, queue, strategy,
         )
         self._count(reservation, +1)
         key = (node_id, strategy)

@@ -125,3 +125,6 @@ class Placements:
     # tasks of the group to take back from Ray if they have not started (`grid_serve.take_back`):
     # higher-priority work waits for their nodes
     take_back: list[str] = field(default_factory=list)
+    # running tasks of the group to stop and place again (`grid_serve.take_back.to_reclaim`): a
+    # queue that reclaims its quota (`reclaim: cancel_running`) waits for what its group borrowed
+    reclaim: list[str] = field(default_factory=list)

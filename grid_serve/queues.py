@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from typing import Annotated, Callable, Hashable, Iterable, Iterator, Mapping, TypeVar
+from typing import Annotated, Callable, Hashable, Iterable, Iterator, Literal, Mapping, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -62,8 +62,15 @@ class QueueSettings(BaseModel):
         default_factory=dict, description="how much beyond its quota it may use, per resource of its quota "
                                           "(0: none); a resource not named: whatever the other queues leave idle")
 
+    reclaim: Literal["never", "cancel_running"] = Field(
+        "never", description="whether the queue's work within its quota may stop other queues' running borrowed "
+                             "tasks when none of its own can start (cancel_running: each is placed again; "
+                             "never: it waits for them to end)")
+
     @model_validator(mode="after")
     def _amounts_mean_what_they_say(self) -> QueueSettings:
+        if self.reclaim != "never" and not self.quota:
+            raise ValueError("reclaim: a queue reclaims only what its quota owes it, and it has no quota")
         for name in (*self.quota, *self.borrowing_limit):
             canonical = RAY_RESOURCES.get(name.lower())
             if canonical is not None and name != canonical:
@@ -239,6 +246,30 @@ class FairShares:
     def beyond_cap(self, queue: str, needs: Mapping[str, float]) -> str | None:
         """Why a task of `queue` can never run there (`beyond_cap`); None: it can."""
         return beyond_cap(self.quotas.get(queue), needs) if self.quotas is not None else None
+
+    def owed(self, queue: str, needs: Mapping[str, float], tasks: int) -> dict[str, float]:
+        """What `tasks` of the queue's waiting tasks, each needing `needs`, would use of what its
+        quota still owes it, per resource (empty: nothing owed, or no quota)."""
+        settings = self.quotas.get(queue) if self.quotas is not None else None
+        if settings is None:
+            return {}
+        used = self._used.get(queue, {})
+        owed = {name: min(settings.quota[name] - used.get(name, 0.0), amount * tasks)
+                for name, amount in needs.items() if amount > 0 and name in settings.quota}
+        return {name: amount for name, amount in owed.items() if amount > 1e-9}
+
+    def lent(self) -> dict[str, dict[str, float]]:
+        """What each queue holds beyond its quota, per resource: all it holds when it has none
+        (what a queue that reclaims may take back from it)."""
+        quotas = self.quotas or {}
+        lent = {}
+        for queue, held in self._used.items():
+            quota = quotas[queue].quota if queue in quotas else {}
+            beyond = {name: amount - quota.get(name, 0.0) for name, amount in held.items()
+                      if amount - quota.get(name, 0.0) > 1e-9}
+            if beyond:
+                lent[queue] = beyond
+        return lent
 
     def weight(self, queue: str) -> float:
         return self._weights.get(queue, 1.0)

@@ -20,7 +20,7 @@ from .lookahead import lookahead_admission
 from .models import SchedulingDecision, SchedulingRequest, TaskPriority
 from .pending import when_fits
 from .placement_index import IncrementalPlacer, NodeChanges
-from .queues import AT_LIMIT, BORROWS, DEFAULT_QUEUE, FairShares, QueueSettings, cluster_totals, in_fair_order
+from .queues import AT_LIMIT, BORROWS, DEFAULT_QUEUE, WITHIN, FairShares, QueueSettings, cluster_totals, in_fair_order
 from .sharing import allocation_decision, may_fit_allocation
 from .strategies import (
     LASTING_CHECKS,
@@ -81,6 +81,12 @@ class DrainResult:
     # and holds work of a lower one, with the resources they need (what `SchedulerBooks` may take
     # back there: `grid_serve.take_back`)
     awaited: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
+    # queue -> what its quota still owes its waiting work, for a queue that reclaims (`reclaim:
+    # cancel_running`) whose work within its quota found no node: (its first such task's priority
+    # rank, that task's needs, the amounts owed); `lent` then says what each queue holds beyond its
+    # quota (`grid_serve.take_back.to_reclaim`)
+    owed: dict[str, tuple[int, Mapping[str, float], dict[str, float]]] = field(default_factory=dict)
+    lent: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -223,6 +229,8 @@ class SchedulerCore:
         self._clock = clock
         self._weights: Mapping[str, float] = dict(weights or {})
         self._quotas = {name: queue for name, queue in (quotas or {}).items() if queue.quota} or None
+        self._reclaimers = frozenset(name for name, queue in (self._quotas or {}).items()
+                                     if queue.reclaim == "cancel_running")
         self._lookahead_s = lookahead_s
         self._starve_after_s = starve_after_s
         self._held: dict[str, str] = {}  # task id -> the node held for it (it has waited too long)
@@ -398,6 +406,8 @@ class SchedulerCore:
             if any_job in busy_everywhere and self._told_alike(item):  # spare building a placer to hear it
                 blocked.add(item.signature)
                 keep.append(item)
+                if standing == WITHIN and shares is not None and item.queue in self._reclaimers:
+                    self._note_owed(result, item, shares)
                 self._reasons.setdefault(request.group, busy_everywhere[any_job])
                 self._turn_blocked_since.pop(request.group, None)  # as its turn holders, all busy, would say
                 continue
@@ -437,6 +447,8 @@ class SchedulerCore:
             elif outcome.can_wait or (current is not None and may_fit_allocation(request, current)):
                 blocked.add(item.signature)
                 keep.append(item)
+                if standing == WITHIN and shares is not None and item.queue in self._reclaimers:
+                    self._note_owed(result, item, shares)
                 if isinstance(outcome, NoFit):
                     self._reasons.setdefault(request.group, outcome)
                 if isinstance(outcome, NoFit) and outcome.can_wait:
@@ -454,6 +466,8 @@ class SchedulerCore:
                 result.rejected.append(Rejected(request.task_id, request.group, outcome.message))
         if shares is not None:
             keep.sort()  # served queue by queue: back to (priority, age), which bisection reads
+            if result.owed:
+                result.lent = shares.lent()
         self._keep_only(keep)
         for hold in holds:  # a hold lasts one drain: the next one holds again if still needed
             nodes[hold.node_id] = _unheld(nodes[hold.node_id], hold)
@@ -466,6 +480,16 @@ class SchedulerCore:
         if result.placed:
             result.view = replace(view, nodes=MappingProxyType(nodes), allocations=MappingProxyType(allocations))
         return result
+
+    def _note_owed(self, result: DrainResult, item: _Waiting, shares: FairShares) -> None:
+        """Record what the item's queue (one that reclaims) is still owed for its waiting work,
+        once per queue per drain: its first blocked task is its most urgent."""
+        if item.queue in result.owed:
+            return
+        needs = needs_of(item.request)
+        owed = shares.owed(item.queue, needs, self._queued_per_queue.get(item.queue, 1))
+        if owed:
+            result.owed[item.queue] = (item.request.priority.rank, needs, owed)
 
     def _fair_shares(self, view: ClusterView) -> tuple[FairShares | None, dict[float, float]]:
         """The queues' shares, and for each priority where more than one queue waits, their

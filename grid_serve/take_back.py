@@ -36,7 +36,15 @@ class Queued(Protocol):
     def resources(self) -> Mapping[str, float]: ...
 
 
+class Lent(Queued, Protocol):
+    """What reclaiming reads besides: the reservation's queue."""
+
+    @property
+    def queue(self) -> str: ...
+
+
 Q = TypeVar("Q", bound=Queued)
+L = TypeVar("L", bound=Lent)
 
 
 def beyond_total(total: Mapping[str, float], reserved: Mapping[str, float],
@@ -87,4 +95,46 @@ def to_take_back(waiting_rank: int, over: Mapping[str, float], candidates: Itera
                 left[name] -= amount
                 if left[name] <= EPSILON:
                     del left[name]
+    return chosen
+
+
+def to_reclaim(waiting_rank: int, owed: Mapping[str, float], lent: Mapping[str, Mapping[str, float]],
+               candidates: Iterable[L]) -> list[L]:
+    """Of `candidates` (other queues' reservations their owners can stop and place again, on
+    nodes that could run the waiting task, in the order they were placed), those to stop so
+    that a queue reclaiming its quota (`reclaim: cancel_running`, `grid_serve.queues`) gets what
+    it is `owed`: of priorities up to the waiting task's, only of queues holding more than their
+    quota (`lent`), never taking one below it, the youngest first (the least work lost), until
+    `owed` is covered. A task that uses none of what is owed stays.
+
+    >>> from types import SimpleNamespace as R
+    >>> old = R(rank=1, made_at=1.0, resources={"CPU": 1.0}, queue="a")
+    >>> new = R(rank=1, made_at=2.0, resources={"CPU": 1.0}, queue="a")
+    >>> other = R(rank=1, made_at=3.0, resources={"CPU": 1.0}, queue="c")
+    >>> to_reclaim(1, {"CPU": 1.0}, {"a": {"CPU": 2.0}}, [old, new, other]) == [new]  # c lent nothing
+    True
+    >>> to_reclaim(1, {"CPU": 3.0}, {"a": {"CPU": 1.0}}, [old, new]) == [new]  # a keeps its quota
+    True
+    >>> to_reclaim(0, {"CPU": 1.0}, {"a": {"CPU": 2.0}}, [old, new])  # higher work than the waiting task's
+    []
+    """
+    left = dict(owed)
+    beyond = {queue: dict(amounts) for queue, amounts in lent.items()}
+    chosen = []
+    ordered = list(candidates)
+    ordered.reverse()  # candidates come in the order they were placed: of two made at once, the later first
+    for reservation in sorted(ordered, key=lambda c: (c.rank, -c.made_at)):
+        if not left:
+            break
+        uses = {name: amount for name, amount in reservation.resources.items() if name in left and amount > EPSILON}
+        spare = beyond.get(reservation.queue, {})
+        if (reservation.rank > waiting_rank or not uses
+                or any(spare.get(name, 0.0) < amount - EPSILON for name, amount in uses.items())):
+            continue
+        chosen.append(reservation)
+        for name, amount in uses.items():
+            spare[name] -= amount
+            left[name] -= amount
+            if left[name] <= EPSILON:
+                del left[name]
     return chosen

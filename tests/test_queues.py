@@ -11,9 +11,11 @@ import pytest
 from pydantic import ValidationError
 
 from grid_serve.books import SchedulerBooks
+from grid_serve.job_books import JobBooks
 from grid_serve.ledger import Completion
 from grid_serve.models import JobSubmission, NodeStatus, ResourceRequirement, SchedulingRequest
-from grid_serve.protocol import Report, Submit
+from grid_serve.outcomes import OutcomeTable
+from grid_serve.protocol import Placements, Report, Submit
 from grid_serve.queues import AT_LIMIT, BORROWS, QueueSettings, standing
 from grid_serve.scheduling import SchedulerCore
 from grid_serve.view import ClusterView, make_node
@@ -365,3 +367,77 @@ def test_work_a_quota_covers_goes_before_borrowed_work_though_fair_share_would_c
     fair_only = SchedulerCore(clock=clock)
     placed = drained(fair_only, clock, [tasks("A", 2), tasks("B", 2)], view)
     assert placed_per_queue(placed, tasks("A", 2) + tasks("B", 2)) == Counter({"A": 1})
+
+
+def reclaiming_books(clock: Clock) -> SchedulerBooks:
+    queues = {"A": QueueSettings(quota={"CPU": 2.0}),
+              "B": QueueSettings(quota={"CPU": 4.0}, reclaim="cancel_running")}
+    books = SchedulerBooks(epoch="e", lease_s=60.0, tick_s=1.0, lookahead_s=0.1, clock=clock, wall=clock,
+                           queues=queues)
+    books.on_nodes([NodeStatus(name=name, node_id=f"id-{name}", address="127.0.0.1", alive=True,
+                               resources_total={"CPU": 3.0}, resources_available={"CPU": 3.0})
+                    for name in ("n1", "n2")], taken_at=clock.now)
+    return books
+
+
+def job_in(queue: str, tasks: int, strategy: str = "load_balanced", node: str | None = None) -> JobBooks:
+    spec = JobSubmission(task="sleep", count=tasks, strategy=strategy, queue=queue, node=node)
+    return JobBooks(id=f"job-{queue}", spec=spec, task_name="sleep", requirements=ResourceRequirement(cpu_count=1),
+                    outcomes=OutcomeTable(f"job-{queue}", tasks))
+
+
+def submitted(books: SchedulerBooks, job: JobBooks) -> Placements:
+    return books.on_submitted(Submit(requests=job.next_requests(job.spec.task_count), runner=f"r-{job.id}",
+                                     unsent=job.unsent, takes_back=True))
+
+
+def sent(job: JobBooks, reply: Placements) -> list[str]:
+    """What the job's runner hands Ray of `reply`; the ids, in order."""
+    placed = list(job.on_placements(reply))
+    for index, decision in placed:
+        job.on_sent([(index, decision)], ref=object())
+    return [decision.task_id for _, decision in placed]
+
+
+@pytest.mark.parametrize("strategy", ["load_balanced", "node_specific"])
+def test_a_queue_that_reclaims_stops_borrowed_running_tasks_youngest_first_and_each_runs_again(strategy: str) -> None:
+    """B (`reclaim: cancel_running`, quota 4) submits while A (quota 2) runs on all 6 CPUs: the
+    Scheduler asks A's runner to stop A's 4 youngest tasks, only the 4 A borrowed (A keeps its
+    2), once; stopped, they are queued again with their age, and B's 4 are placed in the slots
+    they free before A borrows again. A node_specific job could not move: it is never asked."""
+    clock = Clock()
+    books = reclaiming_books(clock)
+    a = job_in("A", 10, strategy, node="n1" if strategy == "node_specific" else None)
+    if strategy == "node_specific":
+        books.on_nodes([NodeStatus(name="n1", node_id="id-n1", address="127.0.0.1", alive=True,
+                                   resources_total={"CPU": 6.0}, resources_available={"CPU": 6.0})],
+                       taken_at=clock.now)
+    first = sent(a, submitted(books, a))
+    assert len(first) == 6
+    clock.now += 1.0
+    b = job_in("B", 8)
+    assert submitted(books, b).placed == []
+    asked = books.collect(a.id).reclaim
+    if strategy == "node_specific":
+        assert asked == []
+        return
+    assert asked == list(reversed(first))[:4]  # the youngest: of tasks placed together, the last placed
+    books.on_leases_checked([], set())  # the tick drains again
+    assert books.collect(a.id).reclaim == []  # asked once: what is coming back counts
+    stopped = a.to_reclaim(asked)
+    assert [f"{a.id}-{index}" for index, _ in stopped] == asked
+    for index, _ in stopped:  # Ray stopped them (TaskCancelledError): `record_ray_end` hands each back
+        a.on_taken_back(index)
+    a.check()
+    report = a.take_report()
+    assert report is not None and sorted(report.returned) == sorted(asked)
+    books.on_reported(report)
+    assert len(sent(b, books.collect(b.id))) == 4
+    assert books.collect(a.id).placed == []  # A's stopped tasks wait: borrowing, behind B's quota
+    assert {status.name: status.running for status in books.status().queues} == {"A": 2, "B": 4}
+    books.check()
+
+
+def test_reclaim_needs_a_quota() -> None:
+    with pytest.raises(ValidationError, match="reclaim: a queue reclaims only what its quota owes it"):
+        QueueSettings(reclaim="cancel_running")
