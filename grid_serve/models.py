@@ -544,8 +544,9 @@ class JobStatus(BaseModel):
                                            "gave up, busy or stale past its patience while another node could take the "
                                            "task; each counts as one of the job's tasks there, so the rest spread on")
     taken_back: int = Field(0, description="tasks handed to Ray that were taken back before they started, for "
-                                           "higher-priority work waiting for their nodes, and queued again with "
-                                           "their age (issue 22)")
+                                           "higher-priority work waiting for their nodes, or stopped running for "
+                                           "a queue reclaiming its quota (`reclaim: cancel_running`), and queued "
+                                           "again with their age (issue 22)")
     submitted_at: float
     finished_at: float | None = None
     error: str | None = None

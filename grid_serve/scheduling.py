@@ -384,6 +384,7 @@ class SchedulerCore:
         holds: list[_Hold] = []  # nodes held for starving tasks, in this drain
         self._reasons = {}
         shares, contended = self._fair_shares(view)
+        borrowers = frozenset(shares.lent()) if self._reclaimers and shares is not None else frozenset()
         for item in self._in_serving_order(shares):
             request = item.request
             if item.signature in blocked:
@@ -400,7 +401,7 @@ class SchedulerCore:
                 self._reasons.setdefault(request.group, QuotaWait(shares.quota_note(item.queue, standing)
                                                                   or "its queue is at its limit"))
                 continue
-            rule = self._rule(item, standing, contended)
+            rule = self._rule(item, standing, contended, borrowers)
             keys_at = (item.signature, rule)
             key, any_job = keys.get(keys_at) or keys.setdefault(keys_at, self._keys(item, view, rule))
             if any_job in busy_everywhere and self._told_alike(item):  # spare building a placer to hear it
@@ -629,15 +630,18 @@ class SchedulerCore:
         request = item.request
         return not strategy_named(request.strategy).reads_job_counts or not self.group_counts.of(request.group)
 
-    def _rule(self, item: _Waiting, standing: int, contended: Mapping[float, float]) -> int:
+    def _rule(self, item: _Waiting, standing: int, contended: Mapping[float, float],
+              borrowers: frozenset[str] = frozenset()) -> int:
         """How far ahead of free capacity the item may be queued inside Ray (`grid_serve.queues`):
         what a queue borrows beyond its quota, never (it would start before a quota's work queued
-        behind it); what a quota covers, while other queues wait at its priority, only if known to
-        be short (committed behind running tasks on one node, it would see a slot that frees
-        elsewhere go to their borrowed work first); anything else, its job's lookahead."""
+        behind it); what a queue that reclaims is owed, never while other queues hold more than
+        their quota (`borrowers`): it waits here, and what it waits for is stopped
+        (`DrainResult.owed`); what a quota covers, while other queues wait at its priority, only
+        if known to be short (committed behind running tasks on one node, it would see a slot
+        that frees elsewhere go to their borrowed work first); anything else, its job's lookahead."""
         if item.queue not in self.quotas:
             return LOOKAHEAD
-        if standing == BORROWS:
+        if standing == BORROWS or (item.queue in self._reclaimers and borrowers - {item.queue}):
             return FREE_NOW
         return UNLESS_SHORT if -item.request.priority.rank in contended else LOOKAHEAD
 

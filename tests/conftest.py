@@ -41,7 +41,8 @@ TEST_LIMITS = {"max_queued_tasks": 5000, "max_waiting_requests": 20, "max_schedu
                "results_bytes_kept": 2_000_000}
 # Queues with quotas, for tests/test_quotas_cluster.py (no other test's queue has one, so none
 # of them is served differently).
-TEST_QUEUES = {"quota-a": {"quota": {"CPU": 2}}, "quota-b": {"quota": {"CPU": 4}}}
+TEST_QUEUES = {"quota-a": {"quota": {"CPU": 2}}, "quota-b": {"quota": {"CPU": 4}},
+               "reclaim-b": {"quota": {"CPU": 4}, "reclaim": "cancel_running"}}
 # The tokens (two identities) of the second app tests/test_access.py deploys: raylets (and so
 # replicas) inherit them.
 os.environ.setdefault("GRID_TEST_TOKEN", "alice=test-token-0123,bob=test-token-4567")

@@ -407,7 +407,7 @@ def test_a_queue_that_reclaims_stops_borrowed_running_tasks_youngest_first_and_e
     they free before A borrows again. A node_specific job could not move: it is never asked."""
     clock = Clock()
     books = reclaiming_books(clock)
-    a = job_in("A", 10, strategy, node="n1" if strategy == "node_specific" else None)
+    a = job_in("A", 6, strategy, node="n1" if strategy == "node_specific" else None)  # none of A's waits
     if strategy == "node_specific":
         books.on_nodes([NodeStatus(name="n1", node_id="id-n1", address="127.0.0.1", alive=True,
                                    resources_total={"CPU": 6.0}, resources_available={"CPU": 6.0})],

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.cluster
 A_TASKS, B_TASKS, RUN_S = 18, 8, 1.0
 
 
-def submit(http: httpx.Client, queue: str, tasks: int) -> str:
-    response = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, RUN_S] for i in range(tasks)],
+def submit(http: httpx.Client, queue: str, tasks: int, run_s: float = RUN_S) -> str:
+    response = http.post("/v1/jobs", json={"task": "sleep_task", "args": [[i, run_s] for i in range(tasks)],
                                            "strategy": "load_balanced", "queue": queue})
     assert response.status_code == 202, response.text
     return response.json()["job_id"]
@@ -62,6 +62,23 @@ def test_a_queue_borrows_what_another_leaves_idle_and_gives_it_back_at_task_boun
     assert all("queue quota-b is within its quota" in summary for summary in summaries), summaries
     borrowed = [d for d in decisions[first] if "queue quota-a borrows beyond its quota" in d.explanation.summary]
     assert len(borrowed) >= 4, [d.explanation.summary for d in decisions[first][:8]]
+
+
+def test_a_queue_that_reclaims_stops_borrowed_running_tasks_and_each_runs_again(
+        client: GridClient, http: httpx.Client) -> None:
+    """reclaim-b (`reclaim: cancel_running`, 4 CPUs owed) submits while quota-a (2 owed) runs 8 s
+    tasks on all 6 CPUs: 4 of quota-a's running tasks are stopped, reclaim-b's 4 all start before
+    any of quota-a's ends (without reclaim, none could), and the 4 stopped run again and succeed."""
+    eventually(lambda: idle_and_unreserved(client), what="an idle cluster")
+    borrower = submit(http, "quota-a", 6, run_s=8.0)
+    eventually(lambda: borrowing_everything(http), timeout_s=30, what="quota-a borrowing all 6 CPUs")
+    owner = submit(http, "reclaim-b", 4, run_s=0.5)
+    lent, owed = client.wait_job(borrower, timeout_s=120), client.wait_job(owner, timeout_s=120)
+    assert (lent.state, owed.state) == ("succeeded", "succeeded"), (lent.error, owed.error)
+    assert lent.taken_back == 4 and owed.taken_back == 0
+    first_end = min(outcome.started_at + outcome.duration_s for outcome in lent.results)
+    assert max(outcome.started_at for outcome in owed.results) < first_end, (lent.results, owed.results)
+    assert all(outcome.ok for outcome in lent.results) and len(lent.results) == 6
 
 
 def test_a_quota_setting_that_cannot_hold_is_refused_naming_the_field() -> None:
