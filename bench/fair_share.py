@@ -13,6 +13,10 @@ Quotas: queue A (`bench-quota-a`, a 2-CPU quota) submits 0.5 s tasks and borrows
 queue B (`bench-quota-b`, a 4-CPU quota) submits 12 two seconds later. Target: B runs 4 tasks
 within one run time of its submission (what it lent comes back at A's task boundaries). Plain
 Ray runs B's after every A task queued before them.
+
+Reclaim: A fills the trio CPUs with 6 s tasks; B (`bench-reclaim-b`, a 4-CPU quota with `reclaim:
+cancel_running`) submits 4 x 0.5 s two seconds later. Target: B holds its 4 CPUs within 0.5 s
+(A's 4 youngest running tasks are stopped and run again); plain Ray waits for A's to end.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ def grid_starts(env: Env, tasks: int, queues: tuple[str, str]) -> tuple[list[flo
 
 QUOTA_TASK_S = 0.5
 QUOTA_A, QUOTA_B = "bench-quota-a", "bench-quota-b"  # CPU quotas 2 and 4 in harness.app_args
+RECLAIM_B, RECLAIM_A_S = "bench-reclaim-b", 6.0  # quota 4, `reclaim: cancel_running`; A's tasks' run time
 
 
 def running_at(outcomes: list[Any], at: float) -> int:
@@ -78,12 +83,13 @@ def fourth_start_after(starts: list[float], at: float) -> float:
     return sorted(starts)[3] - at
 
 
-def grid_quota(env: Env, a_tasks: int) -> tuple[int, float]:
+def grid_quota(env: Env, a_tasks: int, a_run_s: float = QUOTA_TASK_S, b_queue: str = QUOTA_B,
+               b_tasks: int = 12) -> tuple[int, float]:
     """A borrows, B submits: how many of A's ran as B submitted, and how long B took to run 4."""
     handle = env.handle()
-    first, _ = submit_sleeps(handle, QUOTA_A, a_tasks, QUOTA_TASK_S)
+    first, _ = submit_sleeps(handle, QUOTA_A, a_tasks, a_run_s)
     time.sleep(LATER_S)
-    second, b_at = submit_sleeps(handle, QUOTA_B, 12, QUOTA_TASK_S)
+    second, b_at = submit_sleeps(handle, b_queue, b_tasks, QUOTA_TASK_S)
     done = [handle.wait_job.remote(job_id, 600.0, True).result(timeout_s=630) for job_id in (first, second)]
     if any(status.succeeded != status.total for status in done):
         raise RuntimeError(f"grid quota jobs: {[(s.state, s.error) for s in done]}")
@@ -91,14 +97,14 @@ def grid_quota(env: Env, a_tasks: int) -> tuple[int, float]:
     return running_at(a, b_at), fourth_start_after([o.started_at for o in b], b_at)
 
 
-def ray_quota(a_tasks: int) -> tuple[int, float]:
+def ray_quota(a_tasks: int, a_run_s: float = QUOTA_TASK_S, b_tasks: int = 12) -> tuple[int, float]:
     remote = plain_ray.sleep_for.options(**plain_ray.options("DEFAULT", on_trio=True))
-    first = [remote.remote(QUOTA_TASK_S) for _ in range(a_tasks)]
+    first = [remote.remote(a_run_s) for _ in range(a_tasks)]
     time.sleep(LATER_S)
     b_at = time.time()
-    second = [remote.remote(QUOTA_TASK_S) for _ in range(12)]
+    second = [remote.remote(QUOTA_TASK_S) for _ in range(b_tasks)]
     a, b = ray.get(first), ray.get(second)
-    return sum(1 for _, start, _ in a if start <= b_at < start + QUOTA_TASK_S), fourth_start_after(
+    return sum(1 for _, start, _ in a if start <= b_at < start + a_run_s), fourth_start_after(
         [start for _, start, _ in b], b_at)
 
 
@@ -146,7 +152,15 @@ def run(env: Env) -> Report:
     report.target(quota["grid-serve"][1] <= QUOTA_TASK_S,
                   f"B held its 4 CPUs {quota['grid-serve'][1]:.2f} s after its submission "
                   f"(target ≤ one run time, {QUOTA_TASK_S} s)")
-    report.data = {"results": results, "quota": quota}
+    reclaim = {"grid-serve": grid_quota(env, env.trio_cpus, RECLAIM_A_S, RECLAIM_B, 4),
+               "plain Ray DEFAULT": ray_quota(env.trio_cpus, RECLAIM_A_S, 4)}
+    for side, (running, wait) in reclaim.items():
+        report.add(f"reclaim: cancel_running, A's {RECLAIM_A_S:g} s tasks, {side}: A running as B submits "
+                   f"{running}, B's 4th start after", "-", "-", f"{wait:.2f}")
+    report.target(reclaim["grid-serve"][1] <= QUOTA_TASK_S,
+                  f"reclaiming, B held its 4 CPUs {reclaim['grid-serve'][1]:.2f} s after its submission, A's tasks "
+                  f"running {RECLAIM_A_S:g} s (target ≤ {QUOTA_TASK_S} s)")
+    report.data = {"results": results, "quota": quota, "reclaim": reclaim}
     return report
 
 

@@ -96,7 +96,8 @@ def app_args() -> dict[str, Any]:
     """The grid app's args; GRID_BENCH_ADMISSION, GRID_BENCH_LOOKAHEAD_MS and
     GRID_BENCH_CHUNK_MS override `admission`, `lookahead_ms` and `chunk_ms` (to show their effect)."""
     args: dict[str, Any] = {"metrics_interval_s": 1.0, "queues": {  # bench.fair_share
-        "bench-heavy": {"weight": 3}, "bench-quota-a": {"quota": {"CPU": 2}}, "bench-quota-b": {"quota": {"CPU": 4}}}}
+        "bench-heavy": {"weight": 3}, "bench-quota-a": {"quota": {"CPU": 2}}, "bench-quota-b": {"quota": {"CPU": 4}},
+        "bench-reclaim-b": {"quota": {"CPU": 4}, "reclaim": "cancel_running"}}}
     if os.environ.get("GRID_BENCH_ADMISSION"):
         args["admission"] = float(os.environ["GRID_BENCH_ADMISSION"])
     if os.environ.get("GRID_BENCH_LOOKAHEAD_MS"):

@@ -69,7 +69,8 @@ class AppArgs(BaseModel):
         default_factory=dict,
         description="queues by name (a token identity, `ray-job:<id>`, `anonymous`, `default`, or a name jobs give "
                     "in `queue`) and their settings: `weight` (fair share), `quota` and `borrowing_limit` per "
-                    "resource; a queue not listed has weight 1 and no quota. See grid_serve/queues.py")
+                    "resource, `reclaim` (cancel_running: stop borrowers' running tasks); a queue not listed "
+                    "has weight 1 and no quota. See grid_serve/queues.py")
     allowed_hosts: list[str] = Field(
         default_factory=lambda: list(LOOPBACK_HOSTS), min_length=1,
         description="host names the HTTP API answers to (the Host header); '*' for any. Loopback by default")

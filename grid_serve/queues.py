@@ -25,7 +25,10 @@ running task on one node, it would see a slot that frees on another go to borrow
 (`SchedulerCore._rule`). A queue with no quota is as before, lookahead
 included (so what it queued inside Ray starts before a quota's work: give every queue that
 shares with quotas one). A task that would take its queue past quota plus borrowing limit
-waits. Running tasks are never stopped to give capacity back. Pure: no Ray.
+waits. Running tasks are not stopped to give capacity back, unless the owed queue says `reclaim:
+cancel_running` (Kueue's reclaimWithinCohort): then its work within its quota waits here while
+others borrow, and when it finds no node, the borrowers' youngest running tasks are stopped and
+placed again (`grid_serve.take_back.to_reclaim`). Pure: no Ray.
 """
 
 from __future__ import annotations
