@@ -460,7 +460,8 @@ class SchedulerBooks:
                              held_back=self.unsent.get(group, (0, TaskPriority.NORMAL))[0],
                              reason=self.core.why_waiting(group), nodes=list(view.nodes.values()),
                              running=self.ledger.running_everywhere(), durations=dict(view.durations),
-                             group_run_s=dict(view.group_run_s), fair_share=self._fair_share_standing(group, view))
+                             group_run_s=dict(view.group_run_s), fair_share=self._fair_share_standing(group, view),
+                             at_quota_limit=self.core.waits_for_its_quota(group))
 
     def _fair_share_standing(self, group: str, view: ClusterView) -> str | None:
         """Where the group's queue stands, when other queues wait at its priority too: over its
@@ -553,16 +554,20 @@ class SchedulerBooks:
             elif (reservation.queue in result.lent and reservation.group in self._takes_back
                   and reservation.placement_group_id is None and reservation.strategy != PINNED):
                 candidates.append(reservation)
+        lent = {queue: dict(amounts) for queue, amounts in result.lent.items()}
         for queue, (rank, needs, owed) in result.owed.items():
             left = {name: amount - coming.get(name, 0.0) for name, amount in owed.items()}
             left = {name: amount for name, amount in left.items() if amount > EPSILON}
             fits = {node_id for node_id, node in view.nodes.items()
                     if node.alive and all(node.total.get(name, 0.0) >= amount for name, amount in needs.items())}
             mine = [c for c in candidates if c.queue != queue and c.node_id in fits]
-            for reservation in to_reclaim(rank, left, result.lent, mine):
+            for reservation in to_reclaim(rank, left, lent, mine):
                 self._taking_back[reservation.task_id] = reservation.group
                 self._deliver(reservation.group).reclaim.append(reservation.task_id)
                 candidates.remove(reservation)
+                for name, amount in reservation.resources.items():  # a second owed queue reads what is left
+                    if name in lent[reservation.queue]:
+                        lent[reservation.queue][name] -= amount
 
     def _ask_back(self, awaited: dict[str, tuple[int, frozenset[str]]], view: ClusterView) -> None:
         """Ask owners to take back their unstarted tasks on the nodes higher-priority work waits

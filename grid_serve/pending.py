@@ -11,7 +11,9 @@ what runs on a node at a moment is what started there and has not ended.
 
 What it leaves out, so an estimate is a forecast, not a promise: strategy rules beyond the
 node a task names (spread turns, labels, affinity), the lookahead queued inside Ray, work
-submitted later at a higher priority, and run times that change. Where a run time is not
+submitted later at a higher priority, the order fair share and quotas serve queues in (a job
+whose queue is at its quota plus borrowing limit gets no estimate, and the note says why), and
+run times that change. Where a run time is not
 learned (a task type never run on a node, a job none of whose tasks has ended) the estimate is
 unknown and says which; it is never made up.
 
@@ -32,6 +34,8 @@ from .view import NodeView, Running
 
 REPLAY_LIMIT = 5_000  # queued tasks replayed at most (a read's cost stays in milliseconds): past it, "unknown"
 EPS = 1e-9
+QUOTA_LIMIT_NOTE = ("not replayed: its queue is at its quota plus borrowing limit, so it starts as its own "
+                    "queue's tasks end, which the replay does not model")
 
 RunTime = Callable[[SchedulingRequest, str], "float | None"]  # (task, node id) -> learned seconds
 
@@ -60,6 +64,7 @@ class PendingInputs:
     durations: Mapping[tuple[str, str], float]
     group_run_s: Mapping[str, float]
     fair_share: str | None = None  # where its queue stands, when queues share its priority (`SchedulerBooks`)
+    at_quota_limit: bool = False  # its queue is at its quota plus borrowing limit (`grid_serve.queues`)
 
     def forecast(self) -> JobPending:
         """The job's `pending`: its place in the queue, what is ahead, why, and the replay."""
@@ -71,6 +76,9 @@ class PendingInputs:
             return JobPending(position=len(self.queue), ahead=ahead, waiting=self.waiting, held_back=self.held_back,
                               reason=self.reason, note=f"more than {len(self.queue)} tasks wait ahead: not replayed",
                               fair_share=self.fair_share)
+        if self.at_quota_limit:  # the replay frees slots for whoever is next, not only for its own queue
+            return JobPending(position=own[0], ahead=ahead, waiting=self.waiting, held_back=self.held_back,
+                              reason=self.reason, note=QUOTA_LIMIT_NOTE, fair_share=self.fair_share)
         extra = self.held_back + self.waiting - len(own)  # its tasks past the prefix read, and those held back
 
         def run_s_of(request: SchedulingRequest, node_id: str) -> float | None:

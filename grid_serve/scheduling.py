@@ -292,6 +292,11 @@ class SchedulerCore:
         outcome = self._reasons.get(group)
         return outcome.message if outcome is not None else None
 
+    def waits_for_its_quota(self, group: str) -> bool:
+        """Whether the group's next task waited in the last drain because its queue is at its
+        quota plus borrowing limit (it starts as its own queue's tasks end, not as slots free)."""
+        return isinstance(self._reasons.get(group), QuotaWait)
+
     @property
     def weights(self) -> Mapping[str, float]:
         """Each configured queue's weight (a queue not named weighs 1)."""

@@ -313,6 +313,23 @@ def test_a_borrowing_limit_holds_a_queue_and_says_so_and_a_task_it_can_never_fit
         ("big-0", "its queue may hold at most 3 CPU (quota 2 plus borrowing limit 1); the task needs 4")]
 
 
+def test_a_job_held_by_its_queue_s_limit_gets_no_forecast_and_is_told_why() -> None:
+    """The replay frees slots for whoever is next, not for the limited queue alone: its estimate
+    would be wrong, so there is none, and the note says why (the reason too)."""
+    clock = Clock()
+    books = SchedulerBooks(epoch="e", lease_s=60.0, tick_s=1.0, lookahead_s=0.1, clock=clock, wall=clock,
+                           queues={"A": QueueSettings(quota={"CPU": 2.0}, borrowing_limit={"CPU": 1.0})})
+    books.on_nodes([NodeStatus(name="n1", node_id="id-n1", address="127.0.0.1", alive=True,
+                               resources_total={"CPU": 6.0}, resources_available={"CPU": 6.0})], taken_at=clock.now)
+    assert len(books.on_submitted(Submit(requests=tasks("A", 6), runner="r-a")).placed) == 3
+    inputs = books.pending_inputs("job-A")
+    assert inputs is not None
+    pending = inputs.forecast()
+    assert (pending.expected_start_s, pending.waiting) == (None, 3)
+    assert pending.note is not None and "its queue is at its quota plus borrowing limit" in pending.note
+    assert pending.reason is not None and "at its quota plus borrowing limit" in pending.reason
+
+
 def test_quota_settings_are_checked() -> None:
     with pytest.raises(ValidationError, match="borrowing_limit names GPU, which quota does not"):
         QueueSettings(quota={"CPU": 2}, borrowing_limit={"GPU": 1})
