@@ -103,12 +103,15 @@ def record_ray_end(job: RunnerJob, index: int, envelope: dict[str, Any] | None, 
     attempts last, `JobBooks.on_lost`), or any other error (the task failed)."""
     if index not in job.running:
         return
-    if failure is None:
+    stopped = index in job.reclaimed and not job.cancelled  # for a queue reclaiming its quota
+    if failure is None and not (stopped and not envelope["ok"]):
         job.on_task_ended(index, envelope["ok"], envelope["error"], envelope)
+    elif failure is None:  # the stop's interrupt, caught by the task's own code as an error: placed again
+        job.on_taken_back(index)
     elif isinstance(failure, CANCELLED) and index in job.asked_back and not job.cancelled:
         job.on_taken_back(index)  # Ray dropped it unstarted, or stopped it reclaimed: it is queued again
-    elif index in job.reclaimed and not job.cancelled and isinstance(failure, (ray.exceptions.RayTaskError,
-                                                                               *LOST_WORKER)):
+    elif stopped and not isinstance(failure, LOST_NODE) and isinstance(failure, (ray.exceptions.RayTaskError,
+                                                                                 *LOST_WORKER)):
         job.on_taken_back(index)  # the stop reached it as Ray's own error, or forced, its worker's death
     elif isinstance(failure, CANCELLED) or (index in job.cancel_sent
                                             and isinstance(failure, (ray.exceptions.RayTaskError, *LOST_WORKER))):

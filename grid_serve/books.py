@@ -49,9 +49,10 @@ from .protocol import Adopt, Finished, Placements, Report, Reuse, Submit
 from .queues import DEFAULT_QUEUE, FairShares, QueueSettings, cluster_totals
 from .scheduling import DrainResult, Rejected, SchedulerCore
 from .sharing import Allocation, fold_allocations
-from .take_back import EPSILON, beyond_total, to_reclaim, to_take_back
+from .take_back import beyond_total, to_reclaim, to_take_back
 from .view import ClusterView, view_from
 
+RECLAIM_PATIENCE_S = 5.0  # a stop asked and not handed back in this long is asked again (`_reclaim`)
 PINNED = str(SchedulingStrategy.NODE_SPECIFIC)  # as the ledger records it: never reclaimed, it could not move
 
 logger = logging.getLogger("ray.serve")  # the Scheduler replica's log, where its operators read
@@ -122,6 +123,7 @@ class SchedulerBooks:
         # needed: the owner ignores an ask it already acted on, and an ask it refused, a chunk's
         # or one that came late, no longer counts as leaving)
         self._taking_back: dict[str, str] = {}
+        self._reclaiming: dict[str, tuple[str, float]] = {}  # task id -> (group, when asked): asked to stop running
         self.callers_version = 0  # grows whenever a /v1/schedule reservation is made or ends (`held_for_callers`)
         self._distrusted = False  # the node snapshot is too old: said once in the log per episode
         self._clock, self._wall = clock, wall
@@ -540,34 +542,43 @@ class SchedulerBooks:
 
     def _reclaim(self, result: DrainResult) -> None:
         """Ask owners to stop running tasks of queues beyond their quota, so that a queue that
-        reclaims (`reclaim: cancel_running`) gets what its quota owes its waiting work
-        (`grid_serve.take_back.to_reclaim`); each task is placed again by its owner. What is
-        already being taken back counts as coming. One scan of the reservations, made only
-        while such a queue's work finds no node."""
+        reclaims (`reclaim: cancel_running`) gets room for what its quota owes its waiting work,
+        on nodes that turned it away only as busy (`grid_serve.take_back.to_reclaim`); each task
+        is placed again by its owner. A stop asked and not yet handed back counts as room coming
+        (and no longer as lent) until its reservation goes, or for `RECLAIM_PATIENCE_S` (then it
+        may be asked again: its owner could not stop it). One scan of the reservations, made only
+        while such a queue's work finds its nodes busy."""
+        now = self._clock()
         view = result.view or self.view()
+        nodes = set().union(*(owed.busy_nodes for owed in result.owed.values())) & set(view.nodes)
+        self._reclaiming = {task_id: (group, at) for task_id, (group, at) in self._reclaiming.items()
+                            if now - at < RECLAIM_PATIENCE_S and task_id in self.ledger.reservations}
+        room = {node_id: {name: view.nodes[node_id].free(name) for name in view.nodes[node_id].total}
+                for node_id in nodes}
+        lent = {queue: dict(amounts) for queue, amounts in result.lent.items()}
         candidates: list[Reservation] = []
-        coming: dict[str, float] = {}
         for reservation in self.ledger.reservations.values():
-            if reservation.task_id in self._taking_back:
-                for name, amount in reservation.resources.items():
-                    coming[name] = coming.get(name, 0.0) + amount
-            elif (reservation.queue in result.lent and reservation.group in self._takes_back
+            if reservation.node_id not in room:
+                continue
+            if reservation.task_id in self._reclaiming or reservation.task_id in self._taking_back:
+                for name, amount in reservation.resources.items():  # on its way out
+                    room[reservation.node_id][name] = room[reservation.node_id].get(name, 0.0) + amount
+                    if reservation.queue in lent and name in lent[reservation.queue]:
+                        lent[reservation.queue][name] -= amount
+            elif (reservation.queue in lent and reservation.group in self._takes_back
                   and reservation.placement_group_id is None and reservation.strategy != PINNED):
                 candidates.append(reservation)
-        lent = {queue: dict(amounts) for queue, amounts in result.lent.items()}
-        for queue, (rank, needs, owed) in result.owed.items():
-            left = {name: amount - coming.get(name, 0.0) for name, amount in owed.items()}
-            left = {name: amount for name, amount in left.items() if amount > EPSILON}
-            fits = {node_id for node_id, node in view.nodes.items()
-                    if node.alive and all(node.total.get(name, 0.0) >= amount for name, amount in needs.items())}
-            mine = [c for c in candidates if c.queue != queue and c.node_id in fits]
-            for reservation in to_reclaim(rank, left, lent, mine):
-                self._taking_back[reservation.task_id] = reservation.group
+        for queue, owed in result.owed.items():
+            mine = [c for c in candidates if c.queue != queue and c.node_id in owed.busy_nodes]
+            for reservation in to_reclaim(owed.rank, owed.needs, owed.tasks,
+                                          {node_id: room[node_id] for node_id in owed.busy_nodes if node_id in room},
+                                          lent, mine):
+                self._reclaiming[reservation.task_id] = (reservation.group, now)
                 self._deliver(reservation.group).reclaim.append(reservation.task_id)
                 candidates.remove(reservation)
                 for name, amount in reservation.resources.items():  # a second owed queue reads what is left
-                    if name in lent[reservation.queue]:
-                        lent[reservation.queue][name] -= amount
+                    lent[reservation.queue][name] = lent[reservation.queue].get(name, 0.0) - amount
+                    room[reservation.node_id][name] = room[reservation.node_id].get(name, 0.0) + amount
 
     def _ask_back(self, awaited: dict[str, tuple[int, frozenset[str]]], view: ClusterView) -> None:
         """Ask owners to take back their unstarted tasks on the nodes higher-priority work waits

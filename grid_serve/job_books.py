@@ -238,9 +238,15 @@ class JobBooks:
         (`grid_serve.take_back.to_reclaim`): chosen as `to_take_back` chooses, but the shell stops
         them even if they have started, and each is placed again (`on_taken_back`); none of a
         node_specific job, which could not move."""
-        if self.spec.strategy is SchedulingStrategy.NODE_SPECIFIC:
+        if self.spec.strategy is SchedulingStrategy.NODE_SPECIFIC or self.cancelled:
             return []
-        chosen = self.to_take_back(task_ids)
+        upgraded = []  # asked back before, and started: stopped now all the same (the force reaches it)
+        for task_id in task_ids:
+            index = self.index_of(task_id)
+            entry = self.running.get(index)
+            if index in self.asked_back and index not in self.reclaimed and entry and entry[0].task_id == task_id:
+                upgraded.append((index, entry[1]))
+        chosen = upgraded + self.to_take_back(task_ids)
         self.reclaimed.update(index for index, _ in chosen)
         return chosen
 

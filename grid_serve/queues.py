@@ -37,7 +37,7 @@ import heapq
 from collections import deque
 from typing import Annotated, Callable, Hashable, Iterable, Iterator, Literal, Mapping, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .models import ZERO_RESOURCE_SLOT
 
@@ -69,6 +69,11 @@ class QueueSettings(BaseModel):
         "never", description="whether the queue's work within its quota may stop other queues' running borrowed "
                              "tasks when none of its own can start (cancel_running: each is placed again; "
                              "never: it waits for them to end)")
+
+    @field_validator("borrowing_limit", mode="before")
+    @classmethod
+    def _none_is_no_limit(cls, value: object) -> object:
+        return {} if value is None else value  # `borrowing_limit: null`, as older configs wrote "no limit"
 
     @model_validator(mode="after")
     def _amounts_mean_what_they_say(self) -> QueueSettings:

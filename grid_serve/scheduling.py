@@ -70,6 +70,17 @@ class _Waiting:
     queue: str = field(compare=False, default=DEFAULT_QUEUE)
 
 
+@dataclass(frozen=True)
+class Owed:
+    """A reclaiming queue's first task that found no node: its priority rank, its needs, how
+    many such tasks its quota still covers, and the nodes that turned it away only as busy."""
+
+    rank: int
+    needs: Mapping[str, float]
+    tasks: int
+    busy_nodes: frozenset[str]
+
+
 @dataclass
 class DrainResult:
     placed: list[SchedulingDecision] = field(default_factory=list)
@@ -82,10 +93,10 @@ class DrainResult:
     # back there: `grid_serve.take_back`)
     awaited: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
     # queue -> what its quota still owes its waiting work, for a queue that reclaims (`reclaim:
-    # cancel_running`) whose work within its quota found no node: (its first such task's priority
-    # rank, that task's needs, the amounts owed); `lent` then says what each queue holds beyond its
-    # quota (`grid_serve.take_back.to_reclaim`)
-    owed: dict[str, tuple[int, Mapping[str, float], dict[str, float]]] = field(default_factory=dict)
+    # cancel_running`) whose work within its quota found every node it may run on busy
+    # (`Owed`); `lent` then says what each queue holds beyond its quota
+    # (`grid_serve.take_back.to_reclaim`)
+    owed: dict[str, Owed] = field(default_factory=dict)
     lent: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
@@ -413,7 +424,7 @@ class SchedulerCore:
                 blocked.add(item.signature)
                 keep.append(item)
                 if standing == WITHIN and shares is not None and item.queue in self._reclaimers:
-                    self._note_owed(result, item, shares)
+                    self._note_owed(result, item, shares, busy_everywhere[any_job])
                 self._reasons.setdefault(request.group, busy_everywhere[any_job])
                 self._turn_blocked_since.pop(request.group, None)  # as its turn holders, all busy, would say
                 continue
@@ -453,8 +464,9 @@ class SchedulerCore:
             elif outcome.can_wait or (current is not None and may_fit_allocation(request, current)):
                 blocked.add(item.signature)
                 keep.append(item)
-                if standing == WITHIN and shares is not None and item.queue in self._reclaimers:
-                    self._note_owed(result, item, shares)
+                if (standing == WITHIN and shares is not None and item.queue in self._reclaimers
+                        and isinstance(outcome, NoFit)):
+                    self._note_owed(result, item, shares, outcome)
                 if isinstance(outcome, NoFit):
                     self._reasons.setdefault(request.group, outcome)
                 if isinstance(outcome, NoFit) and outcome.can_wait:
@@ -487,15 +499,18 @@ class SchedulerCore:
             result.view = replace(view, nodes=MappingProxyType(nodes), allocations=MappingProxyType(allocations))
         return result
 
-    def _note_owed(self, result: DrainResult, item: _Waiting, shares: FairShares) -> None:
+    def _note_owed(self, result: DrainResult, item: _Waiting, shares: FairShares, outcome: NoFit) -> None:
         """Record what the item's queue (one that reclaims) is still owed for its waiting work,
-        once per queue per drain: its first blocked task is its most urgent."""
+        once per queue per drain (its first blocked task is its most urgent), and where room
+        could be made for it: the nodes that turned it away only as busy."""
         if item.queue in result.owed:
             return
+        busy = frozenset(passed.node_id for passed in outcome.rejections if passed.check == "busy")
         needs = needs_of(item.request)
         owed = shares.owed(item.queue, needs, self._queued_per_queue.get(item.queue, 1))
-        if owed:
-            result.owed[item.queue] = (item.request.priority.rank, needs, owed)
+        tasks = min((int(owed[name] / needs[name] + 1e-9) for name in owed), default=0)
+        if busy and tasks > 0:
+            result.owed[item.queue] = Owed(item.request.priority.rank, needs, tasks, busy)
 
     def _fair_shares(self, view: ClusterView) -> tuple[FairShares | None, dict[float, float]]:
         """The queues' shares, and for each priority where more than one queue waits, their

@@ -37,10 +37,13 @@ class Queued(Protocol):
 
 
 class Lent(Queued, Protocol):
-    """What reclaiming reads besides: the reservation's queue."""
+    """What reclaiming reads besides: the reservation's queue and node."""
 
     @property
     def queue(self) -> str: ...
+
+    @property
+    def node_id(self) -> str: ...
 
 
 Q = TypeVar("Q", bound=Queued)
@@ -98,43 +101,84 @@ def to_take_back(waiting_rank: int, over: Mapping[str, float], candidates: Itera
     return chosen
 
 
-def to_reclaim(waiting_rank: int, owed: Mapping[str, float], lent: Mapping[str, Mapping[str, float]],
-               candidates: Iterable[L]) -> list[L]:
-    """Of `candidates` (other queues' reservations their owners can stop and place again, on
-    nodes that could run the waiting task, in the order they were placed), those to stop so
-    that a queue reclaiming its quota (`reclaim: cancel_running`, `grid_serve.queues`) gets what
-    it is `owed`: of priorities up to the waiting task's, only of queues holding more than their
-    quota (`lent`), never taking one below it, the youngest first (the least work lost), until
-    `owed` is covered. A task that uses none of what is owed stays.
+def to_reclaim(waiting_rank: int, needs: Mapping[str, float], tasks: int, free: Mapping[str, Mapping[str, float]],
+               lent: Mapping[str, Mapping[str, float]], candidates: Iterable[L]) -> list[L]:
+    """Of `candidates` (other queues' running reservations their owners can stop and place
+    again, in the order they were placed), those to stop so that `tasks` tasks needing `needs`
+    of a queue reclaiming its quota (`reclaim: cancel_running`, `grid_serve.queues`) can start:
+    task by task, on the node where the fewest stops make room (`free`: what is free on each
+    node the task may run on, negative where work is queued inside Ray beyond its total), of
+    priorities up to the waiting task's, only of queues holding more than their quota (`lent`),
+    never taking one below it in any resource, the youngest first (the least work lost). Stops
+    that would not make room on one node are not made.
 
     >>> from types import SimpleNamespace as R
-    >>> old = R(rank=1, made_at=1.0, resources={"CPU": 1.0}, queue="a")
-    >>> new = R(rank=1, made_at=2.0, resources={"CPU": 1.0}, queue="a")
-    >>> other = R(rank=1, made_at=3.0, resources={"CPU": 1.0}, queue="c")
-    >>> to_reclaim(1, {"CPU": 1.0}, {"a": {"CPU": 2.0}}, [old, new, other]) == [new]  # c lent nothing
+    >>> old = R(rank=1, made_at=1.0, resources={"CPU": 1.0}, queue="a", node_id="n1")
+    >>> new = R(rank=1, made_at=2.0, resources={"CPU": 1.0}, queue="a", node_id="n1")
+    >>> other = R(rank=1, made_at=3.0, resources={"CPU": 1.0}, queue="c", node_id="n1")
+    >>> full = {"n1": {"CPU": 0.0}}
+    >>> to_reclaim(1, {"CPU": 1.0}, 1, full, {"a": {"CPU": 2.0}}, [old, new, other]) == [new]  # c lent nothing
     True
-    >>> to_reclaim(1, {"CPU": 3.0}, {"a": {"CPU": 1.0}}, [old, new]) == [new]  # a keeps its quota
+    >>> to_reclaim(1, {"CPU": 1.0}, 3, full, {"a": {"CPU": 1.0}}, [old, new]) == [new]  # a keeps its quota
     True
-    >>> to_reclaim(0, {"CPU": 1.0}, {"a": {"CPU": 2.0}}, [old, new])  # higher work than the waiting task's
+    >>> elsewhere = R(rank=1, made_at=0.5, resources={"CPU": 1.0}, queue="a", node_id="n2")
+    >>> two_cpus, two_nodes = {"CPU": 2.0}, {"n1": {"CPU": 0.0}, "n2": {"CPU": 1.0}}
+    >>> to_reclaim(1, two_cpus, 1, two_nodes, {"a": {"CPU": 3.0}}, [old, new, elsewhere]) == [elsewhere]  # one stop
+    True
+    >>> to_reclaim(1, {"CPU": 3.0}, 1, full, {"a": {"CPU": 2.0}}, [old, new])  # two stops cannot make room for 3
+    []
+    >>> to_reclaim(0, {"CPU": 1.0}, 1, full, {"a": {"CPU": 2.0}}, [old, new])  # higher work than the waiting task's
     []
     """
-    left = dict(owed)
     beyond = {queue: dict(amounts) for queue, amounts in lent.items()}
-    chosen = []
-    ordered = list(candidates)
+    room = {node_id: dict(amounts) for node_id, amounts in free.items()}
+    pools: dict[str, list[L]] = {}
+    ordered = [c for c in candidates if c.rank <= waiting_rank and c.node_id in room]
     ordered.reverse()  # candidates come in the order they were placed: of two made at once, the later first
-    for reservation in sorted(ordered, key=lambda c: (c.rank, -c.made_at)):
+    youngest_first = sorted(ordered, key=lambda c: (c.rank, -c.made_at))
+    place = {id(reservation): index for index, reservation in enumerate(youngest_first)}
+    for reservation in youngest_first:
+        pools.setdefault(reservation.node_id, []).append(reservation)
+    chosen: list[L] = []
+    for _ in range(tasks):
+        options = [(stops, node_id) for node_id, pool in pools.items()
+                   if (stops := _stops_making_room(room[node_id], needs, pool, beyond))]
+        if not options:
+            break  # no node can be made room on (or one has room already: the next drain places there)
+        # the fewest stops, then the youngest ones
+        stops, node_id = min(options, key=lambda option: (len(option[0]), [place[id(r)] for r in option[0]]))
+        for reservation in stops:
+            pools[node_id].remove(reservation)
+            chosen.append(reservation)
+            for name, amount in reservation.resources.items():
+                beyond[reservation.queue][name] = beyond[reservation.queue].get(name, 0.0) - amount
+                room[node_id][name] = room[node_id].get(name, 0.0) + amount
+        for name, amount in needs.items():  # the owed task takes the room made
+            room[node_id][name] = room[node_id].get(name, 0.0) - amount
+    return chosen
+
+
+def _stops_making_room(room: Mapping[str, float], needs: Mapping[str, float], pool: list[L],
+                       beyond: Mapping[str, Mapping[str, float]]) -> list[L] | None:
+    """The fewest of `pool` (youngest first) whose stopping leaves `needs` room on their node,
+    each of a queue with that much beyond its quota in everything it holds; None: none do."""
+    left = {name: amount - room.get(name, 0.0) for name, amount in needs.items() if amount > EPSILON}
+    left = {name: amount for name, amount in left.items() if amount > EPSILON}
+    spare = {queue: dict(amounts) for queue, amounts in beyond.items()}
+    stops = []
+    for reservation in pool:
         if not left:
             break
-        uses = {name: amount for name, amount in reservation.resources.items() if name in left and amount > EPSILON}
-        spare = beyond.get(reservation.queue, {})
-        if (reservation.rank > waiting_rank or not uses
-                or any(spare.get(name, 0.0) < amount - EPSILON for name, amount in uses.items())):
+        held = {name: amount for name, amount in reservation.resources.items() if amount > EPSILON}
+        mine = spare.get(reservation.queue, {})
+        if not any(name in left for name in held) or any(mine.get(name, 0.0) < amount - EPSILON
+                                                        for name, amount in held.items()):
             continue
-        chosen.append(reservation)
-        for name, amount in uses.items():
-            spare[name] -= amount
-            left[name] -= amount
-            if left[name] <= EPSILON:
-                del left[name]
-    return chosen
+        stops.append(reservation)
+        for name, amount in held.items():
+            mine[name] -= amount
+            if name in left:
+                left[name] -= amount
+                if left[name] <= EPSILON:
+                    del left[name]
+    return None if left else stops

@@ -441,6 +441,9 @@ def test_a_queue_that_reclaims_stops_borrowed_running_tasks_youngest_first_and_e
     assert asked == list(reversed(first))[:4]  # the youngest: of tasks placed together, the last placed
     books.on_leases_checked([], set())  # the tick drains again
     assert books.collect(a.id).reclaim == []  # asked once: what is coming back counts
+    books.on_reported(Report(group=a.id))  # A's runner says something else meanwhile: still coming
+    books.on_leases_checked([], set())
+    assert books.collect(a.id).reclaim == []
     stopped = a.to_reclaim(asked)
     assert [f"{a.id}-{index}" for index, _ in stopped] == asked
     for index, _ in stopped:  # Ray stopped them (TaskCancelledError): `record_ray_end` hands each back
@@ -458,3 +461,38 @@ def test_a_queue_that_reclaims_stops_borrowed_running_tasks_youngest_first_and_e
 def test_reclaim_needs_a_quota() -> None:
     with pytest.raises(ValidationError, match="reclaim: a queue reclaims only what its quota owes it"):
         QueueSettings(reclaim="cancel_running")
+
+
+def test_reclaim_makes_room_on_one_node_for_a_larger_task_and_that_room_is_the_owed_queue_s() -> None:
+    """B's task needs 3 CPUs: stops spread over both nodes (2 and 2) would free 4 CPUs and room
+    for nothing. All 3 are stopped on one node; handed back, the room is B's, not A's again."""
+    clock = Clock()
+    books = reclaiming_books(clock)
+    a = job_in("A", 6)
+    first = sent(a, submitted(books, a))
+    clock.now += 1.0
+    b = job_in("B", 1)
+    b.requirements = ResourceRequirement(cpu_count=3)
+    assert submitted(books, b).placed == []
+    asked = books.collect(a.id).reclaim
+    nodes = {a.running[a.index_of(task_id)][0].node_name for task_id in asked}
+    assert len(asked) == 3 and len(nodes) == 1, (asked, nodes)
+    assert set(asked) <= set(first)
+    for index, _ in a.to_reclaim(asked):
+        a.on_taken_back(index)
+    books.on_reported(a.take_report())
+    placed = sent(b, books.collect(b.id))
+    assert len(placed) == 1 and books.collect(a.id).placed == []
+    books.check()
+
+
+def test_a_task_asked_back_earlier_that_had_started_is_stopped_when_reclaimed() -> None:
+    """Asked back for higher work and already running (it runs on), then reclaimed: the runner
+    stops it all the same (forced, the name that guards it notwithstanding), once."""
+    books = reclaiming_books(Clock())
+    a = job_in("A", 2)
+    first = sent(a, submitted(books, a))
+    assert [index for index, _ in a.to_take_back(first[:1])] == [0]
+    assert [index for index, _ in a.to_reclaim(first)] == [0, 1]
+    assert a.to_reclaim(first) == []  # once
+    a.check()
