@@ -123,7 +123,8 @@ class SchedulerBooks:
         # needed: the owner ignores an ask it already acted on, and an ask it refused, a chunk's
         # or one that came late, no longer counts as leaving)
         self._taking_back: dict[str, str] = {}
-        self._reclaiming: dict[str, tuple[str, float]] = {}  # task id -> (group, when asked): asked to stop running
+        # task id -> (group, when asked, its reservation's made_at): running tasks asked to stop
+        self._reclaiming: dict[str, tuple[str, float, float]] = {}
         self.callers_version = 0  # grows whenever a /v1/schedule reservation is made or ends (`held_for_callers`)
         self._distrusted = False  # the node snapshot is too old: said once in the log per episode
         self._clock, self._wall = clock, wall
@@ -551,29 +552,34 @@ class SchedulerBooks:
         now = self._clock()
         view = result.view or self.view()
         nodes = set().union(*(owed.busy_nodes for owed in result.owed.values())) & set(view.nodes)
-        self._reclaiming = {task_id: (group, at) for task_id, (group, at) in self._reclaiming.items()
-                            if now - at < RECLAIM_PATIENCE_S and task_id in self.ledger.reservations}
+        self._reclaiming = {task_id: (group, at, made_at) for task_id, (group, at, made_at) in self._reclaiming.items()
+                            if now - at < RECLAIM_PATIENCE_S and task_id in self.ledger.reservations
+                            and self.ledger.reservations[task_id].made_at == made_at}  # not its next placement's
         room = {node_id: {name: view.nodes[node_id].free(name) for name in view.nodes[node_id].total}
                 for node_id in nodes}
         lent = {queue: dict(amounts) for queue, amounts in result.lent.items()}
         candidates: list[Reservation] = []
         for reservation in self.ledger.reservations.values():
+            leaving = reservation.task_id in self._reclaiming or reservation.task_id in self._taking_back
+            if leaving and reservation.queue in lent:  # on its way out, wherever it runs: no longer lent
+                for name, amount in reservation.resources.items():
+                    lent[reservation.queue][name] = lent[reservation.queue].get(name, 0.0) - amount
             if reservation.node_id not in room:
                 continue
-            if reservation.task_id in self._reclaiming or reservation.task_id in self._taking_back:
-                for name, amount in reservation.resources.items():  # on its way out
+            if leaving:
+                for name, amount in reservation.resources.items():  # room coming
                     room[reservation.node_id][name] = room[reservation.node_id].get(name, 0.0) + amount
-                    if reservation.queue in lent and name in lent[reservation.queue]:
-                        lent[reservation.queue][name] -= amount
             elif (reservation.queue in lent and reservation.group in self._takes_back
                   and reservation.placement_group_id is None and reservation.strategy != PINNED):
                 candidates.append(reservation)
         for queue, owed in result.owed.items():
             mine = [c for c in candidates if c.queue != queue and c.node_id in owed.busy_nodes]
-            for reservation in to_reclaim(owed.rank, owed.needs, owed.tasks,
-                                          {node_id: room[node_id] for node_id in owed.busy_nodes if node_id in room},
-                                          lent, mine):
-                self._reclaiming[reservation.task_id] = (reservation.group, now)
+            stops = to_reclaim(owed.rank, owed.needs, owed.tasks,
+                               {node_id: room[node_id] for node_id in owed.busy_nodes if node_id in room}, lent, mine)
+            if stops:  # the first owed task's room: held for it until it fits (or the stops' patience runs out)
+                self.core.hold_room(owed.task_id, stops[0].node_id, RECLAIM_PATIENCE_S)
+            for reservation in stops:
+                self._reclaiming[reservation.task_id] = (reservation.group, now, reservation.made_at)
                 self._deliver(reservation.group).reclaim.append(reservation.task_id)
                 candidates.remove(reservation)
                 for name, amount in reservation.resources.items():  # a second owed queue reads what is left

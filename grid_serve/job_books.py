@@ -244,7 +244,7 @@ class JobBooks:
         for task_id in task_ids:
             index = self.index_of(task_id)
             entry = self.running.get(index)
-            if index in self.asked_back and index not in self.reclaimed and entry and entry[0].task_id == task_id:
+            if index in self.asked_back and entry and entry[0].task_id == task_id:  # reclaimed: asked again
                 upgraded.append((index, entry[1]))
         chosen = upgraded + self.to_take_back(task_ids)
         self.reclaimed.update(index for index, _ in chosen)

@@ -79,6 +79,7 @@ class Owed:
     needs: Mapping[str, float]
     tasks: int
     busy_nodes: frozenset[str]
+    task_id: str = ""
 
 
 @dataclass
@@ -245,6 +246,7 @@ class SchedulerCore:
         self._lookahead_s = lookahead_s
         self._starve_after_s = starve_after_s
         self._held: dict[str, str] = {}  # task id -> the node held for it (it has waited too long)
+        self._room_held: dict[str, float] = {}  # task id -> until when room made for it is held (`hold_room`)
         self._turn_blocked_since: dict[str, float] = {}  # group -> when its turn holders began to block it
         self._waiting: list[_Waiting] = []
         self._seq = itertools.count()
@@ -492,6 +494,7 @@ class SchedulerCore:
         if self._held:  # forget the holds of tasks no longer waiting
             waiting = {item.request.task_id for item in keep}
             self._held = {task_id: node_id for task_id, node_id in self._held.items() if task_id in waiting}
+            self._room_held = {task_id: until for task_id, until in self._room_held.items() if task_id in waiting}
         for signature, _ in keys:  # a group that got nothing needs no (empty) counts kept
             if not self.group_counts.of(signature[0]):
                 self.group_counts.forget(signature[0])
@@ -510,7 +513,7 @@ class SchedulerCore:
         owed = shares.owed(item.queue, needs, self._queued_per_queue.get(item.queue, 1))
         tasks = min((int(owed[name] / needs[name] + 1e-9) for name in owed), default=0)
         if busy and tasks > 0:
-            result.owed[item.queue] = Owed(item.request.priority.rank, needs, tasks, busy)
+            result.owed[item.queue] = Owed(item.request.priority.rank, needs, tasks, busy, item.request.task_id)
 
     def _fair_shares(self, view: ClusterView) -> tuple[FairShares | None, dict[float, float]]:
         """The queues' shares, and for each priority where more than one queue waits, their
@@ -585,7 +588,19 @@ class SchedulerCore:
         return True
 
     def _starving(self, item: _Waiting) -> bool:
+        """Whether a node is held for the item (`_hold`): it has waited too long, or room is being
+        made for it by stopping other queues' tasks (`hold_room`)."""
+        room = self._room_held.get(item.request.task_id)
+        if room is not None and self._clock() < room:
+            return True
         return self._starve_after_s is not None and self._clock() - item.enqueued_at >= self._starve_after_s
+
+    def hold_room(self, task_id: str, node_id: str, for_s: float) -> None:
+        """Room is being made on `node_id` for the waiting task (`reclaim: cancel_running`): for
+        `for_s`, the node is held for it as for a starving task, so the tasks stopped there, placed
+        again, do not take the room back before it fits."""
+        self._room_held[task_id] = self._clock() + for_s
+        self._held[task_id] = node_id
 
     def _hold(self, request: SchedulingRequest, outcome: NoFit, nodes: dict[str, NodeView],
               view: ClusterView) -> _Hold | None:

@@ -141,11 +141,11 @@ def to_reclaim(waiting_rank: int, needs: Mapping[str, float], tasks: int, free: 
         pools.setdefault(reservation.node_id, []).append(reservation)
     chosen: list[L] = []
     for _ in range(tasks):
-        options = [(stops, node_id) for node_id, pool in pools.items()
-                   if (stops := _stops_making_room(room[node_id], needs, pool, beyond))]
+        options = [(stops, node_id) for node_id in room
+                   if (stops := _stops_making_room(room[node_id], needs, pools.get(node_id, []), beyond)) is not None]
         if not options:
-            break  # no node can be made room on (or one has room already: the next drain places there)
-        # the fewest stops, then the youngest ones
+            break  # no node can be made room on
+        # the fewest stops (none: room already coming there), then the youngest ones
         stops, node_id = min(options, key=lambda option: (len(option[0]), [place[id(r)] for r in option[0]]))
         for reservation in stops:
             pools[node_id].remove(reservation)

@@ -488,11 +488,41 @@ def test_reclaim_makes_room_on_one_node_for_a_larger_task_and_that_room_is_the_o
 
 def test_a_task_asked_back_earlier_that_had_started_is_stopped_when_reclaimed() -> None:
     """Asked back for higher work and already running (it runs on), then reclaimed: the runner
-    stops it all the same (forced, the name that guards it notwithstanding), once."""
+    stops it all the same (forced, the name that guards it notwithstanding)."""
     books = reclaiming_books(Clock())
     a = job_in("A", 2)
     first = sent(a, submitted(books, a))
     assert [index for index, _ in a.to_take_back(first[:1])] == [0]
     assert [index for index, _ in a.to_reclaim(first)] == [0, 1]
-    assert a.to_reclaim(first) == []  # once
+    # the Scheduler asks again only past its patience (the stops did not land): stopped again
+    assert [index for index, _ in a.to_reclaim(first)] == [0, 1]
     a.check()
+
+
+def test_room_already_coming_is_used_before_more_tasks_are_stopped_and_is_held_for_the_owed_task() -> None:
+    """Three 3-CPU nodes full of A's tasks; B owes one 3-CPU task. The first drain stops 3 on one
+    node; the drains after it, before they are handed back, stop nothing more. Handed back one
+    at a time, the room is held for B's task: A's stopped tasks, placed again, do not fill it."""
+    clock = Clock()
+    books = reclaiming_books(clock)
+    books.on_nodes([NodeStatus(name=name, node_id=f"id-{name}", address="127.0.0.1", alive=True,
+                               resources_total={"CPU": 3.0}, resources_available={"CPU": 3.0})
+                    for name in ("n1", "n2", "n3")], taken_at=clock.now)
+    a = job_in("A", 9)
+    sent(a, submitted(books, a))
+    clock.now += 1.0
+    b = job_in("B", 1)
+    b.requirements = ResourceRequirement(cpu_count=3)
+    assert submitted(books, b).placed == []
+    asked = books.collect(a.id).reclaim
+    assert len(asked) == 3
+    for _ in range(3):
+        clock.now += 0.5
+        books.on_leases_checked([], set())
+        assert books.collect(a.id).reclaim == []
+    for task_id in asked:  # handed back one report at a time
+        a.on_taken_back(a.index_of(task_id))
+        books.on_reported(a.take_report())
+        sent(a, books.collect(a.id))
+    assert len(sent(b, books.collect(b.id))) == 1
+    books.check()
