@@ -46,10 +46,10 @@ from .models import (
 from .owners import Owners
 from .pending import REPLAY_LIMIT, PendingInputs
 from .protocol import Adopt, Finished, Placements, Report, Reuse, Submit
-from .queues import DEFAULT_QUEUE, FairShares, QueueSettings, cluster_totals
+from .queues import DEFAULT_QUEUE, FairShares, QueueSettings, cluster_totals, held_beyond
 from .scheduling import DrainResult, Rejected, SchedulerCore
 from .sharing import Allocation, fold_allocations
-from .take_back import beyond_total, to_reclaim, to_take_back
+from .take_back import beyond_total, shift, to_reclaim, to_take_back
 from .view import ClusterView, view_from
 
 RECLAIM_PATIENCE_S = 5.0  # a stop asked and not handed back in this long is asked again (`_reclaim`)
@@ -433,8 +433,8 @@ class SchedulerBooks:
         """A queue's quota and what it holds beyond it (`QueueStatus.quota`, `.borrowed`)."""
         if settings is None:
             return {}
-        borrowed = {name: round(holds.get(name, 0.0) - amount, 6) for name, amount in settings.quota.items()
-                    if holds.get(name, 0.0) > amount + 1e-9}
+        borrowed = {name: round(amount, 6) for name, amount in held_beyond(settings.quota, holds).items()
+                    if name in settings.quota}
         return {"quota": dict(settings.quota), "borrowed": borrowed}
 
     def queue_levels(self) -> list[QueueLevel]:
@@ -562,13 +562,11 @@ class SchedulerBooks:
         for reservation in self.ledger.reservations.values():
             leaving = reservation.task_id in self._reclaiming or reservation.task_id in self._taking_back
             if leaving and reservation.queue in lent:  # on its way out, wherever it runs: no longer lent
-                for name, amount in reservation.resources.items():
-                    lent[reservation.queue][name] = lent[reservation.queue].get(name, 0.0) - amount
+                shift(lent[reservation.queue], reservation.resources, -1)
             if reservation.node_id not in room:
                 continue
             if leaving:
-                for name, amount in reservation.resources.items():  # room coming
-                    room[reservation.node_id][name] = room[reservation.node_id].get(name, 0.0) + amount
+                shift(room[reservation.node_id], reservation.resources, 1)  # room coming
             elif (reservation.queue in lent and reservation.group in self._takes_back
                   and reservation.placement_group_id is None and reservation.strategy != PINNED):
                 candidates.append(reservation)
@@ -578,13 +576,10 @@ class SchedulerBooks:
                                {node_id: room[node_id] for node_id in owed.busy_nodes if node_id in room}, lent, mine)
             if stops:  # the first owed task's room: held for it until it fits (or the stops' patience runs out)
                 self.core.hold_room(owed.task_id, stops[0].node_id, RECLAIM_PATIENCE_S)
-            for reservation in stops:
+            for reservation in stops:  # `to_reclaim` left `room` and `lent` as a second owed queue reads them
                 self._reclaiming[reservation.task_id] = (reservation.group, now, reservation.made_at)
                 self._deliver(reservation.group).reclaim.append(reservation.task_id)
                 candidates.remove(reservation)
-                for name, amount in reservation.resources.items():  # a second owed queue reads what is left
-                    lent[reservation.queue][name] = lent[reservation.queue].get(name, 0.0) - amount
-                    room[reservation.node_id][name] = room[reservation.node_id].get(name, 0.0) + amount
 
     def _ask_back(self, awaited: dict[str, tuple[int, frozenset[str]]], view: ClusterView) -> None:
         """Ask owners to take back their unstarted tasks on the nodes higher-priority work waits

@@ -213,7 +213,7 @@ class JobBooks:
         self.on_task_ended(index, False, reason, None)
         return reason
 
-    def to_take_back(self, task_ids: list[str]) -> list[tuple[int, Any]]:
+    def to_take_back(self, task_ids: list[str], again: bool = False) -> list[tuple[int, Any]]:
         """The Scheduler asks these tasks back (higher-priority work waits for their nodes,
         `grid_serve.take_back`): those still running here, each alone in its Ray task (a chunk
         is not split) and of a job not cancelled, as (index, Ray's ref) for the shell to ask Ray
@@ -227,7 +227,8 @@ class JobBooks:
         for task_id in task_ids:
             index = self.index_of(task_id)
             entry = self.running.get(index)
-            if entry is None or index in self.asked_back or entry[0].task_id != task_id or shared[id(entry[1])] > 1:
+            if (entry is None or (index in self.asked_back and not again) or entry[0].task_id != task_id
+                    or shared[id(entry[1])] > 1):
                 continue
             self.asked_back.add(index)
             chosen.append((index, entry[1]))
@@ -240,13 +241,9 @@ class JobBooks:
         node_specific job, which could not move."""
         if self.spec.strategy is SchedulingStrategy.NODE_SPECIFIC or self.cancelled:
             return []
-        upgraded = []  # asked back before, and started: stopped now all the same (the force reaches it)
-        for task_id in task_ids:
-            index = self.index_of(task_id)
-            entry = self.running.get(index)
-            if index in self.asked_back and entry and entry[0].task_id == task_id:  # reclaimed: asked again
-                upgraded.append((index, entry[1]))
-        chosen = upgraded + self.to_take_back(task_ids)
+        # a task asked back before (for higher work, or reclaimed and not stopped in the Scheduler's
+        # patience) is stopped now all the same: the force reaches it
+        chosen = self.to_take_back(task_ids, again=True)
         self.reclaimed.update(index for index, _ in chosen)
         return chosen
 

@@ -179,6 +179,17 @@ def amount_text(resource: str, value: float) -> str:
     return f"{megabytes:.0f} MB" if megabytes >= 10 or megabytes == 0 else f"{megabytes:.2g} MB"
 
 
+def held_beyond(quota: Mapping[str, float], held: Mapping[str, float]) -> dict[str, float]:
+    """What a queue holds beyond its quota, per resource it holds (all of it where the quota
+    names none).
+
+    >>> held_beyond({"CPU": 2.0}, {"CPU": 5.0, "GPU": 1.0, "memory": 0.0})
+    {'CPU': 3.0, 'GPU': 1.0}
+    """
+    return {name: amount - quota.get(name, 0.0) for name, amount in held.items()
+            if amount - quota.get(name, 0.0) > 1e-9}
+
+
 def queue_of_caller(identity: str | None) -> str:
     """The queue an HTTP caller's work waits in when it names none: its token identity's own,
     one for every caller without a token.
@@ -272,9 +283,7 @@ class FairShares:
         quotas = self.quotas or {}
         lent = {}
         for queue, held in self._used.items():
-            quota = quotas[queue].quota if queue in quotas else {}
-            beyond = {name: amount - quota.get(name, 0.0) for name, amount in held.items()
-                      if amount - quota.get(name, 0.0) > 1e-9}
+            beyond = held_beyond(quotas[queue].quota if queue in quotas else {}, held)
             if beyond:
                 lent[queue] = beyond
         return lent

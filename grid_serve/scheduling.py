@@ -425,8 +425,7 @@ class SchedulerCore:
             if any_job in busy_everywhere and self._told_alike(item):  # spare building a placer to hear it
                 blocked.add(item.signature)
                 keep.append(item)
-                if standing == WITHIN and shares is not None and item.queue in self._reclaimers:
-                    self._note_owed(result, item, shares, busy_everywhere[any_job])
+                self._note_owed(result, item, standing, shares, busy_everywhere[any_job])
                 self._reasons.setdefault(request.group, busy_everywhere[any_job])
                 self._turn_blocked_since.pop(request.group, None)  # as its turn holders, all busy, would say
                 continue
@@ -466,9 +465,8 @@ class SchedulerCore:
             elif outcome.can_wait or (current is not None and may_fit_allocation(request, current)):
                 blocked.add(item.signature)
                 keep.append(item)
-                if (standing == WITHIN and shares is not None and item.queue in self._reclaimers
-                        and isinstance(outcome, NoFit)):
-                    self._note_owed(result, item, shares, outcome)
+                if isinstance(outcome, NoFit):
+                    self._note_owed(result, item, standing, shares, outcome)
                 if isinstance(outcome, NoFit):
                     self._reasons.setdefault(request.group, outcome)
                 if isinstance(outcome, NoFit) and outcome.can_wait:
@@ -502,11 +500,13 @@ class SchedulerCore:
             result.view = replace(view, nodes=MappingProxyType(nodes), allocations=MappingProxyType(allocations))
         return result
 
-    def _note_owed(self, result: DrainResult, item: _Waiting, shares: FairShares, outcome: NoFit) -> None:
-        """Record what the item's queue (one that reclaims) is still owed for its waiting work,
-        once per queue per drain (its first blocked task is its most urgent), and where room
-        could be made for it: the nodes that turned it away only as busy."""
-        if item.queue in result.owed:
+    def _note_owed(self, result: DrainResult, item: _Waiting, standing: int, shares: FairShares | None,
+                   outcome: NoFit) -> None:
+        """For a blocked item within its quota, of a queue that reclaims: record what that queue is
+        still owed for its waiting work, once per queue per drain (its first blocked task is its
+        most urgent), and where room could be made for it: the nodes that turned it away only as busy."""
+        if (standing != WITHIN or shares is None or item.queue not in self._reclaimers
+                or item.queue in result.owed):
             return
         busy = frozenset(passed.node_id for passed in outcome.rejections if passed.check == "busy")
         needs = needs_of(item.request)

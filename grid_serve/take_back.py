@@ -50,6 +50,16 @@ Q = TypeVar("Q", bound=Queued)
 L = TypeVar("L", bound=Lent)
 
 
+def shift(into: dict[str, float], resources: Mapping[str, float], sign: float) -> None:
+    """Add `resources` (`sign` 1) to the amounts `into`, or take them away (-1).
+
+    >>> room = {"CPU": 1.0}; shift(room, {"CPU": 2.0, "GPU": 1.0}, -1); room
+    {'CPU': -1.0, 'GPU': -1.0}
+    """
+    for name, amount in resources.items():
+        into[name] = into.get(name, 0.0) + sign * amount
+
+
 def beyond_total(total: Mapping[str, float], reserved: Mapping[str, float],
                  leaving: Iterable[Queued] = ()) -> dict[str, float]:
     """What the node has reserved beyond its total, per resource, once the reservations already
@@ -101,8 +111,8 @@ def to_take_back(waiting_rank: int, over: Mapping[str, float], candidates: Itera
     return chosen
 
 
-def to_reclaim(waiting_rank: int, needs: Mapping[str, float], tasks: int, free: Mapping[str, Mapping[str, float]],
-               lent: Mapping[str, Mapping[str, float]], candidates: Iterable[L]) -> list[L]:
+def to_reclaim(waiting_rank: int, needs: Mapping[str, float], tasks: int, free: Mapping[str, dict[str, float]],
+               lent: Mapping[str, dict[str, float]], candidates: Iterable[L]) -> list[L]:
     """Of `candidates` (other queues' running reservations their owners can stop and place
     again, in the order they were placed), those to stop so that `tasks` tasks needing `needs`
     of a queue reclaiming its quota (`reclaim: cancel_running`, `grid_serve.queues`) can start:
@@ -110,7 +120,9 @@ def to_reclaim(waiting_rank: int, needs: Mapping[str, float], tasks: int, free: 
     node the task may run on, negative where work is queued inside Ray beyond its total), of
     priorities up to the waiting task's, only of queues holding more than their quota (`lent`),
     never taking one below it in any resource, the youngest first (the least work lost). Stops
-    that would not make room on one node are not made.
+    that would not make room on one node are not made. `free` and `lent` are updated in place
+    (the stops' room made, and taken by the owed tasks; what the stopped tasks' queues no longer
+    lend), so a second owed queue reads what the first left.
 
     >>> from types import SimpleNamespace as R
     >>> old = R(rank=1, made_at=1.0, resources={"CPU": 1.0}, queue="a", node_id="n1")
@@ -130,10 +142,8 @@ def to_reclaim(waiting_rank: int, needs: Mapping[str, float], tasks: int, free: 
     >>> to_reclaim(0, {"CPU": 1.0}, 1, full, {"a": {"CPU": 2.0}}, [old, new])  # higher work than the waiting task's
     []
     """
-    beyond = {queue: dict(amounts) for queue, amounts in lent.items()}
-    room = {node_id: dict(amounts) for node_id, amounts in free.items()}
     pools: dict[str, list[L]] = {}
-    ordered = [c for c in candidates if c.rank <= waiting_rank and c.node_id in room]
+    ordered = [c for c in candidates if c.rank <= waiting_rank and c.node_id in free]
     ordered.reverse()  # candidates come in the order they were placed: of two made at once, the later first
     youngest_first = sorted(ordered, key=lambda c: (c.rank, -c.made_at))
     place = {id(reservation): index for index, reservation in enumerate(youngest_first)}
@@ -141,8 +151,8 @@ def to_reclaim(waiting_rank: int, needs: Mapping[str, float], tasks: int, free: 
         pools.setdefault(reservation.node_id, []).append(reservation)
     chosen: list[L] = []
     for _ in range(tasks):
-        options = [(stops, node_id) for node_id in room
-                   if (stops := _stops_making_room(room[node_id], needs, pools.get(node_id, []), beyond)) is not None]
+        options = [(stops, node_id) for node_id in free
+                   if (stops := _stops_making_room(free[node_id], needs, pools.get(node_id, []), lent)) is not None]
         if not options:
             break  # no node can be made room on
         # the fewest stops (none: room already coming there), then the youngest ones
@@ -150,11 +160,9 @@ def to_reclaim(waiting_rank: int, needs: Mapping[str, float], tasks: int, free: 
         for reservation in stops:
             pools[node_id].remove(reservation)
             chosen.append(reservation)
-            for name, amount in reservation.resources.items():
-                beyond[reservation.queue][name] = beyond[reservation.queue].get(name, 0.0) - amount
-                room[node_id][name] = room[node_id].get(name, 0.0) + amount
-        for name, amount in needs.items():  # the owed task takes the room made
-            room[node_id][name] = room[node_id].get(name, 0.0) - amount
+            shift(lent[reservation.queue], reservation.resources, -1)
+            shift(free[node_id], reservation.resources, 1)
+        shift(free[node_id], needs, -1)  # the owed task takes the room made
     return chosen
 
 
